@@ -1,0 +1,347 @@
+"""Typed recipes: the schema of every run, validated strictly before any weights load.
+
+A recipe is built from small frozen sections (model, lora, qlora, data, train, dpo). Unknown keys fail with a
+"did you mean" suggestion, wrong types and ranges name the field, and all problems are reported at once.
+Resolution order: section defaults <- YAML file <- `--set section.key=value` <- first-class flags.
+Field names reuse the words of TRL/PEFT/transformers (`learning_rate`, `r`, `alpha`, `beta`, `optim`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lorakit.errors import ConfigError
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelSection(Section):
+    name_or_path: str = Field(
+        "builtin:tiny-llama",
+        description="Hugging Face hub id, local folder, or builtin:tiny-llama (built locally, no download).",
+    )
+    revision: str | None = None
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights dtype; auto = bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    chat_template: str | None = Field(
+        None,
+        description="A .jinja file or inline Jinja template. Default: the tokenizer's own, else ChatML.",
+    )
+
+
+class LoraSection(Section):
+    r: int = Field(16, gt=0, le=4096)
+    alpha: float = Field(32, gt=0, description="Scaling is alpha/r (alpha/sqrt(r) with use_rslora).")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+    modules_to_save: list[str] = Field(default_factory=list)
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _non_empty(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError("must be 'all-linear' or a non-empty list of module names")
+        return value
+
+
+class QLoraSection(Section):
+    """How the base is quantized when method is qlora (bitsandbytes 4-bit)."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+DataFormat = Literal[
+    "auto",
+    # supervised
+    "messages",
+    "sharegpt",
+    "alpaca",
+    "prompt_completion",
+    "text",
+    # preference
+    "preference",
+    "implicit_preference",
+    "hh",
+    "system_question",
+]
+
+
+class DataSection(Section):
+    train: str | None = Field(None, description="File, folder of files, or hub dataset id (org/name).")
+    subset: str | None = Field(None, description="Hub dataset configuration name.")
+    split: str = "train"
+    format: DataFormat = "auto"
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map lorakit's column names to yours, e.g. {messages: dialog}."
+    )
+    system_prompt: str | None = None
+    train_on: Literal["assistant", "all"] = Field("assistant", description="Which tokens carry the loss.")
+    val_size: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for eval loss.")
+    eval: str | None = Field(None, description="A separate eval file (instead of val_size).")
+    max_length: int = Field(2048, gt=8, description="Tokens per example; longer examples are truncated.")
+    max_rows: int | None = Field(None, gt=0, description="Use only the first N rows (quick experiments).")
+    num_proc: int | None = Field(None, gt=0, description="Processes for tokenization of large datasets.")
+
+    @model_validator(mode="after")
+    def _one_eval_source(self):
+        if self.val_size and self.eval:
+            raise ValueError("set either val_size or eval, not both")
+        return self
+
+
+Optim = Literal[
+    "auto",
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+    "sgd",
+]
+
+
+class TrainSection(Section):
+    epochs: float = Field(1.0, gt=0, le=100)
+    max_steps: int = Field(-1, ge=-1, description="Overrides epochs when > 0.")
+    micro_batch_size: int = Field(1, gt=0)
+    gradient_accumulation_steps: int = Field(8, gt=0)
+    learning_rate: float = Field(2.0e-4, gt=0, lt=1)
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    optim: Optim = Field("auto", description="auto = paged_adamw_8bit for QLoRA on CUDA, else adamw_torch.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    precision: Precision = Field("auto", description="auto = bf16 where supported, fp16 on older GPUs, fp32 on CPU.")
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    logging_steps: int = Field(5, gt=0)
+    save_steps: int = Field(100, gt=0, description="Checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(2, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="Default: evaluate every save_steps.")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+
+
+class DPOTrainSection(TrainSection):
+    # DPO moves a LoRA policy away from a reference it starts equal to: a far smaller step than SFT's 2e-4 keeps it
+    # from collapsing (full fine-tunes use 5e-7..5e-6; LoRA tolerates about 10x more).
+    learning_rate: float = Field(5.0e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+
+
+class DPOSection(Section):
+    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference model.")
+    loss_type: Literal[
+        "sigmoid", "hinge", "ipo", "robust", "bco_pair", "exo_pair", "nca_pair", "sppo_hard", "aot", "aot_pair",
+        "apo_zero", "apo_down", "discopop", "sft",
+    ] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO / robust loss noise rate.")
+    max_prompt_length: int | None = Field(512, gt=0)
+    precompute_ref_log_probs: bool = Field(
+        False, description="Score the reference once up front, so training needs no reference forward pass."
+    )
+
+
+class BaseRecipe(Section):
+    stage: str
+    output_dir: str = "out/run"
+    method: Literal["lora", "qlora"] = Field("lora", description="qlora = 4-bit NF4 base via bitsandbytes.")
+    model: ModelSection = ModelSection()
+    lora: LoraSection = LoraSection()
+    qlora: QLoraSection = QLoraSection()
+    data: DataSection = DataSection()
+    preflight: bool = Field(True, description="Estimate GPU memory before loading weights; stop if it cannot fit.")
+
+
+class SFTRecipe(BaseRecipe):
+    stage: Literal["sft"] = "sft"
+    output_dir: str = "out/sft"
+    train: TrainSection = TrainSection()
+
+
+class DPORecipe(BaseRecipe):
+    stage: Literal["dpo"] = "dpo"
+    output_dir: str = "out/dpo"
+    from_run: str | None = Field(
+        None, description="SFT run folder to continue from; its model, method, LoRA and template are reused."
+    )
+    train: DPOTrainSection = DPOTrainSection()
+    dpo: DPOSection = DPOSection()
+
+
+RECIPES: dict[str, type[BaseRecipe]] = {"sft": SFTRecipe, "dpo": DPORecipe}
+
+# First-class CLI flags and the recipe field each one sets.
+FLAG_FIELDS = {
+    "model": "model.name_or_path",
+    "data": "data.train",
+    "output_dir": "output_dir",
+    "max_steps": "train.max_steps",
+    "epochs": "train.epochs",
+    "learning_rate": "train.learning_rate",
+    "seed": "train.seed",
+    "from_run": "from_run",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} not found", hint="check the path; shipped recipes live in recipes/")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}", hint="fix the YAML syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections", hint="see recipes/tiny-cpu-sft.yaml")
+    return data
+
+
+def parse_set(assignment: str) -> tuple[list[str], Any]:
+    """`train.learning_rate=1.0e-4` -> (['train', 'learning_rate'], 0.0001). Values are read as YAML scalars."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected section.key=value", hint="e.g. --set lora.r=32")
+    key, _, raw = assignment.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r}: empty key", hint="e.g. --set lora.r=32")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_like_float(value):
+        value = float(value)  # YAML 1.1 reads 2e-4 as a string; a user typing it on a command line means a number
+    return parts, value
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return any(c in text for c in "eE.")
+
+
+def set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def load_recipe(
+    stage: str,
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> BaseRecipe:
+    """Resolve a recipe: defaults <- `base` <- YAML file <- --set overrides <- first-class flags."""
+    data: dict[str, Any] = _deep_copy(base or {})
+    source = str(path) if path else "command line"
+    if path is not None:
+        _deep_merge(data, read_yaml(path))
+    file_stage = data.get("stage")
+    if file_stage is not None and file_stage != stage:
+        raise ConfigError(
+            f"{source}: this is a '{file_stage}' recipe, not '{stage}'",
+            hint=f"run it with `lorakit {file_stage} --recipe {source}`" if file_stage in RECIPES else None,
+        )
+    data["stage"] = stage
+    for assignment in overrides or []:
+        parts, value = parse_set(assignment)
+        set_path(data, parts, value)
+    for flag, value in (flags or {}).items():
+        if value is not None:
+            set_path(data, FLAG_FIELDS[flag].split("."), value)
+    return validate_recipe(RECIPES[stage], data, source)
+
+
+def validate_recipe(cls: type[BaseRecipe], data: dict[str, Any], source: str) -> BaseRecipe:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        problems = [describe_error(cls, err) for err in exc.errors()]
+        raise ConfigError(
+            f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the recipe:\n  - "
+            + "\n  - ".join(problems),
+            hint="fix the fields above; `--print-config` shows the resolved recipe",
+        ) from None
+
+
+def describe_error(cls: type[BaseModel], err: dict[str, Any]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    field = ".".join(loc) or "(recipe)"
+    if err["type"] == "extra_forbidden":
+        known = known_keys(cls, loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+        suggestion = f"; did you mean '{'.'.join(loc[:-1] + [close[0]])}'?" if close else ""
+        return f"{field}: unknown key{suggestion}"
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    given = err.get("input")
+    if err["type"] not in ("missing",) and not isinstance(given, (dict, list)):
+        message += f" (got {given!r})"
+    return f"{field}: {message}"
+
+
+def known_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names valid at a location, for 'did you mean' suggestions."""
+    model: Any = cls
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}).keys())
+
+
+def recipe_to_dict(recipe: BaseModel) -> dict[str, Any]:
+    return recipe.model_dump(mode="json")
+
+
+def recipe_to_yaml(recipe: BaseModel) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, default_flow_style=False)
+
+
+def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
+    return yaml.safe_load(yaml.safe_dump(data)) if data else {}

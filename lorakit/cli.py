@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
@@ -88,7 +89,197 @@ def _root(
 ) -> None:
     if debug:
         _state["debug"] = True
+    # Library chatter (per-step tqdm bars, advisory warnings) would bury lorakit's own progress and errors.
+    for name, value in (("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(name, value)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def main() -> None:
     app()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared options (one definition, reused by every command that takes them)
+
+RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", "-r", help="Recipe YAML (see recipes/).")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override any recipe field: section.key=value (repeatable)."),
+]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Base model: hub id, folder or builtin:tiny-llama.")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Training data: file, folder or hub dataset id.")]
+OutputOpt = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run folder to write.")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after N optimizer steps.")]
+EpochsOpt = Annotated[Optional[float], typer.Option("--epochs", help="Passes over the data.")]
+LrOpt = Annotated[Optional[float], typer.Option("--learning-rate", "--lr", help="Peak learning rate.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")]
+PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved recipe and exit.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+NoPreflightOpt = Annotated[bool, typer.Option("--no-preflight", help="Skip the GPU-memory check before loading.")]
+
+
+def _resolve_training_recipe(stage, recipe, set_, no_preflight, **flags):
+    from lorakit.config import load_recipe
+
+    overrides = list(set_ or [])
+    if no_preflight:
+        overrides.append("preflight=false")
+    return load_recipe(stage, recipe, overrides, flags)
+
+
+def _resume_hint() -> str:
+    import shlex
+    import sys
+
+    args = [a for a in sys.argv[1:] if a not in ("--resume", "--force")]
+    return "lorakit " + shlex.join(args) + " --resume"
+
+
+def _print_run_summary(title: str, summary: dict, as_json: bool) -> None:
+    from lorakit.console import key_value_table, out, print_json
+
+    if as_json:
+        print_json(summary)
+    else:
+        out.print(key_value_table(title, summary))
+
+
+@command(
+    "sft",
+    help="Supervised fine-tuning of a LoRA/QLoRA adapter.\n\n"
+    "Examples:\n\n"
+    "  lorakit sft --recipe recipes/tiny-cpu-sft.yaml\n\n"
+    "  lorakit sft --model ./my-model --data chats.jsonl --output-dir out/sft\n\n"
+    "  lorakit sft -r recipes/qwen2.5-7b-qlora-sft.yaml --set lora.r=32 --max-steps 200",
+)
+def sft(
+    recipe: RecipeOpt = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    output_dir: OutputOpt = None,
+    max_steps: MaxStepsOpt = None,
+    epochs: EpochsOpt = None,
+    learning_rate: LrOpt = None,
+    seed: SeedOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    resume: ResumeOpt = False,
+    print_config: PrintConfigOpt = False,
+    no_preflight: NoPreflightOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    resolved = _resolve_training_recipe(
+        "sft", recipe, set_, no_preflight, model=model, data=data, output_dir=output_dir, max_steps=max_steps,
+        epochs=epochs, learning_rate=learning_rate, seed=seed,
+    )
+    if print_config:
+        from lorakit.config import recipe_to_yaml
+        from lorakit.console import out
+
+        out.print(recipe_to_yaml(resolved), markup=False)
+        return
+    from lorakit.train.sft import run_sft
+
+    result = run_sft(resolved, force=force, resume=resume, resume_hint=_resume_hint())
+    _print_run_summary("SFT run", result.summary, json_out)
+
+
+@command(
+    "generate",
+    help="Generate a reply from a run (base + adapter) or a merged model folder.\n\n"
+    "Example:\n\n  lorakit generate out/sft --prompt \"What is the capital of France?\"",
+)
+def generate(
+    path: Annotated[Path, typer.Argument(help="Run folder or merged model folder.")],
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="User message (repeatable).")],
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy.")] = 0.0,
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model, if it moved since training.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.console import err, out, print_json
+    from lorakit.infer import generate_reply, load_for_inference
+
+    with err.status(f"Loading {path}..."):
+        loaded, tokenizer = load_for_inference(path, model)
+    results = []
+    for text in prompt:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        reply = generate_reply(loaded, tokenizer, messages, max_new_tokens, temperature)
+        results.append({"prompt": text, "reply": reply})
+        if not json_out:
+            out.print(f"[bold]>>> {text}[/bold]", highlight=False)
+            out.print(reply, markup=False, highlight=False)
+    if json_out:
+        print_json(results)
+
+
+@command(
+    "chat",
+    help="Chat with a run or a merged model in the terminal (/reset clears history, /exit quits).\n\n"
+    "Example:\n\n  lorakit chat out/sft",
+)
+def chat(
+    path: Annotated[Path, typer.Argument(help="Run folder or merged model folder.")],
+    system: Annotated[Optional[str], typer.Option("--system", help="System prompt.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.7,
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model, if it moved since training.")] = None,
+) -> None:
+    from lorakit.console import err, out
+    from lorakit.infer import generate_reply, load_for_inference
+
+    with err.status(f"Loading {path}..."):
+        loaded, tokenizer = load_for_inference(path, model)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    err.print("Type a message; /reset clears the conversation, /exit or Ctrl-D quits.")
+    while True:
+        try:
+            text = input("you> ")
+        except EOFError:
+            break
+        if text.strip() in ("/exit", "/quit"):
+            break
+        if text.strip() == "/reset":
+            history = history[:1] if system else []
+            continue
+        if not text.strip():
+            continue
+        history.append({"role": "user", "content": text})
+        reply = generate_reply(loaded, tokenizer, history, max_new_tokens, temperature)
+        history.append({"role": "assistant", "content": reply})
+        out.print(f"[bold cyan]model>[/bold cyan] {reply}", highlight=False)
+
+
+data_app = typer.Typer(help="Inspect datasets before training.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command(
+    "check",
+    help="Check a dataset without training: format, bad rows, mask/EOS lint, lengths and duplicates.\n\n"
+    "Examples:\n\n  lorakit data check examples/data/chat-messages.jsonl --model builtin:tiny-llama\n\n"
+    "  lorakit data check prefs.jsonl --stage dpo",
+)
+@guarded
+def data_check(
+    path: Annotated[str, typer.Argument(help="Data file, folder or hub dataset id.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Tokenizer to count tokens and lint masks with.")] = None,
+    stage: Annotated[str, typer.Option("--stage", help="sft or dpo (which formats to accept).")] = "sft",
+    fmt: Annotated[str, typer.Option("--format", help="Force a format instead of detecting it.")] = "auto",
+    max_length: Annotated[int, typer.Option("--max-length", help="Truncation length to check against.")] = 2048,
+    set_: SetOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.data.report import check_data
+
+    report = check_data(path, model=model, stage=stage, fmt=fmt, max_length=max_length, overrides=set_ or [])
+    _print_run_summary(f"data check: {path}", report, json_out)

@@ -8,6 +8,7 @@ base models it ships no chat template; lorakit gives it the default ChatML templ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
@@ -43,12 +44,17 @@ class TinySpec:
     max_position_embeddings: int = 512
     tie_word_embeddings: bool = False
     chat_template: str | None = None
+    initializer_range: float = 0.02
     seed: int = 0
 
 
+# The bundled models are larger than the test default and initialized with a wider spread: with the usual 0.02, a
+# random model's logits are so flat that a LoRA adapter (which cannot touch lm_head or the final norm) can rank the
+# right token first but never make it likely. At 0.1 the example chats are memorized in about 200 steps.
+_BUNDLED = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, initializer_range=0.1)
 BUILTIN_MODELS = {
-    "tiny-llama": TinySpec(),
-    "tiny-qwen2": TinySpec(arch="qwen2", tie_word_embeddings=True),
+    "tiny-llama": TinySpec(**_BUNDLED),
+    "tiny-qwen2": TinySpec(arch="qwen2", tie_word_embeddings=True, **_BUNDLED),
 }
 
 
@@ -117,6 +123,7 @@ def build_model(spec: TinySpec, tokenizer):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
+        initializer_range=spec.initializer_range,
     )
     config = LlamaConfig(**common) if spec.arch == "llama" else Qwen2Config(**common)
     torch.manual_seed(spec.seed)
@@ -152,7 +159,8 @@ def resolve_builtin(name: str) -> Path:
     from lorakit import __version__
 
     spec = BUILTIN_MODELS[key]
-    folder = cache_dir() / "models" / f"{key}-{__version__}"
+    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:8]
+    folder = cache_dir() / "models" / f"{key}-{__version__}-{digest}"
     if not (folder / "config.json").exists():
         build_tiny_model(folder, spec)
     return folder

@@ -1,0 +1,52 @@
+"""Tokenization cache: the same data, tokenizer, template and settings are tokenized once.
+
+Entries are Arrow folders written by `datasets.save_to_disk` (no pickle), keyed by a hash of everything that
+changes the tokens, and written atomically so an interrupted run never leaves a half-written entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from lorakit.fsutil import atomic_dir
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
+    digest.update((tokenizer.chat_template or "").encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    from lorakit import __version__
+
+    blob = json.dumps({**parts, "lorakit": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def cached_dataset(kind: str, key: str, build: Callable[[], Any]):
+    """Load the dataset cached under `key`, or build and cache it. Returns (dataset, was_cached)."""
+    import datasets
+
+    from lorakit.tiny import cache_dir
+
+    folder = Path(cache_dir()) / "tokenized" / f"{kind}-{key}"
+    if (folder / "dataset_info.json").exists():
+        try:
+            return datasets.load_from_disk(str(folder)), True
+        except Exception:  # a corrupt entry is rebuilt, never trusted
+            pass
+    dataset = build()
+    try:
+        with atomic_dir(folder, force=True) as staging:
+            dataset.save_to_disk(str(staging))
+        dataset = datasets.load_from_disk(str(folder))
+    except OSError:
+        pass  # a read-only or full cache only costs the next run a re-tokenization
+    return dataset, False

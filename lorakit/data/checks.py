@@ -1,0 +1,113 @@
+"""Checks that stop a run which would train silently wrong: the mask/EOS lint, plus length and duplicate stats.
+
+The lint runs on the tokenized data and through the trainer's real collator, because that is where the classic
+bugs live: an example with no trained token, an end-of-turn token that is never trained (the model never learns to
+stop), and a pad token equal to EOS that a collator masks out of the loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from typing import Any
+
+from lorakit.data.tokenize import IGNORE
+from lorakit.errors import DataError
+
+MAX_ROWS_NAMED = 8
+
+
+def _rows(indices: list[int]) -> str:
+    shown = ", ".join(str(i + 1) for i in indices[:MAX_ROWS_NAMED])
+    return shown + (f" and {len(indices) - MAX_ROWS_NAMED} more" if len(indices) > MAX_ROWS_NAMED else "")
+
+
+def lint_problems(tokenized, source: str, eot_token: str | None, max_length: int) -> list[tuple[str, str]]:
+    """(message, hint) for each problem; empty when the data trains what it should."""
+    problems = []
+    num_trained = tokenized["num_trained"]
+    untrained = [i for i, n in enumerate(num_trained) if n == 0]
+    if untrained:
+        truncated = tokenized["truncated"]
+        cut = sum(1 for i in untrained if truncated[i])
+        why = f"; {cut} of them were cut at max_length={max_length} before any trained token" if cut else ""
+        problems.append((
+            f"{source}: {len(untrained)} example(s) have no trained token (rows {_rows(untrained)}){why}",
+            "remove those rows, raise data.max_length, or check that the chat template renders assistant turns",
+        ))
+    stop_trained = tokenized["stop_trained"]
+    no_stop = [i for i, ok in enumerate(stop_trained) if not ok and num_trained[i] > 0]
+    if no_stop:
+        problems.append((
+            f"{source}: the end-of-turn token {eot_token!r} is not trained in {len(no_stop)} example(s) "
+            f"(rows {_rows(no_stop)}); the model would not learn to stop",
+            "use a chat template that closes every assistant turn with its end-of-turn token",
+        ))
+    return problems
+
+
+def lint_collated(collator, tokenized, pad_token_id: int | None, eos_token_id: int | None) -> list[tuple[str, str]]:
+    """Run the trainer's collator on a few real examples and check no trained label was dropped."""
+    if len(tokenized) == 0:
+        return []
+    lengths = tokenized["length"]
+    order = sorted(range(len(tokenized)), key=lambda i: lengths[i])
+    picks = sorted({order[0], order[-1], order[len(order) // 2]})
+    examples = [{"input_ids": tokenized[i]["input_ids"], "labels": tokenized[i]["labels"]} for i in picks]
+    batch = collator(examples)
+    labels = batch["labels"]
+    lost = 0
+    if labels.shape[0] == len(examples):  # padded batch: one row per example
+        for row, example in enumerate(examples):
+            got = labels[row, : len(example["labels"])].tolist()
+            lost += sum(1 for want, have in zip(example["labels"], got) if want != IGNORE and have == IGNORE)
+    else:  # padding-free: one flat row
+        flat = [label for example in examples for label in example["labels"]]
+        got = labels.reshape(-1)[: len(flat)].tolist()
+        lost += sum(1 for want, have in zip(flat, got) if want != IGNORE and have == IGNORE)
+    if lost:
+        same = pad_token_id is not None and pad_token_id == eos_token_id
+        return [(
+            f"the data collator removes {lost} trained token(s) from the loss"
+            + (" (the pad token is the EOS token, so EOS is masked as padding)" if same else ""),
+            "give the tokenizer a pad token distinct from EOS",
+        )]
+    return []
+
+
+def raise_if_problems(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        message = problems[0][0] if len(problems) == 1 else "; ".join(p[0] for p in problems)
+        raise DataError(message, hint=problems[0][1])
+
+
+def length_stats(lengths: list[int]) -> dict[str, Any]:
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+
+    def pct(p: float) -> int:
+        return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return {
+        "count": len(ordered),
+        "min": ordered[0],
+        "mean": round(statistics.fmean(ordered), 1),
+        "p50": pct(0.5),
+        "p95": pct(0.95),
+        "max": ordered[-1],
+        "total": sum(ordered),
+    }
+
+
+def duplicate_count(dataset) -> int:
+    """Exact duplicates among canonical rows."""
+    seen = set()
+    duplicates = 0
+    for row in dataset:
+        key = hashlib.sha1(json.dumps(row, sort_keys=True).encode()).digest()
+        if key in seen:
+            duplicates += 1
+        seen.add(key)
+    return duplicates

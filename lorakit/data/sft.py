@@ -1,0 +1,94 @@
+"""Supervised data from recipe to trainer-ready tokens: load, convert, tokenize (cached), lint, split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorakit.config import DataSection
+from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
+from lorakit.data.checks import lint_problems, raise_if_problems
+from lorakit.data.formats import load_sft_examples
+from lorakit.data.load import load_rows
+from lorakit.data.tokenize import tokenize_dataset
+from lorakit.errors import ConfigError
+from lorakit.templates import end_of_turn_token
+
+LINT_COLUMNS = ["num_trained", "stop_trained", "truncated", "length"]
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset with input_ids, labels (+ lint columns)
+    eval: Any | None
+    format: str
+    fingerprint: str
+    source: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+
+    def for_trainer(self, dataset):
+        return dataset.remove_columns([c for c in LINT_COLUMNS if c in dataset.column_names])
+
+
+def tokenize_source(source: str, data: DataSection, tokenizer, max_rows: int | None = None):
+    """One data source -> (tokenized dataset, format, fingerprint, was_cached)."""
+    loaded = load_rows(source, data.subset, data.split, max_rows)
+    eot = end_of_turn_token(tokenizer)
+    key = cache_key({
+        "data": loaded.fingerprint,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "format": data.format,
+        "columns": data.columns,
+        "system_prompt": data.system_prompt,
+        "train_on": data.train_on,
+        "max_length": data.max_length,
+    })
+    detected: dict[str, str] = {}
+
+    def build():
+        examples, fmt = load_sft_examples(loaded, data.format, data.columns, data.system_prompt)
+        detected["format"] = fmt
+        return tokenize_dataset(examples, tokenizer, data.train_on, data.max_length,
+                                eot[0] if eot else None, data.num_proc)
+
+    tokenized, was_cached = cached_dataset("sft", key, build)
+    fmt = detected.get("format") or _format_of_cached(loaded, data)
+    problems = lint_problems(tokenized, source, eot[1] if eot else None, data.max_length)
+    raise_if_problems(problems)
+    return tokenized, fmt, loaded.fingerprint, was_cached
+
+
+def _format_of_cached(loaded, data: DataSection) -> str:
+    from lorakit.data.formats import SFT_SIGNATURES, detect_format, rename_columns
+
+    if data.format != "auto":
+        return data.format
+    return detect_format(rename_columns(loaded.dataset, data.columns, loaded.source).column_names,
+                         SFT_SIGNATURES, loaded.source)
+
+
+def prepare_sft_data(data: DataSection, tokenizer, seed: int) -> PreparedData:
+    if not data.train:
+        raise ConfigError("no training data", hint="set data.train in the recipe or pass --data FILE")
+    train, fmt, fingerprint, cached = tokenize_source(data.train, data, tokenizer, data.max_rows)
+    evaluation = None
+    if data.eval:
+        evaluation, _, eval_fp, _ = tokenize_source(data.eval, data, tokenizer)
+        fingerprint += f"+eval:{eval_fp}"
+    elif data.val_size:
+        if len(train) < 2:
+            raise ConfigError("data.val_size needs at least 2 rows", hint="set data.val_size: 0 or add rows")
+        split = train.train_test_split(test_size=data.val_size, seed=seed)
+        train, evaluation = split["train"], split["test"]
+    lengths = train["length"]
+    stats = {
+        "rows": len(train),
+        "eval_rows": len(evaluation) if evaluation is not None else 0,
+        "tokens": sum(lengths),
+        "trained_tokens": sum(train["num_trained"]),
+        "truncated": sum(train["truncated"]),
+        "max_length": max(lengths),
+    }
+    return PreparedData(train=train, eval=evaluation, format=fmt, fingerprint=fingerprint, source=data.train,
+                        stats=stats, cached=cached)

@@ -1,0 +1,252 @@
+"""Load tokenizers and base models safely, and wrap them in LoRA.
+
+Safety first: weights load from safetensors only (pickle checkpoints are refused), and code shipped with a model
+runs only when the recipe sets `model.trust_remote_code`. Every check that needs no weights runs before loading.
+The same code serves the tiny CPU model and a 7B model on a GPU: dtype, quantization and device placement are
+chosen from the hardware (`resolve_device`, `resolve_precision`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorakit.errors import ModelError
+from lorakit.tiny import BUILTIN_PREFIX, resolve_builtin
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|endoftext|>", "<unk>")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a base model lives: a local folder (checked) or a hub id (checked when it is fetched)."""
+
+    name: str  # what the user wrote
+    location: str  # local folder path or hub id
+    is_local: bool
+    revision: str | None = None
+
+
+def resolve_model_source(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelSource:
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return ModelSource(name_or_path, str(resolve_builtin(name_or_path)), True)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        check_model_folder(path, trust_remote_code)
+        return ModelSource(name_or_path, str(path.resolve()), True)
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelError(f"model folder {name_or_path} not found", hint="check model.name_or_path / --model")
+    return ModelSource(name_or_path, name_or_path, False, revision)
+
+
+def check_model_folder(path: Path, trust_remote_code: bool) -> None:
+    if not path.is_dir():
+        raise ModelError(f"{path} is not a model folder", hint="point --model at a folder with config.json")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path} has no config.json", hint="a model folder needs config.json and *.safetensors")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{config_file} line {exc.lineno}: malformed JSON", hint="re-download the model") from None
+    weights = list(path.glob("*.safetensors"))
+    if not weights:
+        pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+        if pickles:
+            raise ModelError(
+                f"{path} has only pickle weights ({', '.join(sorted(pickles)[:3])}); lorakit loads safetensors only",
+                hint="pickle files can run arbitrary code; convert them to safetensors with a tool you trust",
+            )
+        raise ModelError(f"{path} has no weights (*.safetensors)", hint="the model folder is incomplete")
+    if needs_remote_code(config) and not trust_remote_code:
+        raise ModelError(
+            f"{path} needs its own Python code (auto_map in config.json), which is not trusted by default",
+            hint="read that code, then set model.trust_remote_code: true if you trust it",
+        )
+
+
+def needs_remote_code(config: dict[str, Any]) -> bool:
+    auto_map = config.get("auto_map") or {}
+    return any(key.startswith("AutoModel") for key in auto_map)
+
+
+def _hub_error(source: ModelSource, exc: Exception) -> ModelError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "trust_remote_code" in str(exc):
+        return ModelError(f"{source.name} needs its own Python code, which is not trusted by default",
+                          hint="read that code, then set model.trust_remote_code: true if you trust it")
+    if source.is_local:
+        return ModelError(f"cannot load {source.name}: {first}", hint="check that the model folder is complete")
+    return ModelError(
+        f"cannot load {source.name}: not a local folder, and the hub copy could not be fetched ({first})",
+        hint="check the model id and your network, or download the model and pass its folder",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hardware
+
+
+def resolve_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """auto -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU (bf16 there is slow)."""
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+            "fp32": torch.float32, "float32": torch.float32}[name]
+
+
+def resolve_attn(attn: str, device: str) -> str:
+    if attn != "auto":
+        if attn == "flash_attention_2":
+            import importlib.util
+
+            if importlib.util.find_spec("flash_attn") is None:
+                raise ModelError("model.attn_implementation is flash_attention_2 but flash-attn is not installed",
+                                 hint="pip install flash-attn, or use sdpa")
+        return attn
+    return "sdpa"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
+    from transformers import AutoTokenizer
+
+    from lorakit.templates import resolve_chat_template
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source.location, revision=source.revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        raise _hub_error(source, exc) from None
+    resolve_chat_template(tokenizer, chat_template)
+    ensure_pad_token(tokenizer)
+    return tokenizer
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give the tokenizer a pad token, avoiding EOS where the vocabulary has a better one."""
+    if tokenizer.pad_token is not None:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in PAD_CANDIDATES:
+        if candidate in vocab and candidate != tokenizer.eos_token:
+            tokenizer.pad_token = candidate
+            return
+    # EOS as padding is safe here: lorakit's labels come from its own masks, not from `input_ids != pad`
+    # (the lint checks this through the real collator).
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def quantization_config(method: str, qlora, compute_dtype):
+    if method != "qlora":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=qlora.quant_type,
+        bnb_4bit_use_double_quant=qlora.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_base_model(
+    source: ModelSource,
+    method: str,
+    qlora,
+    precision: str,
+    device: str,
+    attn: str = "auto",
+    trust_remote_code: bool = False,
+):
+    """The frozen base model in the run's dtype; 4-bit NF4 (bitsandbytes) when method is qlora."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch_dtype(precision)
+    kwargs: dict[str, Any] = dict(
+        dtype=dtype,
+        attn_implementation=resolve_attn(attn, device),
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        revision=source.revision,
+        quantization_config=quantization_config(method, qlora, dtype),
+    )
+    if method == "qlora" or device == "cuda":
+        # bitsandbytes quantizes while placing weights, so the device must be known at load time.
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+    except ImportError as exc:
+        raise ModelError(f"cannot load {source.name}: {exc}", hint="install the missing package") from None
+    except Exception as exc:
+        raise _hub_error(source, exc) from None
+    return model
+
+
+def lora_config(lora, target_modules=None):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target_modules or lora.target_modules,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        modules_to_save=list(lora.modules_to_save) or None,
+        bias=lora.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def wrap_lora(model, recipe, gradient_checkpointing: bool):
+    """Prepare a (possibly 4-bit) base for training and add a fresh trainable LoRA adapter."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if recipe.method == "qlora":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    try:
+        return get_peft_model(model, lora_config(recipe.lora))
+    except ValueError as exc:
+        raise ModelError(f"cannot apply LoRA: {str(exc).splitlines()[0]}",
+                         hint="check lora.target_modules against the model's module names") from None
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    trainable = total = 0
+    for param in model.parameters():
+        count = param.numel()
+        # bitsandbytes packs two 4-bit values per byte-sized element
+        if param.__class__.__name__ == "Params4bit":
+            count *= 2
+        total += count
+        if param.requires_grad:
+            trainable += count
+    return trainable, total

@@ -1,0 +1,263 @@
+"""What SFT and DPO runs share: trainer arguments from a recipe, progress, metrics, Ctrl-C, resume, finishing.
+
+TRL does the training loop; this module only turns a recipe into TrainingArguments and wires a run folder around
+the trainer: Rich progress on stderr, `metrics.jsonl`, a checkpoint on Ctrl-C, and resuming from the last
+checkpoint with the optimizer, scheduler, RNG and data position restored (the Trainer's own resume does that).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from lorakit.console import err, warn
+from lorakit.errors import LorakitError
+from lorakit.runs import METRICS_FILE, RunFolder
+
+BNB_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
+
+
+class RunInterrupted(LorakitError):
+    exit_code = 130
+
+
+def resolve_optim(optim: str, method: str, device: str) -> str:
+    """auto -> paged 8-bit AdamW for QLoRA on CUDA (what QLoRA was designed with), plain AdamW otherwise."""
+    if optim == "auto":
+        return "paged_adamw_8bit" if method == "qlora" and device == "cuda" else "adamw_torch"
+    if optim in BNB_OPTIMIZERS and device != "cuda":
+        warn(f"train.optim {optim} needs a CUDA GPU; using adamw_torch on the {device}")
+        return "adamw_torch"
+    return optim
+
+
+def training_kwargs(train, run: RunFolder, device: str, precision: str, method: str, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments fields shared by SFTConfig and DPOConfig."""
+    return dict(
+        output_dir=str(run.checkpoints),
+        per_device_train_batch_size=train.micro_batch_size,
+        per_device_eval_batch_size=train.micro_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        optim=resolve_optim(train.optim, method, device),
+        adam_beta1=train.adam_beta1,
+        adam_beta2=train.adam_beta2,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        gradient_checkpointing=None,  # TRL defaults this deprecated alias to True; the v5 name below decides
+        activation_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        seed=train.seed,
+        data_seed=train.seed,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=train.eval_steps or train.save_steps,
+        report_to=list(train.report_to) or "none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Callbacks
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every log (train loss, eval loss, learning rate, DPO rewards...) to metrics.jsonl."""
+
+    def __init__(self, run: RunFolder, extra: dict[str, Any] | None = None):
+        self.file = run.staging / METRICS_FILE
+        self.extra = extra or {}
+        self.records: list[dict[str, Any]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "time": round(time.time(), 3)}
+        record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
+        record.update(self.extra)
+        self.records.append(record)
+        with open(self.file, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def trim_metrics(run: RunFolder, step: int) -> None:
+    """On resume, drop log lines from after the checkpoint: those steps are trained again."""
+    file = run.staging / METRICS_FILE
+    if not file.exists():
+        return
+    kept = [line for line in file.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    file.write_text("".join(line + "\n" for line in kept))
+
+
+class RichProgress(TrainerCallback):
+    """One progress bar on stderr: step, loss, learning rate, tokens/s and ETA."""
+
+    def __init__(self, label: str, show_keys: tuple[str, ...] = ("loss",)):
+        self.label = label
+        self.show_keys = show_keys
+        self.progress = None
+        self.task = None
+        self.last_tokens: tuple[float, float] | None = None
+        self.fields: dict[str, str] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.total = state.max_steps
+        self.started = time.time()
+        self.start_step = state.global_step
+        if not err.is_terminal:
+            return  # logs and CI get one line per logging step instead of a live bar
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(bar_width=24),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=err,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(self.label, total=state.max_steps, completed=state.global_step, stats="")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        train_parts = [f"{key.split('/')[-1]} {logs[key]:.4f}" for key in self.show_keys if key in logs]
+        if "learning_rate" in logs:
+            train_parts.append(f"lr {logs['learning_rate']:.2e}")
+        tokens = logs.get("num_tokens")
+        if tokens is not None:
+            now = time.time()
+            if self.last_tokens is not None and now > self.last_tokens[1]:
+                rate = (tokens - self.last_tokens[0]) / (now - self.last_tokens[1])
+                train_parts.append(f"{rate:,.0f} tok/s")
+            self.last_tokens = (tokens, now)
+        if train_parts:
+            self.fields["train"] = "  ".join(train_parts)
+        if "eval_loss" in logs:
+            self.fields["eval"] = f"eval_loss {logs['eval_loss']:.4f}"
+        stats = "  ".join(self.fields[k] for k in ("train", "eval") if k in self.fields)
+        if self.progress is not None:
+            self.progress.update(self.task, stats=stats)
+            return
+        where = f"{self.label} step {state.global_step}/{self.total}"
+        if train_parts and any(key in logs for key in self.show_keys):
+            err.print(f"{where}  {self.fields['train']}  eta {self._eta(state)}", markup=False, highlight=False,
+                      soft_wrap=True)
+        if "eval_loss" in logs:
+            err.print(f"{where}  {self.fields['eval']}", markup=False, highlight=False, soft_wrap=True)
+
+    def _eta(self, state) -> str:
+        done = state.global_step - self.start_step
+        if done <= 0:
+            return "?"
+        left = (time.time() - self.started) / done * (self.total - state.global_step)
+        return time.strftime("%H:%M:%S", time.gmtime(max(left, 0)))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+            self.progress.stop()
+            self.progress = None
+
+
+@dataclass
+class InterruptFlag:
+    raised: bool = False
+
+
+class SaveOnInterrupt(TrainerCallback):
+    """After Ctrl-C, finish the current step, save a checkpoint and stop."""
+
+    def __init__(self, flag: InterruptFlag):
+        self.flag = flag
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.flag.raised:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+@contextmanager
+def ctrl_c_saves(flag: InterruptFlag) -> Iterator[None]:
+    """First Ctrl-C asks for a clean stop with a checkpoint; a second one aborts at once."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if flag.raised:
+            raise KeyboardInterrupt
+        flag.raised = True
+        err.print("\n[yellow]Ctrl-C: saving a checkpoint after this step (press Ctrl-C again to abort)...[/yellow]")
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (e.g. some test runners): no handler, plain KeyboardInterrupt
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class TrainOutcome:
+    global_step: int
+    records: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], resume_hint: str) -> TrainOutcome:
+    """Train inside the run folder with progress, metrics, Ctrl-C checkpointing and resume."""
+    flag = InterruptFlag()
+    metrics = MetricsLog(run)
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    for callback in (metrics, RichProgress(label, show_keys), SaveOnInterrupt(flag)):
+        trainer.add_callback(callback)
+    checkpoint = run.latest_checkpoint() if run.mode == "resume" else None
+    if checkpoint is not None:
+        trim_metrics(run, int(checkpoint.name.split("-")[-1]))
+        err.print(f"Resuming from {checkpoint.name}")
+    elif run.mode == "resume":
+        err.print("No checkpoint to resume from yet: starting from step 0")
+    started = time.time()
+    with ctrl_c_saves(flag):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if flag.raised:
+        raise RunInterrupted(
+            f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {run.staging}",
+            hint=f"resume with: {resume_hint}",
+        )
+    return TrainOutcome(trainer.state.global_step, metrics.records, time.time() - started)
+
+
+def summarize_losses(records: list[dict[str, Any]], key: str = "loss") -> dict[str, float]:
+    values = [r[key] for r in records if key in r]
+    if not values:
+        return {}
+    return {f"first_{key}": values[0], f"final_{key}": values[-1]}

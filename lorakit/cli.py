@@ -87,8 +87,7 @@ def _root(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
 ) -> None:
-    if debug:
-        _state["debug"] = True
+    _state["debug"] = debug or os.environ.get("LORAKIT_DEBUG", "") not in ("", "0")
     # Library chatter (per-step tqdm bars, advisory warnings) would bury lorakit's own progress and errors.
     for name, value in (("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                         ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false")):

@@ -31,9 +31,6 @@ class ModelSection(Section):
     )
     revision: str | None = None
     trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="Weights dtype; auto = bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."
-    )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     chat_template: str | None = Field(
         None,
@@ -304,7 +301,8 @@ def describe_error(cls: type[BaseModel], err: dict[str, Any]) -> str:
     field = ".".join(loc) or "(recipe)"
     if err["type"] == "extra_forbidden":
         known = known_keys(cls, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+        alias = ALIASES.get(loc[-1])
+        close = [alias] if alias in known else difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
         suggestion = f"; did you mean '{'.'.join(loc[:-1] + [close[0]])}'?" if close else ""
         return f"{field}: unknown key{suggestion}"
     message = err["msg"]
@@ -314,6 +312,16 @@ def describe_error(cls: type[BaseModel], err: dict[str, Any]) -> str:
     if err["type"] not in ("missing",) and not isinstance(given, (dict, list)):
         message += f" (got {given!r})"
     return f"{field}: {message}"
+
+
+# Names other tools use for lorakit's fields, so a recipe ported from TRL, PEFT or axolotl gets a useful hint.
+ALIASES = {
+    "rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "lr": "learning_rate",
+    "num_train_epochs": "epochs", "num_epochs": "epochs", "per_device_train_batch_size": "micro_batch_size",
+    "batch_size": "micro_batch_size", "optimizer": "optim", "model_name_or_path": "name_or_path",
+    "base_model": "name_or_path", "max_seq_length": "max_length", "sequence_len": "max_length",
+    "gradient_accumulation": "gradient_accumulation_steps", "path": "train", "dataset": "train",
+}
 
 
 def known_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:

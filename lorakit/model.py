@@ -225,6 +225,10 @@ def lora_config(lora, target_modules=None):
 def wrap_lora(model, recipe, gradient_checkpointing: bool):
     """Prepare a (possibly 4-bit) base for training and add a fresh trainable LoRA adapter."""
     from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    # LoRA's A matrices are drawn from the global RNG: seed it, or the same recipe trains a different model.
+    set_seed(recipe.train.seed)
 
     if recipe.method == "qlora":
         model = prepare_model_for_kbit_training(

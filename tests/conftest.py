@@ -43,3 +43,26 @@ def tiny_qwen2(tmp_path_factory) -> Path:
 
     spec = TinySpec(arch="qwen2", tie_word_embeddings=True)
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen2", spec)
+
+
+def sft_recipe(output_dir, *overrides: str, **flags):
+    """The bundled tiny SFT recipe, pointed at a test folder."""
+    from lorakit.config import load_recipe
+
+    return load_recipe("sft", REPO / "recipes" / "tiny-cpu-sft.yaml", list(overrides),
+                       {"output_dir": str(output_dir), **flags})
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory):
+    """A trained tiny SFT run (LoRA on builtin:tiny-llama), shared by every test that only reads it."""
+    from lorakit.train.sft import run_sft
+
+    out = tmp_path_factory.mktemp("runs") / "sft"
+    old = os.getcwd()
+    os.chdir(REPO)  # the recipe's data paths are relative to the repository
+    try:
+        result = run_sft(sft_recipe(out, max_steps=150))
+    finally:
+        os.chdir(old)
+    return result

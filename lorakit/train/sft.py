@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from lorakit.config import SFTRecipe, recipe_to_dict
 from lorakit.console import err, info
@@ -30,7 +30,9 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume_hint: str = "") -> RunResult:
+def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume_hint: str = "",
+            callbacks: Sequence = ()) -> RunResult:
+    """Train an SFT adapter into the run folder `recipe.output_dir`. `callbacks` are extra TrainerCallbacks."""
     from trl import SFTConfig, SFTTrainer
 
     run = RunFolder.open(recipe.output_dir, force=force, resume=resume)
@@ -69,6 +71,7 @@ def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume
         train_dataset=data.for_trainer(data.train),
         eval_dataset=data.for_trainer(data.eval) if data.eval is not None else None,
         processing_class=tokenizer,
+        callbacks=list(callbacks),
     )
     raise_if_problems(lint_collated(trainer.data_collator, data.train, tokenizer.pad_token_id, tokenizer.eos_token_id))
 

@@ -1,0 +1,198 @@
+"""The command line as a user meets it: help, versions, recipes, and one clean error per kind of bad input."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from lorakit import __version__
+from lorakit.cli import app
+
+from ..conftest import REPO
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(result, *fragments, code=None):
+    output = result.output
+    assert result.exit_code != 0, output
+    if code is not None:
+        assert result.exit_code == code, output
+    assert "error:" in output and "hint:" in output, output
+    assert "Traceback" not in output, output
+    for fragment in fragments:
+        assert fragment in output, output
+
+
+def command_paths():
+    paths = [[c.name] for c in app.registered_commands]
+    for group in app.registered_groups:
+        paths += [[group.name, c.name] for c in group.typer_instance.registered_commands]
+    return paths
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"lorakit {__version__}"
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p))
+def test_every_command_has_help_with_an_example(path):
+    result = invoke(*path, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output and "lorakit " in result.output
+
+
+def test_python_dash_m_works():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "lorakit", "--version"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0 and done.stdout.strip() == f"lorakit {__version__}"
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; from lorakit.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe):
+    from lorakit.config import RECIPES, load_recipe
+
+    text = recipe.read_text()
+    assert text.startswith("# lorakit "), "a recipe opens with the command that runs it"
+    stage = yaml.safe_load(text)["stage"]
+    assert stage in RECIPES
+    load_recipe(stage, recipe)
+
+
+def test_print_config_resolves_flags_and_overrides():
+    result = invoke("sft", "-r", REPO / "recipes/tiny-cpu-sft.yaml", "--print-config", "--max-steps", "7",
+                    "--set", "lora.r=4", "--lr", "1e-3")
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["train"]["max_steps"] == 7 and resolved["lora"]["r"] == 4
+    assert resolved["train"]["learning_rate"] == 1e-3
+
+
+def test_unknown_recipe_key(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: sft\nlora:\n  rank: 8\n")
+    assert_clean_error(invoke("sft", "-r", recipe), "lora.rank: unknown key; did you mean 'lora.r'?", code=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bad input to `lorakit sft`: every case fails before training and leaves nothing behind
+
+
+@pytest.fixture()
+def good_data(tmp_path):
+    path = tmp_path / "chats.jsonl"
+    shutil.copy(REPO / "examples/data/chat-messages.jsonl", path)
+    return path
+
+
+def sft(tmp_path, model, data):
+    out = tmp_path / "out"
+    result = invoke("sft", "--model", model, "--data", data, "--output-dir", out, "--max-steps", "1")
+    assert not out.exists() and not (tmp_path / ".out.partial").exists(), "a failed run left files behind"
+    return result
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_missing_data_file(tmp_path, tiny_llama):
+    assert_clean_error(sft(tmp_path, tiny_llama, tmp_path / "nope.jsonl"), "nope.jsonl not found")
+
+
+def test_malformed_json_names_the_line(tmp_path, tiny_llama):
+    data = write(tmp_path, "bad.jsonl", '{"text": "ok"}\n{"text": \n')
+    assert_clean_error(sft(tmp_path, tiny_llama, data), "bad.jsonl line 2: malformed JSON")
+
+
+def test_unknown_format(tmp_path, tiny_llama):
+    data = write(tmp_path, "odd.jsonl", '{"question": "q", "reply": "a"}\n')
+    assert_clean_error(sft(tmp_path, tiny_llama, data), "cannot tell the data format", "data.columns")
+
+
+def test_missing_and_empty_columns(tmp_path, tiny_llama):
+    data = write(tmp_path, "cols.jsonl", '{"instruction": "q", "output": "a"}\n{"instruction": "q", "output": ""}\n')
+    assert_clean_error(sft(tmp_path, tiny_llama, data), "row 2: 'output' is empty")
+
+
+def test_empty_dataset(tmp_path, tiny_llama):
+    data = write(tmp_path, "empty.jsonl", "")
+    assert_clean_error(sft(tmp_path, tiny_llama, data), "empty.jsonl is empty")
+
+
+def test_model_folder_without_config(tmp_path, good_data):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    assert_clean_error(sft(tmp_path, folder, good_data), "has no config.json")
+
+
+def test_model_folder_without_weights(tmp_path, good_data, tiny_llama):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tiny_llama / "config.json", folder)
+    assert_clean_error(sft(tmp_path, folder, good_data), "has no weights")
+
+
+def test_pickle_only_weights_are_refused(tmp_path, good_data, tiny_llama):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(tiny_llama / "config.json", folder)
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded, never unpickled")
+    assert_clean_error(sft(tmp_path, folder, good_data), "only pickle weights", "safetensors")
+
+
+def test_remote_code_needs_explicit_trust(tmp_path, good_data, tiny_llama):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert_clean_error(sft(tmp_path, folder, good_data), "needs its own Python code", "trust_remote_code")
+
+
+def test_missing_model_folder(tmp_path, good_data):
+    assert_clean_error(sft(tmp_path, "./no-such-model", good_data), "model folder ./no-such-model not found")
+
+
+def test_no_data_at_all(tmp_path, tiny_llama):
+    result = invoke("sft", "--model", tiny_llama, "--output-dir", tmp_path / "out")
+    assert_clean_error(result, "no training data", "--data")
+
+
+def test_debug_shows_the_traceback(tmp_path, tiny_llama):
+    result = invoke("--debug", "sft", "--model", tiny_llama, "--data", tmp_path / "x.jsonl",
+                    "--output-dir", tmp_path / "out")
+    assert result.exit_code != 0 and result.exception is not None  # raised, not swallowed
+
+
+def test_data_check_reports_problems_and_stats(tmp_path):
+    result = invoke("data", "check", REPO / "examples/data/chat-messages.jsonl", "--model", "builtin:tiny-llama",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["format"] == "messages" and report["rows"] == 50 and report["mask/EOS lint"] == "ok"
+    assert report["tokens max"] >= report["tokens p50"] > 0
+    dup = write(tmp_path, "dup.jsonl", '{"text": "same"}\n{"text": "same"}\n{"text": "other"}\n')
+    report = json.loads(invoke("data", "check", dup, "--json").stdout)
+    assert report["exact duplicates"] == 1
+    bad = write(tmp_path, "bad.jsonl", '{"messages": [{"role": "user", "content": "q"}]}\n')
+    assert_clean_error(invoke("data", "check", bad), "row 1: no assistant turn")

@@ -282,3 +282,21 @@ def data_check(
 
     report = check_data(path, model=model, stage=stage, fmt=fmt, max_length=max_length, overrides=set_ or [])
     _print_run_summary(f"data check: {path}", report, json_out)
+
+
+@command(
+    "env",
+    help="Show what this machine has (device, GPU, kernels, versions) and the defaults lorakit picks on it.\n\n"
+    "Example:\n\n  lorakit env --json",
+)
+def env(json_out: JsonOpt = False) -> None:
+    from lorakit.console import key_value_table, out, print_json
+    from lorakit.env import describe_environment
+
+    report = describe_environment()
+    if json_out:
+        print_json(report)
+        return
+    out.print(key_value_table("detected", report["detected"]))
+    out.print(key_value_table("chosen by default", report["chosen"]))
+    out.print(key_value_table("versions", report["versions"]))

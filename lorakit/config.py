@@ -128,6 +128,16 @@ class TrainSection(Section):
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     precision: Precision = Field("auto", description="auto = bf16 where supported, fp16 on older GPUs, fp32 on CPU.")
     gradient_checkpointing: bool = True
+    padding_free: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="Concatenate a batch's examples without padding (position ids reset per example). auto = on when "
+        "a probe on the loaded model shows no cross-example attention; otherwise length-grouped batches.",
+    )
+    loss: Literal["auto", "plain", "fused"] = Field(
+        "auto",
+        description="plain = cross-entropy over full logits; fused = TRL's tiled LM head that never builds the "
+        "logits. auto = fused on CUDA (saves memory at large vocabularies), plain on the CPU (about 2x faster there).",
+    )
     seed: int = 42
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(100, gt=0, description="Checkpoint every N optimizer steps.")

@@ -115,15 +115,16 @@ def torch_dtype(name: str):
 
 
 def resolve_attn(attn: str, device: str) -> str:
-    if attn != "auto":
-        if attn == "flash_attention_2":
-            import importlib.util
+    """auto -> flash-attention 2 on CUDA when it is installed, PyTorch's SDPA otherwise."""
+    import importlib.util
 
-            if importlib.util.find_spec("flash_attn") is None:
-                raise ModelError("model.attn_implementation is flash_attention_2 but flash-attn is not installed",
-                                 hint="pip install flash-attn, or use sdpa")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if attn == "flash_attention_2" and not has_flash:
+        raise ModelError("model.attn_implementation is flash_attention_2 but flash-attn is not installed",
+                         hint="pip install flash-attn, or use sdpa")
+    if attn != "auto":
         return attn
-    return "sdpa"
+    return "flash_attention_2" if device == "cuda" and has_flash else "sdpa"
 
 
 # ---------------------------------------------------------------------------------------------------------------

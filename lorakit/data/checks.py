@@ -58,14 +58,19 @@ def lint_collated(collator, tokenized, pad_token_id: int | None, eos_token_id: i
     batch = collator(examples)
     labels = batch["labels"]
     lost = 0
+    # A label at an example's first position is never a prediction target (nothing precedes it), so collators
+    # may mask it; every other trained label must survive.
     if labels.shape[0] == len(examples):  # padded batch: one row per example
-        for row, example in enumerate(examples):
-            got = labels[row, : len(example["labels"])].tolist()
-            lost += sum(1 for want, have in zip(example["labels"], got) if want != IGNORE and have == IGNORE)
+        rows = [(example["labels"], labels[row, : len(example["labels"])].tolist())
+                for row, example in enumerate(examples)]
     else:  # padding-free: one flat row
-        flat = [label for example in examples for label in example["labels"]]
-        got = labels.reshape(-1)[: len(flat)].tolist()
-        lost += sum(1 for want, have in zip(flat, got) if want != IGNORE and have == IGNORE)
+        flat = labels.reshape(-1).tolist()
+        rows, offset = [], 0
+        for example in examples:
+            rows.append((example["labels"], flat[offset: offset + len(example["labels"])]))
+            offset += len(example["labels"])
+    for want, have in rows:
+        lost += sum(1 for w, h in zip(want[1:], have[1:]) if w != IGNORE and h == IGNORE)
     if lost:
         same = pad_token_id is not None and pad_token_id == eos_token_id
         return [(

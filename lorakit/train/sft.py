@@ -22,6 +22,7 @@ from lorakit.model import (
 from lorakit.runs import RunFolder, now, package_versions
 from lorakit.train.common import execute, summarize_losses, training_kwargs
 from lorakit.train.finish import write_adapter_run
+from lorakit.train.speed import plain_loss_trainer, plan_speed, trainer_speed_kwargs
 
 
 @dataclass
@@ -30,13 +31,26 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume_hint: str = "",
-            callbacks: Sequence = ()) -> RunResult:
-    """Train an SFT adapter into the run folder `recipe.output_dir`. `callbacks` are extra TrainerCallbacks."""
+@dataclass
+class SFTSetup:
+    """A ready SFTTrainer and what was decided on the way (for the manifest, the summary and benchmarks)."""
+
+    trainer: Any
+    tokenizer: Any
+    data: Any
+    source: Any
+    device: str
+    precision: str
+    speed: Any
+    trainable: int
+    total: int
+    estimate: dict[str, Any] | None
+
+
+def build_sft_trainer(recipe: SFTRecipe, run: RunFolder, callbacks: Sequence = ()) -> SFTSetup:
+    """Every check, then tokenizer, data, model and trainer: everything up to (not including) training."""
     from trl import SFTConfig, SFTTrainer
 
-    run = RunFolder.open(recipe.output_dir, force=force, resume=resume)
-    check_resumable(run, recipe)
     source = resolve_model_source(recipe.model.name_or_path, recipe.model.revision, recipe.model.trust_remote_code)
     device = resolve_device()
     precision = resolve_precision(recipe.train.precision, device)
@@ -58,14 +72,20 @@ def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume
         model = wrap_lora(model, recipe, recipe.train.gradient_checkpointing)
     trainable, total = parameter_counts(model)
     info(f"Model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)")
+    speed = plan_speed(recipe.train, device, model, len(tokenizer))
+    tokens_per_batch = recipe.train.micro_batch_size * data.stats["tokens"] / max(data.stats["rows"], 1)
+    info(f"Batches: {speed.reasons['batching']}, ~{tokens_per_batch:,.0f} tokens per micro-batch; "
+         f"{speed.loss} loss ({speed.reasons['loss']})")
 
     args = SFTConfig(
         **training_kwargs(recipe.train, run, device, precision, recipe.method, data.eval is not None),
+        **trainer_speed_kwargs(speed),
         max_length=None,  # examples are truncated (and linted) by lorakit before they get here
         packing=False,
         dataset_num_proc=recipe.data.num_proc,
     )
-    trainer = SFTTrainer(
+    trainer_cls = plain_loss_trainer(SFTTrainer) if speed.loss == "plain" else SFTTrainer
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=data.for_trainer(data.train),
@@ -74,6 +94,16 @@ def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume
         callbacks=list(callbacks),
     )
     raise_if_problems(lint_collated(trainer.data_collator, data.train, tokenizer.pad_token_id, tokenizer.eos_token_id))
+    return SFTSetup(trainer, tokenizer, data, source, device, precision, speed, trainable, total, estimate)
+
+
+def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume_hint: str = "",
+            callbacks: Sequence = ()) -> RunResult:
+    """Train an SFT adapter into the run folder `recipe.output_dir`. `callbacks` are extra TrainerCallbacks."""
+    run = RunFolder.open(recipe.output_dir, force=force, resume=resume)
+    check_resumable(run, recipe)
+    setup = build_sft_trainer(recipe, run, callbacks)
+    trainer, tokenizer, data, source = setup.trainer, setup.tokenizer, setup.data, setup.source
 
     run.begin()
     started = run.read_staged_manifest().get("started_at") or now()
@@ -85,13 +115,14 @@ def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume
         "versions": package_versions(),
         "base_model": {"name": source.name, "location": source.location, "revision": source.revision},
         "method": recipe.method,
-        "device": device,
-        "precision": precision,
+        "device": setup.device,
+        "precision": setup.precision,
+        "speed": {"loss": setup.speed.loss, "padding_free": setup.speed.padding_free, "why": setup.speed.reasons},
         "dataset": {"source": data.source, "format": data.format, "fingerprint": data.fingerprint, **data.stats},
         "parent": None,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "vram_estimate": estimate,
+        "trainable_parameters": setup.trainable,
+        "total_parameters": setup.total,
+        "vram_estimate": setup.estimate,
     }
     run.write_manifest(manifest)
     try:

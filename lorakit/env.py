@@ -1,0 +1,41 @@
+"""`lorakit env`: what this machine has, and what lorakit will choose on it by default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lorakit.model import resolve_attn, resolve_device, resolve_precision
+from lorakit.runs import package_versions
+from lorakit.train.common import resolve_optim
+from lorakit.train.speed import choose_loss, has_flash_attention, has_liger
+
+
+def describe_environment() -> dict[str, Any]:
+    import torch
+
+    device = resolve_device()
+    detected: dict[str, Any] = {
+        "device": device,
+        "cpu threads": torch.get_num_threads(),
+        "flash-attn installed": has_flash_attention(),
+        "liger-kernel installed": has_liger(),
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        detected.update({
+            "gpu": props.name,
+            "gpu memory (GiB)": round(props.total_memory / 2**30, 1),
+            "compute capability": f"{props.major}.{props.minor}",
+            "bf16 supported": torch.cuda.is_bf16_supported(),
+        })
+    loss, loss_reason = choose_loss("auto", device)
+    chosen = {
+        "precision": resolve_precision("auto", device),
+        "attention": resolve_attn("auto", device),
+        "loss": f"{loss} ({loss_reason})",
+        "batching": "padding-free when a probe on the loaded model shows packed == unpacked logits, "
+        "else length-grouped",
+        "optimizer (lora)": resolve_optim("auto", "lora", device),
+        "optimizer (qlora)": resolve_optim("auto", "qlora", device),
+    }
+    return {"detected": detected, "chosen": chosen, "versions": package_versions()}

@@ -1,0 +1,129 @@
+"""Throughput choices that depend on the device and the model, made once and reported.
+
+Measured on a 2-core CPU (bench/throughput.py): padding-free batches remove the padding that uneven chat lengths
+put in every batch, and the plain cross-entropy loss is about twice as fast as TRL's tiled fused LM head there. On
+CUDA the fused head is kept: it never materializes the (tokens x vocabulary) logits, which dominate memory at 128k+
+vocabularies. Padding-free batching is only used after a probe on the loaded model shows that packed examples do not
+attend to each other with its attention implementation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+from lorakit.console import warn
+
+
+@dataclass
+class SpeedPlan:
+    loss: str  # plain | fused
+    padding_free: bool
+    group_by_length: bool
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+def choose_loss(setting: str, device: str) -> tuple[str, str]:
+    if setting != "auto":
+        return setting, "set in the recipe"
+    if device == "cuda":
+        return "fused", "CUDA: the fused LM head never builds the full logits"
+    return "plain", "CPU: plain cross-entropy is about 2x faster than the tiled fused head"
+
+
+def has_flash_attention() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def has_liger() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def packing_is_exact(model, vocab_size: int, tolerance: float = 2e-2) -> bool:
+    """Run three short random examples packed into one row and one by one; compare the logits.
+
+    A model whose attention ignores the per-example position ids would let later examples attend to earlier ones,
+    which shows up as large differences. Cheap: about 30 tokens through the real (possibly 4-bit) model.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = (7, 11, 5)
+    device = next(model.parameters()).device
+    examples = [torch.randint(0, min(vocab_size, 1000), (n,), generator=generator).to(device) for n in lengths]
+    packed_ids = torch.cat(examples)[None]
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            packed = model(input_ids=packed_ids, position_ids=position_ids, use_cache=False).logits[0].float()
+            single = torch.cat([model(input_ids=e[None], use_cache=False).logits[0].float() for e in examples])
+    except Exception:  # a model that rejects packed inputs outright is simply not packed
+        return False
+    finally:
+        model.train(was_training)
+    scale = single.abs().max().clamp(min=1.0)
+    return bool(((packed - single).abs().max() / scale) <= tolerance)
+
+
+def plan_speed(train, device: str, model, vocab_size: int) -> SpeedPlan:
+    loss, loss_reason = choose_loss(train.loss, device)
+    reasons = {"loss": loss_reason}
+    if train.padding_free is False:
+        padding_free, reasons["batching"] = False, "padding_free: false in the recipe; length-grouped batches"
+    else:
+        exact = packing_is_exact(model, vocab_size)
+        if exact:
+            padding_free, reasons["batching"] = True, "padding-free (probe: packed == unpacked logits)"
+        else:
+            padding_free = False
+            reasons["batching"] = "length-grouped batches (probe: packed examples would see each other)"
+            if train.padding_free is True:
+                warn("padding_free: true, but this model's attention lets packed examples see each other; "
+                     "using length-grouped batches instead")
+    return SpeedPlan(loss=loss, padding_free=padding_free, group_by_length=not padding_free, reasons=reasons)
+
+
+def trainer_speed_kwargs(plan: SpeedPlan) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"padding_free": plan.padding_free}
+    if plan.group_by_length:
+        kwargs["train_sampling_strategy"] = "group_by_length"
+    return kwargs
+
+
+def plain_loss_trainer(trainer_cls):
+    """A subclass of TRL's SFTTrainer whose loss is the model's own cross-entropy over the full logits.
+
+    TRL recommends subclassing and overriding compute_loss to change the loss; the metrics it logs (token accuracy,
+    token count) are kept so the progress line and metrics.jsonl look the same with either loss.
+    """
+
+    class PlainLossTrainer(trainer_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            import torch
+
+            mode = "train" if self.model.training else "eval"
+            inputs = {**inputs, "use_cache": False}
+            outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
+            loss = outputs.loss
+            with torch.no_grad():
+                labels = inputs["labels"][:, 1:]
+                mask = labels != -100
+                correct = (outputs.logits[:, :-1].argmax(-1) == labels) & mask
+                valid = mask.sum()
+                self._metrics[mode]["mean_token_accuracy"].append(
+                    (correct.sum() / valid).item() if valid > 0 else 0.0)
+            if mode == "train":
+                if "attention_mask" in inputs:
+                    self._total_train_tokens += int(inputs["attention_mask"].sum())
+                else:
+                    self._total_train_tokens += int(inputs["position_ids"].size(1))
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            return (loss, outputs) if return_outputs else loss
+
+    PlainLossTrainer.__name__ = f"PlainLoss{trainer_cls.__name__}"
+    return PlainLossTrainer

@@ -38,8 +38,20 @@ def resolve_optim(optim: str, method: str, device: str) -> str:
     return optim
 
 
+def check_report_to(report_to) -> None:
+    import importlib.util
+
+    from lorakit.errors import ConfigError
+
+    for target in report_to:
+        if importlib.util.find_spec(target) is None:
+            raise ConfigError(f"train.report_to lists {target}, which is not installed",
+                              hint=f"pip install {target}, or remove it from train.report_to")
+
+
 def training_kwargs(train, run: RunFolder, device: str, precision: str, method: str, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments fields shared by SFTConfig and DPOConfig."""
+    check_report_to(train.report_to)
     return dict(
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=train.micro_batch_size,

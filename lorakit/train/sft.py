@@ -20,7 +20,7 @@ from lorakit.model import (
     wrap_lora,
 )
 from lorakit.runs import RunFolder, now, package_versions
-from lorakit.train.common import execute, summarize_losses, training_kwargs
+from lorakit.train.common import check_report_to, execute, summarize_losses, training_kwargs
 from lorakit.train.finish import write_adapter_run
 from lorakit.train.speed import plain_loss_trainer, plan_speed, trainer_speed_kwargs
 
@@ -51,6 +51,7 @@ def build_sft_trainer(recipe: SFTRecipe, run: RunFolder, callbacks: Sequence = (
     """Every check, then tokenizer, data, model and trainer: everything up to (not including) training."""
     from trl import SFTConfig, SFTTrainer
 
+    check_report_to(recipe.train.report_to)
     source = resolve_model_source(recipe.model.name_or_path, recipe.model.revision, recipe.model.trust_remote_code)
     device = resolve_device()
     precision = resolve_precision(recipe.train.precision, device)

@@ -196,3 +196,27 @@ def test_data_check_reports_problems_and_stats(tmp_path):
     assert report["exact duplicates"] == 1
     bad = write(tmp_path, "bad.jsonl", '{"messages": [{"role": "user", "content": "q"}]}\n')
     assert_clean_error(invoke("data", "check", bad), "row 1: no assistant turn")
+
+
+def test_report_to_a_missing_logger(tmp_path, good_data, tiny_llama):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    result = invoke("sft", "--model", tiny_llama, "--data", good_data, "--output-dir", tmp_path / "out",
+                    "--set", "train.report_to=[wandb]")
+    assert_clean_error(result, "train.report_to lists wandb, which is not installed")
+
+
+def test_hub_dataset_offline_says_what_it_tried(tmp_path, tiny_llama):
+    result = invoke("sft", "--model", tiny_llama, "--data", "some-org/some-dataset", "--output-dir", tmp_path / "o")
+    assert_clean_error(result, "cannot load hub dataset some-org/some-dataset", "hub")
+
+
+@pytest.mark.slow
+def test_chat_keeps_history_and_quits(sft_run):
+    result = runner.invoke(app, ["chat", str(sft_run.path), "--temperature", "0"],
+                           input="What is the capital of France?\n/reset\nWhat is 4 plus 5?\n/exit\n")
+    assert result.exit_code == 0, result.output
+    assert "The capital of France is Paris." in result.output
+    assert "4 plus 5 is 9." in result.output

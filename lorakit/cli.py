@@ -300,3 +300,132 @@ def env(json_out: JsonOpt = False) -> None:
     out.print(key_value_table("detected", report["detected"]))
     out.print(key_value_table("chosen by default", report["chosen"]))
     out.print(key_value_table("versions", report["versions"]))
+
+
+@command(
+    "run",
+    help="Run a whole pipeline (sft -> dpo -> merge -> quantize) from one recipe; re-runs skip finished stages "
+    "whose inputs did not change and resume interrupted ones.\n\n"
+    "Examples:\n\n  lorakit run recipes/tiny-cpu-pipeline.yaml\n\n"
+    "  lorakit run recipes/qwen2.5-7b-qlora-pipeline.yaml --only sft,dpo\n\n"
+    "  lorakit run recipes/tiny-cpu-pipeline.yaml --from-stage merge",
+)
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Pipeline recipe (stage: pipeline).")],
+    only: Annotated[Optional[str], typer.Option("--only", help="Comma-separated stages to run, e.g. sft,dpo.")] = None,
+    from_stage: Annotated[Optional[str], typer.Option("--from-stage", help="Run this stage and the ones after.")] = None,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-run every selected stage, even if up to date.")] = False,
+    print_config: PrintConfigOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.config import load_recipe, recipe_to_yaml
+    from lorakit.console import out, print_json
+
+    resolved = load_recipe("pipeline", recipe, list(set_ or []))
+    if print_config:
+        out.print(recipe_to_yaml(resolved), markup=False)
+        return
+    from lorakit.pipeline import Pipeline
+
+    stages = [s.strip() for s in only.split(",") if s.strip()] if only else None
+    result = Pipeline(resolved).run(only=stages, from_stage=from_stage, force=force)
+    if json_out:
+        print_json({"stages": result.to_json(), "ok": result.failure is None})
+    else:
+        out.print(_pipeline_table(result))
+    if result.failure is not None:
+        raise result.failure
+
+
+def _pipeline_table(result):
+    from rich.table import Table
+
+    from lorakit.console import format_value
+
+    table = Table(title="pipeline", title_justify="left")
+    for column in ("stage", "status", "time", "key metrics", "output"):
+        table.add_column(column)
+    styles = {"ran": "green", "resumed": "green", "skipped": "cyan", "failed": "red"}
+    for o in result.outcomes:
+        metrics = ", ".join(f"{k} {format_value(v)}" for k, v in o.metrics.items()) or (o.error or "")
+        status = f"[{styles.get(o.status, 'dim')}]{o.status}[/]"
+        table.add_row(o.stage, status, f"{o.seconds:.0f}s" if o.seconds else "-", metrics, o.path)
+    return table
+
+
+@command(
+    "eval",
+    help="Score the base model and each run on the same held-out data, and flag stages that made it worse.\n\n"
+    "Examples:\n\n  lorakit eval out/sft out/dpo --data held-out.jsonl\n\n"
+    "  lorakit eval out/dpo --prefs held-out-prefs.jsonl --fail-on-regression\n\n"
+    "  lorakit eval out/dpo-merged out/dpo-merged-gguf --data held-out.jsonl --prompts prompts.txt",
+)
+def eval_(
+    paths: Annotated[list[Path], typer.Argument(help="Run folders, merged model folders or GGUF exports.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="SFT-style data: loss and perplexity.")] = None,
+    prefs: Annotated[Optional[str], typer.Option("--prefs", help="Preference pairs: reward accuracy, margin.")] = None,
+    prompts: Annotated[Optional[list[str]], typer.Option("--prompts", help="A prompt, or a file of prompts "
+                                                         "(one per line), to generate side by side.")] = None,
+    no_base: Annotated[bool, typer.Option("--no-base", help="Do not score the base model.")] = False,
+    base_model: Annotated[Optional[str], typer.Option("--base-model", help="Base model, if it moved.")] = None,
+    fail_on_regression: Annotated[bool, typer.Option("--fail-on-regression",
+                                                     help="Exit non-zero when a stage is worse than its parent.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.console import out, print_json
+    from lorakit.evaluate import RegressionError, run_eval
+
+    report = run_eval(paths, data, prefs, prompts, not no_base, base_model)
+    if json_out:
+        print_json(report)
+    else:
+        _print_eval(report)
+    worse = [r for r in report["regressions"] if r["worse"]]
+    if fail_on_regression and worse:
+        first = worse[0]
+        raise RegressionError(
+            f"{len(worse)} regression(s): {first['candidate']} has {first['metric']} {first['value']:.4f} vs "
+            f"{first['parent_value']:.4f} for its parent {first['parent']}",
+            hint="inspect that stage's data and settings; eval.json in the run folder has the details",
+        )
+
+
+def _print_eval(report: dict) -> None:
+    from rich.table import Table
+
+    from lorakit.console import format_value, out
+
+    metrics = [m for m in ("loss", "perplexity", "reward_accuracy", "reward_margin", "logp_gap")
+               if any(m in c for c in report["candidates"])]
+    table = Table(title="eval", title_justify="left")
+    for column in ["candidate", "kind", *metrics]:
+        table.add_column(column)
+    for c in report["candidates"]:
+        table.add_row(_short(c["name"]), c["kind"], *[format_value(c.get(m, "-")) for m in metrics])
+    out.print(table)
+    if report["regressions"]:
+        reg = Table(title="each stage against its parent", title_justify="left")
+        for column in ("stage", "parent", "metric", "change", "verdict"):
+            reg.add_column(column)
+        for r in report["regressions"]:
+            verdict = "[red]worse[/red]" if r["worse"] else "[green]better or equal[/green]"
+            reg.add_row(_short(r["candidate"]), _short(r["parent"]), r["metric"], f"{r['change']:+.4f}", verdict)
+        out.print(reg)
+    for g in report.get("generations", []):
+        gen = Table(title=f"prompt: {g['prompt']}", title_justify="left", show_header=False)
+        gen.add_column(style="bold")
+        gen.add_column()
+        for name, reply in g.items():
+            if name != "prompt":
+                gen.add_row(_short(name), reply)
+        out.print(gen)
+
+
+def _short(name: str) -> str:
+    import os
+
+    try:
+        return os.path.relpath(name)
+    except ValueError:
+        return name

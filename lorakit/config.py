@@ -193,7 +193,49 @@ class DPORecipe(BaseRecipe):
     dpo: DPOSection = DPOSection()
 
 
-RECIPES: dict[str, type[BaseRecipe]] = {"sft": SFTRecipe, "dpo": DPORecipe}
+class MergeSection(Section):
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    base: Literal["dequantized", "original"] = Field(
+        "dequantized", description="QLoRA runs: merge into the dequantized NF4 weights (exact) or the original ones."
+    )
+    max_shard_size: str = "2GB"
+
+
+class QuantizeSection(Section):
+    format: Literal["gguf", "bnb-4bit", "bnb-8bit"] = "gguf"
+    type: str = Field("q8_0", description="GGUF type: f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k.")
+    verify: bool = True
+
+
+STAGE_ORDER = ("sft", "dpo", "merge", "quantize")
+
+
+class PipelineRecipe(Section):
+    """A whole run: each stage's section has the same schema as its single-stage recipe."""
+
+    stage: Literal["pipeline"] = "pipeline"
+    root: str = Field("out/pipeline", description="Each stage writes its own folder under this one.")
+    stages: list[Literal["sft", "dpo", "merge", "quantize"]] = Field(default_factory=lambda: list(STAGE_ORDER))
+    sft: SFTRecipe | None = None
+    dpo: DPORecipe | None = None
+    merge: MergeSection = MergeSection()
+    quantize: QuantizeSection = QuantizeSection()
+
+    @model_validator(mode="after")
+    def _stages_make_a_chain(self):
+        if not self.stages:
+            raise ValueError("stages is empty")
+        if list(self.stages) != [s for s in STAGE_ORDER if s in self.stages]:
+            raise ValueError(f"stages must be a subset of {list(STAGE_ORDER)} in that order")
+        for name in ("sft", "dpo"):
+            if name in self.stages and getattr(self, name) is None:
+                raise ValueError(f"stage '{name}' is listed but the recipe has no '{name}' section")
+        if self.stages[0] in ("merge", "quantize"):
+            raise ValueError("a pipeline starts with sft or dpo; merge and quantize single runs with their commands")
+        return self
+
+
+RECIPES: dict[str, type[BaseModel]] = {"sft": SFTRecipe, "dpo": DPORecipe, "pipeline": PipelineRecipe}
 
 # First-class CLI flags and the recipe field each one sets.
 FLAG_FIELDS = {
@@ -342,6 +384,10 @@ def known_keys(cls: type[BaseModel], loc: list[str]) -> list[str]:
         if field is None:
             return []
         model = field.annotation
+        # `X | None` sections: look inside the model member of the union
+        for member in getattr(model, "__args__", ()):
+            if hasattr(member, "model_fields"):
+                model = member
     return list(getattr(model, "model_fields", {}).keys())
 
 

@@ -45,6 +45,16 @@ def load_rows(source: str, subset: str | None = None, split: str = "train", max_
     return LoadedData(dataset=dataset, source=source, fingerprint=fingerprint)
 
 
+def fingerprint_source(source: str | None, subset: str | None = None, split: str = "train") -> str:
+    """A cheap identity for a data source, without loading it: a content hash for local files."""
+    if not source:
+        return "none"
+    path = Path(source).expanduser()
+    if path.exists():
+        return _hash_files(_local_files(path))
+    return f"hub:{source}:{subset}:{split}"
+
+
 def _local_files(path: Path) -> list[Path]:
     if path.is_file():
         if path.suffix.lower() not in LOCAL_SUFFIXES:

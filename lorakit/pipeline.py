@@ -1,0 +1,223 @@
+"""`lorakit run`: sft -> dpo -> merge -> quantize from one pipeline recipe, re-running only what changed.
+
+Each stage writes its own folder under the pipeline's root and the next stage takes that folder, exactly as the
+single commands do. A stage's identity is a hash of its resolved recipe section, its data's content and its parent
+stage's identity; `ROOT/pipeline.json` remembers the identity each finished stage was built from. A re-run skips a
+stage whose output is complete and whose identity is unchanged, resumes one that was interrupted (same identity,
+checkpoint waiting), and re-runs one whose inputs changed, which changes the identity of everything after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lorakit.config import STAGE_ORDER, PipelineRecipe, recipe_to_dict
+from lorakit.console import err
+from lorakit.errors import ConfigError, LorakitError
+from lorakit.fsutil import write_json_atomic
+from lorakit.runs import MANIFEST_FILE
+
+STATE_FILE = "pipeline.json"
+FOLDERS = {"sft": "sft", "dpo": "dpo", "merge": "merged", "quantize": "export"}
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str  # ran | resumed | skipped | not selected | failed | not run
+    path: str
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    outcomes: list[StageOutcome]
+    failure: LorakitError | None = None
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [asdict(o) for o in self.outcomes]
+
+
+class Pipeline:
+    def __init__(self, recipe: PipelineRecipe):
+        self.recipe = recipe
+        self.root = Path(recipe.root)
+        self.state_file = self.root / STATE_FILE
+        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+
+    def folder(self, stage: str) -> Path:
+        return self.root / FOLDERS[stage]
+
+    def previous(self, stage: str) -> str | None:
+        """The stage before `stage` in this pipeline (whose output `stage` consumes)."""
+        stages = self.recipe.stages
+        index = stages.index(stage)
+        return stages[index - 1] if index > 0 else None
+
+    def source_of(self, stage: str) -> Path:
+        previous = self.previous(stage)
+        if previous is None:
+            raise ConfigError(f"stage '{stage}' has no earlier stage to take its input from",
+                              hint="start the pipeline with sft or dpo")
+        # quantize after merge takes the merged model; after sft/dpo it merges the run itself
+        return self.folder(previous)
+
+    # --- identities ---------------------------------------------------------------------------------------------
+
+    def identity(self, stage: str, parent_key: str | None) -> str:
+        from lorakit.data.load import fingerprint_source
+
+        section: Any = getattr(self.recipe, stage)
+        inputs: dict[str, Any] = {"stage": stage, "parent": parent_key}
+        if stage in ("sft", "dpo"):
+            resolved = recipe_to_dict(section)
+            resolved.pop("output_dir", None)
+            if stage == "dpo" and "sft" in self.recipe.stages:
+                resolved.pop("from_run", None)  # the parent key stands for it
+            data = section.data
+            inputs["section"] = resolved
+            inputs["data"] = [fingerprint_source(data.train, data.subset, data.split), fingerprint_source(data.eval)]
+        else:
+            inputs["section"] = recipe_to_dict(section)
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def is_complete(self, stage: str) -> bool:
+        manifest = self.folder(stage) / MANIFEST_FILE
+        if not manifest.is_file():
+            return False
+        try:
+            return json.loads(manifest.read_text()).get("status", "complete") == "complete"
+        except json.JSONDecodeError:
+            return False
+
+    def has_partial(self, stage: str) -> bool:
+        folder = self.folder(stage)
+        return (folder.parent / f".{folder.name}.partial").is_dir()
+
+    def save_state(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.state_file, self.state)
+
+    # --- running ------------------------------------------------------------------------------------------------
+
+    def run(self, only: list[str] | None = None, from_stage: str | None = None, force: bool = False) -> PipelineResult:
+        stages = self.recipe.stages
+        for name in (only or []) + ([from_stage] if from_stage else []):
+            if name not in stages:
+                raise ConfigError(f"stage '{name}' is not in this pipeline (stages: {', '.join(stages)})",
+                                  hint="use one of the recipe's stages")
+        outcomes: list[StageOutcome] = []
+        parent_key: str | None = None
+        failure: LorakitError | None = None
+        for index, stage in enumerate(stages):
+            folder = self.folder(stage)
+            if failure is not None:
+                outcomes.append(StageOutcome(stage, "not run", str(folder)))
+                continue
+            key = self.identity(stage, parent_key)
+            selected = (not only or stage in only) and (not from_stage or index >= stages.index(from_stage))
+            recorded = self.state.get(stage, {})
+            if not selected:
+                # Downstream identities build on what is actually there.
+                parent_key = recorded.get("key", key) if self.is_complete(stage) else key
+                outcomes.append(StageOutcome(stage, "not selected", str(folder), metrics=recorded.get("metrics", {})))
+                continue
+            if not force and recorded.get("key") == key and recorded.get("status") == "complete" \
+                    and self.is_complete(stage):
+                err.print(f"[bold]{stage}[/bold]: up to date, skipped ({folder})")
+                outcomes.append(StageOutcome(stage, "skipped", str(folder), metrics=recorded.get("metrics", {})))
+                parent_key = key
+                continue
+            resume = not force and recorded.get("key") == key and self.has_partial(stage)
+            if index > 0 and not self.is_complete(self.previous(stage)):
+                failure = ConfigError(f"stage '{stage}' needs the output of '{self.previous(stage)}', which is missing",
+                                      hint=f"run the pipeline from '{self.previous(stage)}' first")
+                outcomes.append(StageOutcome(stage, "failed", str(folder), error=failure.message))
+                continue
+            err.rule(f"{stage}{' (resuming)' if resume else ''}")
+            self.state[stage] = {"key": key, "status": "running"}
+            self.save_state()
+            started = time.time()
+            try:
+                metrics = STAGE_RUNNERS[stage](self, folder, resume)
+            except LorakitError as exc:
+                failure = exc
+                self.state[stage] = {"key": key, "status": "interrupted" if self.has_partial(stage) else "failed"}
+                self.save_state()
+                outcomes.append(StageOutcome(stage, "failed", str(folder), time.time() - started, error=exc.message))
+                continue
+            seconds = time.time() - started
+            self.state[stage] = {"key": key, "status": "complete", "metrics": metrics, "seconds": round(seconds, 1),
+                                 "path": str(folder)}
+            self.save_state()
+            outcomes.append(StageOutcome(stage, "resumed" if resume else "ran", str(folder), seconds, metrics))
+            parent_key = key
+        return PipelineResult(outcomes, failure)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One small runner per stage: build the single-stage call the user would make by hand.
+
+
+def _pick(summary: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: summary[k] for k in keys if k in summary}
+
+
+def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
+    from lorakit.train.sft import run_sft
+
+    recipe = pipeline.recipe.sft.model_copy(update={"output_dir": str(folder)})
+    result = run_sft(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline))
+    return _pick(result.summary, "steps", "final_loss", "final_eval_loss")
+
+
+def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
+    from lorakit.train.dpo import run_dpo
+
+    update: dict[str, Any] = {"output_dir": str(folder)}
+    if "sft" in pipeline.recipe.stages:
+        update["from_run"] = str(pipeline.folder("sft"))
+    recipe = pipeline.recipe.dpo.model_copy(update=update)
+    result = run_dpo(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline))
+    return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps"))}
+
+
+def run_merge_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
+    from lorakit.merge import merge_run
+
+    section = pipeline.recipe.merge
+    result = merge_run(pipeline.source_of("merge"), folder, dtype=section.dtype, base_mode=section.base,
+                       max_shard_size=section.max_shard_size, force=True)
+    return dict(result.gap or {})
+
+
+def run_quantize_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
+    from lorakit.quantize import run_quantize
+
+    section = pipeline.recipe.quantize
+    result = run_quantize(pipeline.source_of("quantize"), section.format, section.type, folder, force=True,
+                          verify=section.verify)
+    return dict(result.summary or {})
+
+
+STAGE_RUNNERS: dict[str, Callable[[Pipeline, Path, bool], dict[str, Any]]] = {
+    "sft": run_sft_stage,
+    "dpo": run_dpo_stage,
+    "merge": run_merge_stage,
+    "quantize": run_quantize_stage,
+}
+assert tuple(STAGE_RUNNERS) == STAGE_ORDER
+
+
+def _rerun_hint(pipeline: Pipeline) -> str:
+    import shlex
+    import sys
+
+    return "lorakit " + shlex.join(a for a in sys.argv[1:] if a != "--force") + "  (the pipeline resumes by itself)"

@@ -22,7 +22,7 @@ from lorakit.model import (
 from lorakit.runs import RunFolder, now, package_versions
 from lorakit.train.common import check_report_to, execute, summarize_losses, training_kwargs
 from lorakit.train.finish import write_adapter_run
-from lorakit.train.speed import plain_loss_trainer, plan_speed, trainer_speed_kwargs
+from lorakit.train.speed import apply_loss_choice, plan_speed, trainer_speed_kwargs
 
 
 @dataclass
@@ -74,9 +74,6 @@ def build_sft_trainer(recipe: SFTRecipe, run: RunFolder, callbacks: Sequence = (
     trainable, total = parameter_counts(model)
     info(f"Model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)")
     speed = plan_speed(recipe.train, device, model, len(tokenizer))
-    tokens_per_batch = recipe.train.micro_batch_size * data.stats["tokens"] / max(data.stats["rows"], 1)
-    info(f"Batches: {speed.reasons['batching']}, ~{tokens_per_batch:,.0f} tokens per micro-batch; "
-         f"{speed.loss} loss ({speed.reasons['loss']})")
 
     args = SFTConfig(
         **training_kwargs(recipe.train, run, device, precision, recipe.method, data.eval is not None),
@@ -85,8 +82,7 @@ def build_sft_trainer(recipe: SFTRecipe, run: RunFolder, callbacks: Sequence = (
         packing=False,
         dataset_num_proc=recipe.data.num_proc,
     )
-    trainer_cls = plain_loss_trainer(SFTTrainer) if speed.loss == "plain" else SFTTrainer
-    trainer = trainer_cls(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=data.for_trainer(data.train),
@@ -94,6 +90,10 @@ def build_sft_trainer(recipe: SFTRecipe, run: RunFolder, callbacks: Sequence = (
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+    apply_loss_choice(trainer, speed)
+    tokens_per_batch = recipe.train.micro_batch_size * data.stats["tokens"] / max(data.stats["rows"], 1)
+    info(f"Batches: {speed.reasons['batching']}, ~{tokens_per_batch:,.0f} tokens per micro-batch; "
+         f"{speed.loss} loss ({speed.reasons['loss']})")
     raise_if_problems(lint_collated(trainer.data_collator, data.train, tokenizer.pad_token_id, tokenizer.eos_token_id))
     return SFTSetup(trainer, tokenizer, data, source, device, precision, speed, trainable, total, estimate)
 

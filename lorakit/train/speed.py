@@ -93,37 +93,13 @@ def trainer_speed_kwargs(plan: SpeedPlan) -> dict[str, Any]:
     return kwargs
 
 
-def plain_loss_trainer(trainer_cls):
-    """A subclass of TRL's SFTTrainer whose loss is the model's own cross-entropy over the full logits.
+def apply_loss_choice(trainer, plan: SpeedPlan) -> None:
+    """Swap TRL's fused LM head for the plain one when the plan says so (and the model allows it)."""
+    if plan.loss != "plain":
+        return
+    from lorakit.train.plain_head import use_plain_lm_head
 
-    TRL recommends subclassing and overriding compute_loss to change the loss; the metrics it logs (token accuracy,
-    token count) are kept so the progress line and metrics.jsonl look the same with either loss.
-    """
-
-    class PlainLossTrainer(trainer_cls):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            import torch
-
-            mode = "train" if self.model.training else "eval"
-            inputs = {**inputs, "use_cache": False}
-            outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
-            loss = outputs.loss
-            with torch.no_grad():
-                labels = inputs["labels"][:, 1:]
-                mask = labels != -100
-                correct = (outputs.logits[:, :-1].argmax(-1) == labels) & mask
-                valid = mask.sum()
-                self._metrics[mode]["mean_token_accuracy"].append(
-                    (correct.sum() / valid).item() if valid > 0 else 0.0)
-            if mode == "train":
-                if "attention_mask" in inputs:
-                    self._total_train_tokens += int(inputs["attention_mask"].sum())
-                else:
-                    self._total_train_tokens += int(inputs["position_ids"].size(1))
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            return (loss, outputs) if return_outputs else loss
-
-    PlainLossTrainer.__name__ = f"PlainLoss{trainer_cls.__name__}"
-    return PlainLossTrainer
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    if not use_plain_lm_head(model):
+        plan.loss = "fused"
+        plan.reasons["loss"] = "this model scales or soft-caps its logits: TRL's fused head handles that"

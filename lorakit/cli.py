@@ -429,3 +429,44 @@ def _short(name: str) -> str:
         return os.path.relpath(name)
     except ValueError:
         return name
+
+
+@command(
+    "dpo",
+    help="Direct Preference Optimization of a LoRA/QLoRA adapter, continuing from an SFT run.\n\n"
+    "Examples:\n\n"
+    "  lorakit dpo --from out/sft --data prefs.jsonl --output-dir out/dpo\n\n"
+    "  lorakit dpo --recipe recipes/tiny-cpu-dpo.yaml\n\n"
+    "  lorakit dpo --model ./base --data prefs.jsonl --output-dir out/dpo-from-base",
+)
+def dpo(
+    recipe: RecipeOpt = None,
+    from_run: Annotated[Optional[str], typer.Option("--from", help="SFT run folder to continue from.")] = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    output_dir: OutputOpt = None,
+    max_steps: MaxStepsOpt = None,
+    epochs: EpochsOpt = None,
+    learning_rate: LrOpt = None,
+    seed: SeedOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    resume: ResumeOpt = False,
+    print_config: PrintConfigOpt = False,
+    no_preflight: NoPreflightOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    resolved = _resolve_training_recipe(
+        "dpo", recipe, set_, no_preflight, from_run=from_run, model=model, data=data, output_dir=output_dir,
+        max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, seed=seed,
+    )
+    if print_config:
+        from lorakit.config import recipe_to_yaml
+        from lorakit.console import out
+
+        out.print(recipe_to_yaml(resolved), markup=False)
+        return
+    from lorakit.train.dpo import run_dpo
+
+    result = run_dpo(resolved, force=force, resume=resume, resume_hint=_resume_hint())
+    _print_run_summary("DPO run", result.summary, json_out)

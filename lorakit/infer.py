@@ -16,11 +16,14 @@ def base_source_of(run: Run, override: str | None = None) -> ModelSource:
     if override:
         return resolve_model_source(override, None, run.recipe.get("model", {}).get("trust_remote_code", False))
     trust = run.recipe.get("model", {}).get("trust_remote_code", False)
-    if Path(base["location"]).exists() or base["name"].startswith("builtin:"):
-        name = base["location"] if Path(base["location"]).exists() else base["name"]
+    if Path(base["location"]).is_dir():
+        from lorakit.model import check_model_folder
+
+        check_model_folder(Path(base["location"]), trust)
+        return ModelSource(base["name"], base["location"], True, base.get("revision"))
+    name = base["name"]
+    if name.startswith("builtin:") or Path(name).exists() or ("/" in name and not name.startswith((".", "/"))):
         return resolve_model_source(name, base.get("revision"), trust)
-    if Path(base["name"]).exists() or "/" in base["name"] and not base["name"].startswith((".", "/")):
-        return resolve_model_source(base["name"], base.get("revision"), trust)
     raise ModelError(f"the base model of {run.path} ({base['location']}) is gone",
                      hint="pass --model with the base model's folder or hub id")
 

@@ -66,3 +66,12 @@ def sft_run(tmp_path_factory):
     finally:
         os.chdir(old)
     return result
+
+
+def dpo_recipe(output_dir, from_run, *overrides: str, **flags):
+    """The bundled tiny DPO recipe, continuing from `from_run` (None: from the base model), in a test folder."""
+    from lorakit.config import load_recipe
+
+    overrides = list(overrides) + ([] if from_run else ["from_run=null"])
+    return load_recipe("dpo", REPO / "recipes" / "tiny-cpu-dpo.yaml", overrides,
+                       {"output_dir": str(output_dir), "from_run": str(from_run) if from_run else None, **flags})

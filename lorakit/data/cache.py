@@ -30,23 +30,31 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def cached_dataset(kind: str, key: str, build: Callable[[], Any]):
-    """Load the dataset cached under `key`, or build and cache it. Returns (dataset, was_cached)."""
+META_FILE = "lorakit-meta.json"
+
+
+def cached_dataset(kind: str, key: str, build: Callable[[], tuple[Any, dict[str, Any]]]):
+    """Load the dataset cached under `key`, or build and cache it.
+
+    `build` returns (dataset, meta); meta (e.g. the detected format) is stored beside it. Returns
+    (dataset, meta, was_cached).
+    """
     import datasets
 
     from lorakit.tiny import cache_dir
 
     folder = Path(cache_dir()) / "tokenized" / f"{kind}-{key}"
-    if (folder / "dataset_info.json").exists():
+    if (folder / "dataset_info.json").exists() and (folder / META_FILE).exists():
         try:
-            return datasets.load_from_disk(str(folder)), True
+            return datasets.load_from_disk(str(folder)), json.loads((folder / META_FILE).read_text()), True
         except Exception:  # a corrupt entry is rebuilt, never trusted
             pass
-    dataset = build()
+    dataset, meta = build()
     try:
         with atomic_dir(folder, force=True) as staging:
             dataset.save_to_disk(str(staging))
+            (staging / META_FILE).write_text(json.dumps(meta))
         dataset = datasets.load_from_disk(str(folder))
     except OSError:
         pass  # a read-only or full cache only costs the next run a re-tokenization
-    return dataset, False
+    return dataset, meta, False

@@ -44,28 +44,18 @@ def tokenize_source(source: str, data: DataSection, tokenizer, max_rows: int | N
         "train_on": data.train_on,
         "max_length": data.max_length,
     })
-    detected: dict[str, str] = {}
 
     def build():
         examples, fmt = load_sft_examples(loaded, data.format, data.columns, data.system_prompt)
-        detected["format"] = fmt
-        return tokenize_dataset(examples, tokenizer, data.train_on, data.max_length,
-                                eot[0] if eot else None, data.num_proc)
+        tokenized = tokenize_dataset(examples, tokenizer, data.train_on, data.max_length,
+                                     eot[0] if eot else None, data.num_proc)
+        return tokenized, {"format": fmt}
 
-    tokenized, was_cached = cached_dataset("sft", key, build)
-    fmt = detected.get("format") or _format_of_cached(loaded, data)
+    tokenized, meta, was_cached = cached_dataset("sft", key, build)
+    fmt = meta["format"]
     problems = lint_problems(tokenized, source, eot[1] if eot else None, data.max_length)
     raise_if_problems(problems)
     return tokenized, fmt, loaded.fingerprint, was_cached
-
-
-def _format_of_cached(loaded, data: DataSection) -> str:
-    from lorakit.data.formats import SFT_SIGNATURES, detect_format, rename_columns
-
-    if data.format != "auto":
-        return data.format
-    return detect_format(rename_columns(loaded.dataset, data.columns, loaded.source).column_names,
-                         SFT_SIGNATURES, loaded.source)
 
 
 def prepare_sft_data(data: DataSection, tokenizer, seed: int) -> PreparedData:

@@ -11,7 +11,8 @@ from lorakit.runs import RunFolder
 def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: dict[str, Any]) -> None:
     # Only the adapter: PEFT writes adapter_config.json + adapter_model.safetensors, loadable with
     # PeftModel.from_pretrained(base, run_folder).
-    model.save_pretrained(str(run.staging), safe_serialization=True)
+    # DPO adds a frozen "ref" adapter beside the policy; only the policy ("default") belongs in the run.
+    model.save_pretrained(str(run.staging), safe_serialization=True, selected_adapters=["default"])
     tokenizer.save_pretrained(str(run.staging))
     write_text_atomic(run.staging / "README.md", model_card(recipe, manifest))
     run.write_manifest(manifest)

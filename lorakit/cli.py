@@ -470,3 +470,30 @@ def dpo(
 
     result = run_dpo(resolved, force=force, resume=resume, resume_hint=_resume_hint())
     _print_run_summary("DPO run", result.summary, json_out)
+
+
+@command(
+    "merge",
+    help="Fold a run's adapter into its base and write a standalone model (measuring the merge gap).\n\n"
+    "Examples:\n\n  lorakit merge out/dpo                      # -> out/dpo-merged\n\n"
+    "  lorakit merge out/sft --dtype float16 --output-dir merged/\n\n"
+    "  lorakit merge out/qlora-run --base original",
+)
+def merge(
+    source: Annotated[Path, typer.Argument(help="Run folder (sft or dpo), or a PEFT adapter folder with --model.")],
+    output_dir: OutputOpt = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="bfloat16, float16 or float32.")] = "bfloat16",
+    base: Annotated[str, typer.Option("--base", help="QLoRA runs: dequantized (exact, default) or original.")]
+    = "dequantized",
+    max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="e.g. 2GB, 500MB.")] = "2GB",
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model, for a bare adapter or a moved base.")]
+    = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip measuring the merge gap.")] = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.merge import merge_run
+
+    result = merge_run(source, output_dir, dtype, base, max_shard_size, force, model, not no_verify)
+    summary = {"output": str(result.path), "mode": result.mode, "dtype": result.dtype, **(result.gap or {})}
+    _print_run_summary("merge", summary, json_out)

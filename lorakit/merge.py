@@ -1,0 +1,320 @@
+"""`lorakit merge`: fold a run's adapter into its base and write a standalone transformers model.
+
+LoRA runs merge W + scale * BA into the base loaded in the output dtype (PEFT does the math, so rsLoRA, DoRA and
+modules_to_save merge as PEFT defines them). QLoRA runs have two modes:
+
+- `dequantized` (default): load the base in 4-bit exactly as training did, dequantize it, then merge. These are the
+  weights the adapter was trained against, so the merged model reproduces the trained one (KL ~1e-7 in fp32).
+- `original`: merge into the original full-precision weights, which the adapter never saw (KL ~0.3 on a tiny model).
+
+Either way merge measures the gap between the model as trained (adapter over its base, NF4 for QLoRA) and the merged
+model on chats from the run's data, and in the exact modes refuses to write a model whose gap exceeds the tolerance.
+Memory: the base is held once, in the output dtype (plus the 4-bit copy while it is dequantized), and shards are
+written one at a time.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorakit.console import err, info
+from lorakit.errors import ModelError, RunError
+from lorakit.fsutil import atomic_dir, check_can_write, write_json_atomic, write_text_atomic
+from lorakit.runs import ADAPTER_FILES, MANIFEST_FILE, Run, now, package_versions, read_run
+
+DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+# mean KL(trained || merged) per token above which an exact merge is refused. fp32 merges reproduce the trained
+# model to ~1e-8; a 16-bit output adds one rounding of every weight (measured ~3e-4 on the tiny model).
+TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-3, "float16": 2e-3}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+@dataclass
+class MergeSource:
+    """What is being merged: a lorakit run folder, or a bare PEFT adapter folder with --model."""
+
+    adapter_dir: Path
+    base: Any  # lorakit.model.ModelSource
+    method: str  # lora | qlora
+    qlora: Any
+    trained_precision: str
+    run: Run | None = None
+    lineage: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class MergeResult:
+    path: Path
+    mode: str
+    dtype: str
+    gap: dict[str, Any] | None
+    manifest: dict[str, Any]
+
+
+def open_source(source: str | Path, model: str | None) -> MergeSource:
+    from lorakit.config import QLoraSection
+    from lorakit.infer import base_source_of
+    from lorakit.model import resolve_model_source
+
+    folder = Path(source)
+    if not folder.is_dir():
+        raise RunError(f"{folder} not found", hint="pass a run folder written by lorakit sft or lorakit dpo")
+    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
+    if (folder / MANIFEST_FILE).is_file():
+        run = read_run(folder)
+        if run.stage not in ("sft", "dpo"):
+            raise RunError(f"{folder} is a '{run.stage}' folder, not an adapter run",
+                           hint="merge takes the folder of an sft or dpo run")
+        if missing:
+            raise RunError(f"{folder} is missing adapter file(s): {', '.join(missing)}", hint="re-run that stage")
+        return MergeSource(folder, base_source_of(run, model), run.method,
+                           QLoraSection(**run.recipe.get("qlora", {})), run.manifest.get("precision", "fp32"),
+                           run, lineage_of(run))
+    if missing:
+        raise RunError(f"{folder} is not a lorakit run or a PEFT adapter folder (missing {', '.join(missing)})",
+                       hint="pass a run folder, or an adapter folder with adapter_config.json and "
+                            "adapter_model.safetensors plus --model")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    base = model or config.get("base_model_name_or_path")
+    if not base:
+        raise ModelError(f"{folder} does not name its base model", hint="pass --model with the base model")
+    return MergeSource(folder, resolve_model_source(base), "lora", None, "fp32", None,
+                       [{"stage": "adapter", "path": str(folder.resolve())}])
+
+
+def lineage_of(run: Run) -> list[dict[str, Any]]:
+    """The chain of runs: this one, its parent, and so on down to the first stage."""
+    chain = [{"stage": run.stage, "path": str(run.path.resolve()), "finished_at": run.manifest.get("finished_at")}]
+    parent = run.manifest.get("parent")
+    while parent and len(chain) < 8:
+        chain.append({k: parent.get(k) for k in ("stage", "path", "finished_at")})
+        try:
+            parent = read_run(parent["path"]).manifest.get("parent")
+        except RunError:
+            break
+    return chain
+
+
+def check_adapter_shapes(adapter_dir: Path, base_location: str, trust_remote_code: bool = False) -> None:
+    """Compare every LoRA matrix with the base layer it targets, before any weights load."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_location, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    modules = dict(skeleton.named_modules())
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as handle:
+        for key in sorted(handle.keys()):
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+            module = modules.get(module_name)
+            shape = handle.get_slice(key).get_shape()
+            if module is None or not hasattr(module, "in_features"):
+                raise ModelError(f"the adapter targets {module_name}, which the base model {base_location} lacks",
+                                 hint="merge the adapter into the base it was trained on (--model)")
+            expected = module.in_features if ".lora_A." in key else module.out_features
+            got = shape[1] if ".lora_A." in key else shape[0]
+            if got != expected:
+                raise ModelError(
+                    f"adapter module {module_name} does not fit the base: its {'input' if '.lora_A.' in key else 'output'}"
+                    f" size is {got}, the base layer's is {expected}",
+                    hint="merge the adapter into the base it was trained on (--model)")
+
+
+def trained_model(src: MergeSource):
+    """The model exactly as trained: base (4-bit for QLoRA) + adapter, in the training precision, on the CPU."""
+    from peft import PeftModel
+
+    from lorakit.model import load_base_model
+
+    base = load_base_model(src.base, src.method, src.qlora, src.trained_precision, "cpu")
+    return PeftModel.from_pretrained(base, str(src.adapter_dir)).eval()
+
+
+def merged_model(src: MergeSource, dtype: str, mode: str):
+    """Base + adapter folded into plain weights, in `dtype`."""
+    import torch
+    from peft import PeftModel
+
+    from lorakit.model import load_base_model, torch_dtype
+
+    if src.method == "qlora" and mode == "dequantized":
+        # The 4-bit weights exactly as training saw them (same dtype, same quantization settings), then plain.
+        base = load_base_model(src.base, "qlora", src.qlora, src.trained_precision, "cpu").dequantize()
+    else:
+        base = load_base_model(src.base, "lora", None, DTYPES[dtype], "cpu")
+    model = PeftModel.from_pretrained(base, str(src.adapter_dir))
+    merged = model.merge_and_unload(safe_merge=True)
+    merged.config.dtype = torch_dtype(dtype)
+    if getattr(merged.config, "quantization_config", None) is not None:
+        del merged.config.quantization_config
+    with torch.no_grad():
+        merged.to(torch_dtype(dtype))
+    return merged.eval()
+
+
+def write_shards(model, folder: Path, max_shard_size: str) -> int:
+    """Write the state dict as safetensors shards, one at a time, with a progress bar."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from rich.progress import Progress
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    seen: dict[int, str] = {}
+    for name in list(state):
+        pointer = state[name].data_ptr()
+        if pointer in seen:
+            del state[name]  # a tied weight (lm_head = embeddings): stored once, as transformers does
+        else:
+            seen[pointer] = name
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("Writing shards", total=len(split.filename_to_tensors))
+        for filename, names in split.filename_to_tensors.items():
+            save_file({n: state[n].contiguous() for n in names}, str(folder / filename), metadata={"format": "pt"})
+            progress.advance(task)
+    if split.is_sharded:
+        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                 "weight_map": split.tensor_to_filename}
+        write_json_atomic(folder / "model.safetensors.index.json", index)
+    return len(split.filename_to_tensors)
+
+
+def copy_tokenizer(src: MergeSource, folder: Path) -> None:
+    """The base's tokenizer files verbatim (transformers v5 does not re-write tokenizer.model), then the run's own
+    (its chat template and pad token) on top."""
+    base_dir = Path(src.base.location)
+    if src.base.is_local and base_dir.is_dir():
+        for name in TOKENIZER_FILES:
+            if (base_dir / name).is_file():
+                shutil.copy2(base_dir / name, folder / name)
+    if (src.adapter_dir / "tokenizer_config.json").is_file():
+        for name in TOKENIZER_FILES:
+            if (src.adapter_dir / name).is_file():
+                shutil.copy2(src.adapter_dir / name, folder / name)
+    else:
+        # A bare adapter has no tokenizer of its own: the base's, with the template lorakit would have trained with.
+        from lorakit.model import load_tokenizer
+
+        load_tokenizer(src.base).save_pretrained(str(folder))
+
+
+def write_generation_config(model, tokenizer, folder: Path) -> None:
+    from transformers import GenerationConfig
+
+    from lorakit.templates import stop_token_ids
+
+    config = model.generation_config if model.generation_config is not None else GenerationConfig()
+    config.eos_token_id = stop_token_ids(tokenizer)
+    config.pad_token_id = tokenizer.pad_token_id
+    config.save_pretrained(str(folder))
+
+
+def model_card(manifest: dict[str, Any]) -> str:
+    gap = manifest.get("gap") or {}
+    runs = " -> ".join(f"{r['stage']} ({r['path']})" for r in reversed(manifest["lineage"]))
+    lines = [
+        "---", f"base_model: {manifest['base_model']['name']}", "tags: [lorakit, merged]", "---", "",
+        f"# Merged model: {manifest['base_model']['name']} + adapters", "",
+        "| | |", "|---|---|",
+        f"| base | {manifest['base_model']['name']} |",
+        f"| adapter runs | {runs} |",
+        f"| method | {manifest['method']} |",
+        f"| merge mode | {manifest['mode']} |",
+        f"| dtype | {manifest['dtype']} |",
+    ]
+    if gap:
+        lines.append(f"| gap vs trained model | mean KL {gap['mean_kl']:.2e}, max abs logit diff "
+                     f"{gap['max_abs_logit_diff']:.2e}, top-1 agreement {gap['top1_agreement']:.4f} |")
+    lines += ["", "Loads with plain transformers: `AutoModelForCausalLM.from_pretrained(this_folder)` (no peft).", ""]
+    return "\n".join(lines)
+
+
+def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: str = "bfloat16",
+              base_mode: str = "dequantized", max_shard_size: str = "2GB", force: bool = False,
+              model: str | None = None, verify: bool = True) -> MergeResult:
+    """Merge a run (or bare adapter) into a standalone model at `output_dir` (default `<source>-merged`).
+
+    The output folder must not exist unless `force`; it appears only once complete and verified.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorakit.errors import ConfigError
+    from lorakit.samples import compare_logits, logits_for, sample_token_ids
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}", hint="bfloat16 is the default")
+    if base_mode not in ("dequantized", "original"):
+        raise ConfigError(f"--base {base_mode} is not dequantized or original", hint="dequantized is the default")
+    source = Path(source)
+    target = Path(output_dir) if output_dir else source.parent / f"{source.name}-merged"
+    check_can_write(target, force, what="output")
+    src = open_source(source, model)
+    mode = base_mode if src.method == "qlora" else "lora"
+    check_adapter_shapes(src.adapter_dir, src.base.location)
+
+    samples, origin, reference = [], "", None
+    if verify:
+        if (src.adapter_dir / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(str(src.adapter_dir))
+        else:
+            from lorakit.model import load_tokenizer
+
+            tokenizer = load_tokenizer(src.base)
+        samples, origin = sample_token_ids(src.adapter_dir, tokenizer)
+        with err.status("Scoring the model as trained..."):
+            trained = trained_model(src)
+            reference = logits_for(trained, samples)
+            del trained
+            gc.collect()
+
+    with atomic_dir(target, force=force) as staging:
+        with err.status(f"Merging ({mode}, {dtype})..."):
+            merged = merged_model(src, dtype, mode)
+        shards = write_shards(merged, staging, max_shard_size)
+        merged.config.save_pretrained(str(staging))
+        copy_tokenizer(src, staging)
+        tokenizer = AutoTokenizer.from_pretrained(str(staging))
+        write_generation_config(merged, tokenizer, staging)
+        del merged
+        gc.collect()
+
+        gap = None
+        if reference is not None:
+            with err.status("Measuring the merge gap..."):
+                reloaded = AutoModelForCausalLM.from_pretrained(str(staging)).eval()
+                gap = compare_logits(reference, logits_for(reloaded, samples))
+                del reloaded
+            gap.update(samples=origin, tolerance=TOLERANCE[dtype] if mode != "original" else None)
+            if mode != "original" and gap["mean_kl"] > TOLERANCE[dtype]:
+                raise ModelError(
+                    f"the merged model differs from the trained one: mean KL {gap['mean_kl']:.2e} > tolerance "
+                    f"{TOLERANCE[dtype]:.0e} ({dtype}); nothing was written",
+                    hint="try --dtype float32, and check that the base model is the one the run was trained on")
+        manifest = {
+            "stage": "merge",
+            "status": "complete",
+            "created_at": now(),
+            "source": str(source.resolve()),
+            "base_model": {"name": src.base.name, "location": src.base.location},
+            "lineage": src.lineage,
+            "method": src.method,
+            "mode": mode,
+            "dtype": dtype,
+            "shards": shards,
+            "gap": gap,
+            "versions": package_versions(),
+        }
+        write_text_atomic(staging / "README.md", model_card(manifest))
+        write_json_atomic(staging / MANIFEST_FILE, manifest)
+    info(f"Merged model written to {target} ({shards} shard{'s' if shards > 1 else ''})")
+    return MergeResult(target, mode, dtype, gap, manifest)

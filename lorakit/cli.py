@@ -497,3 +497,130 @@ def merge(
     result = merge_run(source, output_dir, dtype, base, max_shard_size, force, model, not no_verify)
     summary = {"output": str(result.path), "mode": result.mode, "dtype": result.dtype, **(result.gap or {})}
     _print_run_summary("merge", summary, json_out)
+
+
+def _recipe_for_estimate(path: Path):
+    """A training recipe as it will run: pipelines give their SFT section; DPO recipes inherit from their SFT run."""
+    from lorakit.config import load_recipe, read_yaml
+
+    stage = read_yaml(path).get("stage", "sft")
+    if stage == "pipeline":
+        recipe = load_recipe("pipeline", path)
+        if recipe.sft is None:
+            raise LorakitError(f"{path}: the pipeline has no sft section to estimate")
+        return recipe.sft
+    if stage not in ("sft", "dpo"):
+        raise LorakitError(f"{path}: a '{stage}' recipe trains nothing", hint="give an sft, dpo or pipeline recipe")
+    recipe = load_recipe(stage, path)
+    if stage == "dpo" and recipe.from_run and Path(recipe.from_run).is_dir():
+        from lorakit.runs import read_run
+        from lorakit.train.dpo import inherit_from_parent
+
+        recipe = inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=("sft",)))
+    return recipe
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value is not None and value not in allowed:
+        from lorakit.errors import ConfigError
+
+        raise ConfigError(f"--{name} {value!r} is not one of {', '.join(allowed)}", hint=f"--{name} {allowed[0]}")
+
+
+@command(
+    "vram-estimate",
+    help="How much GPU memory a run needs, term by term, and what fits on which GPU. Pure arithmetic: no weights, "
+    "no GPU, works offline for catalog models and local folders.\n\n"
+    "Examples:\n\n  lorakit vram-estimate meta-llama/Llama-3.1-8B\n\n"
+    "  lorakit vram-estimate Qwen/Qwen2.5-7B --method lora --seq-len 4096 --batch-size 2 --gpu rtx4090\n\n"
+    "  lorakit vram-estimate ./my-model --gpu all\n\n"
+    "  lorakit vram-estimate --recipe recipes/llama3.1-8b-qlora-sft.yaml\n\n"
+    "  lorakit vram-estimate mistralai/Mistral-7B-v0.1 --stage dpo --json",
+)
+def vram_estimate(
+    model: Annotated[Optional[str], typer.Argument(help="Catalog name, hub id, local folder or config.json.")] = None,
+    recipe: RecipeOpt = None,
+    method: Annotated[Optional[str], typer.Option(help="full, lora or qlora (default qlora).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16 or fp32 (default bf16).")] = None,
+    mixed_precision: Annotated[Optional[bool], typer.Option(
+        "--mixed-precision/--pure", help="fp32 master weights (and adapters) under autocast, or pure 16-bit.")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default 2048).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Micro-batch size (default 1).")] = None,
+    grad_checkpointing: Annotated[Optional[bool], typer.Option(
+        "--grad-checkpointing/--no-grad-checkpointing", help="Default on.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(
+        help="adamw, adamw-8bit, paged-adamw, paged-adamw-8bit, sgd, adafactor (default: paged-adamw-8bit for "
+             "qlora, adamw otherwise).")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank (default 16).")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option(help="all-linear or a list like q,v or q,k,v,o.")] = None,
+    attn: Annotated[Optional[str], typer.Option(help="eager, sdpa or flash (default sdpa).")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="plain, chunked or fused (default fused, lorakit's CUDA choice).")]
+    = None,
+    stage: Annotated[Optional[str], typer.Option(help="sft, dpo, dpo-precomputed or inference (default sft).")] = None,
+    double_quant: Annotated[Optional[bool], typer.Option("--double-quant/--no-double-quant", help="Default on.")]
+    = None,
+    gpu: Annotated[Optional[str], typer.Option(help="A GPU name (rtx4090, a100-80gb, ...) or all.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    from dataclasses import replace
+
+    from lorakit.console import out, print_json
+    from lorakit.errors import ConfigError
+    from lorakit.vram import estimate as est_mod
+    from lorakit.vram.catalog import GPUS, close_gpus, find_gpu
+    from lorakit.vram.plan import verdict
+    from lorakit.vram.report import breakdown_table, gpu_table, suggestion_lines
+    from lorakit.vram.resolve import resolve_shape, setup_from_recipe
+
+    if model is None and recipe is None:
+        raise ConfigError("give a model (name, folder or config.json) or --recipe",
+                          hint="lorakit vram-estimate meta-llama/Llama-3.1-8B")
+    setup = est_mod.Setup()
+    if recipe is not None:
+        name, setup = setup_from_recipe(_recipe_for_estimate(recipe))
+        model = model or name
+    _choice("method", method, est_mod.METHODS)
+    _choice("dtype", dtype, tuple(est_mod.DTYPE_BYTES))
+    _choice("optimizer", optimizer, est_mod.OPTIMIZERS)
+    _choice("attn", attn, est_mod.ATTENTION)
+    _choice("loss", loss, est_mod.LOSSES)
+    _choice("stage", stage, est_mod.STAGES)
+    changes = {"method": method, "dtype": dtype, "mixed_precision": mixed_precision, "seq_len": seq_len,
+               "batch_size": batch_size, "grad_checkpointing": grad_checkpointing, "optimizer": optimizer,
+               "lora_r": lora_r, "lora_targets": lora_targets, "attn": attn, "loss": loss, "stage": stage,
+               "double_quant": double_quant}
+    setup = replace(setup, **{k: v for k, v in changes.items() if v is not None})
+    try:
+        est_mod.check_setup(setup)
+    except ValueError as exc:
+        field_name, _, problem = str(exc).partition(": ")
+        raise ConfigError(f"--{field_name.replace('_', '-')}: {problem}", hint="see lorakit vram-estimate --help")
+    shape = resolve_shape(model)
+    estimate = est_mod.estimate(shape, setup)
+
+    gpus = []
+    if gpu is not None:
+        if gpu.lower() == "all":
+            gpus = list(GPUS.values())
+        else:
+            found = find_gpu(gpu)
+            if found is None:
+                close = close_gpus(gpu)
+                raise ConfigError(f"--gpu {gpu!r} is not in the GPU catalog",
+                                  hint=(f"did you mean {', '.join(close)}? " if close else "") +
+                                  f"known: {', '.join(GPUS)}, or all")
+            gpus = [found]
+    verdicts = [verdict(shape, setup, g) for g in gpus]
+
+    if json_out:
+        data = estimate.to_dict()
+        data["shape"] = shape.describe()
+        data["gpus"] = [v.to_dict() for v in verdicts]
+        print_json(data)
+        return
+    out.print(breakdown_table(estimate))
+    if verdicts:
+        out.print(gpu_table(verdicts))
+        if len(verdicts) == 1:
+            for line in suggestion_lines(verdicts[0]):
+                out.print(line)

@@ -106,9 +106,20 @@ class MetricsLog(TrainerCallback):
         record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "time": round(time.time(), 3)}
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
         record.update(self.extra)
+        record.update(cuda_peak_memory(args))
         self.records.append(record)
         with open(self.file, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def cuda_peak_memory(args) -> dict[str, float]:
+    """The measured CUDA peaks so far, next to the estimate in metrics.jsonl (nothing off CUDA)."""
+    import torch
+
+    if getattr(args, "device", None) is None or args.device.type != "cuda":
+        return {}
+    return {"cuda_max_allocated_gib": round(torch.cuda.max_memory_allocated() / 1024**3, 3),
+            "cuda_max_reserved_gib": round(torch.cuda.max_memory_reserved() / 1024**3, 3)}
 
 
 def trim_metrics(run: RunFolder, step: int) -> None:
@@ -243,10 +254,11 @@ class TrainOutcome:
     seconds: float = 0.0
 
 
-def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], resume_hint: str) -> TrainOutcome:
+def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], resume_hint: str,
+            estimate=None) -> TrainOutcome:
     """Train inside the run folder with progress, metrics, Ctrl-C checkpointing and resume."""
     flag = InterruptFlag()
-    metrics = MetricsLog(run)
+    metrics = MetricsLog(run, estimate.metrics() if estimate is not None else None)
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
     for callback in (metrics, RichProgress(label, show_keys), SaveOnInterrupt(flag)):

@@ -93,7 +93,7 @@ class DPOSetup:
     speed: dict[str, Any]
     trainable: int
     total: int
-    estimate: dict[str, Any] | None
+    estimate: Any  # lorakit.train.preflight.PreflightResult | None
 
 
 def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = ()) -> DPOSetup:
@@ -128,7 +128,7 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
         data = prepare_preference_data(recipe.data, recipe.dpo.max_prompt_length, tokenizer, recipe.train.seed)
     info(f"Data: {data.stats['rows']} pairs ({data.format} format, {data.stats['tokens']:,} tokens, "
          f"{data.stats['truncated']} truncated)" + (" [tokenization cached]" if data.cached else ""))
-    estimate = preflight(recipe, device, enabled=recipe.preflight)
+    estimate = preflight(recipe, device, enabled=recipe.preflight, model=source.location)
 
     with err.status(f"Loading {source.name} ({recipe.method}, {precision}, {device})..."):
         model = load_base_model(source, recipe.method, recipe.qlora, precision, device,
@@ -214,11 +214,12 @@ def run_dpo(recipe: DPORecipe, force: bool = False, resume: bool = False, resume
         },
         "trainable_parameters": setup.trainable,
         "total_parameters": setup.total,
-        "vram_estimate": setup.estimate,
+        "vram_estimate": setup.estimate.metrics() if setup.estimate else None,
     }
     run.write_manifest(manifest)
     try:
-        outcome = execute(setup.trainer, run, "DPO", SHOW_KEYS, resume_hint or "lorakit dpo ... --resume")
+        outcome = execute(setup.trainer, run, "DPO", SHOW_KEYS, resume_hint or "lorakit dpo ... --resume",
+                          estimate=setup.estimate)
     except BaseException:
         run.abandon()
         raise

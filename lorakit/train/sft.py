@@ -44,7 +44,7 @@ class SFTSetup:
     speed: Any
     trainable: int
     total: int
-    estimate: dict[str, Any] | None
+    estimate: Any  # lorakit.train.preflight.PreflightResult | None
 
 
 def build_sft_trainer(recipe: SFTRecipe, run: RunFolder, callbacks: Sequence = ()) -> SFTSetup:
@@ -65,7 +65,7 @@ def build_sft_trainer(recipe: SFTRecipe, run: RunFolder, callbacks: Sequence = (
     )
     from lorakit.train.preflight import preflight
 
-    estimate = preflight(recipe, device, enabled=recipe.preflight)
+    estimate = preflight(recipe, device, enabled=recipe.preflight, model=source.location)
 
     with err.status(f"Loading {source.name} ({recipe.method}, {precision}, {device})..."):
         model = load_base_model(source, recipe.method, recipe.qlora, precision, device,
@@ -123,11 +123,12 @@ def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume
         "parent": None,
         "trainable_parameters": setup.trainable,
         "total_parameters": setup.total,
-        "vram_estimate": setup.estimate,
+        "vram_estimate": setup.estimate.metrics() if setup.estimate else None,
     }
     run.write_manifest(manifest)
     try:
-        outcome = execute(trainer, run, "SFT", ("loss",), resume_hint or f"lorakit sft ... --resume")
+        outcome = execute(trainer, run, "SFT", ("loss",), resume_hint or f"lorakit sft ... --resume",
+                          estimate=setup.estimate)
     except BaseException:
         run.abandon()
         raise

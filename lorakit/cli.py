@@ -32,9 +32,12 @@ _state = {"debug": os.environ.get("LORAKIT_DEBUG", "") not in ("", "0")}
 def _print_error(message: str, hint: str | None) -> None:
     from lorakit.console import err
 
-    err.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False)
+    from rich.markup import escape
+
+    # escape: messages quote paths, extras ("lorakit[llama-cpp]") and regexes that Rich would read as markup
+    err.print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False)
     if hint:
-        err.print(f"[bold]hint:[/bold] {hint}", markup=True, highlight=False)
+        err.print(f"[bold]hint:[/bold] {escape(hint)}", markup=True, highlight=False)
 
 
 def guarded(fn: Callable) -> Callable:
@@ -624,3 +627,29 @@ def vram_estimate(
         if len(verdicts) == 1:
             for line in suggestion_lines(verdicts[0]):
                 out.print(line)
+
+
+@command(
+    "quantize",
+    help="Quantize for deployment: GGUF (+ Ollama Modelfile) for llama.cpp/Ollama/LM Studio, or serialized "
+    "bitsandbytes for transformers/vLLM; always verified against the source model.\n\n"
+    "Examples:\n\n  lorakit quantize out/dpo-merged --format gguf --type q8_0\n\n"
+    "  lorakit quantize out/dpo --format gguf --type q4_0        # a run folder: merged first\n\n"
+    "  lorakit quantize out/dpo-merged --format bnb-4bit",
+)
+def quantize(
+    source: Annotated[Path, typer.Argument(help="A merged model folder, or an sft/dpo run folder (merged first).")],
+    format: Annotated[str, typer.Option("--format", help="gguf, bnb-4bit or bnb-8bit (awq/gptq: see README).")]
+    = "gguf",
+    type_: Annotated[str, typer.Option("--type", help="GGUF type: f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1; "
+                                                      "q4_k_m, q5_k_m, q6_k with lorakit[llama-cpp].")] = "q8_0",
+    output_dir: OutputOpt = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the checks against the source.")] = False,
+    no_modelfile: Annotated[bool, typer.Option("--no-modelfile", help="Do not write an Ollama Modelfile.")] = False,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.quantize import run_quantize
+
+    result = run_quantize(source, format, type_, output_dir, force, not no_verify, not no_modelfile)
+    _print_run_summary("quantize", result.summary, json_out)

@@ -71,7 +71,10 @@ def sample_token_ids(folder: Path, tokenizer, count: int = 8, max_tokens: int = 
         conversations = FALLBACK[:count]
     samples = []
     for messages in conversations:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        if tokenizer.chat_template:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+        else:  # a base model without a template: the turns as plain text
+            text = "\n\n".join(m["content"] for m in messages)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
         if len(ids) > 1:
             samples.append(ids)

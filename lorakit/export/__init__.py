@@ -1,0 +1,1 @@
+"""Deploy formats: GGUF for llama.cpp/Ollama/LM Studio, serialized bitsandbytes for transformers/vLLM."""

@@ -1,0 +1,258 @@
+"""`lorakit quantize`: a merged model (or a run, merged first) -> GGUF + Modelfile, or serialized bitsandbytes.
+
+Every export is verified against its source before it is kept: tensors read back from the file, logits through
+transformers' loader (GGUF included), tokenization of sample chats, and llama.cpp itself when installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorakit.console import err, info, warn
+from lorakit.errors import ConfigError, ModelError, ResourceError
+from lorakit.fsutil import atomic_dir, check_can_write, write_json_atomic, write_text_atomic
+from lorakit.runs import ADAPTER_FILES, MANIFEST_FILE, now, package_versions
+
+FORMATS = ("gguf", "bnb-4bit", "bnb-8bit", "awq", "gptq")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "generation_config.json")
+NOT_HERE = ("{fmt} export needs llm-compressor (compressed-tensors W4A16), which pins transformers<=5.17 and so "
+            "cannot share lorakit's environment, or GPTQModel, which installs a CUDA build of torch")
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    files: list[str]
+    summary: dict[str, Any]
+
+
+def default_output(source: Path, fmt: str) -> Path:
+    return source.with_name(f"{source.name}-{fmt}")
+
+
+def is_adapter_run(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in ADAPTER_FILES)
+
+
+def merged_source(source: Path, force: bool) -> Path:
+    """A run folder is merged first (through `lorakit merge`), into <run>-merged, reused when already there."""
+    from lorakit.merge import merge_run
+
+    target = source.with_name(f"{source.name}-merged")
+    manifest = target / MANIFEST_FILE
+    if manifest.is_file() and not force:
+        recorded = json.loads(manifest.read_text()).get("source")
+        if recorded and Path(recorded).resolve() == source.resolve():
+            info(f"Using the existing merge {target}")
+            return target
+    info(f"{source} holds an adapter: merging it first")
+    return merge_run(source, target, force=force).path
+
+
+def check_source(folder: Path) -> dict[str, Any]:
+    if not folder.is_dir():
+        raise ModelError(f"{folder} not found", hint="give a merged model folder or a run folder")
+    if not (folder / "config.json").is_file() or not list(folder.glob("*.safetensors")):
+        raise ModelError(f"{folder} is not a merged model (config.json and .safetensors) or an adapter run",
+                         hint="run `lorakit merge` first, or give the sft/dpo run folder")
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelError(f"{folder}: tokenizer.json is missing", hint="copy the tokenizer files next to the model")
+    return json.loads((folder / "config.json").read_text())
+
+
+def check_disk(folder: Path, target: Path, factor: float) -> None:
+    need = sum(f.stat().st_size for f in folder.glob("*.safetensors")) * factor
+    free = shutil.disk_usage(target.parent if target.parent.exists() else Path.cwd()).free
+    if free < need:
+        raise ResourceError(f"not enough disk for {target}: needs ~{need / 1e9:.1f} GB, {free / 1e9:.1f} GB free",
+                            hint="free some space or pass --output-dir on another disk")
+
+
+def system_prompt_of(folder: Path) -> str | None:
+    import yaml
+
+    from lorakit.samples import find_run
+
+    run = find_run(folder)
+    if run is None:
+        return None
+    recipe = yaml.safe_load((run / "lorakit.yaml").read_text()) or {}
+    return (recipe.get("data") or {}).get("system_prompt")
+
+
+def export_readme(name: str, source: Path, fmt: str, qtype: str | None) -> str:
+    if fmt == "gguf":
+        return (f"# {name}\n\nGGUF ({qtype}) of `{source}`, written by lorakit.\n\n"
+                f"- llama.cpp: `llama-cli -m {name} -cnv` (the chat template is in the file)\n"
+                f"- Ollama: `ollama create mymodel -f Modelfile && ollama run mymodel`\n"
+                f"- LM Studio: copy `{name}` into your models folder (`lms import {name}`)\n")
+    return (f"# {source.name} ({fmt})\n\nbitsandbytes {fmt} of `{source}`, written by lorakit.\n\n"
+            "- transformers: `AutoModelForCausalLM.from_pretrained(folder)` (bitsandbytes installed)\n"
+            "- vLLM: `vllm serve folder --quantization bitsandbytes`\n")
+
+
+def _progress_writer(total_label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn(total_label), BarColumn(), MofNCompleteColumn(), console=err, transient=True)
+    return progress
+
+
+def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_0",
+                 output_dir: str | Path | None = None, force: bool = False, verify: bool = True,
+                 modelfile: bool = True) -> QuantizeResult:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorakit.export.verify import KL_TOLERANCE
+    from lorakit.samples import logits_for, sample_token_ids
+
+    source = Path(source)
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}", hint="--format gguf")
+    if fmt in ("awq", "gptq"):
+        raise ResourceError(NOT_HERE.format(fmt=fmt.upper()),
+                            hint="use --format bnb-4bit (vLLM serves it with --quantization bitsandbytes) or gguf")
+    qtype = (qtype or "q8_0").lower() if fmt == "gguf" else None
+    if fmt == "gguf":
+        from lorakit.export.gguf_export import check_type
+
+        check_type(qtype)
+    if source.is_dir() and is_adapter_run(source):
+        target = Path(output_dir) if output_dir else default_output(source.with_name(f"{source.name}-merged"), fmt)
+        check_can_write(target, force)
+        source = merged_source(source, force)
+    else:
+        target = Path(output_dir) if output_dir else default_output(source, fmt)
+    config = check_source(source)
+    check_can_write(target, force)
+    check_disk(source, target, 1.2 if fmt == "gguf" else 0.6)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    modelfile_text = family = None
+    if fmt == "gguf" and modelfile:
+        from lorakit.export.templates import modelfile as make_modelfile
+
+        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", tokenizer.chat_template,
+                                                system_prompt_of(source))
+
+    files: list[str] = []
+    verification: dict[str, Any] = {}
+    with atomic_dir(target, force=force) as staging:
+        if fmt == "gguf":
+            name = f"model-{qtype}.gguf"
+            result = _write_gguf(source, staging, name, qtype, tokenizer)
+            files.append(name)
+            if modelfile_text:
+                write_text_atomic(staging / "Modelfile", modelfile_text)
+                files.append("Modelfile")
+        else:
+            _write_bnb(source, staging, fmt, tokenizer)
+            files += sorted(p.name for p in staging.iterdir())
+        write_text_atomic(staging / "README.md", export_readme(files[0] if fmt == "gguf" else "", source, fmt, qtype))
+
+        if verify:
+            kind = qtype if fmt == "gguf" else fmt
+            samples, origin = sample_token_ids(source, tokenizer)
+            with err.status("Verifying the export against its source..."):
+                reference = AutoModelForCausalLM.from_pretrained(str(source), dtype="float32").eval()
+                source_logits = logits_for(reference, samples)
+                del reference
+                verification = _verify(staging, fmt, files[0] if fmt == "gguf" else None, samples, source_logits,
+                                       tokenizer, result if fmt == "gguf" else None)
+            verification.update(samples=origin, tolerance_kl=KL_TOLERANCE[kind])
+            problems = []
+            if verification["mean_kl"] > KL_TOLERANCE[kind]:
+                problems.append(f"mean KL {verification['mean_kl']:.3g} > {KL_TOLERANCE[kind]:g} for {kind}")
+            tok = verification.get("tokenization")
+            if tok and tok["mismatches"]:
+                problems.append(f"tokenization differs on {tok['mismatches']} of {tok['texts']} sample chats")
+            cpp = verification.get("llama_cpp")
+            if cpp and cpp["top1_agreement"] < 0.9 * verification["top1_agreement"]:
+                problems.append(f"llama.cpp's predictions disagree (top-1 {cpp['top1_agreement']:.3f})")
+            if problems:
+                raise ModelError(f"the export does not match its source: {'; '.join(problems)}; nothing was written",
+                                 hint="try a higher-precision type (q8_0, f16)")
+        sizes = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
+        manifest = {
+            "stage": "quantize", "status": "complete", "created_at": now(), "source": str(source.resolve()),
+            "format": fmt, "type": qtype, "files": files, "sizes": sizes, "template_family": family,
+            "verification": verification or None, "versions": package_versions(),
+        }
+        write_json_atomic(staging / MANIFEST_FILE, manifest)
+    summary = {"output": str(target), "format": fmt, "type": qtype,
+               "size_mb": round(sum(v for k, v in sizes.items() if k in files) / 1e6, 2)}
+    for key in ("mean_kl", "top1_agreement", "max_abs_logit_diff", "perplexity_delta", "max_rel_rms_error"):
+        if key in verification:
+            summary[key] = verification[key]
+    if verification.get("tokenization"):
+        summary["tokenization_mismatches"] = verification["tokenization"]["mismatches"]
+    info(f"Export written to {target}")
+    return QuantizeResult(target, files, summary)
+
+
+def _write_gguf(source: Path, staging: Path, name: str, qtype: str, tokenizer):
+    from lorakit.export.gguf_export import K_TYPES, k_quantize, write_gguf
+
+    python_type = "f16" if qtype in K_TYPES else qtype
+    first = staging / (f".model-f16.gguf" if qtype in K_TYPES else name)
+    progress = _progress_writer(f"Writing GGUF ({python_type})")
+    with progress:
+        task = progress.add_task("tensors", total=None)
+        result = write_gguf(source, first, python_type, tokenizer,
+                            lambda done, total: progress.update(task, completed=done, total=total))
+    if result.fallbacks:
+        warn(f"{len(result.fallbacks)} tensor(s) kept in f16 (rows not divisible into {qtype} blocks)")
+    if qtype in K_TYPES:
+        with err.status(f"Quantizing to {qtype} with llama.cpp..."):
+            k_quantize(first, staging / name, qtype)
+        first.unlink()
+        result.path = staging / name
+        result.type = qtype
+    return result
+
+
+def _write_bnb(source: Path, staging: Path, fmt: str, tokenizer) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if fmt == "bnb-4bit":
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.uint8)
+    else:
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    device_map = "auto" if torch.cuda.is_available() else "cpu"
+    with err.status(f"Quantizing with bitsandbytes ({fmt})..."):
+        model = AutoModelForCausalLM.from_pretrained(str(source), quantization_config=quant, dtype=torch.bfloat16,
+                                                     device_map=device_map)
+        model.save_pretrained(str(staging))
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, staging / name)
+
+
+def _verify(staging: Path, fmt: str, gguf_name: str | None, samples, source_logits, tokenizer, result) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorakit.export.verify import compare_models, llama_cpp_agreement, tensor_errors, tokenization_matches
+    from lorakit.samples import logits_for
+
+    if fmt == "gguf":
+        exported = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf_name, dtype="float32").eval()
+    else:
+        exported = AutoModelForCausalLM.from_pretrained(str(staging)).eval()
+    figures = compare_models(source_logits, logits_for(exported, samples), samples)
+    del exported
+    if fmt == "gguf":
+        figures.update(tensor_errors(result))
+        gguf_tokenizer = AutoTokenizer.from_pretrained(str(staging), gguf_file=gguf_name)
+        texts = [tokenizer.decode(ids) for ids in samples]
+        figures["tokenization"] = tokenization_matches(tokenizer, gguf_tokenizer, texts)
+        cpp = llama_cpp_agreement(staging / gguf_name, samples, source_logits)
+        if cpp is not None:
+            figures["llama_cpp"] = cpp
+    return figures

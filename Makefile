@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/lorakit sft --recipe recipes/tiny-cpu-sft.yaml --force
+	HF_HUB_OFFLINE=1 $(BIN)/lorakit run recipes/tiny-cpu-pipeline.yaml
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra

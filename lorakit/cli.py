@@ -341,6 +341,12 @@ def run(
         raise result.failure
 
 
+KEY_METRICS = {"final_loss": "loss", "final_eval_loss": "eval loss", "final_reward_accuracies": "reward acc",
+               "final_reward_margins": "reward margin", "final_eval_reward_accuracies": "eval reward acc",
+               "mean_kl": "KL vs source", "top1_agreement": "top-1", "size_mb": "MB",
+               "tokenization_mismatches": "token mismatches"}
+
+
 def _pipeline_table(result):
     from rich.table import Table
 
@@ -351,7 +357,9 @@ def _pipeline_table(result):
         table.add_column(column)
     styles = {"ran": "green", "resumed": "green", "skipped": "cyan", "failed": "red"}
     for o in result.outcomes:
-        metrics = ", ".join(f"{k} {format_value(v)}" for k, v in o.metrics.items()) or (o.error or "")
+        # the headline figures only; --json and each folder's manifest keep the rest
+        shown = {k: v for k, v in o.metrics.items() if k in KEY_METRICS}
+        metrics = "\n".join(f"{KEY_METRICS[k]} {format_value(v)}" for k, v in shown.items()) or (o.error or "")
         status = f"[{styles.get(o.status, 'dim')}]{o.status}[/]"
         table.add_row(o.stage, status, f"{o.seconds:.0f}s" if o.seconds else "-", metrics, o.path)
     return table

@@ -46,8 +46,9 @@ class PipelineResult:
 
 
 class Pipeline:
-    def __init__(self, recipe: PipelineRecipe):
+    def __init__(self, recipe: PipelineRecipe, callbacks: tuple = ()):
         self.recipe = recipe
+        self.callbacks = tuple(callbacks)  # extra TrainerCallbacks for the training stages
         self.root = Path(recipe.root)
         self.state_file = self.root / STATE_FILE
         self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
@@ -174,7 +175,8 @@ def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     from lorakit.train.sft import run_sft
 
     recipe = pipeline.recipe.sft.model_copy(update={"output_dir": str(folder)})
-    result = run_sft(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline))
+    result = run_sft(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
+                     callbacks=pipeline.callbacks)
     return _pick(result.summary, "steps", "final_loss", "final_eval_loss")
 
 
@@ -185,7 +187,8 @@ def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     if "sft" in pipeline.recipe.stages:
         update["from_run"] = str(pipeline.folder("sft"))
     recipe = pipeline.recipe.dpo.model_copy(update=update)
-    result = run_dpo(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline))
+    result = run_dpo(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
+                     callbacks=pipeline.callbacks)
     return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps"))}
 
 

@@ -204,6 +204,20 @@ def load_base_model(
         raise ModelError(f"cannot load {source.name}: {exc}", hint="install the missing package") from None
     except Exception as exc:
         raise _hub_error(source, exc) from None
+    return keep_4bit_layout_on_cpu(model)
+
+
+def keep_4bit_layout_on_cpu(model):
+    """Keep bitsandbytes' 4-bit layers on the kernel they were trained with when they run on a CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit weight in place at its first no-grad forward, with
+    its absmax rounded to bf16, and the repack crashes when in_features is not a multiple of the blocksize. So an
+    adapter would be evaluated, merged-against and verified on different arithmetic than it was trained on (and the
+    tiny models fail outright); the training-mode kernel is slower on those CPUs but the same on every machine.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     return model
 
 

@@ -239,12 +239,13 @@ def _verify(staging: Path, fmt: str, gguf_name: str | None, samples, source_logi
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorakit.export.verify import compare_models, llama_cpp_agreement, tensor_errors, tokenization_matches
+    from lorakit.model import keep_4bit_layout_on_cpu
     from lorakit.samples import logits_for
 
     if fmt == "gguf":
         exported = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf_name, dtype="float32").eval()
     else:
-        exported = AutoModelForCausalLM.from_pretrained(str(staging)).eval()
+        exported = keep_4bit_layout_on_cpu(AutoModelForCausalLM.from_pretrained(str(staging))).eval()
     figures = compare_models(source_logits, logits_for(exported, samples), samples)
     del exported
     if fmt == "gguf":

@@ -89,6 +89,23 @@ def test_qlora_nf4_trains_on_cpu(tmp_path):
     assert read_run(tmp_path / "qlora").manifest["method"] == "qlora"
 
 
+def test_4bit_inference_on_cpu_keeps_the_training_kernel():
+    """A no-grad forward must not switch the NF4 weights to bitsandbytes' AVX512-BF16 repacked layout (bf16 absmax,
+    and a crash when in_features is not a multiple of the blocksize): eval, merge gaps and verification would then
+    measure other arithmetic than training used."""
+    from lorakit.config import QLoraSection
+    from lorakit.model import load_base_model, resolve_model_source
+
+    model = load_base_model(resolve_model_source("builtin:tiny-llama"), "qlora", QLoraSection(), "float32", "cpu")
+    layers = [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    # the bundled model's down_proj (in_features 352, blocksize 64) is the shape the repack cannot handle
+    assert any(m.in_features % m.weight.quant_state.blocksize for m in layers)
+    with torch.no_grad():
+        logits = model.eval()(input_ids=torch.tensor([[1, 5, 9, 12]])).logits
+    assert torch.isfinite(logits).all()
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+
+
 class CtrlCAt(TrainerCallback):
     """Presses Ctrl-C (a real SIGINT to this process) at a given step."""
 

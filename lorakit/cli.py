@@ -95,10 +95,15 @@ def _root(
     for name, value in (("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                         ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(name, value)
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # On AVX512-BF16 CPUs bitsandbytes looks for a hub-downloaded kernel for its repacked 4-bit inference layout and
+    # complains at import when it is absent; lorakit keeps the training layout (model.keep_4bit_layout_on_cpu), so
+    # that kernel would never run.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def main() -> None:

@@ -60,7 +60,9 @@ def packing_is_exact(model, vocab_size: int, tolerance: float = 2e-2) -> bool:
         with torch.no_grad():
             packed = model(input_ids=packed_ids, position_ids=position_ids, use_cache=False).logits[0].float()
             single = torch.cat([model(input_ids=e[None], use_cache=False).logits[0].float() for e in examples])
-    except Exception:  # a model that rejects packed inputs outright is simply not packed
+    except Exception as exc:  # a model that rejects packed inputs outright is not packed; say why, it may be a bug
+        warn(f"packing probe failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+             "using length-grouped batches")
         return False
     finally:
         model.train(was_training)

@@ -2,6 +2,7 @@
 
     python bench/throughput.py                    # CPU: a ~50M-parameter Llama built locally, 48 chats of 20-400 tokens
     python bench/throughput.py --repeats 3 --steps 6
+    python bench/throughput.py --stage dpo           # SFT, DPO or both (default)
     python bench/throughput.py --model Qwen/Qwen2.5-0.5B   # a real model (on a GPU)
 
 Both sides train the same LoRA (r=16, alpha=32, all linear layers) on the same prompt/completion chats with the same
@@ -161,6 +162,78 @@ def run_lorakit(model_dir: str, data_file: Path, args, out: Path):
     return setup.trainer, setup.data.train["length"]
 
 
+def write_pairs(path: Path, rows: int, seed: int) -> None:
+    """Preference pairs with the same spread: prompt, a chosen answer and a rejected one of a different length."""
+    from lorakit.tiny import corpus_lines
+
+    words = " ".join(corpus_lines()).split()
+    rng = random.Random(seed + 1)
+    with open(path, "w") as handle:
+        for _ in range(rows):
+            total = int(20 * 15 ** rng.random())
+            say = lambda n: " ".join(rng.choice(words) for _ in range(max(3, n)))  # noqa: E731
+            handle.write(json.dumps({
+                "prompt": [{"role": "user", "content": say(total // 3)}],
+                "chosen": [{"role": "assistant", "content": say(total)}],
+                "rejected": [{"role": "assistant", "content": say(int(total * (0.5 + rng.random())))}]}) + "\n")
+
+
+def dpo_tokens(model_dir: str, pairs_file: Path) -> list[int]:
+    """Useful tokens per pair (prompt + chosen, prompt + rejected), counted once with lorakit's tokenization; both
+    sides use the same template and tokenizer, so the count is theirs too."""
+    from transformers import AutoTokenizer
+
+    from lorakit.config import DataSection
+    from lorakit.data.preference import tokenize_preferences
+    from lorakit.templates import CHATML
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = tokenizer.chat_template or CHATML
+    tokenized, _, _, _ = tokenize_preferences(str(pairs_file), DataSection(train=str(pairs_file), max_length=1024),
+                                              512, tokenizer)
+    return [2 * len(p) + len(c) + len(r) for p, c, r in
+            zip(tokenized["prompt_ids"], tokenized["chosen_ids"], tokenized["rejected_ids"])]
+
+
+def run_plain_trl_dpo(model_dir: str, data_file: Path, args, out: Path, lengths: list[int]):
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from lorakit.templates import CHATML
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = tokenizer.chat_template or CHATML
+    dataset = load_dataset("json", data_files=str(data_file), split="train")
+    config = DPOConfig(
+        output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=5e-5,
+        seed=args.seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        max_length=1024, use_cpu=args.device == "cpu", bf16=args.device == "cuda",
+        gradient_checkpointing=None, activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+    )
+    trainer = DPOTrainer(model=model_dir, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=LoraConfig(**lora_settings()))
+    return trainer, lengths
+
+
+def run_lorakit_dpo(model_dir: str, data_file: Path, args, out: Path, lengths: list[int]):
+    from lorakit.config import load_recipe
+    from lorakit.runs import RunFolder
+    from lorakit.train.dpo import build_dpo_trainer
+
+    recipe = load_recipe("dpo", None, [
+        "lora.dropout=0.0", "train.gradient_accumulation_steps=1", f"train.micro_batch_size={args.batch}",
+        f"train.gradient_checkpointing={str(args.gradient_checkpointing).lower()}", "train.warmup_ratio=0.0",
+        "train.lr_scheduler_type=linear", "train.logging_steps=1", "train.save_steps=100000", "data.max_length=1024",
+        "dpo.max_prompt_length=512", "preflight=false",
+    ], {"model": model_dir, "data": str(data_file), "output_dir": str(out), "max_steps": args.steps,
+        "learning_rate": 5e-5, "seed": args.seed})
+    setup = build_dpo_trainer(recipe, RunFolder.open(out))
+    return setup.trainer, lengths
+
+
 def measure(label: str, build, args, workdir: Path, repeat: int) -> dict:
     import torch
 
@@ -210,6 +283,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    parser.add_argument("--stage", choices=("sft", "dpo", "both"), default="both")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -227,47 +301,61 @@ def main() -> None:
           f"{args.rows} chats, batch {args.batch}, {args.steps} steps, gradient checkpointing "
           f"{args.gradient_checkpointing}, cache {cache_dir()}", file=sys.stderr)
 
-    sides = {
-        "trl": lambda out: run_plain_trl(model_dir, data_file, args, out),
-        "lorakit": lambda out: run_lorakit(model_dir, data_file, args, out),
+    pairs_file = workdir / "pairs.jsonl"
+    write_pairs(pairs_file, args.rows, args.seed)
+    stages = {
+        "sft": {"trl": lambda out: run_plain_trl(model_dir, data_file, args, out),
+                "lorakit": lambda out: run_lorakit(model_dir, data_file, args, out)},
     }
-    results: dict[str, list[dict]] = {name: [] for name in sides}
-    for repeat in range(args.repeats):
-        order = list(sides) if repeat % 2 == 0 else list(reversed(sides))  # alternate who goes first
-        for name in order:
-            results[name].append(measure(name, sides[name], args, workdir, repeat))
-            r = results[name][-1]
-            print(f"  repeat {repeat} {name:8s} {r['tokens_per_s']:8.1f} tok/s  {r['s_per_step']:6.2f} s/step  "
-                  f"peak RSS {r['peak_rss_gb']:.2f} GB  final loss {r['final_loss']:.4f}", file=sys.stderr)
+    if args.stage in ("dpo", "both"):
+        lengths = dpo_tokens(model_dir, pairs_file)
+        stages["dpo"] = {"trl": lambda out: run_plain_trl_dpo(model_dir, pairs_file, args, out, lengths),
+                         "lorakit": lambda out: run_lorakit_dpo(model_dir, pairs_file, args, out, lengths)}
+    if args.stage == "dpo":
+        del stages["sft"]
 
     peak = matmul_peak_flops(args.device)
     flops_per_token = (4 + 2 * args.gradient_checkpointing) * linear_parameters(model_dir)
-    summary = {}
-    for name, runs in results.items():
-        row = {key: statistics.median(r[key] for r in runs)
-               for key in ("tokens_per_s", "s_per_step", "peak_rss_gb", "final_loss")
-               + (("peak_cuda_gb",) if args.device == "cuda" else ())}
-        row["mfu"] = row["tokens_per_s"] * flops_per_token / peak
-        row["loss_curve"] = runs[0]["losses"]
-        summary[name] = row
-    ratios = {
-        "tokens_per_s": summary["lorakit"]["tokens_per_s"] / summary["trl"]["tokens_per_s"],
-        "s_per_step": summary["lorakit"]["s_per_step"] / summary["trl"]["s_per_step"],
-        "peak_rss": summary["lorakit"]["peak_rss_gb"] / summary["trl"]["peak_rss_gb"],
-        "final_loss": summary["lorakit"]["final_loss"] / summary["trl"]["final_loss"],
-    }
-    report = {"device": args.device, "matmul_peak_gflops": peak / 1e9, "flops_per_token": flops_per_token,
-              "sft": summary, "sft_ratio_lorakit_over_trl": ratios}
+    report = {"device": args.device, "matmul_peak_gflops": peak / 1e9, "flops_per_token": flops_per_token}
+    for stage, sides in stages.items():
+        results: dict[str, list[dict]] = {name: [] for name in sides}
+        for repeat in range(args.repeats):
+            order = list(sides) if repeat % 2 == 0 else list(reversed(sides))  # alternate who goes first
+            for name in order:
+                results[name].append(measure(f"{stage}-{name}", sides[name], args, workdir, repeat))
+                r = results[name][-1]
+                print(f"  {stage} repeat {repeat} {name:8s} {r['tokens_per_s']:8.1f} tok/s  {r['s_per_step']:6.2f} "
+                      f"s/step  peak RSS {r['peak_rss_gb']:.2f} GB  final loss {r['final_loss']:.4f}", file=sys.stderr)
+        # DPO adds a reference forward (2N per token) to the policy's training FLOPs
+        stage_flops = flops_per_token + (2 * linear_parameters(model_dir) if stage == "dpo" else 0)
+        summary = {}
+        for name, runs in results.items():
+            row = {key: statistics.median(r[key] for r in runs)
+                   for key in ("tokens_per_s", "s_per_step", "peak_rss_gb", "final_loss")
+                   + (("peak_cuda_gb",) if args.device == "cuda" else ())}
+            row["mfu"] = row["tokens_per_s"] * stage_flops / peak
+            row["loss_curve"] = runs[0]["losses"]
+            summary[name] = row
+        ratios = {
+            "tokens_per_s": summary["lorakit"]["tokens_per_s"] / summary["trl"]["tokens_per_s"],
+            "s_per_step": summary["lorakit"]["s_per_step"] / summary["trl"]["s_per_step"],
+            "peak_rss": summary["lorakit"]["peak_rss_gb"] / summary["trl"]["peak_rss_gb"],
+            "final_loss": summary["lorakit"]["final_loss"] / summary["trl"]["final_loss"],
+        }
+        report[stage] = summary
+        report[f"{stage}_ratio_lorakit_over_trl"] = ratios
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"\nSFT ({args.device}; matmul peak {peak / 1e9:.0f} GFLOP/s; FLOPs/token {flops_per_token / 1e6:.0f} M)")
-    print(f"{'':10s}{'tok/s':>10s}{'s/step':>9s}{'peak RSS GB':>13s}{'final loss':>12s}{'MFU':>8s}")
-    for name, row in summary.items():
-        print(f"{name:10s}{row['tokens_per_s']:10.1f}{row['s_per_step']:9.2f}{row['peak_rss_gb']:13.2f}"
-              f"{row['final_loss']:12.4f}{100 * row['mfu']:7.1f}%")
-    print(f"{'ratio':10s}{ratios['tokens_per_s']:9.2f}x{ratios['s_per_step']:8.2f}x{ratios['peak_rss']:12.2f}x"
-          f"{ratios['final_loss']:11.3f}x")
+    for stage in stages:
+        summary, ratios = report[stage], report[f"{stage}_ratio_lorakit_over_trl"]
+        print(f"\n{stage.upper()} ({args.device}; matmul peak {peak / 1e9:.0f} GFLOP/s)")
+        print(f"{'':10s}{'tok/s':>10s}{'s/step':>9s}{'peak RSS GB':>13s}{'final loss':>12s}{'MFU':>8s}")
+        for name, row in summary.items():
+            print(f"{name:10s}{row['tokens_per_s']:10.1f}{row['s_per_step']:9.2f}{row['peak_rss_gb']:13.2f}"
+                  f"{row['final_loss']:12.4f}{100 * row['mfu']:7.1f}%")
+        print(f"{'ratio':10s}{ratios['tokens_per_s']:9.2f}x{ratios['s_per_step']:8.2f}x{ratios['peak_rss']:12.2f}x"
+              f"{ratios['final_loss']:11.3f}x")
 
 
 if __name__ == "__main__":

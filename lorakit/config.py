@@ -161,8 +161,9 @@ class DPOSection(Section):
     ] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO / robust loss noise rate.")
     max_prompt_length: int | None = Field(512, gt=0)
-    precompute_ref_log_probs: bool = Field(
-        False, description="Score the reference once up front, so training needs no reference forward pass."
+    precompute_ref_log_probs: bool | Literal["auto"] = Field(
+        "auto", description="Score the reference once up front, so training needs no reference forward pass; "
+                            "auto: only on a CUDA GPU that the estimate says is tight for the reference forward.",
     )
 
 

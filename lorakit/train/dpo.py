@@ -129,6 +129,7 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
     info(f"Data: {data.stats['rows']} pairs ({data.format} format, {data.stats['tokens']:,} tokens, "
          f"{data.stats['truncated']} truncated)" + (" [tokenization cached]" if data.cached else ""))
     estimate = preflight(recipe, device, enabled=recipe.preflight, model=source.location)
+    precompute = recipe.dpo.precompute_ref_log_probs is True or bool(estimate and estimate.precompute_ref_log_probs)
 
     with err.status(f"Loading {source.name} ({recipe.method}, {precision}, {device})..."):
         model = load_base_model(source, recipe.method, recipe.qlora, precision, device,
@@ -150,7 +151,7 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
         loss_type=[recipe.dpo.loss_type],
         label_smoothing=recipe.dpo.label_smoothing,
         max_length=None,  # lorakit truncated prompts (left) and responses already
-        precompute_ref_log_probs=recipe.dpo.precompute_ref_log_probs,
+        precompute_ref_log_probs=precompute,
         dataset_num_proc=recipe.data.num_proc,
     )
     trainer_cls = make_dpo_trainer_class()
@@ -172,7 +173,7 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
             loss, loss_reason = "fused", "this model scales or soft-caps its logits: TRL's fused head handles that"
     reference = ("the SFT model (frozen 'ref' copy of its adapter)" if parent is not None
                  else "the base model (adapters disabled)")
-    if recipe.dpo.precompute_ref_log_probs:
+    if precompute:
         reference += ", log-probs precomputed before training"
     speed = {"loss": loss, "why": loss_reason, "batching": "length-grouped pairs", "reference": reference}
     trainable, total = parameter_counts(trainer.model)

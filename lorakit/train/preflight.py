@@ -9,11 +9,16 @@ from lorakit.console import info
 from lorakit.errors import LorakitError, ResourceError
 
 
+# Above this share of the GPU's memory a run is "tight": fragmentation and the estimate's error eat the rest.
+TIGHT_SHARE = 0.9
+
+
 @dataclass
 class PreflightResult:
     total_gib: float
     allocated_gib: float
     device_gib: float | None
+    precompute_ref_log_probs: bool = False
 
     def metrics(self) -> dict[str, Any]:
         return {"estimate_total_gib": round(self.total_gib, 3), "estimate_allocated_gib": round(self.allocated_gib, 3)}
@@ -26,6 +31,25 @@ def _cuda_memory_gib() -> float | None:
         return None
     free, total = torch.cuda.mem_get_info()
     return total / 1024**3
+
+
+def choose_precompute(setting, device_gib: float | None, with_reference_gib: float,
+                      precomputed_gib: float) -> tuple[bool, str]:
+    """Whether DPO scores the reference once before training instead of in every step, and why.
+
+    Precomputing costs one extra pass over the data and freezes the reference's dropout-free log-probs; it only pays
+    when the reference forward is what would push a run past the GPU's memory.
+    """
+    if setting is not True and setting is not False:  # "auto"
+        if device_gib is None:
+            return False, "auto: no CUDA GPU to be short of"
+        if with_reference_gib <= TIGHT_SHARE * device_gib:
+            return False, f"auto: {with_reference_gib:.1f} GiB fits in {device_gib:.1f} GiB with the reference forward"
+        if precomputed_gib >= with_reference_gib:
+            return False, "auto: precomputing would not lower the estimate"
+        return True, (f"auto: {with_reference_gib:.1f} GiB with the reference forward is tight on "
+                      f"{device_gib:.1f} GiB; {precomputed_gib:.1f} GiB without it")
+    return setting, "set in the recipe"
 
 
 def preflight(recipe, device: str, enabled: bool = True, model: str | None = None) -> PreflightResult | None:
@@ -50,6 +74,13 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
              f"{setup.seq_len} x {setup.batch_size}); running on the {device}, so not checked")
         return result
     result.device_gib = _cuda_memory_gib()
+    if recipe.stage == "dpo" and recipe.dpo.precompute_ref_log_probs == "auto":
+        precomputed = estimate(shape, replace(setup, stage="dpo-precomputed"))
+        chosen, why = choose_precompute("auto", result.device_gib, result.total_gib, precomputed.total / GIB)
+        if chosen:
+            info(f"Reference log-probs precomputed before training ({why})")
+            setup, est = replace(setup, stage="dpo-precomputed"), precomputed
+            result = PreflightResult(est.total / GIB, est.allocated / GIB, result.device_gib, True)
     info(f"GPU memory estimate: {result.total_gib:.2f} GiB of {result.device_gib:.1f} GiB "
          f"(allocated peak {result.allocated_gib:.2f} GiB; `lorakit vram-estimate --recipe` shows every term)")
     if enabled and result.device_gib is not None and result.total_gib > result.device_gib:

@@ -94,7 +94,7 @@ def setup_from_recipe(recipe) -> tuple[str, Setup]:
     attn = {"flash_attention_2": "flash", "flash_attention_3": "flash"}.get(attn, attn)
     stage = "sft"
     if recipe.stage == "dpo":
-        stage = "dpo-precomputed" if recipe.dpo.precompute_ref_log_probs else "dpo"
+        stage = "dpo-precomputed" if recipe.dpo.precompute_ref_log_probs is True else "dpo"
     precision = {"auto": "bf16", "bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}.get(train.precision, "bf16")
     setup = Setup(
         method=recipe.method, dtype=precision, seq_len=recipe.data.max_length, batch_size=train.micro_batch_size,

@@ -119,6 +119,16 @@ def test_without_from_the_reference_is_the_base_with_adapters_disabled(tmp_path)
     assert "base model" in setup.speed["reference"]
 
 
+def test_precomputed_reference_log_probs_train_the_same_way(sft_run, tmp_path):
+    result = run_dpo(dpo_recipe(tmp_path / "pre", sft_run.path, "data.eval=null", "dpo.precompute_ref_log_probs=true",
+                                max_steps=30))
+    assert "log-probs precomputed" in read_run(result.path).manifest["speed"]["reference"]
+    train = [r for r in map(json.loads, (result.path / "metrics.jsonl").read_text().splitlines())
+             if "rewards/margins" in r]
+    assert train[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-3)  # the reference is still the SFT model
+    assert train[-1]["rewards/margins"] > train[0]["rewards/margins"] + 0.5
+
+
 def test_qlora_dpo_from_a_qlora_sft_run(tmp_path):
     sft = run_sft(sft_recipe(tmp_path / "sft", "method=qlora", "data.eval=null", max_steps=30))
     result = run_dpo(dpo_recipe(tmp_path / "dpo", sft.path, "data.eval=null", max_steps=6))

@@ -78,3 +78,11 @@ def test_invalid_yaml_names_the_line(tmp_path):
     path = write(tmp_path, "lora:\n  r: 8\n   alpha: [\n")
     with pytest.raises(ConfigError, match=r"recipe.yaml line \d+: invalid YAML"):
         load_recipe("sft", path)
+
+
+def test_precompute_ref_log_probs_is_auto_true_or_false():
+    assert load_recipe("dpo").dpo.precompute_ref_log_probs == "auto"
+    assert load_recipe("dpo", overrides=["dpo.precompute_ref_log_probs=true"]).dpo.precompute_ref_log_probs is True
+    assert load_recipe("dpo", overrides=["dpo.precompute_ref_log_probs=false"]).dpo.precompute_ref_log_probs is False
+    with pytest.raises(ConfigError, match="precompute_ref_log_probs"):
+        load_recipe("dpo", overrides=["dpo.precompute_ref_log_probs=sometimes"])

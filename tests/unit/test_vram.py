@@ -170,3 +170,21 @@ def test_cli_config_without_needed_fields(tmp_path):
     result = invoke("vram-estimate", tmp_path / "config.json")
     assert result.exit_code == 2
     assert "missing field" in result.output and "config.json" in result.output
+
+
+def test_precompute_ref_log_probs_auto_only_when_the_gpu_is_tight():
+    from lorakit.train.preflight import choose_precompute
+
+    shape = find_model("Qwen2.5-7B")
+    setup = Setup(method="lora", stage="dpo", seq_len=2048, batch_size=4)
+    with_reference = estimate(shape, setup).total / GIB
+    precomputed = estimate(shape, replace(setup, stage="dpo-precomputed")).total / GIB
+    assert precomputed < with_reference
+    rtx4090, h100 = find_gpu("rtx4090").memory_gib, find_gpu("h100").memory_gib
+    assert with_reference > 0.9 * rtx4090 and with_reference < 0.9 * h100
+    assert choose_precompute("auto", rtx4090, with_reference, precomputed)[0] is True
+    assert choose_precompute("auto", h100, with_reference, precomputed)[0] is False
+    assert choose_precompute("auto", None, with_reference, precomputed)[0] is False  # CPU: nothing to be short of
+    assert choose_precompute("auto", rtx4090, with_reference, with_reference)[0] is False  # would not help
+    assert choose_precompute(False, rtx4090, with_reference, precomputed)[0] is False  # the recipe decides
+    assert choose_precompute(True, h100, with_reference, precomputed)[0] is True

@@ -149,6 +149,13 @@ def _resume_hint() -> str:
     return "lorakit " + shlex.join(args) + " --resume"
 
 
+def _print_config(resolved) -> None:
+    from lorakit.config import recipe_to_yaml
+    from lorakit.console import out
+
+    out.print(recipe_to_yaml(resolved), markup=False)
+
+
 def _print_run_summary(title: str, summary: dict, as_json: bool) -> None:
     from lorakit.console import key_value_table, out, print_json
 
@@ -187,11 +194,7 @@ def sft(
         epochs=epochs, learning_rate=learning_rate, seed=seed,
     )
     if print_config:
-        from lorakit.config import recipe_to_yaml
-        from lorakit.console import out
-
-        out.print(recipe_to_yaml(resolved), markup=False)
-        return
+        return _print_config(resolved)
     from lorakit.train.sft import run_sft
 
     result = run_sft(resolved, force=force, resume=resume, resume_hint=_resume_hint())
@@ -327,13 +330,12 @@ def run(
     print_config: PrintConfigOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    from lorakit.config import load_recipe, recipe_to_yaml
+    from lorakit.config import load_recipe
     from lorakit.console import out, print_json
 
     resolved = load_recipe("pipeline", recipe, list(set_ or []))
     if print_config:
-        out.print(recipe_to_yaml(resolved), markup=False)
-        return
+        return _print_config(resolved)
     from lorakit.pipeline import Pipeline
 
     stages = [s.strip() for s in only.split(",") if s.strip()] if only else None
@@ -389,7 +391,7 @@ def eval_(
                                                      help="Exit non-zero when a stage is worse than its parent.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    from lorakit.console import out, print_json
+    from lorakit.console import print_json
     from lorakit.evaluate import RegressionError, run_eval
 
     report = run_eval(paths, data, prefs, prompts, not no_base, base_model)
@@ -477,11 +479,7 @@ def dpo(
         max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, seed=seed,
     )
     if print_config:
-        from lorakit.config import recipe_to_yaml
-        from lorakit.console import out
-
-        out.print(recipe_to_yaml(resolved), markup=False)
-        return
+        return _print_config(resolved)
     from lorakit.train.dpo import run_dpo
 
     result = run_dpo(resolved, force=force, resume=resume, resume_hint=_resume_hint())

@@ -128,7 +128,7 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
         source = merged_source(source, force)
     else:
         target = Path(output_dir) if output_dir else default_output(source, fmt)
-    config = check_source(source)
+    check_source(source)
     check_can_write(target, force)
     check_disk(source, target, 1.2 if fmt == "gguf" else 0.6)
 
@@ -199,7 +199,7 @@ def _write_gguf(source: Path, staging: Path, name: str, qtype: str, tokenizer):
     from lorakit.export.gguf_export import K_TYPES, k_quantize, write_gguf
 
     python_type = "f16" if qtype in K_TYPES else qtype
-    first = staging / (f".model-f16.gguf" if qtype in K_TYPES else name)
+    first = staging / (".model-f16.gguf" if qtype in K_TYPES else name)
     progress = _progress_writer(f"Writing GGUF ({python_type})")
     with progress:
         task = progress.add_task("tensors", total=None)

@@ -95,8 +95,6 @@ def logits_for(model, samples: list[list[int]]) -> list[Any]:
 
 def compare_logits(reference: list[Any], candidate: list[Any]) -> dict[str, float]:
     """max |Δlogit|, mean KL(reference || candidate) per token, top-1 agreement over all positions."""
-    import torch
-
     max_delta, kl_sum, agree, positions = 0.0, 0.0, 0, 0
     for ref, cand in zip(reference, candidate):
         max_delta = max(max_delta, (ref - cand).abs().max().item())

@@ -11,7 +11,6 @@ prompt+completion tokens diverge); lorakit does it itself so it can truncate pro
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from lorakit.config import DataSection
@@ -23,7 +22,8 @@ from lorakit.data.formats import (
     rename_columns,
     require_columns,
 )
-from lorakit.errors import ConfigError, DataError
+from lorakit.data.prepared import PreparedData, tokenize_with_eval
+from lorakit.errors import DataError
 
 PREFERENCE_SIGNATURES: list[tuple[str, set[str]]] = [
     ("system_question", {"question", "chosen", "rejected"}),
@@ -189,7 +189,7 @@ def encode_pair(row: dict[str, Any], tokenizer, max_length: int, max_prompt_leng
     }
 
 
-LINT_COLUMNS = ["truncated", "stop_trained", "length"]
+LINT_COLUMNS = ("truncated", "stop_trained", "length")
 
 
 def lint_pairs(tokenized, source: str, eot_token: str | None, max_length: int) -> list[tuple[str, str]]:
@@ -211,20 +211,6 @@ def lint_pairs(tokenized, source: str, eot_token: str | None, max_length: int) -
         problems.append((f"{source}: the end-of-turn token {eot_token!r} is missing from {len(no_stop)} response(s) "
                          f"(rows {_rows(no_stop)})", "use a chat template that closes assistant turns"))
     return problems
-
-
-@dataclass
-class PreparedPreferences:
-    train: Any
-    eval: Any | None
-    format: str
-    fingerprint: str
-    source: str
-    stats: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False
-
-    def for_trainer(self, dataset):
-        return dataset.remove_columns([c for c in LINT_COLUMNS if c in dataset.column_names])
 
 
 def tokenize_preferences(source: str, data: DataSection, max_prompt_length: int | None, tokenizer,
@@ -252,23 +238,13 @@ def tokenize_preferences(source: str, data: DataSection, max_prompt_length: int 
 
 
 def prepare_preference_data(data: DataSection, max_prompt_length: int | None, tokenizer,
-                            seed: int) -> PreparedPreferences:
-    if not data.train:
-        raise ConfigError("no preference data", hint="set data.train in the recipe or pass --data FILE")
-    train, fmt, fingerprint, cached = tokenize_preferences(data.train, data, max_prompt_length, tokenizer,
-                                                           data.max_rows)
-    evaluation = None
-    if data.eval:
-        evaluation, _, eval_fp, _ = tokenize_preferences(data.eval, data, max_prompt_length, tokenizer)
-        fingerprint += f"+eval:{eval_fp}"
-    elif data.val_size:
-        if len(train) < 2:
-            raise ConfigError("data.val_size needs at least 2 rows", hint="set data.val_size: 0 or add rows")
-        split = train.train_test_split(test_size=data.val_size, seed=seed)
-        train, evaluation = split["train"], split["test"]
+                            seed: int) -> PreparedData:
+    train, evaluation, fmt, fingerprint, cached = tokenize_with_eval(
+        data, seed, "preference data",
+        lambda source, max_rows: tokenize_preferences(source, data, max_prompt_length, tokenizer, max_rows))
     stats = {"rows": len(train), "eval_rows": len(evaluation) if evaluation is not None else 0,
              "tokens": sum(train["length"]), "truncated": sum(train["truncated"]), "max_length": max(train["length"])}
-    return PreparedPreferences(train, evaluation, fmt, fingerprint, data.train, stats, cached)
+    return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, cached, LINT_COLUMNS)
 
 
 def check_preference_data(data: DataSection, model: str | None) -> dict[str, Any]:

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from lorakit.config import DataSection
 from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
 from lorakit.data.checks import lint_problems, raise_if_problems
 from lorakit.data.formats import load_sft_examples
 from lorakit.data.load import load_rows
+from lorakit.data.prepared import PreparedData, tokenize_with_eval
 from lorakit.data.tokenize import tokenize_dataset
-from lorakit.errors import ConfigError
 from lorakit.templates import end_of_turn_token
 
-LINT_COLUMNS = ["num_trained", "stop_trained", "truncated", "length"]
-
-
-@dataclass
-class PreparedData:
-    train: Any  # datasets.Dataset with input_ids, labels (+ lint columns)
-    eval: Any | None
-    format: str
-    fingerprint: str
-    source: str
-    stats: dict[str, Any] = field(default_factory=dict)
-    cached: bool = False
-
-    def for_trainer(self, dataset):
-        return dataset.remove_columns([c for c in LINT_COLUMNS if c in dataset.column_names])
+LINT_COLUMNS = ("num_trained", "stop_trained", "truncated", "length")
 
 
 def tokenize_source(source: str, data: DataSection, tokenizer, max_rows: int | None = None):
@@ -59,18 +42,8 @@ def tokenize_source(source: str, data: DataSection, tokenizer, max_rows: int | N
 
 
 def prepare_sft_data(data: DataSection, tokenizer, seed: int) -> PreparedData:
-    if not data.train:
-        raise ConfigError("no training data", hint="set data.train in the recipe or pass --data FILE")
-    train, fmt, fingerprint, cached = tokenize_source(data.train, data, tokenizer, data.max_rows)
-    evaluation = None
-    if data.eval:
-        evaluation, _, eval_fp, _ = tokenize_source(data.eval, data, tokenizer)
-        fingerprint += f"+eval:{eval_fp}"
-    elif data.val_size:
-        if len(train) < 2:
-            raise ConfigError("data.val_size needs at least 2 rows", hint="set data.val_size: 0 or add rows")
-        split = train.train_test_split(test_size=data.val_size, seed=seed)
-        train, evaluation = split["train"], split["test"]
+    train, evaluation, fmt, fingerprint, cached = tokenize_with_eval(
+        data, seed, "training data", lambda source, max_rows: tokenize_source(source, data, tokenizer, max_rows))
     lengths = train["length"]
     stats = {
         "rows": len(train),
@@ -81,4 +54,4 @@ def prepare_sft_data(data: DataSection, tokenizer, seed: int) -> PreparedData:
         "max_length": max(lengths),
     }
     return PreparedData(train=train, eval=evaluation, format=fmt, fingerprint=fingerprint, source=data.train,
-                        stats=stats, cached=cached)
+                        stats=stats, cached=cached, lint_columns=LINT_COLUMNS)

@@ -127,7 +127,7 @@ def run_sft(recipe: SFTRecipe, force: bool = False, resume: bool = False, resume
     }
     run.write_manifest(manifest)
     try:
-        outcome = execute(trainer, run, "SFT", ("loss",), resume_hint or f"lorakit sft ... --resume",
+        outcome = execute(trainer, run, "SFT", ("loss",), resume_hint or "lorakit sft ... --resume",
                           estimate=setup.estimate)
     except BaseException:
         run.abandon()

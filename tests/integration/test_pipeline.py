@@ -69,8 +69,6 @@ def test_second_run_skips_everything_and_a_dpo_edit_reruns_only_downstream(pipel
 
 
 def test_interrupted_stage_resumes(tmp_path, in_repo):
-    from lorakit.train.common import RunInterrupted  # noqa: F401  (what Ctrl-C raises inside the stage)
-
     root = tmp_path / "interrupted"
     first = Pipeline(pipeline_recipe(root), callbacks=(CtrlCAt(10),)).run()
     assert statuses(first)["sft"] == "failed" and "interrupted" in first.failure.message

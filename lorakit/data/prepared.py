@@ -1,0 +1,45 @@
+"""Trainer-ready data, shared by SFT and DPO: the train/eval split and what a run records about its data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lorakit.config import DataSection
+from lorakit.errors import ConfigError
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset of tokens (+ lint columns)
+    eval: Any | None
+    format: str
+    fingerprint: str
+    source: str
+    stats: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+    lint_columns: tuple[str, ...] = ()  # computed for the checks; the trainer must not see them
+
+    def for_trainer(self, dataset):
+        return dataset.remove_columns([c for c in self.lint_columns if c in dataset.column_names])
+
+
+def tokenize_with_eval(data: DataSection, seed: int, what: str, tokenize: Callable[..., tuple]):
+    """Tokenize data.train, and data.eval or a data.val_size split of it.
+
+    `tokenize(source, max_rows)` returns (dataset, format, fingerprint, was_cached). Returns (train, eval or None,
+    format, fingerprint covering both files, was_cached).
+    """
+    if not data.train:
+        raise ConfigError(f"no {what}", hint="set data.train in the recipe or pass --data FILE")
+    train, fmt, fingerprint, cached = tokenize(data.train, data.max_rows)
+    evaluation = None
+    if data.eval:
+        evaluation, _, eval_fp, _ = tokenize(data.eval, None)
+        fingerprint += f"+eval:{eval_fp}"
+    elif data.val_size:
+        if len(train) < 2:
+            raise ConfigError("data.val_size needs at least 2 rows", hint="set data.val_size: 0 or add rows")
+        split = train.train_test_split(test_size=data.val_size, seed=seed)
+        train, evaluation = split["train"], split["test"]
+    return train, evaluation, fmt, fingerprint, cached

@@ -526,12 +526,28 @@ def _recipe_for_estimate(path: Path):
     if stage not in ("sft", "dpo"):
         raise LorakitError(f"{path}: a '{stage}' recipe trains nothing", hint="give an sft, dpo or pipeline recipe")
     recipe = load_recipe(stage, path)
-    if stage == "dpo" and recipe.from_run and Path(recipe.from_run).is_dir():
-        from lorakit.runs import read_run
-        from lorakit.train.dpo import inherit_from_parent
+    if stage != "dpo" or not recipe.from_run:
+        return recipe
+    from lorakit.console import info
+    from lorakit.config import INHERITED, inherit_from_parent
 
-        recipe = inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=("sft",)))
-    return recipe
+    if Path(recipe.from_run).is_dir():
+        from lorakit.runs import read_run
+
+        return inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=("sft",)))
+    # Planning before the SFT run exists: its recipe, beside this one, says what the DPO run will inherit.
+    for candidate in sorted(path.parent.glob("*.y*ml")):
+        try:
+            text = read_yaml(candidate)
+        except LorakitError:
+            continue
+        if text.get("stage") == "sft" and Path(str(text.get("output_dir", ""))) == Path(recipe.from_run):
+            parent = load_recipe("sft", candidate)
+            info(f"{recipe.from_run} does not exist yet: estimating with the settings of {candidate}, which writes it")
+            return recipe.model_copy(update={section: getattr(parent, section) for section in INHERITED})
+    raise LorakitError(f"{path}: from_run {recipe.from_run} does not exist yet, and no SFT recipe beside it writes it",
+                       hint="run the SFT stage first, or estimate the model directly: lorakit vram-estimate MODEL "
+                            "--stage dpo")
 
 
 def _choice(name: str, value, allowed) -> None:

@@ -410,3 +410,22 @@ def _deep_merge(into: dict[str, Any], new: dict[str, Any]) -> None:
 
 def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(data)) if data else {}
+
+
+# A DPO run that continues an SFT run takes these sections from it.
+INHERITED = ("method", "model", "lora", "qlora")
+def inherit_from_parent(recipe: DPORecipe, parent) -> DPORecipe:
+    """Take model, method, LoRA and quantization from the SFT run; refuse a DPO recipe that says otherwise."""
+    conflicts = []
+    for section in INHERITED:
+        if section in recipe.model_fields_set and recipe_to_dict(recipe)[section] != parent.recipe.get(section):
+            conflicts.append(section)
+    if conflicts:
+        raise ConfigError(
+            f"the DPO recipe sets {', '.join(conflicts)}, but `from_run` {parent.path} decides those "
+            "(the policy continues the SFT adapter on the same base)",
+            hint=f"remove {', '.join(conflicts)} from the DPO recipe, or drop from_run to start from a base model",
+        )
+    update = {section: type(getattr(recipe, section)).model_validate(parent.recipe[section])
+              if section != "method" else parent.recipe["method"] for section in INHERITED if section in parent.recipe}
+    return recipe.model_copy(update=update)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.console import err, info, warn
-from lorakit.errors import ConfigError, ModelError, ResourceError
+from lorakit.errors import ConfigError, ModelError, ResourceError, RunError
 from lorakit.fsutil import atomic_dir, check_can_write, write_json_atomic, write_text_atomic
 from lorakit.runs import ADAPTER_FILES, MANIFEST_FILE, now, package_versions
 
@@ -46,10 +46,18 @@ def merged_source(source: Path, force: bool) -> Path:
     target = source.with_name(f"{source.name}-merged")
     manifest = target / MANIFEST_FILE
     if manifest.is_file() and not force:
-        recorded = json.loads(manifest.read_text()).get("source")
+        merged = json.loads(manifest.read_text())
+        recorded = merged.get("source")
         if recorded and Path(recorded).resolve() == source.resolve():
-            info(f"Using the existing merge {target}")
-            return target
+            merged_from = (merged.get("lineage") or [{}])[0].get("finished_at")
+            run_manifest = source / MANIFEST_FILE
+            finished = json.loads(run_manifest.read_text()).get("finished_at") if run_manifest.is_file() else None
+            if merged_from is not None and merged_from == finished:
+                info(f"Using the existing merge {target}")
+                return target
+            why = (f"was merged from an earlier state of {source} (run finished {merged_from}, now {finished})"
+                   if finished else f"cannot be checked against {source}, which has no run manifest")
+            raise RunError(f"{target} {why}", hint=f"add --force to merge again (replaces {target})")
     info(f"{source} holds an adapter: merging it first")
     return merge_run(source, target, force=force).path
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from lorakit.config import DPORecipe, recipe_to_dict
+from lorakit.config import DPORecipe, inherit_from_parent, recipe_to_dict
 from lorakit.console import err, info
 from lorakit.errors import ConfigError
 from lorakit.model import (
@@ -31,25 +31,7 @@ from lorakit.train.common import check_report_to, execute, summarize_losses, tra
 from lorakit.train.finish import write_adapter_run
 from lorakit.train.sft import RunResult, check_resumable
 
-INHERITED = ("method", "model", "lora", "qlora")
 SHOW_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
-
-
-def inherit_from_parent(recipe: DPORecipe, parent: Run) -> DPORecipe:
-    """Take model, method, LoRA and quantization from the SFT run; refuse a DPO recipe that says otherwise."""
-    conflicts = []
-    for section in INHERITED:
-        if section in recipe.model_fields_set and recipe_to_dict(recipe)[section] != parent.recipe.get(section):
-            conflicts.append(section)
-    if conflicts:
-        raise ConfigError(
-            f"the DPO recipe sets {', '.join(conflicts)}, but `from_run` {parent.path} decides those "
-            "(the policy continues the SFT adapter on the same base)",
-            hint=f"remove {', '.join(conflicts)} from the DPO recipe, or drop from_run to start from a base model",
-        )
-    update = {section: type(getattr(recipe, section)).model_validate(parent.recipe[section])
-              if section != "method" else parent.recipe["method"] for section in INHERITED if section in parent.recipe}
-    return recipe.model_copy(update=update)
 
 
 def make_dpo_trainer_class():

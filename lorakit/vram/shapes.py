@@ -106,9 +106,11 @@ class ModelShape:
         return self.total_params - self.extra_params - inactive
 
     def lora_params(self, r: int, targets: tuple[str, ...]) -> int:
+        """Adapter parameters on the targets this model has (all-linear names a gate that plain MLPs lack)."""
+        shapes = self.linear_shapes()
         total = 0
-        for name in targets:
-            fan_in, fan_out = self.linear_shapes()[name]
+        for name in (t for t in targets if t in shapes):
+            fan_in, fan_out = shapes[name]
             total += r * (fan_in + fan_out) * (self.experts if self.is_mlp(name) and self.experts else 1)
         return self.layers * total
 

@@ -91,6 +91,21 @@ def test_run_folder_is_merged_first(sft_run, tmp_path):
     assert result.summary["mean_kl"] <= KL_TOLERANCE["q8_0"]
 
 
+def test_a_merge_older_than_its_run_is_not_exported(sft_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sft_run.path, run, ignore=shutil.ignore_patterns("checkpoints"))
+    run_quantize(run, "gguf", "q8_0", tmp_path / "first")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["finished_at"] = "2099-01-01T00:00:00+00:00"  # the run was trained again since that merge
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LorakitError, match="earlier state"):
+        run_quantize(run, "gguf", "q8_0", tmp_path / "second")
+    assert not (tmp_path / "second").exists()
+    run_quantize(run, "gguf", "q8_0", tmp_path / "second", force=True)
+    merged = json.loads((tmp_path / "run-merged" / "manifest.json").read_text())
+    assert merged["lineage"][0]["finished_at"] == manifest["finished_at"]
+
+
 @pytest.mark.parametrize("fmt", ["bnb-4bit", "bnb-8bit"])
 def test_bitsandbytes_export_reloads_with_transformers(merged, tmp_path, fmt):
     from transformers import AutoModelForCausalLM

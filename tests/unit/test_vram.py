@@ -188,3 +188,42 @@ def test_precompute_ref_log_probs_auto_only_when_the_gpu_is_tight():
     assert choose_precompute("auto", rtx4090, with_reference, with_reference)[0] is False  # would not help
     assert choose_precompute(False, rtx4090, with_reference, precomputed)[0] is False  # the recipe decides
     assert choose_precompute(True, h100, with_reference, precomputed)[0] is True
+
+
+def test_all_linear_lora_on_models_without_a_gated_mlp():
+    plain = [name for name, shape in MODELS.items() if not shape.gated_mlp]
+    assert plain  # phi, falcon, pythia...
+    for name in plain:
+        shape = MODELS[name]
+        gated_like = shape.lora_params(16, ("q", "k", "v", "o", "gate", "up", "down"))
+        assert gated_like == shape.lora_params(16, ("q", "k", "v", "o", "up", "down")) > 0
+        assert estimate(shape, Setup()).total > 0  # defaults: qlora, all-linear
+    result = CliRunner().invoke(app, ["vram-estimate", "microsoft/phi-2", "--json"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("recipe", ["qwen2.5-7b-qlora-dpo.yaml", "llama3.1-8b-qlora-dpo.yaml"])
+def test_dpo_recipe_estimate_before_its_sft_run_exists(recipe, tmp_path, monkeypatch):
+    """The SFT run a DPO recipe continues is not there yet when a user plans: its SFT recipe says what it will be."""
+    from pathlib import Path
+
+    from lorakit.config import load_recipe
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    for path in (repo / "recipes").glob("*.yaml"):
+        (tmp_path / "recipes" / path.name).write_text(path.read_text())
+    dpo = load_recipe("dpo", tmp_path / "recipes" / recipe)
+    sft = next(load_recipe("sft", p) for p in (tmp_path / "recipes").glob("*sft.yaml")
+               if load_recipe("sft", p).output_dir == dpo.from_run)
+    result = CliRunner().invoke(app, ["vram-estimate", "--recipe", f"recipes/{recipe}", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model"] == sft.model.name_or_path and report["setup"]["method"] == sft.method == "qlora"
+    assert report["setup"]["stage"] == "dpo"
+
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / recipe).write_text((repo / "recipes" / recipe).read_text())
+    result = CliRunner().invoke(app, ["vram-estimate", "--recipe", f"alone/{recipe}"])
+    assert result.exit_code != 0 and "does not exist yet" in result.output and "Traceback" not in result.output

@@ -389,12 +389,14 @@ def eval_(
     base_model: Annotated[Optional[str], typer.Option("--base-model", help="Base model, if it moved.")] = None,
     fail_on_regression: Annotated[bool, typer.Option("--fail-on-regression",
                                                      help="Exit non-zero when a stage is worse than its parent.")] = False,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="How much worse than its parent a stage "
+                                             "may be before it counts, relative to the parent's value.")] = 0.01,
     json_out: JsonOpt = False,
 ) -> None:
     from lorakit.console import print_json
     from lorakit.evaluate import RegressionError, run_eval
 
-    report = run_eval(paths, data, prefs, prompts, not no_base, base_model)
+    report = run_eval(paths, data, prefs, prompts, not no_base, base_model, tolerance=tolerance)
     if json_out:
         print_json(report)
     else:

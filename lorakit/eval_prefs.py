@@ -1,8 +1,8 @@
 """Preference scores for `lorakit eval`: DPO's implicit reward of a policy against its reference.
 
 reward = beta * (log pi(y|x) - log ref(y|x)); a pair is ranked right when chosen's reward beats rejected's. The
-reference of a candidate is its parent (dpo -> its SFT run -> base): the parent's log-probs when the parent was
-scored in the same eval, else the base under the candidate's adapter switched off.
+reference is the one the run trained against: a DPO run's SFT parent, an SFT run's base; a merged model or GGUF
+export is scored against the reference of the run it came from. The base model has none, so it gets no rewards.
 """
 
 from __future__ import annotations
@@ -49,24 +49,31 @@ def preference_scores(candidate, model, tokenizer, prefs: str, candidates, locat
     chosen, rejected = sequence_logps(model, pairs)
     candidate.logps = (chosen, rejected)
 
-    parent = next((c for c in candidates if c.name == candidate.parent and hasattr(c, "logps")), None)
-    reference_name = parent.name if parent is not None else None
-    if parent is not None:
-        ref_chosen, ref_rejected = parent.logps
-    elif hasattr(model, "disable_adapter") and candidate.kind in ("sft", "dpo"):
-        with model.disable_adapter():
+    n = max(len(pairs), 1)
+    scores: dict[str, Any] = {"logp_gap": sum(c - r for c, r in zip(chosen, rejected)) / n, "pairs": len(pairs)}
+    by_name = {c.name: c for c in candidates}
+    reference = reference_of(candidate, by_name)
+    if reference is not None and hasattr(reference, "logps"):
+        (ref_chosen, ref_rejected), scores["reference"] = reference.logps, reference.name
+    elif candidate.kind in ("sft", "dpo") and candidate.parent == "base" and hasattr(model, "disable_adapter"):
+        with model.disable_adapter():  # the base was not scored (--no-base): it is this model, adapter off
             ref_chosen, ref_rejected = sequence_logps(model, pairs)
-        reference_name = "base (adapter off)"
+        scores["reference"] = "base (adapter off)"
     else:
-        ref_chosen, ref_rejected = chosen, rejected  # no reference: rewards are zero by definition
-        reference_name = "itself"
+        return scores  # the base, or a reference that is not part of this eval: no rewards to speak of
     beta = _beta(candidate)
     margins = [beta * ((c - rc) - (r - rr)) for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)]
-    n = max(len(margins), 1)
-    return {
-        "reward_accuracy": sum(m > 0 for m in margins) / n,
-        "reward_margin": sum(margins) / n,
-        "logp_gap": sum(c - r for c, r in zip(chosen, rejected)) / n,
-        "pairs": len(margins),
-        "reference": reference_name,
-    }
+    scores["reward_accuracy"] = sum(m > 0 for m in margins) / n
+    scores["reward_margin"] = sum(margins) / n
+    return scores
+
+
+def reference_of(candidate, by_name):
+    """The candidate a model's rewards are measured against: an adapter run's parent; for a merged model or a GGUF
+    export, the reference of what it was made from."""
+    parent = by_name.get(candidate.parent or "")
+    if candidate.kind in ("sft", "dpo"):
+        return parent
+    if candidate.kind in ("merged", "gguf") and parent is not None:
+        return reference_of(parent, by_name)
+    return None

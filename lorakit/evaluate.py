@@ -129,7 +129,10 @@ def free(model) -> None:
     gc.collect()
 
 
-def regressions(candidates: list[Candidate], metric: str, higher_is_better: bool) -> list[dict[str, Any]]:
+def regressions(candidates: list[Candidate], metric: str, higher_is_better: bool,
+                tolerance: float) -> list[dict[str, Any]]:
+    """Each candidate against its parent; worse means worse by more than `tolerance` of the parent's value (at least
+    of 1.0), so a q8_0 export's third-decimal loss change is not a regression."""
     by_name = {c.name: c for c in candidates}
     rows = []
     for candidate in candidates:
@@ -137,7 +140,8 @@ def regressions(candidates: list[Candidate], metric: str, higher_is_better: bool
         if parent is None or metric not in candidate.scores or metric not in parent.scores:
             continue
         change = candidate.scores[metric] - parent.scores[metric]
-        worse = change < 0 if higher_is_better else change > 0
+        loss_of_quality = -change if higher_is_better else change
+        worse = loss_of_quality > tolerance * max(abs(parent.scores[metric]), 1.0)
         rows.append({"candidate": candidate.name, "parent": parent.name, "metric": metric,
                      "value": candidate.scores[metric], "parent_value": parent.scores[metric],
                      "change": change, "worse": worse})
@@ -146,7 +150,9 @@ def regressions(candidates: list[Candidate], metric: str, higher_is_better: bool
 
 def save_results(candidates: list[Candidate], report: dict[str, Any]) -> None:
     for candidate in candidates:
-        if candidate.kind in ("sft", "dpo", "merged") and candidate.path is not None and candidate.path.is_dir():
+        if candidate.kind == "gguf" and candidate.path is not None:
+            write_json_atomic(candidate.path.parent / EVAL_FILE, report)
+        elif candidate.kind in ("sft", "dpo", "merged") and candidate.path is not None and candidate.path.is_dir():
             write_json_atomic(candidate.path / EVAL_FILE, report)
 
 
@@ -161,8 +167,23 @@ def read_prompts(values: list[str]) -> list[str]:
     return prompts
 
 
+KIND_ORDER = {"base": 0, "sft": 1, "dpo": 2, "merged": 3, "gguf": 4}  # parents before the candidates built on them
+
+
 def collect_candidates(paths: list[Path], with_base: bool) -> list[Candidate]:
+    """The candidates, each a DPO run's SFT parent added when it was not given (it is that run's reference), parents
+    first."""
+    from lorakit.console import info
+
     candidates = [describe(p) for p in paths]
+    given = {str(c.path.resolve()) for c in candidates if c.path}
+    for candidate in list(candidates):
+        parent = candidate.parent
+        if candidate.kind == "dpo" and parent not in (None, "base") and str(Path(parent).resolve()) not in given:
+            if Path(parent).is_dir():
+                info(f"Adding {parent}: the parent and reference of {candidate.name}")
+                candidates.append(describe(Path(parent)))
+                given.add(str(Path(parent).resolve()))
     for candidate in candidates:
         # Parents are matched by resolved path; "base" is the base model.
         if candidate.parent and candidate.parent != "base":
@@ -170,7 +191,7 @@ def collect_candidates(paths: list[Path], with_base: bool) -> list[Candidate]:
         candidate.name = str(candidate.path.resolve()) if candidate.path else candidate.name
     if with_base:
         candidates.insert(0, Candidate("base", "base", None, None))
-    return candidates
+    return sorted(candidates, key=lambda c: KIND_ORDER[c.kind])
 
 
 def base_location(candidates: list[Candidate], override: str | None) -> str | None:
@@ -185,7 +206,8 @@ def base_location(candidates: list[Candidate], override: str | None) -> str | No
 
 
 def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = None, prompts: list[str] | None = None,
-             with_base: bool = True, base_model: str | None = None, max_new_tokens: int = 48) -> dict[str, Any]:
+             with_base: bool = True, base_model: str | None = None, max_new_tokens: int = 48,
+             tolerance: float = 0.01) -> dict[str, Any]:
     from lorakit.config import DataSection
     from lorakit.console import err
     from lorakit.errors import ConfigError
@@ -230,12 +252,15 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
         "candidates": [{"name": c.name, "kind": c.kind, "parent": c.parent, **c.scores} for c in candidates],
         "data": data,
         "prefs": prefs,
+        "tolerance": tolerance,
         "regressions": [],
     }
     if data:
-        report["regressions"] += regressions(candidates, "loss", higher_is_better=False)
+        report["regressions"] += regressions(candidates, "loss", False, tolerance)
     if prefs:
-        report["regressions"] += regressions(candidates, "reward_accuracy", higher_is_better=True)
+        # Reward accuracies are measured against different references (dpo vs sft, sft vs base), so they do not
+        # compare across stages; the policy's own chosen-minus-rejected gap does.
+        report["regressions"] += regressions(candidates, "logp_gap", True, tolerance)
     if prompt_list:
         report["generations"] = [{"prompt": p, **{c.name: c.generations[i] for c in candidates}}
                                  for i, p in enumerate(prompt_list)]

@@ -257,7 +257,7 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
         raise ConfigError(f"--base {base_mode} is not dequantized or original", hint="dequantized is the default")
     source = Path(source)
     target = Path(output_dir) if output_dir else source.parent / f"{source.name}-merged"
-    check_can_write(target, force, what="output")
+    check_can_write(target, force, what="output", inputs=[source])
     src = open_source(source, model)
     mode = base_mode if src.method == "qlora" else "lora"
     check_adapter_shapes(src.adapter_dir, src.base.location)
@@ -277,7 +277,7 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
             del trained
             gc.collect()
 
-    with atomic_dir(target, force=force) as staging:
+    with atomic_dir(target, force=force, inputs=[source]) as staging:
         with err.status(f"Merging ({mode}, {dtype})..."):
             merged = merged_model(src, dtype, mode)
         shards = write_shards(merged, staging, max_shard_size)

@@ -130,14 +130,16 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
         from lorakit.export.gguf_export import check_type
 
         check_type(qtype)
+    inputs = [source]
     if source.is_dir() and is_adapter_run(source):
         target = Path(output_dir) if output_dir else default_output(source.with_name(f"{source.name}-merged"), fmt)
-        check_can_write(target, force)
+        inputs.append(source.with_name(f"{source.name}-merged"))
+        check_can_write(target, force, inputs=inputs)
         source = merged_source(source, force)
     else:
         target = Path(output_dir) if output_dir else default_output(source, fmt)
     check_source(source)
-    check_can_write(target, force)
+    check_can_write(target, force, inputs=inputs)
     check_disk(source, target, 1.2 if fmt == "gguf" else 0.6)
 
     tokenizer = AutoTokenizer.from_pretrained(str(source))
@@ -150,7 +152,7 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
 
     files: list[str] = []
     verification: dict[str, Any] = {}
-    with atomic_dir(target, force=force) as staging:
+    with atomic_dir(target, force=force, inputs=inputs) as staging:
         if fmt == "gguf":
             name = f"model-{qtype}.gguf"
             result = _write_gguf(source, staging, name, qtype, tokenizer)

@@ -14,15 +14,15 @@ import platform
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
 from lorakit.errors import RunError
-from lorakit.fsutil import check_can_write, replace_dir, write_json_atomic, write_text_atomic
+from lorakit.fsutil import OUTPUT_MANIFEST, check_can_write, replace_dir, write_json_atomic, write_text_atomic
 
 RECIPE_FILE = "lorakit.yaml"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = OUTPUT_MANIFEST
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -62,7 +62,8 @@ class RunFolder:
         return self.staging / CHECKPOINTS_DIR
 
     @classmethod
-    def open(cls, path: str | Path, force: bool = False, resume: bool = False) -> "RunFolder":
+    def open(cls, path: str | Path, force: bool = False, resume: bool = False,
+             inputs: Iterable[str | Path] = ()) -> "RunFolder":
         """Decide between a fresh start and a resume, refusing anything that would lose work silently.
 
         Nothing is written yet: a run that fails its data or model checks leaves no trace.
@@ -79,7 +80,7 @@ class RunFolder:
                 + (f" (checkpoint at step {step})" if step else " (no checkpoint yet)"),
                 hint="pass --resume to continue it, or --force to discard it and start over",
             )
-        check_can_write(run.path, force, what="run folder")
+        check_can_write(run.path, force, what="run folder", inputs=inputs)
         return run
 
     def begin(self) -> None:

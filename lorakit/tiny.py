@@ -133,7 +133,7 @@ def build_model(spec: TinySpec, tokenizer):
 def build_tiny_model(out_dir: str | os.PathLike, spec: TinySpec = TinySpec()) -> Path:
     """Build a tiny model + tokenizer into `out_dir` (written atomically). Same spec, same bytes."""
     out = Path(out_dir)
-    with atomic_dir(out, force=True) as staging:
+    with atomic_dir(out, force=True, ours_only=False) as staging:
         tokenizer = build_tokenizer(spec)
         model = build_model(spec, tokenizer)
         model.save_pretrained(staging)

@@ -51,7 +51,7 @@ def cached_dataset(kind: str, key: str, build: Callable[[], tuple[Any, dict[str,
             pass
     dataset, meta = build()
     try:
-        with atomic_dir(folder, force=True) as staging:
+        with atomic_dir(folder, force=True, ours_only=False) as staging:
             dataset.save_to_disk(str(staging))
             (staging / META_FILE).write_text(json.dumps(meta))
         dataset = datasets.load_from_disk(str(folder))

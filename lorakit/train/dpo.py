@@ -167,7 +167,8 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
 def run_dpo(recipe: DPORecipe, force: bool = False, resume: bool = False, resume_hint: str = "",
             callbacks: Sequence = ()) -> RunResult:
     """Train a DPO policy adapter into the run folder `recipe.output_dir`."""
-    run = RunFolder.open(recipe.output_dir, force=force, resume=resume)
+    run = RunFolder.open(recipe.output_dir, force=force, resume=resume,
+                         inputs=[recipe.from_run] if recipe.from_run else ())
     if recipe.from_run:
         recipe = inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=("sft",)))
     check_resumable(run, recipe)

@@ -164,6 +164,19 @@ def test_not_a_run_folder(tmp_path):
                  tmp_path / "out")
 
 
+def test_force_does_not_replace_the_run_it_merges_or_the_folder_holding_it(sft_run, tmp_path):
+    nest = tmp_path / "nest"
+    run = nest / "run"
+    shutil.copytree(sft_run.path, run, ignore=shutil.ignore_patterns("checkpoints"))
+    for output in (run, nest):
+        result = invoke(run, "--output-dir", output, "--force")
+        assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+        assert (run / "adapter_model.safetensors").is_file()
+    dpo = CliRunner().invoke(app, ["dpo", "--from", str(run), "--output-dir", str(nest), "--force"])
+    assert dpo.exit_code != 0 and "which this command reads" in dpo.output, dpo.output
+    assert (run / "adapter_model.safetensors").is_file()
+
+
 def test_a_gap_above_tolerance_writes_nothing(qlora_run, tmp_path, monkeypatch):
     import lorakit.merge as merge_module
 

@@ -20,7 +20,7 @@ from lorakit.config import STAGE_ORDER, PipelineRecipe, recipe_to_dict
 from lorakit.console import err
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.fsutil import write_json_atomic
-from lorakit.runs import MANIFEST_FILE
+from lorakit.runs import ADAPTER_FILES, MANIFEST_FILE
 
 STATE_FILE = "pipeline.json"
 FOLDERS = {"sft": "sft", "dpo": "dpo", "merge": "merged", "quantize": "export"}
@@ -90,13 +90,16 @@ class Pipeline:
         return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def is_complete(self, stage: str) -> bool:
-        manifest = self.folder(stage) / MANIFEST_FILE
-        if not manifest.is_file():
-            return False
+        """A finished manifest and every file the stage's output is used through (a deleted GGUF or adapter means
+        the stage must run again, whatever its manifest says)."""
+        folder = self.folder(stage)
         try:
-            return json.loads(manifest.read_text()).get("status", "complete") == "complete"
-        except json.JSONDecodeError:
+            manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
             return False
+        if manifest.get("status", "complete") != "complete":
+            return False
+        return all((folder / name).is_file() for name in output_files(stage, folder, manifest))
 
     def has_partial(self, stage: str) -> bool:
         folder = self.folder(stage)
@@ -165,6 +168,17 @@ class Pipeline:
 
 # ---------------------------------------------------------------------------------------------------------------
 # One small runner per stage: build the single-stage call the user would make by hand.
+
+
+def output_files(stage: str, folder: Path, manifest: dict[str, Any]) -> list[str]:
+    if stage in ("sft", "dpo"):
+        return list(ADAPTER_FILES)
+    if stage == "merge":
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            return ["config.json", *sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        return ["config.json", "model.safetensors"]
+    return list(manifest.get("files") or ["missing: the export lists no files"])
 
 
 def _pick(summary: dict[str, Any], *keys: str) -> dict[str, Any]:

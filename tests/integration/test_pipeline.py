@@ -68,6 +68,16 @@ def test_second_run_skips_everything_and_a_dpo_edit_reruns_only_downstream(pipel
     assert (pipeline_root / "export" / "manifest.json").stat().st_mtime_ns != before["quantize"]
 
 
+def test_a_stage_whose_output_files_are_gone_runs_again(pipeline_root, in_repo):
+    Pipeline(pipeline_recipe(pipeline_root)).run()  # whatever earlier tests edited, the stages match this recipe
+    export = pipeline_root / "export"
+    gguf = next(export.glob("*.gguf"))
+    gguf.unlink()
+    again = Pipeline(pipeline_recipe(pipeline_root)).run()
+    assert statuses(again) == {"sft": "skipped", "dpo": "skipped", "merge": "skipped", "quantize": "ran"}
+    assert gguf.is_file()
+
+
 def test_interrupted_stage_resumes(tmp_path, in_repo):
     root = tmp_path / "interrupted"
     first = Pipeline(pipeline_recipe(root), callbacks=(CtrlCAt(10),)).run()

@@ -671,7 +671,7 @@ def quantize(
     format: Annotated[str, typer.Option("--format", help="gguf, bnb-4bit or bnb-8bit (awq/gptq: see README).")]
     = "gguf",
     type_: Annotated[str, typer.Option("--type", help="GGUF type: f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1; "
-                                                      "q4_k_m, q5_k_m, q6_k with lorakit[llama-cpp].")] = "q8_0",
+                                                      "q4_k_m, q5_k_m, q6_k with lorakit\\[llama-cpp].")] = "q8_0",
     output_dir: OutputOpt = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the checks against the source.")] = False,
     no_modelfile: Annotated[bool, typer.Option("--no-modelfile", help="Do not write an Ollama Modelfile.")] = False,

@@ -325,7 +325,8 @@ def load_recipe(
     if file_stage is not None and file_stage != stage:
         raise ConfigError(
             f"{source}: this is a '{file_stage}' recipe, not '{stage}'",
-            hint=f"run it with `lorakit {file_stage} --recipe {source}`" if file_stage in RECIPES else None,
+            hint=(f"run it with `lorakit run {source}`" if file_stage == "pipeline"
+                  else f"run it with `lorakit {file_stage} --recipe {source}`" if file_stage in RECIPES else None),
         )
     data["stage"] = stage
     for assignment in overrides or []:

@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorakit.console import err, info
 from lorakit.errors import ModelError, RunError
 from lorakit.fsutil import atomic_dir, check_can_write, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from lorakit.model import ModelSource
 from lorakit.runs import ADAPTER_FILES, MANIFEST_FILE, Run, now, package_versions, read_run
 
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
@@ -40,7 +44,7 @@ class MergeSource:
     """What is being merged: a lorakit run folder, or a bare PEFT adapter folder with --model."""
 
     adapter_dir: Path
-    base: Any  # lorakit.model.ModelSource
+    base: ModelSource
     method: str  # lora | qlora
     qlora: Any
     trained_precision: str
@@ -101,13 +105,19 @@ def lineage_of(run: Run) -> list[dict[str, Any]]:
     return chain
 
 
-def check_adapter_shapes(adapter_dir: Path, base_location: str, trust_remote_code: bool = False) -> None:
+def check_adapter_shapes(adapter_dir: Path, base: ModelSource, trust_remote_code: bool = False) -> None:
     """Compare every LoRA matrix with the base layer it targets, before any weights load."""
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(base_location, trust_remote_code=trust_remote_code)
+    from lorakit.model import hub_error
+
+    base_location = base.location
+    try:
+        config = AutoConfig.from_pretrained(base_location, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise hub_error(base, exc) from None
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     modules = dict(skeleton.named_modules())
@@ -255,12 +265,15 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
         raise ConfigError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}", hint="bfloat16 is the default")
     if base_mode not in ("dequantized", "original"):
         raise ConfigError(f"--base {base_mode} is not dequantized or original", hint="dequantized is the default")
+    size = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)\s*", str(max_shard_size), re.IGNORECASE)
+    if size is None or float(size.group(1)) <= 0:
+        raise ConfigError(f"--max-shard-size {max_shard_size!r} is not a positive size", hint="e.g. 2GB or 500MB")
     source = Path(source)
     target = Path(output_dir) if output_dir else source.parent / f"{source.name}-merged"
     check_can_write(target, force, what="output", inputs=[source])
     src = open_source(source, model)
     mode = base_mode if src.method == "qlora" else "lora"
-    check_adapter_shapes(src.adapter_dir, src.base.location)
+    check_adapter_shapes(src.adapter_dir, src.base)
 
     samples, origin, reference = [], "", None
     if verify:

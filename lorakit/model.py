@@ -73,7 +73,7 @@ def needs_remote_code(config: dict[str, Any]) -> bool:
     return any(key.startswith("AutoModel") for key in auto_map)
 
 
-def _hub_error(source: ModelSource, exc: Exception) -> ModelError:
+def hub_error(source: ModelSource, exc: Exception) -> ModelError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if "trust_remote_code" in str(exc):
         return ModelError(f"{source.name} needs its own Python code, which is not trusted by default",
@@ -141,7 +141,7 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_te
             source.location, revision=source.revision, trust_remote_code=trust_remote_code
         )
     except Exception as exc:
-        raise _hub_error(source, exc) from None
+        raise hub_error(source, exc) from None
     resolve_chat_template(tokenizer, chat_template)
     ensure_pad_token(tokenizer)
     return tokenizer
@@ -203,7 +203,7 @@ def load_base_model(
     except ImportError as exc:
         raise ModelError(f"cannot load {source.name}: {exc}", hint="install the missing package") from None
     except Exception as exc:
-        raise _hub_error(source, exc) from None
+        raise hub_error(source, exc) from None
     return keep_4bit_layout_on_cpu(model)
 
 

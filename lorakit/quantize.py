@@ -7,6 +7,7 @@ transformers' loader (GGUF included), tokenization of sample chats, and llama.cp
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,7 +257,14 @@ def _verify(staging: Path, fmt: str, gguf_name: str | None, samples, source_logi
         exported = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf_name, dtype="float32").eval()
     else:
         exported = keep_4bit_layout_on_cpu(AutoModelForCausalLM.from_pretrained(str(staging))).eval()
-    figures = compare_models(source_logits, logits_for(exported, samples), samples)
+    # LLM.int8 warns once per layer and forward that it casts bf16 inputs to fp16: hundreds of lines, nothing to act on
+    int8_chatter = logging.getLogger("bitsandbytes.autograd._functions")
+    level = int8_chatter.level
+    int8_chatter.setLevel(logging.ERROR)
+    try:
+        figures = compare_models(source_logits, logits_for(exported, samples), samples)
+    finally:
+        int8_chatter.setLevel(level)
     del exported
     if fmt == "gguf":
         figures.update(tensor_errors(result))

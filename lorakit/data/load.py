@@ -32,7 +32,7 @@ def load_rows(source: str, subset: str | None = None, split: str = "train", max_
         files = _local_files(path)
         dataset = _read_local(files)
         fingerprint = _hash_files(files)
-    elif HUB_ID.match(source) and not source.startswith((".", "/")):
+    elif HUB_ID.match(source) and not source.startswith((".", "/")) and path.suffix.lower() not in LOCAL_SUFFIXES:
         dataset = _read_hub(source, subset, split)
         fingerprint = f"hub:{source}:{subset}:{split}:{dataset._fingerprint}"
     else:
@@ -90,6 +90,9 @@ def _read_local(files: list[Path]):
         )
     except Exception as exc:  # datasets raises many types; the message is what matters to the user
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = files[0] if len(files) == 1 else files[0].parent
+        if "corresponds to no data" in message:  # blank lines only, `[]`, a CSV header without rows
+            raise DataError(f"{where} has no rows", hint="point data.train at a file with at least one example") from None
         raise DataError(f"cannot read {files[0] if len(files) == 1 else files[0].parent}: {message}",
                         hint="check that every row has the same columns and types") from None
     return dataset

@@ -98,7 +98,17 @@ class MetricsLog(TrainerCallback):
     def __init__(self, run: RunFolder, extra: dict[str, Any] | None = None):
         self.file = run.staging / METRICS_FILE
         self.extra = extra or {}
-        self.records: list[dict[str, Any]] = []
+
+    def records(self) -> list[dict[str, Any]]:
+        """The whole run's log, steps before a resume included."""
+        if not self.file.exists():
+            return []
+        return [json.loads(line) for line in self.file.read_text().splitlines() if line.strip()]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # The trainer logs every logging_steps only; the last step's loss is what the summary calls final.
+        if state.global_step >= state.max_steps:
+            control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
@@ -107,7 +117,6 @@ class MetricsLog(TrainerCallback):
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
         record.update(self.extra)
         record.update(cuda_peak_memory(args))
-        self.records.append(record)
         with open(self.file, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -277,7 +286,7 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
             f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {run.staging}",
             hint=f"resume with: {resume_hint}",
         )
-    return TrainOutcome(trainer.state.global_step, metrics.records, time.time() - started)
+    return TrainOutcome(trainer.state.global_step, metrics.records(), time.time() - started)
 
 
 def summarize_losses(records: list[dict[str, Any]], key: str = "loss") -> dict[str, float]:

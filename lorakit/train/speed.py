@@ -73,6 +73,10 @@ def packing_is_exact(model, vocab_size: int, tolerance: float = 2e-2) -> bool:
 def plan_speed(train, device: str, model, vocab_size: int) -> SpeedPlan:
     loss, loss_reason = choose_loss(train.loss, device)
     reasons = {"loss": loss_reason}
+    if train.micro_batch_size == 1 and train.padding_free is not True:
+        # one example per batch carries no padding: nothing to remove or group (and TRL warns about it)
+        return SpeedPlan(loss=loss, padding_free=False, group_by_length=False,
+                         reasons={**reasons, "batching": "micro-batch 1: no padding to remove"})
     if train.padding_free is False:
         padding_free, reasons["batching"] = False, "padding_free: false in the recipe; length-grouped batches"
     else:

@@ -146,6 +146,15 @@ def test_adapter_on_a_different_base_names_the_module(sft_run, tmp_path, tiny_ll
 def test_base_not_found(sft_run, tmp_path):
     assert_clean(invoke(sft_run.path, "--model", tmp_path / "nope", "-o", tmp_path / "out"), "not found",
                  tmp_path / "out")
+    # a hub id that is not cached, offline: the same clean error as sft and dpo give
+    assert_clean(invoke(sft_run.path, "--model", "no-such-org/no-such-model", "-o", tmp_path / "out"),
+                 "could not be fetched", tmp_path / "out")
+
+
+@pytest.mark.parametrize("size", ["0", "abc", "-5MB", "0GB"])
+def test_bad_shard_size(sft_run, tmp_path, size):
+    assert_clean(invoke(sft_run.path, "--max-shard-size", size, "-o", tmp_path / "out"), "not a positive size",
+                 tmp_path / "out")
 
 
 def test_output_exists(sft_run, tmp_path):

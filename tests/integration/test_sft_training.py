@@ -142,6 +142,16 @@ def test_ctrl_c_checkpoints_and_resume_continues_the_same_curve(tmp_path):
     assert sorted(got) == sorted(expected)  # every step logged once, none repeated
     for step, loss in expected.items():
         assert got[step] == pytest.approx(loss, rel=1e-4), f"step {step}"
+    # the summary covers the whole run, not only the part after the resume
+    assert resumed.summary["first_loss"] == pytest.approx(straight.summary["first_loss"], rel=1e-4)
+    assert resumed.summary["final_loss"] == pytest.approx(straight.summary["final_loss"], rel=1e-4)
+
+
+def test_the_last_step_is_logged_even_between_logging_steps(tmp_path):
+    result = run_sft(sft_recipe(tmp_path / "run", "data.eval=null", "train.logging_steps=10", max_steps=4))
+    logged = losses(result.path)
+    assert max(logged) == 4
+    assert result.summary["final_loss"] == logged[4] != result.summary["first_loss"]
 
 
 def test_finished_run_is_not_overwritten_without_force(sft_run, tmp_path):

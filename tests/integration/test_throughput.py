@@ -95,3 +95,10 @@ def test_env_reports_the_choices_a_run_makes(sft_run):
     assert chosen["loss"].split()[0] == manifest["speed"]["loss"] == "plain"
     assert chosen["precision"] == manifest["precision"] == "fp32"
     assert manifest["speed"]["padding_free"] is True
+
+
+def test_micro_batch_one_neither_packs_nor_groups(tmp_path):
+    recipe = sft_recipe(tmp_path / "mb1", "train.micro_batch_size=1", "data.eval=null", max_steps=1)
+    setup = build_sft_trainer(recipe, RunFolder.open(tmp_path / "mb1"))
+    assert not setup.speed.padding_free and not setup.speed.group_by_length
+    assert "micro-batch 1" in setup.speed.reasons["batching"]

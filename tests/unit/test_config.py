@@ -70,8 +70,13 @@ def test_set_reads_yaml_scalars_and_scientific_floats():
 
 def test_wrong_stage_recipe_is_refused(tmp_path):
     path = write(tmp_path, "stage: dpo\n")
-    with pytest.raises(ConfigError, match="this is a 'dpo' recipe, not 'sft'"):
+    with pytest.raises(ConfigError, match="this is a 'dpo' recipe, not 'sft'") as refused:
         load_recipe("sft", path)
+    assert refused.value.hint == f"run it with `lorakit dpo --recipe {path}`"
+    pipeline = Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu-pipeline.yaml"
+    with pytest.raises(ConfigError) as refused:
+        load_recipe("sft", pipeline)
+    assert refused.value.hint == f"run it with `lorakit run {pipeline}`"  # there is no `lorakit pipeline`
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

@@ -138,6 +138,19 @@ def test_empty_and_missing_files(tmp_path):
         load_rows(str(tmp_path / "data.txt"))
 
 
+def test_a_missing_relative_file_is_not_taken_for_a_hub_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="data file bad/missing.jsonl not found"):
+        load_rows("bad/missing.jsonl")
+
+
+@pytest.mark.parametrize("name,text", [("blank.jsonl", "\n\n"), ("list.json", "[]"), ("header.csv", "prompt,completion\n")])
+def test_files_without_rows(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match="has no rows"):
+        load_rows(str(tmp_path / name))
+
+
 def test_a_folder_of_files_is_one_dataset(tmp_path):
     write_jsonl(tmp_path, [{"text": "a"}], "part1.jsonl")
     write_jsonl(tmp_path, [{"text": "b"}, {"text": "c"}], "part2.jsonl")

@@ -34,6 +34,20 @@ from lorakit.train.sft import RunResult, check_resumable
 SHOW_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 
 
+def match_reference_dtype(model) -> None:
+    """Give the frozen 'ref' adapter the dtype of the trainable one it copies.
+
+    For 4-bit bases TRL casts trainable LoRA weights to bf16 (as the QLoRA paper does) after it made the fp32 'ref'
+    copy: the SFT adapter was trained and saved in bf16, so the reference must compute in bf16 too, or policy and
+    reference disagree before the first update.
+    """
+    params = dict(model.named_parameters())
+    for name, param in params.items():
+        twin = params.get(name.replace(".ref.", ".default."))
+        if ".ref." in name and twin is not None and twin.dtype != param.dtype:
+            param.data = param.data.to(twin.dtype)
+
+
 def make_dpo_trainer_class():
     from trl import DPOTrainer
 
@@ -148,6 +162,7 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
     )
     # Padding-free DPO is disabled in TRL 1.16: group pairs of similar length instead, so batches carry little padding.
     trainer.length_grouped = True
+    match_reference_dtype(trainer.model)
     if loss == "plain":
         from lorakit.train.plain_head import use_plain_lm_head
 

@@ -31,6 +31,14 @@ def check_can_write(target: Path, force: bool, what: str = "output", inputs: Ite
     holds an input of the command, or (with `ours_only`) a folder lorakit did not write, such as `out/` itself."""
     if target.exists() and not target.is_dir():
         raise RunError(f"{what} {target} exists and is a file", hint="choose another output path")
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunError(f"{what} {target} cannot be created: {ancestor} is a file", hint="choose another output path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise RunError(f"{what} {target} cannot be created: {ancestor} is not writable",
+                       hint="check its permissions, or choose another output path")
     resolved = target.resolve()
     for source in inputs:
         source_path = Path(source).resolve()

@@ -59,10 +59,11 @@ def detect_format(column_names: list[str], signatures: list[tuple[str, set[str]]
         if required <= present:
             return name
     expected = "; ".join(f"{name}: {', '.join(sorted(req))}" for name, req in signatures)
-    raise DataError(
-        f"{source}: cannot tell the data format from columns {sorted(present)}",
-        hint=f"expected one of ({expected}); map your columns with data.columns or set data.format",
-    )
+    hint = f"expected one of ({expected}); map your columns with data.columns or set data.format"
+    if {"chosen", "rejected"} <= present and not any("chosen" in req for _, req in signatures):
+        hint = ("these are preference pairs: train on them with `lorakit dpo`, or check them with "
+                "`lorakit data check FILE --stage dpo`")
+    raise DataError(f"{source}: cannot tell the data format from columns {sorted(present)}", hint=hint)
 
 
 def require_columns(column_names: list[str], fmt: str, signatures: list[tuple[str, set[str]]], source: str) -> None:

@@ -48,3 +48,9 @@ def test_force_replaces_only_folders_lorakit_wrote(tmp_path):
     with atomic_dir(cache, force=True, ours_only=False) as staging:  # lorakit's own caches
         (staging / "data.arrow").write_text("y")
     assert (cache / "data.arrow").read_text() == "y"
+
+
+def test_an_output_under_a_file_is_refused_before_anything_runs(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RunError, match="afile is a file"):
+        check_can_write(tmp_path / "afile" / "sub" / "run", force=False)

@@ -156,3 +156,11 @@ def test_a_folder_of_files_is_one_dataset(tmp_path):
     write_jsonl(tmp_path, [{"text": "b"}, {"text": "c"}], "part2.jsonl")
     loaded = load_rows(str(tmp_path))
     assert sorted(loaded.dataset["text"]) == ["a", "b", "c"]
+
+
+def test_preference_pairs_given_as_sft_data_point_to_dpo(tmp_path):
+    from lorakit.data.formats import SFT_SIGNATURES, detect_format
+
+    with pytest.raises(DataError) as refused:
+        detect_format(["prompt", "chosen", "rejected"], SFT_SIGNATURES, "prefs.jsonl")
+    assert "lorakit dpo" in refused.value.hint and "--stage dpo" in refused.value.hint

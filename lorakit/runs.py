@@ -73,6 +73,13 @@ class RunFolder:
         if resume and staging_exists:
             run.mode = "resume"
             return run
+        if resume and not force and (run.path / MANIFEST_FILE).is_file():
+            raise RunError(f"{run.path} is a finished run: there is nothing to resume",
+                           hint="to train it again from the start, pass --force instead of --resume")
+        if resume:
+            from lorakit.console import info
+
+            info(f"No interrupted run in {run.path}: starting a fresh one")
         if staging_exists and not force:
             step = run.latest_step()
             raise RunError(

@@ -54,3 +54,12 @@ def test_an_output_under_a_file_is_refused_before_anything_runs(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(RunError, match="afile is a file"):
         check_can_write(tmp_path / "afile" / "sub" / "run", force=False)
+
+
+def test_resume_says_what_there_is_to_resume(tmp_path):
+    from lorakit.runs import RunFolder
+
+    finished = lorakit_output(tmp_path / "done")
+    with pytest.raises(RunError, match="finished run: there is nothing to resume"):
+        RunFolder.open(finished, resume=True)
+    assert RunFolder.open(tmp_path / "new", resume=True).mode == "fresh"

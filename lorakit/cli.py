@@ -554,9 +554,12 @@ def _recipe_for_estimate(path: Path):
 
 def _choice(name: str, value, allowed) -> None:
     if value is not None and value not in allowed:
+        import difflib
+
         from lorakit.errors import ConfigError
 
-        raise ConfigError(f"--{name} {value!r} is not one of {', '.join(allowed)}", hint=f"--{name} {allowed[0]}")
+        closest = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.0)
+        raise ConfigError(f"--{name} {value!r} is not one of {', '.join(allowed)}", hint=f"--{name} {closest[0]}")
 
 
 @command(

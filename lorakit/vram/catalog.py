@@ -7,6 +7,8 @@ accumulation (GeForce cards run at half their fp16-accumulate figure) from the v
 
 from __future__ import annotations
 
+import re
+
 import difflib
 from dataclasses import dataclass
 
@@ -106,7 +108,8 @@ _ALIASES = {"bert-large-uncased": "google-bert/bert-large-uncased",
 
 
 def _normalize(name: str) -> str:
-    return name.strip().lower().removesuffix("-instruct").removesuffix("-chat")
+    # Instruct, chat, -it and -pt releases share their base's shape (Mistral-7B-Instruct-v0.3, gemma-3-1b-it).
+    return re.sub(r"-(instruct|chat|it|pt)(?=-|$)", "", name.strip().lower())
 
 
 def _index() -> dict[str, str]:

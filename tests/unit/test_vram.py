@@ -227,3 +227,10 @@ def test_dpo_recipe_estimate_before_its_sft_run_exists(recipe, tmp_path, monkeyp
     (tmp_path / "alone" / recipe).write_text((repo / "recipes" / recipe).read_text())
     result = CliRunner().invoke(app, ["vram-estimate", "--recipe", f"alone/{recipe}"])
     assert result.exit_code != 0 and "does not exist yet" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name,base", [("google/gemma-3-1b-it", "google/gemma-3-1b-pt"),
+                                       ("mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.3"),
+                                       ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B")])
+def test_instruct_and_it_releases_share_their_base_shape(name, base):
+    assert find_model(name) is MODELS[base]

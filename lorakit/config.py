@@ -145,6 +145,14 @@ class TrainSection(Section):
     eval_steps: int | None = Field(None, gt=0, description="Default: evaluate every save_steps.")
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
 
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_logger_as_a_list(cls, value):
+        # `--set train.report_to=tensorboard` is how people write it; "none" is TRL's word for no logger
+        if isinstance(value, str):
+            return [] if value.lower() == "none" else [value]
+        return value
+
 
 class DPOTrainSection(TrainSection):
     # DPO moves a LoRA policy away from a reference it starts equal to: a far smaller step than SFT's 2e-4 keeps it

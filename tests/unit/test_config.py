@@ -91,3 +91,12 @@ def test_precompute_ref_log_probs_is_auto_true_or_false():
     assert load_recipe("dpo", overrides=["dpo.precompute_ref_log_probs=false"]).dpo.precompute_ref_log_probs is False
     with pytest.raises(ConfigError, match="precompute_ref_log_probs"):
         load_recipe("dpo", overrides=["dpo.precompute_ref_log_probs=sometimes"])
+
+
+def test_report_to_takes_one_logger_or_a_list():
+    assert load_recipe("sft", overrides=["train.report_to=tensorboard"]).train.report_to == ["tensorboard"]
+    assert load_recipe("sft", overrides=["train.report_to=[tensorboard, wandb]"]).train.report_to == [
+        "tensorboard", "wandb"]
+    assert load_recipe("sft", overrides=["train.report_to=none"]).train.report_to == []
+    with pytest.raises(ConfigError, match="report_to"):
+        load_recipe("sft", overrides=["train.report_to=mlflow"])

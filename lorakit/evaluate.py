@@ -148,12 +148,25 @@ def regressions(candidates: list[Candidate], metric: str, higher_is_better: bool
     return rows
 
 
+KEEP_PREVIOUS = 20
+
+
 def save_results(candidates: list[Candidate], report: dict[str, Any]) -> None:
+    """eval.json is the latest report; earlier ones (other data, a --prompts-only look) stay under "previous"."""
     for candidate in candidates:
         if candidate.kind == "gguf" and candidate.path is not None:
-            write_json_atomic(candidate.path.parent / EVAL_FILE, report)
+            folder = candidate.path.parent
         elif candidate.kind in ("sft", "dpo", "merged") and candidate.path is not None and candidate.path.is_dir():
-            write_json_atomic(candidate.path / EVAL_FILE, report)
+            folder = candidate.path
+        else:
+            continue
+        previous: list[dict[str, Any]] = []
+        try:
+            earlier = json.loads((folder / EVAL_FILE).read_text())
+            previous = [{k: v for k, v in earlier.items() if k != "previous"}, *earlier.get("previous", [])]
+        except (OSError, ValueError, AttributeError):
+            pass  # none yet, or unreadable: start the history here
+        write_json_atomic(folder / EVAL_FILE, {**report, "previous": previous[:KEEP_PREVIOUS]})
 
 
 def read_prompts(values: list[str]) -> list[str]:

@@ -105,10 +105,11 @@ def test_eval_sft_lowers_loss_and_dpo_raises_reward_accuracy(pipeline_root, in_r
 
 def test_eval_of_a_dpo_run_alone_scores_it_against_its_sft_parent(pipeline_root, in_repo):
     sft, dpo = pipeline_root / "sft", pipeline_root / "dpo"
-    both = {c["kind"]: c for c in run_eval([sft, dpo], prefs="examples/data/prefs-test.jsonl",
-                                           with_base=False)["candidates"]}
+    first = run_eval([sft, dpo], prefs="examples/data/prefs-test.jsonl", with_base=False)
+    both = {c["kind"]: c for c in first["candidates"]}
     alone = {c["kind"]: c for c in run_eval([dpo], prefs="examples/data/prefs-test.jsonl",
                                             with_base=False)["candidates"]}
+    assert json.loads((dpo / "eval.json").read_text())["previous"][0]["candidates"] == first["candidates"]
     assert alone["dpo"]["reference"] == str(sft.resolve())
     assert {k: alone["dpo"][k] for k in ("reward_accuracy", "reward_margin", "logp_gap")} == pytest.approx(
         {k: both["dpo"][k] for k in ("reward_accuracy", "reward_margin", "logp_gap")})

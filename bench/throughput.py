@@ -122,6 +122,17 @@ def lora_settings():
     return dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 
 
+def plain_trl_args(args, out: Path, learning_rate: float) -> dict:
+    """TRL's defaults but for what both sides must share: steps, batch, seed, length, precision, checkpointing."""
+    return dict(
+        output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=learning_rate,
+        seed=args.seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+        max_length=1024, use_cpu=args.device == "cpu", bf16=args.device == "cuda",
+        gradient_checkpointing=None, activation_checkpointing=args.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+    )
+
+
 def run_plain_trl(model_dir: str, data_file: Path, args, out: Path):
     from datasets import load_dataset
     from peft import LoraConfig
@@ -134,13 +145,7 @@ def run_plain_trl(model_dir: str, data_file: Path, args, out: Path):
     if not tokenizer.chat_template:
         tokenizer.chat_template = CHATML  # the same template lorakit gives a base model
     dataset = load_dataset("json", data_files=str(data_file), split="train")
-    config = SFTConfig(
-        output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=1e-4,
-        seed=args.seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        max_length=1024, use_cpu=args.device == "cpu", bf16=args.device == "cuda",
-        gradient_checkpointing=None, activation_checkpointing=args.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-    )
+    config = SFTConfig(**plain_trl_args(args, out, learning_rate=1e-4))
     trainer = SFTTrainer(model=model_dir, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=LoraConfig(**lora_settings()))
     return trainer, [len(ids) for ids in trainer.train_dataset["input_ids"]]
@@ -206,13 +211,7 @@ def run_plain_trl_dpo(model_dir: str, data_file: Path, args, out: Path, lengths:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = tokenizer.chat_template or CHATML
     dataset = load_dataset("json", data_files=str(data_file), split="train")
-    config = DPOConfig(
-        output_dir=str(out), per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=5e-5,
-        seed=args.seed, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
-        max_length=1024, use_cpu=args.device == "cpu", bf16=args.device == "cuda",
-        gradient_checkpointing=None, activation_checkpointing=args.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-    )
+    config = DPOConfig(**plain_trl_args(args, out, learning_rate=5e-5))
     trainer = DPOTrainer(model=model_dir, args=config, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=LoraConfig(**lora_settings()))
     return trainer, lengths

@@ -105,6 +105,11 @@ def lineage_of(run: Run) -> list[dict[str, Any]]:
     return chain
 
 
+def merged_folder(run: Path) -> Path:
+    """Where `lorakit merge RUN` writes by default, and where quantize looks for a run's merge."""
+    return run.parent / f"{run.name}-merged"
+
+
 def check_adapter_shapes(adapter_dir: Path, base: ModelSource, trust_remote_code: bool = False) -> None:
     """Compare every LoRA matrix with the base layer it targets, before any weights load."""
     import torch
@@ -269,7 +274,7 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
     if size is None or float(size.group(1)) <= 0:
         raise ConfigError(f"--max-shard-size {max_shard_size!r} is not a positive size", hint="e.g. 2GB or 500MB")
     source = Path(source)
-    target = Path(output_dir) if output_dir else source.parent / f"{source.name}-merged"
+    target = Path(output_dir) if output_dir else merged_folder(source)
     check_can_write(target, force, what="output", inputs=[source])
     src = open_source(source, model)
     mode = base_mode if src.method == "qlora" else "lora"

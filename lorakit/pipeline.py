@@ -99,7 +99,8 @@ class Pipeline:
             return False
         if manifest.get("status", "complete") != "complete":
             return False
-        return all((folder / name).is_file() for name in output_files(stage, folder, manifest))
+        names = output_files(stage, folder, manifest)
+        return bool(names) and all((folder / name).is_file() for name in names)
 
     def has_partial(self, stage: str) -> bool:
         folder = self.folder(stage)
@@ -178,7 +179,7 @@ def output_files(stage: str, folder: Path, manifest: dict[str, Any]) -> list[str
         if index.is_file():
             return ["config.json", *sorted(set(json.loads(index.read_text())["weight_map"].values()))]
         return ["config.json", "model.safetensors"]
-    return list(manifest.get("files") or ["missing: the export lists no files"])
+    return list(manifest.get("files") or [])
 
 
 def _pick(summary: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 from lorakit.console import err, info, warn
 from lorakit.errors import ConfigError, ModelError, ResourceError, RunError
 from lorakit.fsutil import atomic_dir, check_can_write, write_json_atomic, write_text_atomic
+from lorakit.merge import merged_folder
 from lorakit.runs import ADAPTER_FILES, MANIFEST_FILE, now, package_versions
 
 FORMATS = ("gguf", "bnb-4bit", "bnb-8bit", "awq", "gptq")
@@ -44,7 +45,7 @@ def merged_source(source: Path, force: bool) -> Path:
     """A run folder is merged first (through `lorakit merge`), into <run>-merged, reused when already there."""
     from lorakit.merge import merge_run
 
-    target = source.with_name(f"{source.name}-merged")
+    target = merged_folder(source)
     manifest = target / MANIFEST_FILE
     if manifest.is_file() and not force:
         merged = json.loads(manifest.read_text())
@@ -133,8 +134,8 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
         check_type(qtype)
     inputs = [source]
     if source.is_dir() and is_adapter_run(source):
-        target = Path(output_dir) if output_dir else default_output(source.with_name(f"{source.name}-merged"), fmt)
-        inputs.append(source.with_name(f"{source.name}-merged"))
+        target = Path(output_dir) if output_dir else default_output(merged_folder(source), fmt)
+        inputs.append(merged_folder(source))
         check_can_write(target, force, inputs=inputs)
         source = merged_source(source, force)
     else:

@@ -33,23 +33,20 @@ def _cuda_memory_gib() -> float | None:
     return total / 1024**3
 
 
-def choose_precompute(setting, device_gib: float | None, with_reference_gib: float,
-                      precomputed_gib: float) -> tuple[bool, str]:
-    """Whether DPO scores the reference once before training instead of in every step, and why.
+def choose_precompute(device_gib: float | None, with_reference_gib: float, precomputed_gib: float) -> tuple[bool, str]:
+    """`precompute_ref_log_probs: auto`: whether DPO scores the reference once before training, and why.
 
     Precomputing costs one extra pass over the data and freezes the reference's dropout-free log-probs; it only pays
     when the reference forward is what would push a run past the GPU's memory.
     """
-    if setting is not True and setting is not False:  # "auto"
-        if device_gib is None:
-            return False, "auto: no CUDA GPU to be short of"
-        if with_reference_gib <= TIGHT_SHARE * device_gib:
-            return False, f"auto: {with_reference_gib:.1f} GiB fits in {device_gib:.1f} GiB with the reference forward"
-        if precomputed_gib >= with_reference_gib:
-            return False, "auto: precomputing would not lower the estimate"
-        return True, (f"auto: {with_reference_gib:.1f} GiB with the reference forward is tight on "
-                      f"{device_gib:.1f} GiB; {precomputed_gib:.1f} GiB without it")
-    return setting, "set in the recipe"
+    if device_gib is None:
+        return False, "no CUDA GPU to be short of"
+    if with_reference_gib <= TIGHT_SHARE * device_gib:
+        return False, f"{with_reference_gib:.1f} GiB fits in {device_gib:.1f} GiB with the reference forward"
+    if precomputed_gib >= with_reference_gib:
+        return False, "precomputing would not lower the estimate"
+    return True, (f"auto: {with_reference_gib:.1f} GiB with the reference forward is tight on "
+                  f"{device_gib:.1f} GiB; {precomputed_gib:.1f} GiB without it")
 
 
 def preflight(recipe, device: str, enabled: bool = True, model: str | None = None) -> PreflightResult | None:
@@ -76,7 +73,7 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
     result.device_gib = _cuda_memory_gib()
     if recipe.stage == "dpo" and recipe.dpo.precompute_ref_log_probs == "auto":
         precomputed = estimate(shape, replace(setup, stage="dpo-precomputed"))
-        chosen, why = choose_precompute("auto", result.device_gib, result.total_gib, precomputed.total / GIB)
+        chosen, why = choose_precompute(result.device_gib, result.total_gib, precomputed.total / GIB)
         if chosen:
             info(f"Reference log-probs precomputed before training ({why})")
             setup, est = replace(setup, stage="dpo-precomputed"), precomputed

@@ -182,12 +182,10 @@ def test_precompute_ref_log_probs_auto_only_when_the_gpu_is_tight():
     assert precomputed < with_reference
     rtx4090, h100 = find_gpu("rtx4090").memory_gib, find_gpu("h100").memory_gib
     assert with_reference > 0.9 * rtx4090 and with_reference < 0.9 * h100
-    assert choose_precompute("auto", rtx4090, with_reference, precomputed)[0] is True
-    assert choose_precompute("auto", h100, with_reference, precomputed)[0] is False
-    assert choose_precompute("auto", None, with_reference, precomputed)[0] is False  # CPU: nothing to be short of
-    assert choose_precompute("auto", rtx4090, with_reference, with_reference)[0] is False  # would not help
-    assert choose_precompute(False, rtx4090, with_reference, precomputed)[0] is False  # the recipe decides
-    assert choose_precompute(True, h100, with_reference, precomputed)[0] is True
+    assert choose_precompute(rtx4090, with_reference, precomputed)[0] is True
+    assert choose_precompute(h100, with_reference, precomputed)[0] is False
+    assert choose_precompute(None, with_reference, precomputed)[0] is False  # CPU: nothing to be short of
+    assert choose_precompute(rtx4090, with_reference, with_reference)[0] is False  # would not help
 
 
 def test_all_linear_lora_on_models_without_a_gated_mlp():

@@ -288,7 +288,7 @@ def main() -> None:
 
     import torch
 
-    from lorakit.tiny import cache_dir
+    from lorakit.cache import cache_dir
 
     args.device = "cuda" if torch.cuda.is_available() else "cpu"
     workdir = Path(tempfile.mkdtemp(prefix="lorakit-bench-"))

@@ -95,15 +95,14 @@ def _root(
     for name, value in (("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                         ("TRANSFORMERS_VERBOSITY", "error"), ("TOKENIZERS_PARALLELISM", "false")):
         os.environ.setdefault(name, value)
-    import logging
     import warnings
 
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    # On AVX512-BF16 CPUs bitsandbytes looks for a hub-downloaded kernel for its repacked 4-bit inference layout and
-    # complains at import when it is absent; lorakit keeps the training layout (model.keep_4bit_layout_on_cpu), so
-    # that kernel would never run.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # append: filters set earlier (the test suite's, which make lorakit's own deprecated calls errors) still win
+    warnings.filterwarnings("ignore", category=FutureWarning, append=True)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, append=True)
+    from lorakit.compat import quiet_bitsandbytes_cpu_kernel_advice
+
+    quiet_bitsandbytes_cpu_kernel_advice()
 
 
 def main() -> None:
@@ -336,40 +335,16 @@ def run(
     resolved = load_recipe("pipeline", recipe, list(set_ or []))
     if print_config:
         return _print_config(resolved)
-    from lorakit.pipeline import Pipeline
+    from lorakit.pipeline import Pipeline, pipeline_table
 
     stages = [s.strip() for s in only.split(",") if s.strip()] if only else None
     result = Pipeline(resolved).run(only=stages, from_stage=from_stage, force=force)
     if json_out:
         print_json({"stages": result.to_json(), "ok": result.failure is None})
     else:
-        out.print(_pipeline_table(result))
+        out.print(pipeline_table(result))
     if result.failure is not None:
         raise result.failure
-
-
-KEY_METRICS = {"final_loss": "loss", "final_eval_loss": "eval loss", "final_reward_accuracies": "reward acc",
-               "final_reward_margins": "reward margin", "final_eval_reward_accuracies": "eval reward acc",
-               "mean_kl": "KL vs source", "top1_agreement": "top-1", "size_mb": "MB",
-               "tokenization_mismatches": "token mismatches"}
-
-
-def _pipeline_table(result):
-    from rich.table import Table
-
-    from lorakit.console import format_value
-
-    table = Table(title="pipeline", title_justify="left")
-    for column in ("stage", "status", "time", "key metrics", "output"):
-        table.add_column(column)
-    styles = {"ran": "green", "resumed": "green", "skipped": "cyan", "failed": "red"}
-    for o in result.outcomes:
-        # the headline figures only; --json and each folder's manifest keep the rest
-        shown = {k: v for k, v in o.metrics.items() if k in KEY_METRICS}
-        metrics = "\n".join(f"{KEY_METRICS[k]} {format_value(v)}" for k, v in shown.items()) or (o.error or "")
-        status = f"[{styles.get(o.status, 'dim')}]{o.status}[/]"
-        table.add_row(o.stage, status, f"{o.seconds:.0f}s" if o.seconds else "-", metrics, o.path)
-    return table
 
 
 @command(
@@ -394,61 +369,17 @@ def eval_(
     json_out: JsonOpt = False,
 ) -> None:
     from lorakit.console import print_json
-    from lorakit.evaluate import RegressionError, run_eval
+    from lorakit.eval.regression import raise_on_regression
+    from lorakit.eval.render import print_eval
+    from lorakit.eval.run import run_eval
 
     report = run_eval(paths, data, prefs, prompts, not no_base, base_model, tolerance=tolerance)
     if json_out:
         print_json(report)
     else:
-        _print_eval(report)
-    worse = [r for r in report["regressions"] if r["worse"]]
-    if fail_on_regression and worse:
-        first = worse[0]
-        raise RegressionError(
-            f"{len(worse)} regression(s): {first['candidate']} has {first['metric']} {first['value']:.4f} vs "
-            f"{first['parent_value']:.4f} for its parent {first['parent']}",
-            hint="inspect that stage's data and settings; eval.json in the run folder has the details",
-        )
-
-
-def _print_eval(report: dict) -> None:
-    from rich.table import Table
-
-    from lorakit.console import format_value, out
-
-    metrics = [m for m in ("loss", "perplexity", "reward_accuracy", "reward_margin", "logp_gap")
-               if any(m in c for c in report["candidates"])]
-    table = Table(title="eval", title_justify="left")
-    for column in ["candidate", "kind", *metrics]:
-        table.add_column(column)
-    for c in report["candidates"]:
-        table.add_row(_short(c["name"]), c["kind"], *[format_value(c.get(m, "-")) for m in metrics])
-    out.print(table)
-    if report["regressions"]:
-        reg = Table(title="each stage against its parent", title_justify="left")
-        for column in ("stage", "parent", "metric", "change", "verdict"):
-            reg.add_column(column)
-        for r in report["regressions"]:
-            verdict = "[red]worse[/red]" if r["worse"] else "[green]better or equal[/green]"
-            reg.add_row(_short(r["candidate"]), _short(r["parent"]), r["metric"], f"{r['change']:+.4f}", verdict)
-        out.print(reg)
-    for g in report.get("generations", []):
-        gen = Table(title=f"prompt: {g['prompt']}", title_justify="left", show_header=False)
-        gen.add_column(style="bold")
-        gen.add_column()
-        for name, reply in g.items():
-            if name != "prompt":
-                gen.add_row(_short(name), reply)
-        out.print(gen)
-
-
-def _short(name: str) -> str:
-    import os
-
-    try:
-        return os.path.relpath(name)
-    except ValueError:
-        return name
+        print_eval(report)
+    if fail_on_regression:
+        raise_on_regression(report)
 
 
 @command(
@@ -681,7 +612,7 @@ def quantize(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    from lorakit.quantize import run_quantize
+    from lorakit.export.quantize import run_quantize
 
     result = run_quantize(source, format, type_, output_dir, force, not no_verify, not no_modelfile)
     _print_run_summary("quantize", result.summary, json_out)

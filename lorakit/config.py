@@ -423,18 +423,18 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
 
 # A DPO run that continues an SFT run takes these sections from it.
 INHERITED = ("method", "model", "lora", "qlora")
+
+
 def inherit_from_parent(recipe: DPORecipe, parent) -> DPORecipe:
-    """Take model, method, LoRA and quantization from the SFT run; refuse a DPO recipe that says otherwise."""
-    conflicts = []
-    for section in INHERITED:
-        if section in recipe.model_fields_set and recipe_to_dict(recipe)[section] != parent.recipe.get(section):
-            conflicts.append(section)
+    """Take model, method, LoRA and quantization from the SFT run (`parent`: a `lorakit.runs.Run`, or anything with
+    its validated `.recipe` and `.path`); refuse a DPO recipe that says otherwise."""
+    mine, theirs = recipe_to_dict(recipe), recipe_to_dict(parent.recipe)
+    conflicts = [section for section in INHERITED
+                 if section in recipe.model_fields_set and mine[section] != theirs[section]]
     if conflicts:
         raise ConfigError(
             f"the DPO recipe sets {', '.join(conflicts)}, but `from_run` {parent.path} decides those "
             "(the policy continues the SFT adapter on the same base)",
             hint=f"remove {', '.join(conflicts)} from the DPO recipe, or drop from_run to start from a base model",
         )
-    update = {section: type(getattr(recipe, section)).model_validate(parent.recipe[section])
-              if section != "method" else parent.recipe["method"] for section in INHERITED if section in parent.recipe}
-    return recipe.model_copy(update=update)
+    return recipe.model_copy(update={section: getattr(parent.recipe, section) for section in INHERITED})

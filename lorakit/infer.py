@@ -4,28 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.errors import ModelError, RunError
-from lorakit.model import ModelSource, load_base_model, resolve_device, resolve_model_source
-from lorakit.runs import MANIFEST_FILE, Run, read_run
+from lorakit.errors import RunError
+from lorakit.model import load_base_model, resolve_device, resolve_model_source
+from lorakit.runs import MANIFEST_FILE, base_source_of, read_run
 from lorakit.templates import stop_token_ids
-
-
-def base_source_of(run: Run, override: str | None = None) -> ModelSource:
-    """The base model a run was trained on; re-resolved if its recorded folder moved (built-ins are rebuilt)."""
-    base = run.manifest["base_model"]
-    if override:
-        return resolve_model_source(override, None, run.recipe.get("model", {}).get("trust_remote_code", False))
-    trust = run.recipe.get("model", {}).get("trust_remote_code", False)
-    if Path(base["location"]).is_dir():
-        from lorakit.model import check_model_folder
-
-        check_model_folder(Path(base["location"]), trust)
-        return ModelSource(base["name"], base["location"], True, base.get("revision"))
-    name = base["name"]
-    if name.startswith("builtin:") or Path(name).exists() or ("/" in name and not name.startswith((".", "/"))):
-        return resolve_model_source(name, base.get("revision"), trust)
-    raise ModelError(f"the base model of {run.path} ({base['location']}) is gone",
-                     hint="pass --model with the base model's folder or hub id")
 
 
 def load_for_inference(path: str | Path, base_override: str | None = None, device: str | None = None):
@@ -38,13 +20,10 @@ def load_for_inference(path: str | Path, base_override: str | None = None, devic
     if (path / MANIFEST_FILE).exists() and (path / "adapter_config.json").exists():
         from peft import PeftModel
 
-        from lorakit.config import QLoraSection
-
         run = read_run(path)
         source = base_source_of(run, base_override)
-        qlora = QLoraSection(**run.recipe.get("qlora", {}))
-        base = load_base_model(source, run.method, qlora, precision, device,
-                               trust_remote_code=run.recipe.get("model", {}).get("trust_remote_code", False))
+        base = load_base_model(source, run.method, run.recipe.qlora, precision, device,
+                               trust_remote_code=run.recipe.model.trust_remote_code)
         model = PeftModel.from_pretrained(base, str(path))
     elif (path / "config.json").exists():
         source = resolve_model_source(str(path))

@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from lorakit.console import err, info
 from lorakit.errors import ModelError, RunError
-from lorakit.fsutil import atomic_dir, check_can_write, write_json_atomic, write_text_atomic
+from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, Run, atomic_dir, base_source_of, check_can_write,
+                          lineage_of, merged_folder, now, package_versions, read_run, write_json_atomic,
+                          write_text_atomic)
 
 if TYPE_CHECKING:
     from lorakit.model import ModelSource
-from lorakit.runs import ADAPTER_FILES, MANIFEST_FILE, Run, now, package_versions, read_run
 
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # mean KL(trained || merged) per token above which an exact merge is refused. fp32 merges reproduce the trained
@@ -62,8 +63,6 @@ class MergeResult:
 
 
 def open_source(source: str | Path, model: str | None) -> MergeSource:
-    from lorakit.config import QLoraSection
-    from lorakit.infer import base_source_of
     from lorakit.model import resolve_model_source
 
     folder = Path(source)
@@ -77,9 +76,8 @@ def open_source(source: str | Path, model: str | None) -> MergeSource:
                            hint="merge takes the folder of an sft or dpo run")
         if missing:
             raise RunError(f"{folder} is missing adapter file(s): {', '.join(missing)}", hint="re-run that stage")
-        return MergeSource(folder, base_source_of(run, model), run.method,
-                           QLoraSection(**run.recipe.get("qlora", {})), run.manifest.get("precision", "fp32"),
-                           run, lineage_of(run))
+        return MergeSource(folder, base_source_of(run, model), run.method, run.recipe.qlora,
+                           run.manifest.get("precision", "fp32"), run, lineage_of(run))
     if missing:
         raise RunError(f"{folder} is not a lorakit run or a PEFT adapter folder (missing {', '.join(missing)})",
                        hint="pass a run folder, or an adapter folder with adapter_config.json and "
@@ -90,24 +88,6 @@ def open_source(source: str | Path, model: str | None) -> MergeSource:
         raise ModelError(f"{folder} does not name its base model", hint="pass --model with the base model")
     return MergeSource(folder, resolve_model_source(base), "lora", None, "fp32", None,
                        [{"stage": "adapter", "path": str(folder.resolve())}])
-
-
-def lineage_of(run: Run) -> list[dict[str, Any]]:
-    """The chain of runs: this one, its parent, and so on down to the first stage."""
-    chain = [{"stage": run.stage, "path": str(run.path.resolve()), "finished_at": run.manifest.get("finished_at")}]
-    parent = run.manifest.get("parent")
-    while parent and len(chain) < 8:
-        chain.append({k: parent.get(k) for k in ("stage", "path", "finished_at")})
-        try:
-            parent = read_run(parent["path"]).manifest.get("parent")
-        except RunError:
-            break
-    return chain
-
-
-def merged_folder(run: Path) -> Path:
-    """Where `lorakit merge RUN` writes by default, and where quantize looks for a run's merge."""
-    return run.parent / f"{run.name}-merged"
 
 
 def check_adapter_shapes(adapter_dir: Path, base: ModelSource, trust_remote_code: bool = False) -> None:
@@ -264,7 +244,7 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorakit.errors import ConfigError
-    from lorakit.samples import compare_logits, logits_for, sample_token_ids
+    from lorakit.logit_gap import compare_logits, logits_for, sample_token_ids
 
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}", hint="bfloat16 is the default")

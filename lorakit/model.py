@@ -208,17 +208,12 @@ def load_base_model(
 
 
 def keep_4bit_layout_on_cpu(model):
-    """Keep bitsandbytes' 4-bit layers on the kernel they were trained with when they run on a CPU.
+    """4-bit models keep bitsandbytes' training kernel on the CPU (see lorakit.compat.keep_4bit_training_kernel)."""
+    if not getattr(model, "is_loaded_in_4bit", False):
+        return model
+    from lorakit.compat import keep_4bit_training_kernel
 
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit weight in place at its first no-grad forward, with
-    its absmax rounded to bf16, and the repack crashes when in_features is not a multiple of the blocksize. So an
-    adapter would be evaluated, merged-against and verified on different arithmetic than it was trained on (and the
-    tiny models fail outright); the training-mode kernel is slower on those CPUs but the same on every machine.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-    return model
+    return keep_4bit_training_kernel(model)
 
 
 def lora_config(lora, target_modules=None):
@@ -237,35 +232,42 @@ def lora_config(lora, target_modules=None):
     )
 
 
-def wrap_lora(model, recipe, gradient_checkpointing: bool):
-    """Prepare a (possibly 4-bit) base for training and add a fresh trainable LoRA adapter."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import set_seed
+def check_lora_targets(model, lora) -> None:
+    """Every module named in lora.target_modules / modules_to_save must exist (PEFT matches by name or suffix)."""
+    names = [name for name, _ in model.named_modules()]
 
-    # LoRA's A matrices are drawn from the global RNG: seed it, or the same recipe trains a different model.
-    set_seed(recipe.train.seed)
+    def exists(key: str) -> bool:
+        return any(name == key or name.endswith("." + key) for name in names)
 
+    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if name and not list(module.children())})
+    for field_name, keys in (("target_modules", [] if lora.target_modules == "all-linear" else lora.target_modules),
+                             ("modules_to_save", lora.modules_to_save)):
+        missing = [key for key in keys if not exists(key)]
+        if missing:
+            raise ModelError(f"lora.{field_name} names module(s) {', '.join(missing)} that the model does not have",
+                             hint=f"module names in this model: {', '.join(leaves[:20])}")
+
+
+def load_policy(source: ModelSource, recipe, precision: str, device: str, parent_adapter: Path | None = None):
+    """The model a run trains and the LoRA config its TRL trainer attaches: one path for SFT and DPO.
+
+    The base loads in the run's dtype (4-bit NF4 for QLoRA, then prepared for k-bit training). Continuing a run, its
+    adapter is loaded trainable and no config is returned. Otherwise the trainer gets a `LoraConfig` and applies it
+    itself, so TRL's own PEFT handling (QLoRA's bf16 adapter weights, DeepSpeed ZeRO-3's adapter dtype) applies the
+    same way to both stages.
+    """
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    model = load_base_model(source, recipe.method, recipe.qlora, precision, device,
+                            recipe.model.attn_implementation, recipe.model.trust_remote_code)
     if recipe.method == "qlora":
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=gradient_checkpointing,
+            use_gradient_checkpointing=recipe.train.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
-    try:
-        return get_peft_model(model, lora_config(recipe.lora))
-    except ValueError as exc:
-        raise ModelError(f"cannot apply LoRA: {str(exc).splitlines()[0]}",
-                         hint="check lora.target_modules against the model's module names") from None
-
-
-def parameter_counts(model) -> tuple[int, int]:
-    trainable = total = 0
-    for param in model.parameters():
-        count = param.numel()
-        # bitsandbytes packs two 4-bit values per byte-sized element
-        if param.__class__.__name__ == "Params4bit":
-            count *= 2
-        total += count
-        if param.requires_grad:
-            trainable += count
-    return trainable, total
+    if parent_adapter is not None:
+        return PeftModel.from_pretrained(model, str(parent_adapter), is_trainable=True), None
+    check_lora_targets(model, recipe.lora)
+    return model, lora_config(recipe.lora)

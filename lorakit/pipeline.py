@@ -19,8 +19,7 @@ from typing import Any, Callable
 from lorakit.config import STAGE_ORDER, PipelineRecipe, recipe_to_dict
 from lorakit.console import err
 from lorakit.errors import ConfigError, LorakitError
-from lorakit.fsutil import write_json_atomic
-from lorakit.runs import ADAPTER_FILES, MANIFEST_FILE
+from lorakit.runs import ADAPTER_FILES, read_manifest, staging_path, write_json_atomic
 
 STATE_FILE = "pipeline.json"
 FOLDERS = {"sft": "sft", "dpo": "dpo", "merge": "merged", "quantize": "export"}
@@ -63,12 +62,10 @@ class Pipeline:
         return stages[index - 1] if index > 0 else None
 
     def source_of(self, stage: str) -> Path:
-        previous = self.previous(stage)
-        if previous is None:
-            raise ConfigError(f"stage '{stage}' has no earlier stage to take its input from",
-                              hint="start the pipeline with sft or dpo")
-        # quantize after merge takes the merged model; after sft/dpo it merges the run itself
-        return self.folder(previous)
+        """The folder `stage` takes as input (the recipe schema makes every pipeline start with sft or dpo, so merge
+        and quantize always have one): quantize after merge takes the merged model; after sft/dpo it merges the run
+        itself."""
+        return self.folder(self.previous(stage))
 
     # --- identities ---------------------------------------------------------------------------------------------
 
@@ -93,18 +90,14 @@ class Pipeline:
         """A finished manifest and every file the stage's output is used through (a deleted GGUF or adapter means
         the stage must run again, whatever its manifest says)."""
         folder = self.folder(stage)
-        try:
-            manifest = json.loads((folder / MANIFEST_FILE).read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
-        if manifest.get("status", "complete") != "complete":
+        manifest = read_manifest(folder)
+        if manifest.get("status") != "complete":
             return False
         names = output_files(stage, folder, manifest)
         return bool(names) and all((folder / name).is_file() for name in names)
 
     def has_partial(self, stage: str) -> bool:
-        folder = self.folder(stage)
-        return (folder.parent / f".{folder.name}.partial").is_dir()
+        return staging_path(self.folder(stage)).is_dir()
 
     def save_state(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -217,7 +210,7 @@ def run_merge_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str,
 
 
 def run_quantize_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
-    from lorakit.quantize import run_quantize
+    from lorakit.export.quantize import run_quantize
 
     section = pipeline.recipe.quantize
     result = run_quantize(pipeline.source_of("quantize"), section.format, section.type, folder, force=True,
@@ -239,3 +232,28 @@ def _rerun_hint(pipeline: Pipeline) -> str:
     import sys
 
     return "lorakit " + shlex.join(a for a in sys.argv[1:] if a != "--force") + "  (the pipeline resumes by itself)"
+
+
+KEY_METRICS = {"final_loss": "loss", "final_eval_loss": "eval loss", "final_reward_accuracies": "reward acc",
+               "final_reward_margins": "reward margin", "final_eval_reward_accuracies": "eval reward acc",
+               "mean_kl": "KL vs source", "top1_agreement": "top-1", "size_mb": "MB",
+               "tokenization_mismatches": "token mismatches"}
+
+
+def pipeline_table(result: PipelineResult):
+    """The final table of `lorakit run`: per stage its status, time, headline metrics and folder."""
+    from rich.table import Table
+
+    from lorakit.console import format_value
+
+    table = Table(title="pipeline", title_justify="left")
+    for column in ("stage", "status", "time", "key metrics", "output"):
+        table.add_column(column)
+    styles = {"ran": "green", "resumed": "green", "skipped": "cyan", "failed": "red"}
+    for o in result.outcomes:
+        # the headline figures only; --json and each folder's manifest keep the rest
+        shown = {k: v for k, v in o.metrics.items() if k in KEY_METRICS}
+        metrics = "\n".join(f"{KEY_METRICS[k]} {format_value(v)}" for k, v in shown.items()) or (o.error or "")
+        status = f"[{styles.get(o.status, 'dim')}]{o.status}[/]"
+        table.add_row(o.stage, status, f"{o.seconds:.0f}s" if o.seconds else "-", metrics, o.path)
+    return table

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.errors import ConfigError, DataError
+from lorakit.errors import ConfigError
 
 CHATML_END = "<|im_end|>"
 CHATML = (
@@ -78,14 +78,3 @@ def stop_token_ids(tokenizer) -> list[int]:
     if eot is not None and eot[0] not in ids:
         ids.append(eot[0])
     return ids
-
-
-def require_end_of_turn(tokenizer) -> tuple[int, str]:
-    eot = end_of_turn_token(tokenizer)
-    if eot is None:
-        raise DataError(
-            "the chat template ends assistant turns without a special end-of-turn token, so the model would never "
-            "learn to stop",
-            hint="use a template that closes assistant turns with EOS or <|im_end|> (set model.chat_template: chatml)",
-        )
-    return eot

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from lorakit.fsutil import atomic_dir
+from lorakit.cache import cache_dir
+from lorakit.runs import atomic_dir
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -142,10 +143,6 @@ def build_tiny_model(out_dir: str | os.PathLike, spec: TinySpec = TinySpec()) ->
     return out
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("LORAKIT_CACHE", Path.home() / ".cache" / "lorakit"))
-
-
 def resolve_builtin(name: str) -> Path:
     """`builtin:tiny-llama` -> the folder of that model, built on first use."""
     key = name[len(BUILTIN_PREFIX):]
@@ -164,7 +161,3 @@ def resolve_builtin(name: str) -> Path:
     if not (folder / "config.json").exists():
         build_tiny_model(folder, spec)
     return folder
-
-
-def tiny_spec(**overrides) -> TinySpec:
-    return replace(TinySpec(), **overrides)

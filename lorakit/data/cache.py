@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from lorakit.fsutil import atomic_dir
+from lorakit.runs import atomic_dir
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -41,7 +41,7 @@ def cached_dataset(kind: str, key: str, build: Callable[[], tuple[Any, dict[str,
     """
     import datasets
 
-    from lorakit.tiny import cache_dir
+    from lorakit.cache import cache_dir
 
     folder = Path(cache_dir()) / "tokenized" / f"{kind}-{key}"
     if (folder / "dataset_info.json").exists() and (folder / META_FILE).exists():

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorakit.compat import dataset_fingerprint
 from lorakit.errors import DataError
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -34,7 +35,7 @@ def load_rows(source: str, subset: str | None = None, split: str = "train", max_
         fingerprint = _hash_files(files)
     elif HUB_ID.match(source) and not source.startswith((".", "/")) and path.suffix.lower() not in LOCAL_SUFFIXES:
         dataset = _read_hub(source, subset, split)
-        fingerprint = f"hub:{source}:{subset}:{split}:{dataset._fingerprint}"
+        fingerprint = f"hub:{source}:{subset}:{split}:{dataset_fingerprint(dataset)}"
     else:
         raise DataError(f"data file {source} not found", hint="check the path (relative paths are from the current folder)")
     if len(dataset) == 0:
@@ -148,7 +149,7 @@ def _read_hub(source: str, subset: str | None, split: str):
 
 
 def _datasets_cache() -> str | None:
-    from lorakit.tiny import cache_dir
+    from lorakit.cache import cache_dir
 
     return str(cache_dir() / "datasets") if "LORAKIT_CACHE" in os.environ else None
 

@@ -9,7 +9,6 @@ text), the BPE pre-tokenizer named, the chat template and the end-of-turn id in 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -265,8 +264,3 @@ def k_quantize(f16_path: Path, target: Path, qtype: str) -> None:
     if code != 0:
         raise ModelError(f"llama.cpp's quantizer failed on {f16_path.name} (code {code})",
                          hint="try a Python-side type such as q8_0 or q4_0")
-
-
-def gguf_type_name(path: Path) -> str:
-    match = re.search(r"-(f16|bf16|q\d_\w+)\.gguf$", path.name)
-    return match.group(1) if match else "?"

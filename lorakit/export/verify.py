@@ -48,7 +48,7 @@ def perplexity(logits: list[Any], samples: list[list[int]]) -> float:
 
 
 def compare_models(source_logits: list[Any], export_logits: list[Any], samples: list[list[int]]) -> dict[str, Any]:
-    from lorakit.samples import compare_logits
+    from lorakit.logit_gap import compare_logits
 
     figures = compare_logits(source_logits, export_logits)
     source_ppl, export_ppl = perplexity(source_logits, samples), perplexity(export_logits, samples)

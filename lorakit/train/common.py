@@ -19,7 +19,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lorakit.console import err, warn
 from lorakit.errors import LorakitError
-from lorakit.runs import METRICS_FILE, RunFolder
+from lorakit.runs import RunFolder
 
 BNB_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
 
@@ -39,6 +39,7 @@ def resolve_optim(optim: str, method: str, device: str) -> str:
 
 
 def check_report_to(report_to) -> None:
+    """Every logger in train.report_to is installed (checked once, before anything loads)."""
     import importlib.util
 
     from lorakit.errors import ConfigError
@@ -51,7 +52,6 @@ def check_report_to(report_to) -> None:
 
 def training_kwargs(train, run: RunFolder, device: str, precision: str, method: str, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments fields shared by SFTConfig and DPOConfig."""
-    check_report_to(train.report_to)
     return dict(
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=train.micro_batch_size,
@@ -96,14 +96,12 @@ class MetricsLog(TrainerCallback):
     """Appends every log (train loss, eval loss, learning rate, DPO rewards...) to metrics.jsonl."""
 
     def __init__(self, run: RunFolder, extra: dict[str, Any] | None = None):
-        self.file = run.staging / METRICS_FILE
+        self.run = run
         self.extra = extra or {}
 
     def records(self) -> list[dict[str, Any]]:
         """The whole run's log, steps before a resume included."""
-        if not self.file.exists():
-            return []
-        return [json.loads(line) for line in self.file.read_text().splitlines() if line.strip()]
+        return self.run.read_metrics()
 
     def on_step_end(self, args, state, control, **kwargs):
         # The trainer logs every logging_steps only; the last step's loss is what the summary calls final.
@@ -117,7 +115,7 @@ class MetricsLog(TrainerCallback):
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
         record.update(self.extra)
         record.update(cuda_peak_memory(args))
-        with open(self.file, "a") as handle:
+        with open(self.run.metrics_file, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
 
@@ -129,15 +127,6 @@ def cuda_peak_memory(args) -> dict[str, float]:
         return {}
     return {"cuda_max_allocated_gib": round(torch.cuda.max_memory_allocated() / 1024**3, 3),
             "cuda_max_reserved_gib": round(torch.cuda.max_memory_reserved() / 1024**3, 3)}
-
-
-def trim_metrics(run: RunFolder, step: int) -> None:
-    """On resume, drop log lines from after the checkpoint: those steps are trained again."""
-    file = run.staging / METRICS_FILE
-    if not file.exists():
-        return
-    kept = [line for line in file.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    file.write_text("".join(line + "\n" for line in kept))
 
 
 class RichProgress(TrainerCallback):
@@ -274,7 +263,7 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
         trainer.add_callback(callback)
     checkpoint = run.latest_checkpoint() if run.mode == "resume" else None
     if checkpoint is not None:
-        trim_metrics(run, int(checkpoint.name.split("-")[-1]))
+        run.trim_metrics(int(checkpoint.name.split("-")[-1]))
         err.print(f"Resuming from {checkpoint.name}")
     elif run.mode == "resume":
         err.print("No checkpoint to resume from yet: starting from step 0")

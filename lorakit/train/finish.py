@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorakit.fsutil import write_text_atomic
+from lorakit.runs import write_text_atomic
 from lorakit.runs import RunFolder
 
 

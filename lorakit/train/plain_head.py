@@ -24,10 +24,12 @@ def use_plain_lm_head(model) -> bool:
     """Re-route `fused_lm_head=True` calls of a model patched by TRL's `add_fused_lm_head`. Returns False (and
     changes nothing) for models whose logits need scaling that this head does not apply."""
     import torch
-    from trl.trainer.utils import FusedCausalLMOutput
+
+    from lorakit.compat import fused_output_class
 
     if not supports_plain_head(model):
         return False
+    FusedCausalLMOutput = fused_output_class()
     fused_forward = model.forward
 
     def forward(*args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):

@@ -18,10 +18,20 @@ from lorakit.console import warn
 
 @dataclass
 class SpeedPlan:
+    """How a run computes its loss and batches its rows, and why; recorded in the manifest."""
+
     loss: str  # plain | fused
     padding_free: bool
     group_by_length: bool
-    reasons: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # loss, batching
+    reference: str | None = None  # DPO: what the reference model is
+
+    def to_manifest(self) -> dict[str, Any]:
+        record = {"loss": self.loss, "padding_free": self.padding_free, "batching": self.reasons.get("batching"),
+                  "why": dict(self.reasons)}
+        if self.reference is not None:
+            record["reference"] = self.reference
+        return record
 
 
 def choose_loss(setting: str, device: str) -> tuple[str, str]:
@@ -100,7 +110,8 @@ def trainer_speed_kwargs(plan: SpeedPlan) -> dict[str, Any]:
 
 
 def apply_loss_choice(trainer, plan: SpeedPlan) -> None:
-    """Swap TRL's fused LM head for the plain one when the plan says so (and the model allows it)."""
+    """The one place the loss choice takes effect, for SFT and DPO: swap TRL's fused LM head for the plain one when
+    the plan says so (and the model allows it; otherwise the plan says why it stayed fused)."""
     if plan.loss != "plain":
         return
     from lorakit.train.plain_head import use_plain_lm_head

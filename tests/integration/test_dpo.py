@@ -108,7 +108,7 @@ def test_manifest_records_the_parent(dpo_run, sft_run):
     assert manifest["stage"] == "dpo"
     assert manifest["parent"]["path"] == str(sft_run.path.resolve())
     assert manifest["parent"]["stage"] == "sft"
-    assert read_run(result.path).recipe["lora"] == read_run(sft_run.path).recipe["lora"]
+    assert read_run(result.path).recipe.lora == read_run(sft_run.path).recipe.lora
 
 
 def test_without_from_the_reference_is_the_base_with_adapters_disabled(tmp_path):
@@ -116,7 +116,7 @@ def test_without_from_the_reference_is_the_base_with_adapters_disabled(tmp_path)
         dpo_recipe(tmp_path / "x", None), RunFolder.open(tmp_path / "x"))
     assert set(setup.trainer.model.peft_config) == {"default"}
     assert setup.trainer.ref_model is None
-    assert "base model" in setup.speed["reference"]
+    assert "base model" in setup.speed.reference
 
 
 def test_precomputed_reference_log_probs_train_the_same_way(sft_run, tmp_path):
@@ -132,7 +132,7 @@ def test_precomputed_reference_log_probs_train_the_same_way(sft_run, tmp_path):
 def test_qlora_dpo_from_a_qlora_sft_run(tmp_path):
     sft = run_sft(sft_recipe(tmp_path / "sft", "method=qlora", "data.eval=null", max_steps=30))
     result = run_dpo(dpo_recipe(tmp_path / "dpo", sft.path, "data.eval=null", max_steps=6))
-    assert read_run(result.path).recipe["method"] == "qlora"
+    assert read_run(result.path).recipe.method == "qlora"
     assert result.summary["steps"] == 6
     # TRL trains 4-bit adapters in bf16; the reference copy computes in bf16 too, so both start equal
     first = json.loads((result.path / "metrics.jsonl").read_text().splitlines()[0])

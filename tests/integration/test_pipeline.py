@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from lorakit.cli import app
 from lorakit.config import load_recipe
-from lorakit.evaluate import run_eval
+from lorakit.eval.run import run_eval
 from lorakit.pipeline import Pipeline
 
 from ..conftest import REPO

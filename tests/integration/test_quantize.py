@@ -11,7 +11,7 @@ from lorakit.cli import app
 from lorakit.errors import LorakitError
 from lorakit.export.gguf_export import PYTHON_TYPES
 from lorakit.export.verify import KL_TOLERANCE
-from lorakit.quantize import run_quantize
+from lorakit.export.quantize import run_quantize
 
 runner = CliRunner()
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None

@@ -42,7 +42,7 @@ def test_run_folder_holds_everything_the_next_stage_needs(sft_run):
     assert manifest["dataset"]["fingerprint"].startswith("sha256:")
     assert {"torch", "transformers", "peft", "trl", "bitsandbytes"} <= set(manifest["versions"])
     assert manifest["started_at"] <= manifest["finished_at"]
-    assert run.recipe["lora"]["r"] == 16
+    assert run.recipe.lora.r == 16
     steps = [m["step"] for m in run.metrics if "loss" in m]
     assert steps == sorted(steps) and steps[-1] == 150
     assert any("eval_loss" in m for m in run.metrics)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lorakit.errors import RunError
-from lorakit.fsutil import atomic_dir, check_can_write
+from lorakit.runs import atomic_dir, check_can_write
 
 
 def lorakit_output(path, stage="sft"):

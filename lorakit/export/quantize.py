@@ -15,9 +15,8 @@ from typing import Any
 
 from lorakit.console import err, info, warn
 from lorakit.errors import ConfigError, ModelError, ResourceError, RunError
-from lorakit.fsutil import atomic_dir, check_can_write, write_json_atomic, write_text_atomic
-from lorakit.merge import merged_folder
-from lorakit.runs import ADAPTER_FILES, MANIFEST_FILE, now, package_versions
+from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, atomic_dir, check_can_write, merged_folder, now,
+                          package_versions, read_manifest, training_run_behind, write_json_atomic, write_text_atomic)
 
 FORMATS = ("gguf", "bnb-4bit", "bnb-8bit", "awq", "gptq")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -46,14 +45,12 @@ def merged_source(source: Path, force: bool) -> Path:
     from lorakit.merge import merge_run
 
     target = merged_folder(source)
-    manifest = target / MANIFEST_FILE
-    if manifest.is_file() and not force:
-        merged = json.loads(manifest.read_text())
+    merged = read_manifest(target)
+    if merged and not force:
         recorded = merged.get("source")
         if recorded and Path(recorded).resolve() == source.resolve():
             merged_from = (merged.get("lineage") or [{}])[0].get("finished_at")
-            run_manifest = source / MANIFEST_FILE
-            finished = json.loads(run_manifest.read_text()).get("finished_at") if run_manifest.is_file() else None
+            finished = read_manifest(source).get("finished_at")
             if merged_from is not None and merged_from == finished:
                 info(f"Using the existing merge {target}")
                 return target
@@ -84,15 +81,8 @@ def check_disk(folder: Path, target: Path, factor: float) -> None:
 
 
 def system_prompt_of(folder: Path) -> str | None:
-    import yaml
-
-    from lorakit.samples import find_run
-
-    run = find_run(folder)
-    if run is None:
-        return None
-    recipe = yaml.safe_load((run / "lorakit.yaml").read_text()) or {}
-    return (recipe.get("data") or {}).get("system_prompt")
+    run = training_run_behind(folder)
+    return run.recipe.data.system_prompt if run is not None else None
 
 
 def export_readme(name: str, source: Path, fmt: str, qtype: str | None) -> str:
@@ -118,8 +108,9 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
                  modelfile: bool = True) -> QuantizeResult:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lorakit.export.bnb import write_bnb
     from lorakit.export.verify import KL_TOLERANCE
-    from lorakit.samples import logits_for, sample_token_ids
+    from lorakit.logit_gap import logits_for, sample_token_ids
 
     source = Path(source)
     if fmt not in FORMATS:
@@ -163,7 +154,7 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
                 write_text_atomic(staging / "Modelfile", modelfile_text)
                 files.append("Modelfile")
         else:
-            _write_bnb(source, staging, fmt, tokenizer)
+            write_bnb(source, staging, fmt, TOKENIZER_FILES)
             files += sorted(p.name for p in staging.iterdir())
         write_text_atomic(staging / "README.md", export_readme(files[0] if fmt == "gguf" else "", source, fmt, qtype))
 
@@ -228,38 +219,20 @@ def _write_gguf(source: Path, staging: Path, name: str, qtype: str, tokenizer):
     return result
 
 
-def _write_bnb(source: Path, staging: Path, fmt: str, tokenizer) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    if fmt == "bnb-4bit":
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.uint8)
-    else:
-        quant = BitsAndBytesConfig(load_in_8bit=True)
-    device_map = "auto" if torch.cuda.is_available() else "cpu"
-    with err.status(f"Quantizing with bitsandbytes ({fmt})..."):
-        model = AutoModelForCausalLM.from_pretrained(str(source), quantization_config=quant, dtype=torch.bfloat16,
-                                                     device_map=device_map)
-        model.save_pretrained(str(staging))
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copy2(source / name, staging / name)
-
-
 def _verify(staging: Path, fmt: str, gguf_name: str | None, samples, source_logits, tokenizer, result) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from lorakit.compat import INT8_CAST_LOGGER
     from lorakit.export.verify import compare_models, llama_cpp_agreement, tensor_errors, tokenization_matches
     from lorakit.model import keep_4bit_layout_on_cpu
-    from lorakit.samples import logits_for
+    from lorakit.logit_gap import logits_for
 
     if fmt == "gguf":
         exported = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf_name, dtype="float32").eval()
     else:
         exported = keep_4bit_layout_on_cpu(AutoModelForCausalLM.from_pretrained(str(staging))).eval()
     # LLM.int8 warns once per layer and forward that it casts bf16 inputs to fp16: hundreds of lines, nothing to act on
-    int8_chatter = logging.getLogger("bitsandbytes.autograd._functions")
+    int8_chatter = logging.getLogger(INT8_CAST_LOGGER)
     level = int8_chatter.level
     int8_chatter.setLevel(logging.ERROR)
     try:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-DEFAULT_BETA = 0.1
-
 
 def sequence_logps(model, pairs) -> tuple[list[float], list[float]]:
     """Summed log-probs of chosen and rejected responses given their prompt, pair by pair (no padding)."""
@@ -30,21 +28,26 @@ def sequence_logps(model, pairs) -> tuple[list[float], list[float]]:
     return chosen, rejected
 
 
-def _beta(candidate) -> float:
-    if candidate.run is not None:
-        return float((candidate.run.recipe.get("dpo") or {}).get("beta", DEFAULT_BETA))
-    return DEFAULT_BETA
+def preference_settings(candidate) -> tuple[float, int, int | None]:
+    """beta, max_length and max_prompt_length of the run behind the candidate (the schema's defaults otherwise)."""
+    from lorakit.config import DataSection, DPOSection
+    from lorakit.runs import training_run_behind
+
+    run = candidate.run
+    if run is None and candidate.path is not None:  # a merged model or export: the run it was made from
+        run = training_run_behind(candidate.path.parent if candidate.path.is_file() else candidate.path)
+    dpo = run.recipe.dpo if run is not None and run.stage == "dpo" else DPOSection()
+    data = run.recipe.data if run is not None else DataSection()
+    return dpo.beta, data.max_length, dpo.max_prompt_length
 
 
 def preference_scores(candidate, model, tokenizer, prefs: str, candidates, location) -> dict[str, Any]:
     from lorakit.config import DataSection
     from lorakit.data.preference import tokenize_preferences
 
-    max_length = 1024
-    if candidate.run is not None:
-        max_length = int((candidate.run.recipe.get("data") or {}).get("max_length", max_length))
+    beta, max_length, max_prompt_length = preference_settings(candidate)
     section = DataSection(train=prefs, max_length=max_length)
-    pairs, _, _, _ = tokenize_preferences(prefs, section, 512, tokenizer)
+    pairs, _, _, _ = tokenize_preferences(prefs, section, max_prompt_length, tokenizer)
     pairs = list(pairs)
     chosen, rejected = sequence_logps(model, pairs)
     candidate.logps = (chosen, rejected)
@@ -61,7 +64,6 @@ def preference_scores(candidate, model, tokenizer, prefs: str, candidates, locat
         scores["reference"] = "base (adapter off)"
     else:
         return scores  # the base, or a reference that is not part of this eval: no rewards to speak of
-    beta = _beta(candidate)
     margins = [beta * ((c - rc) - (r - rr)) for c, r, rc, rr in zip(chosen, rejected, ref_chosen, ref_rejected)]
     scores["reward_accuracy"] = sum(m > 0 for m in margins) / n
     scores["reward_margin"] = sum(margins) / n

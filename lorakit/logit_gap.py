@@ -1,16 +1,15 @@
-"""A handful of real chats from a run's own data, to compare two versions of a model (merge gap, export checks).
+"""How far apart two versions of a model are: their logits compared on a handful of chats from the run's own data.
 
-The data file is found through the lineage: a run's recipe names it, a merged model's manifest names the run, an
+Merge (trained vs merged) and quantize (source vs export) both measure their gap here. The data file is found through the lineage: a run's recipe names it, a merged model's manifest names the run, an
 export's manifest names the merged model. When the data is gone, fixed prompts stand in (and the result says so).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
+from lorakit.runs import Run, training_run_behind
 
 FALLBACK = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -20,32 +19,15 @@ FALLBACK = [
 ]
 
 
-def find_run(folder: Path, depth: int = 4) -> Path | None:
-    """The training run at the root of a folder's lineage (itself, or the run it was merged/exported from)."""
-    for _ in range(depth):
-        if (folder / "lorakit.yaml").is_file():
-            return folder
-        manifest = folder / "manifest.json"
-        if not manifest.is_file():
-            return None
-        source = json.loads(manifest.read_text()).get("source")
-        if not source:
-            return None
-        folder = Path(source)
-    return None
-
-
-def run_conversations(run_folder: Path, count: int) -> list[list[dict[str, str]]]:
+def run_conversations(run: Run, count: int) -> list[list[dict[str, str]]]:
     """Up to `count` conversations from the run's training data (SFT rows, or DPO prompt + chosen)."""
-    from lorakit.config import DataSection
     from lorakit.data.load import load_rows
 
-    recipe = yaml.safe_load((run_folder / "lorakit.yaml").read_text()) or {}
-    data = DataSection(**{k: v for k, v in recipe.get("data", {}).items() if k in DataSection.model_fields})
+    data = run.recipe.data
     if not data.train:
         return []
     loaded = load_rows(data.train, data.subset, data.split, max_rows=count)
-    if recipe.get("stage") == "dpo":
+    if run.stage == "dpo":
         from lorakit.data.preference import load_preference_examples
 
         rows, _ = load_preference_examples(loaded, data.format, data.columns, data.system_prompt)
@@ -58,13 +40,13 @@ def run_conversations(run_folder: Path, count: int) -> list[list[dict[str, str]]
 
 def sample_token_ids(folder: Path, tokenizer, count: int = 8, max_tokens: int = 256) -> tuple[list[list[int]], str]:
     """Token ids of up to `count` chats from the data behind `folder`, and where they came from."""
-    run = find_run(folder)
+    run = training_run_behind(folder)
     conversations: list[list[dict[str, str]]] = []
     origin = "fixed prompts (the run's data was not found)"
     if run is not None:
         try:
             conversations = run_conversations(run, count)
-            origin = f"{len(conversations)} chats from the data of {run}"
+            origin = f"{len(conversations)} chats from the data of {run.path}"
         except Exception:  # the data moved or changed shape since training: fall back, and say so
             conversations = []
     if not conversations:

@@ -1,0 +1,170 @@
+"""Every place lorakit relies on a private or undocumented detail of a library, fenced behind a named function.
+
+Each hook says which library versions it was checked against and fails loudly, naming the hook and the versions,
+when the detail it relies on is gone: an upgrade then announces itself with a clear message instead of training
+silently wrong. `tests/unit/test_compat.py` checks every hook against the installed libraries.
+
+Checked against: transformers 5.20-5.24, trl 1.16, peft 0.21, bitsandbytes 0.50, datasets 4.x-5.2.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from importlib.metadata import version
+from typing import Any, Iterator
+
+from lorakit.errors import LorakitError
+
+
+class LibraryChanged(LorakitError):
+    """A library no longer has a detail lorakit relies on: the installed version is outside the checked range."""
+
+
+def _changed(hook: str, package: str, checked: str, what: str) -> LibraryChanged:
+    return LibraryChanged(
+        f"{hook}: {package} {version(package)} no longer provides {what} (lorakit was checked with {package} "
+        f"{checked})", hint=f"install a checked version: pip install '{package}{checked}'")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TRL
+
+
+def is_pretokenized_preferences(dataset) -> bool:
+    """lorakit hands DPOTrainer rows it tokenized itself (prompt_ids/chosen_ids/rejected_ids, TRL's own column
+    names); `_prepare_dataset` must then pass them through untouched. (trl 1.16: DPOTrainer._prepare_dataset)"""
+    return "prompt_ids" in dataset.column_names
+
+
+def check_dpo_trainer_hooks(trainer_class) -> None:
+    """The private DPOTrainer / Trainer methods lorakit overrides still exist with the arguments it passes.
+
+    trl 1.16: `DPOTrainer._prepare_dataset(dataset, processing_class, args, dataset_name)`;
+    transformers 5.x: `Trainer._get_train_sampler(train_dataset=None)`.
+    """
+    from trl import DPOTrainer
+    from transformers import Trainer
+
+    expected = {(DPOTrainer, "_prepare_dataset", "trl", ">=1.16,<1.17"):
+                ["self", "dataset", "processing_class", "args", "dataset_name"],
+                (Trainer, "_get_train_sampler", "transformers", ">=5.20,<5.25"): ["self", "train_dataset"]}
+    for (owner, name, package, checked), params in expected.items():
+        method = getattr(owner, name, None)
+        if method is None or list(inspect.signature(method).parameters) != params:
+            raise _changed(f"{trainer_class.__name__}.{name}", package, checked,
+                           f"{owner.__name__}.{name}({', '.join(params[1:])})")
+
+
+def length_grouped_sampler(mega_batch: int, dataset, lengths: list[int]):
+    """transformers' sampler that groups rows of similar length (its grouping only knows `input_ids`, so DPO passes
+    the pair lengths). (transformers 5.x: trainer_pt_utils.LengthGroupedSampler(batch_size, dataset, lengths))"""
+    try:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+    except ImportError:
+        raise _changed("length_grouped_sampler", "transformers", ">=5.20,<5.25",
+                       "trainer_pt_utils.LengthGroupedSampler") from None
+    return LengthGroupedSampler(mega_batch, dataset=dataset, lengths=lengths)
+
+
+FUSED_OUTPUT_FIELDS = ("loss", "log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
+
+
+def fused_output_class():
+    """The output TRL's trainers expect from `model(..., fused_lm_head=True)`, so the plain CPU head can answer it.
+    (trl 1.16: trl.trainer.utils.FusedCausalLMOutput with the fields above)"""
+    try:
+        from trl.trainer.utils import FusedCausalLMOutput
+    except ImportError:
+        raise _changed("plain LM head", "trl", ">=1.16,<1.17", "trl.trainer.utils.FusedCausalLMOutput") from None
+    fields = set(getattr(FusedCausalLMOutput, "__dataclass_fields__", {}))
+    missing = [name for name in FUSED_OUTPUT_FIELDS if name not in fields]
+    if missing:
+        raise _changed("plain LM head", "trl", ">=1.16,<1.17", f"FusedCausalLMOutput fields {', '.join(missing)}")
+    return FusedCausalLMOutput
+
+
+def reference_adapter_pairs(model) -> Iterator[tuple[Any, Any]]:
+    """(ref parameter, policy parameter) pairs of a DPO model whose reference is TRL's frozen "ref" adapter.
+
+    trl 1.16 adds the reference as a PEFT adapter named "ref" beside "default", so its parameters are named like the
+    policy's with `.ref.` for `.default.`.
+    """
+    params = dict(model.named_parameters())
+    for name, param in params.items():
+        if ".ref." in name:
+            twin = params.get(name.replace(".ref.", ".default."))
+            if twin is None:
+                raise _changed("reference adapter", "trl", ">=1.16,<1.17",
+                               f"a 'ref' adapter parameter named like the policy's ({name})")
+            yield param, twin
+
+
+def match_reference_adapter_dtype(model) -> None:
+    """Give the frozen 'ref' adapter the dtype of the trainable one it copies.
+
+    For 4-bit bases TRL casts trainable LoRA weights to bf16 (as the QLoRA paper does) after it made the fp32 'ref'
+    copy: the SFT adapter was trained and saved in bf16, so the reference must compute in bf16 too, or policy and
+    reference disagree before the first update.
+    """
+    for ref, policy in reference_adapter_pairs(model):
+        if ref.dtype != policy.dtype:
+            ref.data = ref.data.to(policy.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bitsandbytes
+
+
+def keep_4bit_training_kernel(model):
+    """Keep bitsandbytes' 4-bit layers on the kernel they were trained with when they run on a CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit weight in place at its first no-grad forward, with
+    its absmax rounded to bf16, and the repack crashes when in_features is not a multiple of the blocksize. So an
+    adapter would be evaluated, merged-against and verified on different arithmetic than it was trained on (and the
+    tiny models fail outright); the training-mode kernel is slower on those CPUs but the same on every machine.
+    (bitsandbytes 0.50: Linear4bit.support_avx512bf16_for_cpu, set in __init__, read in forward)
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            if not hasattr(module, "support_avx512bf16_for_cpu"):
+                raise _changed("4-bit CPU kernel", "bitsandbytes", ">=0.50,<0.51",
+                               "Linear4bit.support_avx512bf16_for_cpu")
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def quiet_bitsandbytes_cpu_kernel_advice() -> None:
+    """On AVX512-BF16 CPUs bitsandbytes looks for a hub-downloaded kernel for its repacked 4-bit inference layout and
+    complains at import when it is absent; lorakit keeps the training layout (keep_4bit_training_kernel), so that
+    kernel would never run. (bitsandbytes 0.50: logger bitsandbytes.backends.cpu.ops)"""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+INT8_CAST_LOGGER = "bitsandbytes.autograd._functions"  # bitsandbytes 0.50: LLM.int8's per-layer cast warning
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# datasets
+
+
+def dataset_fingerprint(dataset) -> str:
+    """datasets' content fingerprint of a loaded hub dataset: what its cache is keyed by.
+    (datasets 4.x-5.x: Dataset._fingerprint)"""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if not isinstance(fingerprint, str):
+        raise _changed("hub dataset fingerprint", "datasets", ">=4,<6", "Dataset._fingerprint")
+    return fingerprint
+
+
+def check_hooks() -> list[str]:
+    """Exercise every hook that can be checked without a model; returns their names (the compat test calls it)."""
+    from trl import DPOTrainer
+
+    check_dpo_trainer_hooks(DPOTrainer)
+    fused_output_class()
+    from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: F401  (length_grouped_sampler)
+
+    return ["check_dpo_trainer_hooks", "fused_output_class", "length_grouped_sampler"]

@@ -1,0 +1,103 @@
+"""What each path given to `lorakit eval` is (base, sft, dpo, merged, gguf), its parent, and how it loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorakit.errors import RunError
+from lorakit.runs import base_source_of, read_manifest, read_run
+
+KIND_ORDER = {"base": 0, "sft": 1, "dpo": 2, "merged": 3, "gguf": 4}  # parents before the candidates built on them
+
+
+@dataclass
+class Candidate:
+    name: str
+    kind: str  # base | sft | dpo | merged | gguf
+    path: Path | None
+    parent: str | None  # name of the candidate it is compared with
+    run: Any = None  # lorakit Run for adapter runs
+    scores: dict[str, float] = field(default_factory=dict)
+    generations: list[str] = field(default_factory=list)
+
+
+def gguf_file_of(path: Path) -> Path | None:
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir():
+        files = sorted(path.glob("*.gguf"))
+        return files[0] if files else None
+    return None
+
+
+def describe(path: Path) -> Candidate:
+    """What a path given to `lorakit eval` is, and which candidate it should be compared with."""
+    gguf = gguf_file_of(path)
+    if gguf is not None:
+        manifest = read_manifest(gguf.parent)
+        parent = manifest.get("source")
+        return Candidate(str(path), "gguf", gguf, str(parent) if parent else None)
+    manifest = read_manifest(path)
+    stage = manifest.get("stage")
+    if stage in ("sft", "dpo"):
+        run = read_run(path)
+        return Candidate(str(path), stage, path, str(run.parent_path) if run.parent_path else "base", run=run)
+    if stage == "merge" or (path / "config.json").is_file():
+        parent = manifest.get("source") or (manifest.get("lineage") or [{}])[0].get("path")
+        return Candidate(str(path), "merged", path, str(parent) if parent else None)
+    raise RunError(f"{path} is not a run, merged model or GGUF export", hint="pass folders written by lorakit")
+
+
+def load_candidate(candidate: Candidate, base_location: str | None):
+    """(model, tokenizer) for one candidate, on the best device, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorakit.infer import load_for_inference
+    from lorakit.model import resolve_device, resolve_model_source, load_base_model
+
+    if candidate.kind == "base":
+        device = resolve_device()
+        model = load_base_model(resolve_model_source(base_location), "lora", None,
+                                "bf16" if device == "cuda" else "fp32", device)
+        return model.eval(), None
+    if candidate.kind == "gguf":
+        folder, name = candidate.path.parent, candidate.path.name
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+        return model.eval(), tokenizer
+    return load_for_inference(candidate.path)
+
+
+def collect_candidates(paths: list[Path], with_base: bool) -> list[Candidate]:
+    """The candidates, each a DPO run's SFT parent added when it was not given (it is that run's reference), parents
+    first."""
+    from lorakit.console import info
+
+    candidates = [describe(p) for p in paths]
+    given = {str(c.path.resolve()) for c in candidates if c.path}
+    for candidate in list(candidates):
+        parent = candidate.parent
+        if candidate.kind == "dpo" and parent not in (None, "base") and str(Path(parent).resolve()) not in given:
+            if Path(parent).is_dir():
+                info(f"Adding {parent}: the parent and reference of {candidate.name}")
+                candidates.append(describe(Path(parent)))
+                given.add(str(Path(parent).resolve()))
+    for candidate in candidates:
+        # Parents are matched by resolved path; "base" is the base model.
+        if candidate.parent and candidate.parent != "base":
+            candidate.parent = str(Path(candidate.parent).resolve())
+        candidate.name = str(candidate.path.resolve()) if candidate.path else candidate.name
+    if with_base:
+        candidates.insert(0, Candidate("base", "base", None, None))
+    return sorted(candidates, key=lambda c: KIND_ORDER[c.kind])
+
+
+def base_location(candidates: list[Candidate], override: str | None) -> str | None:
+    if override:
+        return override
+    for candidate in candidates:
+        if candidate.run is not None:
+            return base_source_of(candidate.run).location
+    return None

@@ -1,0 +1,44 @@
+"""The tables `lorakit eval` prints."""
+
+from __future__ import annotations
+
+import os
+
+
+def print_eval(report: dict) -> None:
+    """The eval tables: scores per candidate, each stage against its parent, generations side by side."""
+    from rich.table import Table
+
+    from lorakit.console import format_value, out
+
+    metrics = [m for m in ("loss", "perplexity", "reward_accuracy", "reward_margin", "logp_gap")
+               if any(m in c for c in report["candidates"])]
+    table = Table(title="eval", title_justify="left")
+    for column in ["candidate", "kind", *metrics]:
+        table.add_column(column)
+    for c in report["candidates"]:
+        table.add_row(_short(c["name"]), c["kind"], *[format_value(c.get(m, "-")) for m in metrics])
+    out.print(table)
+    if report["regressions"]:
+        reg = Table(title="each stage against its parent", title_justify="left")
+        for column in ("stage", "parent", "metric", "change", "verdict"):
+            reg.add_column(column)
+        for r in report["regressions"]:
+            verdict = "[red]worse[/red]" if r["worse"] else "[green]better or equal[/green]"
+            reg.add_row(_short(r["candidate"]), _short(r["parent"]), r["metric"], f"{r['change']:+.4f}", verdict)
+        out.print(reg)
+    for g in report.get("generations", []):
+        gen = Table(title=f"prompt: {g['prompt']}", title_justify="left", show_header=False)
+        gen.add_column(style="bold")
+        gen.add_column()
+        for name, reply in g.items():
+            if name != "prompt":
+                gen.add_row(_short(name), reply)
+        out.print(gen)
+
+
+def _short(name: str) -> str:
+    try:
+        return os.path.relpath(name)
+    except ValueError:
+        return name

@@ -1,0 +1,134 @@
+"""`lorakit eval`: did each stage help? Score the base model and each run on the same held-out data.
+
+SFT-style data is scored by loss and perplexity on the tokens training would train (the same rendering and masks as
+`lorakit sft`). Preference data is scored by DPO's implicit reward: reward accuracy and mean margin of a policy
+against its reference, and the policy's own chosen-minus-rejected log-prob gap. Every candidate is compared with
+its parent (dpo -> sft -> base; merged -> its run; GGUF export -> its merged model) so a regression stands out.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Any
+
+from lorakit.config import DataSection
+from lorakit.eval.candidates import Candidate, base_location, collect_candidates, load_candidate
+from lorakit.eval.regression import regressions
+from lorakit.runs import write_json_atomic
+
+EVAL_FILE = "eval.json"
+
+
+def score_candidate(candidate: Candidate, location: str | None, reference_tokenizer, candidates: list[Candidate],
+                    data_section: DataSection | None, prefs: str | None, prompts: list[str],
+                    max_new_tokens: int) -> None:
+    """Load one candidate, score it into `candidate.scores`, and let it go: only one model is resident at a time
+    (the model is local to this call, so nothing keeps it alive once it returns)."""
+    from lorakit.errors import ConfigError
+
+    model, tokenizer = load_candidate(candidate, location)
+    tokenizer = tokenizer or reference_tokenizer
+    if tokenizer is None:
+        raise ConfigError("no tokenizer to evaluate the base model with",
+                          hint="pass at least one run folder, or --no-base")
+    if data_section is not None:
+        from lorakit.eval.loss import sft_scores
+
+        candidate.scores.update(sft_scores(model, tokenizer, data_section))
+    if prefs:
+        from lorakit.eval.preferences import preference_scores
+
+        candidate.scores.update(preference_scores(candidate, model, tokenizer, prefs, candidates, location))
+    if prompts:
+        from lorakit.infer import generate_reply
+
+        candidate.generations = [generate_reply(model, tokenizer, [{"role": "user", "content": p}], max_new_tokens)
+                                 for p in prompts]
+
+
+KEEP_PREVIOUS = 20
+
+
+def save_results(candidates: list[Candidate], report: dict[str, Any]) -> None:
+    """eval.json is the latest report; earlier ones (other data, a --prompts-only look) stay under "previous"."""
+    for candidate in candidates:
+        if candidate.kind == "gguf" and candidate.path is not None:
+            folder = candidate.path.parent
+        elif candidate.kind in ("sft", "dpo", "merged") and candidate.path is not None and candidate.path.is_dir():
+            folder = candidate.path
+        else:
+            continue
+        previous: list[dict[str, Any]] = []
+        try:
+            earlier = json.loads((folder / EVAL_FILE).read_text())
+            previous = [{k: v for k, v in earlier.items() if k != "previous"}, *earlier.get("previous", [])]
+        except (OSError, ValueError, AttributeError):
+            pass  # none yet, or unreadable: start the history here
+        write_json_atomic(folder / EVAL_FILE, {**report, "previous": previous[:KEEP_PREVIOUS]})
+
+
+def read_prompts(values: list[str]) -> list[str]:
+    prompts: list[str] = []
+    for value in values:
+        path = Path(value)
+        if path.is_file():
+            prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            prompts.append(value)
+    return prompts
+
+
+def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = None, prompts: list[str] | None = None,
+             with_base: bool = True, base_model: str | None = None, max_new_tokens: int = 48,
+             tolerance: float = 0.01) -> dict[str, Any]:
+    from lorakit.console import err
+    from lorakit.errors import ConfigError
+
+    if not data and not prefs and not prompts:
+        raise ConfigError("nothing to evaluate", hint="give --data (SFT-style), --prefs (preference pairs) or --prompts")
+    candidates = collect_candidates(paths, with_base)
+    location = base_location(candidates, base_model)
+    if with_base and location is None:
+        candidates = [c for c in candidates if c.kind != "base"]
+    runs = [c.run for c in candidates if c.run is not None]
+    reference_tokenizer = None
+    if runs:
+        from transformers import AutoTokenizer
+
+        reference_tokenizer = AutoTokenizer.from_pretrained(str(runs[0].path))
+    run_data = runs[0].recipe.data if runs else None
+    prompt_list = read_prompts(prompts or [])
+    section = eval_section(run_data, data) if data else None
+    for candidate in candidates:
+        with err.status(f"Evaluating {candidate.name}..."):
+            score_candidate(candidate, location, reference_tokenizer, candidates, section, prefs, prompt_list,
+                            max_new_tokens)
+        gc.collect()  # the candidate's model, before the next one loads
+    report: dict[str, Any] = {
+        "candidates": [{"name": c.name, "kind": c.kind, "parent": c.parent, **c.scores} for c in candidates],
+        "data": data,
+        "prefs": prefs,
+        "tolerance": tolerance,
+        "regressions": [],
+    }
+    if data:
+        report["regressions"] += regressions(candidates, "loss", False, tolerance)
+    if prefs:
+        # Reward accuracies are measured against different references (dpo vs sft, sft vs base), so they do not
+        # compare across stages; the policy's own chosen-minus-rejected gap does.
+        report["regressions"] += regressions(candidates, "logp_gap", True, tolerance)
+    if prompt_list:
+        report["generations"] = [{"prompt": p, **{c.name: c.generations[i] for c in candidates}}
+                                 for i, p in enumerate(prompt_list)]
+    save_results(candidates, report)
+    return report
+
+
+def eval_section(run_data: DataSection | None, data: str) -> DataSection:
+    """The run's own data settings (format, masks, template use, length) pointed at the eval file."""
+    if run_data is None:
+        return DataSection(train=data)
+    return run_data.model_copy(update={"train": data, "eval": None, "val_size": 0.0, "max_rows": None,
+                                       "subset": None, "split": "train"})

@@ -66,14 +66,25 @@ def guarded(fn: Callable) -> Callable:
     return wrapper
 
 
-def command(name: str, **kwargs) -> Callable:
-    """Register a guarded command on `app`."""
+# Every command's path (("sft",), ("data", "check"), ...), as registered: the help tests walk it.
+COMMANDS: list[tuple[str, ...]] = []
+GROUPS: dict[str, typer.Typer] = {}
+
+
+def command(name: str, group: str | None = None, **kwargs) -> Callable:
+    """Register a guarded command on `app` (or on one of its groups, e.g. `data`)."""
 
     def decorator(fn: Callable) -> Callable:
-        app.command(name, **kwargs)(guarded(fn))
+        (GROUPS[group] if group else app).command(name, **kwargs)(guarded(fn))
+        COMMANDS.append((group, name) if group else (name,))
         return fn
 
     return decorator
+
+
+def command_group(name: str, help: str) -> None:
+    GROUPS[name] = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(GROUPS[name], name=name)
 
 
 def _version_callback(value: bool) -> None:
@@ -268,17 +279,16 @@ def chat(
         out.print(f"[bold cyan]model>[/bold cyan] {reply}", highlight=False)
 
 
-data_app = typer.Typer(help="Inspect datasets before training.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
+command_group("data", help="Inspect datasets before training.")
 
 
-@data_app.command(
+@command(
     "check",
+    group="data",
     help="Check a dataset without training: format, bad rows, mask/EOS lint, lengths and duplicates.\n\n"
     "Examples:\n\n  lorakit data check examples/data/chat-messages.jsonl --model builtin:tiny-llama\n\n"
     "  lorakit data check prefs.jsonl --stage dpo",
 )
-@guarded
 def data_check(
     path: Annotated[str, typer.Argument(help="Data file, folder or hub dataset id.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Tokenizer to count tokens and lint masks with.")] = None,

@@ -263,10 +263,32 @@ FLAG_FIELDS = {
 # Loading
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes installed with lorakit (recipes/ in the repository), by name without .yaml."""
+    from importlib import resources
+
+    try:
+        folder = resources.files("lorakit.recipes")
+    except ModuleNotFoundError:
+        return {}
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+
+
+def find_recipe(path: str | Path) -> Path:
+    """A recipe file, or the name of a shipped recipe (`tiny-cpu-sft`, with or without .yaml)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} not found", hint="check the path; shipped recipes live in recipes/")
+    if path.is_file():
+        return path
+    if path.parent == Path("."):
+        shipped = shipped_recipes().get(path.name.removesuffix(".yaml"))
+        if shipped is not None and shipped.is_file():
+            return shipped
+    names = ", ".join(sorted(shipped_recipes()))
+    raise ConfigError(f"recipe {path} not found", hint=f"check the path, or name a shipped recipe: {names}")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 from lorakit.console import err, info
 from lorakit.errors import ModelError, RunError
 from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, Run, atomic_dir, base_source_of, check_can_write,
-                          lineage_of, merged_folder, now, package_versions, read_run, write_json_atomic,
-                          write_text_atomic)
+                          lineage_of, merged_folder, now, package_versions, read_run, write_json_atomic)
 
 if TYPE_CHECKING:
     from lorakit.model import ModelSource
@@ -214,11 +213,10 @@ def write_generation_config(model, tokenizer, folder: Path) -> None:
     config.save_pretrained(str(folder))
 
 
-def model_card(manifest: dict[str, Any]) -> str:
+def card_text(manifest: dict[str, Any]) -> str:
     gap = manifest.get("gap") or {}
     runs = " -> ".join(f"{r['stage']} ({r['path']})" for r in reversed(manifest["lineage"]))
     lines = [
-        "---", f"base_model: {manifest['base_model']['name']}", "tags: [lorakit, merged]", "---", "",
         f"# Merged model: {manifest['base_model']['name']} + adapters", "",
         "| | |", "|---|---|",
         f"| base | {manifest['base_model']['name']} |",
@@ -244,6 +242,7 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorakit.errors import ConfigError
+    from lorakit.model_card import write_model_card
     from lorakit.logit_gap import compare_logits, logits_for, sample_token_ids
 
     if dtype not in DTYPES:
@@ -312,7 +311,8 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
             "gap": gap,
             "versions": package_versions(),
         }
-        write_text_atomic(staging / "README.md", model_card(manifest))
+        write_model_card(staging / "README.md", src.base.name, ["lorakit", "merged"], card_text(manifest),
+                         library_name="transformers")
         write_json_atomic(staging / MANIFEST_FILE, manifest)
     info(f"Merged model written to {target} ({shards} shard{'s' if shards > 1 else ''})")
     return MergeResult(target, mode, dtype, gap, manifest)

@@ -73,8 +73,35 @@ def needs_remote_code(config: dict[str, Any]) -> bool:
     return any(key.startswith("AutoModel") for key in auto_map)
 
 
+def _causes(exc: BaseException):
+    """The exception and what it was raised from (transformers wraps hub errors in an OSError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
 def hub_error(source: ModelSource, exc: Exception) -> ModelError:
+    """A clean error for a model or tokenizer that failed to load: by the hub error's type where there is one."""
+    from huggingface_hub import errors as hub
+
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for cause in _causes(exc):
+        if isinstance(cause, hub.GatedRepoError):
+            return ModelError(f"{source.name} is a gated model: its files need an accepted licence and a login",
+                              hint="accept its terms on huggingface.co, then `hf auth login` (or pass a local copy)")
+        if isinstance(cause, hub.RevisionNotFoundError):
+            return ModelError(f"{source.name} has no revision {source.revision!r} on the hub",
+                              hint="check model.revision (a branch, tag or commit)")
+        if isinstance(cause, hub.RepositoryNotFoundError):
+            return ModelError(f"{source.name} is neither a local folder nor a model on the hub",
+                              hint="check the model id or path (private models need `hf auth login`)")
+        if isinstance(cause, (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled)):
+            return ModelError(f"cannot load {source.name}: it is not a local folder or in the hub cache, and it could "
+                              "not be fetched: the hub is offline (HF_HUB_OFFLINE) or unreachable",
+                              hint="download the model while online, or pass its local folder")
+    # No typed hub error: transformers' own messages (remote code, missing files) are the best we have.
     if "trust_remote_code" in str(exc):
         return ModelError(f"{source.name} needs its own Python code, which is not trusted by default",
                           hint="read that code, then set model.trust_remote_code: true if you trust it")
@@ -116,12 +143,12 @@ def torch_dtype(name: str):
 
 def resolve_attn(attn: str, device: str) -> str:
     """auto -> flash-attention 2 on CUDA when it is installed, PyTorch's SDPA otherwise."""
-    import importlib.util
+    from lorakit.train.speed import has_flash_attention
 
-    has_flash = importlib.util.find_spec("flash_attn") is not None
+    has_flash = has_flash_attention()
     if attn == "flash_attention_2" and not has_flash:
-        raise ModelError("model.attn_implementation is flash_attention_2 but flash-attn is not installed",
-                         hint="pip install flash-attn, or use sdpa")
+        raise ModelError("model.attn_implementation is flash_attention_2, but flash-attn 2 is not installed or this "
+                         "machine has no GPU it runs on", hint="pip install flash-attn on a CUDA machine, or use sdpa")
     if attn != "auto":
         return attn
     return "flash_attention_2" if device == "cuda" and has_flash else "sdpa"

@@ -75,3 +75,14 @@ def dpo_recipe(output_dir, from_run, *overrides: str, **flags):
     overrides = list(overrides) + ([] if from_run else ["from_run=null"])
     return load_recipe("dpo", REPO / "recipes" / "tiny-cpu-dpo.yaml", overrides,
                        {"output_dir": str(output_dir), "from_run": str(from_run) if from_run else None, **flags})
+
+
+# Fixtures that train (a real run, seconds to a minute): every test using one is slow, whatever its module says, so
+# `make test-fast` (-m "not slow") never trains.
+TRAINING_FIXTURES = {"sft_run", "dpo_run", "qlora_run", "merged", "pipeline_root"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

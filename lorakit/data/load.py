@@ -75,6 +75,7 @@ def _local_files(path: Path) -> list[Path]:
 
 def _read_local(files: list[Path]):
     import datasets
+    from datasets.data_files import EmptyDatasetError
 
     for file in files:
         if not os.access(file, os.R_OK):
@@ -91,8 +92,9 @@ def _read_local(files: list[Path]):
         )
     except Exception as exc:  # datasets raises many types; the message is what matters to the user
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = files[0] if len(files) == 1 else files[0].parent
-        if "corresponds to no data" in message:  # blank lines only, `[]`, a CSV header without rows
+        # blank lines only, `[]`, a CSV header without rows (datasets 5 says so in a plain ValueError)
+        if isinstance(exc, EmptyDatasetError) or "corresponds to no data" in message:
+            where = files[0] if len(files) == 1 else files[0].parent
             raise DataError(f"{where} has no rows", hint="point data.train at a file with at least one example") from None
         raise DataError(f"cannot read {files[0] if len(files) == 1 else files[0].parent}: {message}",
                         hint="check that every row has the same columns and types") from None
@@ -134,9 +136,14 @@ def _check_json(file: Path) -> None:
 
 def _read_hub(source: str, subset: str | None, split: str):
     import datasets
+    from datasets.exceptions import DatasetNotFoundError
 
     try:
         return datasets.load_dataset(source, subset, split=split, cache_dir=_datasets_cache())
+    except DatasetNotFoundError:
+        raise DataError(f"cannot load hub dataset {source}: not a local path, not in the datasets cache, and not "
+                        "found on the hub (or the hub is offline)",
+                        hint="check the path or dataset id; for a hub dataset check that the hub is reachable") from None
     except ValueError as exc:
         first = str(exc).splitlines()[0]
         raise DataError(f"hub dataset {source}: {first}", hint="check data.subset and data.split") from None

@@ -39,13 +39,14 @@ def resolve_optim(optim: str, method: str, device: str) -> str:
 
 
 def check_report_to(report_to) -> None:
-    """Every logger in train.report_to is installed (checked once, before anything loads)."""
-    import importlib.util
+    """Every logger in train.report_to is installed (checked once, before anything loads), as transformers sees it."""
+    from transformers.integrations import get_available_reporting_integrations
 
     from lorakit.errors import ConfigError
 
+    available = set(get_available_reporting_integrations())
     for target in report_to:
-        if importlib.util.find_spec(target) is None:
+        if target not in available:
             raise ConfigError(f"train.report_to lists {target}, which is not installed",
                               hint=f"pip install {target}, or remove it from train.report_to")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorakit.runs import write_text_atomic
+from lorakit.model_card import write_model_card
 from lorakit.runs import RunFolder
 
 
@@ -14,21 +14,17 @@ def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: dict[s
     # DPO adds a frozen "ref" adapter beside the policy; only the policy ("default") belongs in the run.
     model.save_pretrained(str(run.staging), safe_serialization=True, selected_adapters=["default"])
     tokenizer.save_pretrained(str(run.staging))
-    write_text_atomic(run.staging / "README.md", model_card(recipe, manifest))
+    write_model_card(run.staging / "README.md", manifest["base_model"]["name"],
+                     ["lorakit", manifest["stage"], recipe.method, "lora"], card_text(recipe, manifest),
+                     library_name="peft")
     run.write_manifest(manifest)
 
 
-def model_card(recipe, manifest: dict[str, Any]) -> str:
+def card_text(recipe, manifest: dict[str, Any]) -> str:
     summary = manifest.get("summary", {})
     base = manifest["base_model"]["name"]
     lora = recipe.lora
     lines = [
-        "---",
-        f"base_model: {base}",
-        "library_name: peft",
-        f"tags: [lorakit, {manifest['stage']}, {recipe.method}, lora]",
-        "---",
-        "",
         f"# {manifest['stage'].upper()} adapter for {base}",
         "",
         f"Trained with lorakit {manifest['versions']['lorakit']} ({recipe.method}, {manifest['precision']} on "

@@ -178,6 +178,7 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
         "method": recipe.method,
         "device": setup.device,
         "precision": setup.precision,
+        "optimizer": str(getattr(setup.trainer.args.optim, "value", setup.trainer.args.optim)),
         "speed": setup.speed.to_manifest(),
         "dataset": {"source": data.source, "format": data.format, "fingerprint": data.fingerprint, **data.stats},
         "parent": parent_record(parent),

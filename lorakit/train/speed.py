@@ -9,7 +9,6 @@ attend to each other with its attention implementation.
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +42,16 @@ def choose_loss(setting: str, device: str) -> tuple[str, str]:
 
 
 def has_flash_attention() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    """flash-attn 2 installed in a usable version on a GPU that runs it (transformers' own check)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
 
 
 def has_liger() -> bool:
-    return importlib.util.find_spec("liger_kernel") is not None
+    from transformers.utils import is_liger_kernel_available
+
+    return is_liger_kernel_available()
 
 
 def packing_is_exact(model, vocab_size: int, tolerance: float = 2e-2) -> bool:

@@ -5,15 +5,14 @@ import json
 import pytest
 import torch
 from transformers import TrainerCallback
-from typer.testing import CliRunner
 
-from lorakit.cli import app
 from lorakit.errors import ConfigError, RunError
 from lorakit.runs import RunFolder, read_run
 from lorakit.train.dpo import build_dpo_trainer, run_dpo
 from lorakit.train.sft import run_sft
 
 from ..conftest import REPO, dpo_recipe, sft_recipe
+from ..helpers import assert_clean_error, invoke
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +101,26 @@ def test_saved_adapter_is_the_policy_and_applies_to_the_base(dpo_run):
     assert torch.allclose(logits, keep.logits, atol=1e-5)
 
 
+def test_dpo_changed_the_adapter_and_not_the_base(dpo_run, sft_run):
+    import os
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from .test_sft_training import assert_base_unchanged
+
+    result, _ = dpo_run
+    base_dir = read_run(result.path).base_model
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32),
+                                      str(result.path))
+    assert_base_unchanged(model, load_file(os.path.join(base_dir, "model.safetensors")))
+    sft, dpo = (load_file(str(path / "adapter_model.safetensors")) for path in (sft_run.path, result.path))
+    assert sft.keys() == dpo.keys() and sft
+    changed = [k for k in sft if not torch.equal(sft[k], dpo[k])]
+    assert len(changed) == len(sft), f"DPO left {len(sft) - len(changed)} of {len(sft)} adapter tensors unchanged"
+
+
 def test_manifest_records_the_parent(dpo_run, sft_run):
     result, _ = dpo_run
     manifest = read_run(result.path).manifest
@@ -148,20 +167,10 @@ def test_dpo_recipe_may_not_contradict_its_sft_run(sft_run, tmp_path):
 # Bad input
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_clean(result, fragment):
-    assert result.exit_code != 0, result.output
-    assert "error:" in result.output and "hint:" in result.output and "Traceback" not in result.output
-    assert fragment in result.output, result.output
-
-
 def test_missing_from_run(tmp_path):
     result = invoke("dpo", "--from", tmp_path / "nope", "--data", REPO / "examples/data/prefs.jsonl",
                     "--output-dir", tmp_path / "out")
-    assert_clean(result, "run folder")
+    assert_clean_error(result, "run folder")
     assert not (tmp_path / "out").exists()
 
 
@@ -169,21 +178,21 @@ def test_from_a_folder_that_is_not_an_sft_run(tmp_path, dpo_run):
     result, _ = dpo_run
     out = invoke("dpo", "--from", result.path, "--data", REPO / "examples/data/prefs.jsonl",
                  "--output-dir", tmp_path / "out")
-    assert_clean(out, "is a 'dpo' run, expected sft")
+    assert_clean_error(out, "is a 'dpo' run, expected sft")
     (tmp_path / "plain").mkdir()
     out = invoke("dpo", "--from", tmp_path / "plain", "--output-dir", tmp_path / "out")
-    assert_clean(out, "is not a lorakit run folder")
+    assert_clean_error(out, "is not a lorakit run folder")
 
 
 def test_missing_columns_and_identical_pairs(tmp_path, sft_run):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q", "answer": "a"}) + "\n")
-    assert_clean(invoke("dpo", "--from", sft_run.path, "--data", bad, "--output-dir", tmp_path / "o"),
+    assert_clean_error(invoke("dpo", "--from", sft_run.path, "--data", bad, "--output-dir", tmp_path / "o"),
                  "cannot tell the data format")
     same = tmp_path / "same.jsonl"
     same.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n"
                     + json.dumps({"prompt": "q", "chosen": "x", "rejected": "x"}) + "\n")
-    assert_clean(invoke("dpo", "--from", sft_run.path, "--data", same, "--output-dir", tmp_path / "o"),
+    assert_clean_error(invoke("dpo", "--from", sft_run.path, "--data", same, "--output-dir", tmp_path / "o"),
                  "row 2: chosen and rejected are identical")
     assert not (tmp_path / "o").exists() and not (tmp_path / ".o.partial").exists()
 

@@ -6,15 +6,14 @@ import shutil
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from typer.testing import CliRunner
 
-from lorakit.cli import app
 from lorakit.errors import ModelError, RunError
 from lorakit.merge import merge_run
 from lorakit.runs import read_run
 from lorakit.train.sft import run_sft
 
 from ..conftest import REPO, sft_recipe
+from ..helpers import assert_clean_error, invoke
 
 pytestmark = pytest.mark.slow
 
@@ -117,51 +116,43 @@ def test_shards_and_bare_adapter_with_model(sft_run, tmp_path):
 # Bad input: one clean line, nothing written
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, ["merge", *[str(a) for a in args]])
-
-
-def assert_clean(result, fragment, leftover=None):
-    assert result.exit_code != 0, result.output
-    assert "error:" in result.output and "hint:" in result.output and "Traceback" not in result.output
-    assert fragment in result.output, result.output
-    if leftover is not None:
-        assert not leftover.exists()
-        assert not list(leftover.parent.glob(f".{leftover.name}.tmp-*"))
+def merge(*args):
+    return invoke("merge", *args)
 
 
 def test_missing_adapter_files(sft_run, tmp_path):
     broken = tmp_path / "run"
     shutil.copytree(sft_run.path, broken)
     (broken / "adapter_model.safetensors").unlink()
-    assert_clean(invoke(broken, "-o", tmp_path / "out"), "missing adapter file(s): adapter_model.safetensors",
-                 tmp_path / "out")
+    assert_clean_error(merge(broken, "-o", tmp_path / "out"), "missing adapter file(s): adapter_model.safetensors",
+                       leftover=tmp_path / "out")
 
 
 def test_adapter_on_a_different_base_names_the_module(sft_run, tmp_path, tiny_llama):
-    assert_clean(invoke(sft_run.path, "--model", tiny_llama, "-o", tmp_path / "out"),
-                 "adapter module model.layers.0.mlp.down_proj does not fit the base", tmp_path / "out")
+    assert_clean_error(merge(sft_run.path, "--model", tiny_llama, "-o", tmp_path / "out"),
+                 "adapter module model.layers.0.mlp.down_proj does not fit the base",
+                       leftover=tmp_path / "out")
 
 
 def test_base_not_found(sft_run, tmp_path):
-    assert_clean(invoke(sft_run.path, "--model", tmp_path / "nope", "-o", tmp_path / "out"), "not found",
-                 tmp_path / "out")
+    assert_clean_error(merge(sft_run.path, "--model", tmp_path / "nope", "-o", tmp_path / "out"), "not found",
+                       leftover=tmp_path / "out")
     # a hub id that is not cached, offline: the same clean error as sft and dpo give
-    assert_clean(invoke(sft_run.path, "--model", "no-such-org/no-such-model", "-o", tmp_path / "out"),
-                 "could not be fetched", tmp_path / "out")
+    assert_clean_error(merge(sft_run.path, "--model", "no-such-org/no-such-model", "-o", tmp_path / "out"),
+                 "could not be fetched", leftover=tmp_path / "out")
 
 
 @pytest.mark.parametrize("size", ["0", "abc", "-5MB", "0GB"])
 def test_bad_shard_size(sft_run, tmp_path, size):
-    assert_clean(invoke(sft_run.path, "--max-shard-size", size, "-o", tmp_path / "out"), "not a positive size",
-                 tmp_path / "out")
+    assert_clean_error(merge(sft_run.path, "--max-shard-size", size, "-o", tmp_path / "out"), "not a positive size",
+                       leftover=tmp_path / "out")
 
 
 def test_output_exists(sft_run, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep").write_text("x")
-    assert_clean(invoke(sft_run.path, "-o", out), "already exists")
+    assert_clean_error(merge(sft_run.path, "-o", out), "already exists")
     assert (out / "keep").read_text() == "x"
 
 
@@ -169,8 +160,8 @@ def test_not_a_run_folder(tmp_path):
     folder = tmp_path / "random"
     folder.mkdir()
     (folder / "notes.txt").write_text("hello")
-    assert_clean(invoke(folder, "-o", tmp_path / "out"), "is not a lorakit run or a PEFT adapter folder",
-                 tmp_path / "out")
+    assert_clean_error(merge(folder, "-o", tmp_path / "out"), "is not a lorakit run or a PEFT adapter folder",
+                       leftover=tmp_path / "out")
 
 
 def test_force_does_not_replace_the_run_it_merges_or_the_folder_holding_it(sft_run, tmp_path):
@@ -178,10 +169,10 @@ def test_force_does_not_replace_the_run_it_merges_or_the_folder_holding_it(sft_r
     run = nest / "run"
     shutil.copytree(sft_run.path, run, ignore=shutil.ignore_patterns("checkpoints"))
     for output in (run, nest):
-        result = invoke(run, "--output-dir", output, "--force")
+        result = merge(run, "--output-dir", output, "--force")
         assert result.exit_code != 0 and "Traceback" not in result.output, result.output
         assert (run / "adapter_model.safetensors").is_file()
-    dpo = CliRunner().invoke(app, ["dpo", "--from", str(run), "--output-dir", str(nest), "--force"])
+    dpo = invoke("dpo", "--from", run, "--output-dir", nest, "--force")
     assert dpo.exit_code != 0 and "which this command reads" in dpo.output, dpo.output
     assert (run / "adapter_model.safetensors").is_file()
 

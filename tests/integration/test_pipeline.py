@@ -13,6 +13,8 @@ from lorakit.pipeline import Pipeline
 from ..conftest import REPO
 from .test_sft_training import CtrlCAt
 
+pytestmark = pytest.mark.slow  # every test here runs a pipeline
+
 RECIPE = REPO / "recipes" / "tiny-cpu-pipeline.yaml"
 runner = CliRunner()
 

@@ -5,16 +5,16 @@ import json
 import shutil
 
 import pytest
-from typer.testing import CliRunner
 
-from lorakit.cli import app
 from lorakit.errors import LorakitError
 from lorakit.export.gguf_export import PYTHON_TYPES
 from lorakit.export.verify import KL_TOLERANCE
 from lorakit.export.quantize import run_quantize
 
-runner = CliRunner()
+from ..helpers import assert_clean_error, invoke
+
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+pytestmark = pytest.mark.slow  # every test here exports a trained model
 
 
 @pytest.fixture(scope="module")
@@ -126,33 +126,24 @@ def test_failed_verification_leaves_nothing(merged, tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".out*"))
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
 def test_cli_bad_inputs(merged, tmp_path):
-    def clean_error(result, fragment):
-        assert result.exit_code != 0, result.output
-        assert "error:" in result.output and "Traceback" not in result.output
-        assert fragment in result.output, result.output
-
-    clean_error(invoke("quantize", merged, "--type", "q3_x", "-o", tmp_path / "a"), "unknown GGUF type")
+    assert_clean_error(invoke("quantize", merged, "--type", "q3_x", "-o", tmp_path / "a"), "unknown GGUF type")
     if not HAS_LLAMA_CPP:
-        clean_error(invoke("quantize", merged, "--type", "q4_k_m", "-o", tmp_path / "b"), "lorakit[llama-cpp]")
-    clean_error(invoke("quantize", merged, "--format", "gptq", "-o", tmp_path / "c"), "llm-compressor")
-    clean_error(invoke("quantize", tmp_path / "nothing"), "not found")
+        assert_clean_error(invoke("quantize", merged, "--type", "q4_k_m", "-o", tmp_path / "b"), "lorakit[llama-cpp]")
+    assert_clean_error(invoke("quantize", merged, "--format", "gptq", "-o", tmp_path / "c"), "llm-compressor")
+    assert_clean_error(invoke("quantize", tmp_path / "nothing"), "not found")
     other = tmp_path / "gpt2"
     shutil.copytree(merged, other)
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    clean_error(invoke("quantize", other, "-o", tmp_path / "d"), "no GGUF mapping")
+    assert_clean_error(invoke("quantize", other, "-o", tmp_path / "d"), "no GGUF mapping")
     no_tok = tmp_path / "no-tokenizer"
     shutil.copytree(merged, no_tok)
     (no_tok / "tokenizer.json").unlink()
-    clean_error(invoke("quantize", no_tok, "-o", tmp_path / "e"), "tokenizer.json is missing")
+    assert_clean_error(invoke("quantize", no_tok, "-o", tmp_path / "e"), "tokenizer.json is missing")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("keep")
-    clean_error(invoke("quantize", merged, "-o", tmp_path / "taken"), "already exists")
+    assert_clean_error(invoke("quantize", merged, "-o", tmp_path / "taken"), "already exists")
     assert (tmp_path / "taken" / "x").read_text() == "keep"
     for name in "abcde":
         assert not (tmp_path / name).exists()

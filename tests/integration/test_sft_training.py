@@ -60,12 +60,20 @@ def test_adapter_loads_with_plain_peft_and_only_lora_weights_changed(sft_run):
     model = PeftModel.from_pretrained(base, str(sft_run.path))
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: any change is training
+    assert_base_unchanged(model, original)
+
+
+def assert_base_unchanged(model, original: dict) -> None:
+    """Every base tensor of the model (a PeftModel) equals the base's file, and every one of them was compared."""
+    compared = set()
     for name, tensor in model.get_base_model().state_dict().items():
         if "lora_" in name:
             continue
         key = name.replace(".base_layer", "")
         if key in original:
             assert torch.equal(tensor, original[key]), f"base weight {key} changed"
+            compared.add(key)
+    assert compared == set(original), f"not compared: {sorted(set(original) - compared)[:5]}"
 
 
 def test_generate_reproduces_trained_answers(sft_run):

@@ -128,6 +128,7 @@ def test_checkpointing_keeps_one_hidden_state_per_layer(dtype):
     assert kept < 0.1 * (full[0] + full[1])
 
 
+@pytest.mark.slow  # one real optimizer step
 def test_lora_optimizer_and_gradient_bytes_after_a_real_step():
     config, model = lora_model("bf16", "sdpa", 0.05, "all-linear", checkpointing=False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)

@@ -1,98 +1,12 @@
-"""The command line as a user meets it: help, versions, recipes, and one clean error per kind of bad input."""
+"""Bad input to `lorakit sft` and `lorakit data check`: every case fails before training and leaves nothing behind."""
 
 import json
 import shutil
 
 import pytest
-import yaml
-from typer.testing import CliRunner
-
-from lorakit import __version__
-from lorakit.cli import app
 
 from ..conftest import REPO
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_error(result, *fragments, code=None):
-    output = result.output
-    assert result.exit_code != 0, output
-    if code is not None:
-        assert result.exit_code == code, output
-    assert "error:" in output and "hint:" in output, output
-    assert "Traceback" not in output, output
-    for fragment in fragments:
-        assert fragment in output, output
-
-
-def command_paths():
-    paths = [[c.name] for c in app.registered_commands]
-    for group in app.registered_groups:
-        paths += [[group.name, c.name] for c in group.typer_instance.registered_commands]
-    return paths
-
-
-def test_version():
-    result = invoke("--version")
-    assert result.exit_code == 0 and result.output.strip() == f"lorakit {__version__}"
-
-
-@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p))
-def test_every_command_has_help_with_an_example(path):
-    result = invoke(*path, "--help")
-    assert result.exit_code == 0, result.output
-    assert "Example" in result.output and "lorakit " in result.output
-
-
-def test_python_dash_m_works():
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "lorakit", "--version"], capture_output=True, text=True, cwd=REPO)
-    assert done.returncode == 0 and done.stdout.strip() == f"lorakit {__version__}"
-
-
-def test_help_does_not_import_torch():
-    import subprocess
-    import sys
-
-    code = "import sys; from lorakit.cli import app; assert 'torch' not in sys.modules, 'torch imported'"
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
-
-
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_recipe_validates(recipe):
-    from lorakit.config import RECIPES, load_recipe
-
-    text = recipe.read_text()
-    assert text.startswith("# lorakit "), "a recipe opens with the command that runs it"
-    stage = yaml.safe_load(text)["stage"]
-    assert stage in RECIPES
-    load_recipe(stage, recipe)
-
-
-def test_print_config_resolves_flags_and_overrides():
-    result = invoke("sft", "-r", REPO / "recipes/tiny-cpu-sft.yaml", "--print-config", "--max-steps", "7",
-                    "--set", "lora.r=4", "--lr", "1e-3")
-    assert result.exit_code == 0, result.output
-    resolved = yaml.safe_load(result.stdout)
-    assert resolved["train"]["max_steps"] == 7 and resolved["lora"]["r"] == 4
-    assert resolved["train"]["learning_rate"] == 1e-3
-
-
-def test_unknown_recipe_key(tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("stage: sft\nlora:\n  rank: 8\n")
-    assert_clean_error(invoke("sft", "-r", recipe), "lora.rank: unknown key; did you mean 'lora.r'?", code=2)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Bad input to `lorakit sft`: every case fails before training and leaves nothing behind
+from ..helpers import assert_clean_error, invoke
 
 
 @pytest.fixture()
@@ -215,6 +129,9 @@ def test_hub_dataset_offline_says_what_it_tried(tmp_path, tiny_llama):
 
 @pytest.mark.slow
 def test_chat_keeps_history_and_quits(sft_run):
+    from ..helpers import runner
+    from lorakit.cli import app
+
     result = runner.invoke(app, ["chat", str(sft_run.path), "--temperature", "0"],
                            input="What is the capital of France?\n/reset\nWhat is 4 plus 5?\n/exit\n")
     assert result.exit_code == 0, result.output

@@ -1,0 +1,1 @@
+"""The shipped recipes, installed as the package lorakit.recipes (see pyproject.toml)."""

@@ -1,0 +1,42 @@
+"""Every private library detail lorakit relies on is still there in the installed versions (lorakit.compat)."""
+
+import pytest
+
+from lorakit import compat
+
+
+def test_every_hook_checkable_without_a_model_holds():
+    assert compat.check_hooks() == ["check_dpo_trainer_hooks", "fused_output_class", "length_grouped_sampler"]
+
+
+def test_a_changed_trainer_method_fails_loudly_naming_the_hook():
+    class Changed:
+        pass
+
+    from trl import DPOTrainer
+
+    original = DPOTrainer._prepare_dataset
+    try:
+        DPOTrainer._prepare_dataset = lambda self, dataset: dataset  # the signature a future TRL might have
+        with pytest.raises(compat.LibraryChanged, match=r"_prepare_dataset: trl .* no longer provides"):
+            compat.check_dpo_trainer_hooks(Changed)
+    finally:
+        DPOTrainer._prepare_dataset = original
+
+
+def test_a_reference_adapter_without_its_policy_twin_fails_loudly():
+    import torch
+
+    class RenamedAdapters:  # what a TRL that named its reference adapter differently would leave
+        def named_parameters(self):
+            return [("layer.lora_A.ref.weight", torch.nn.Parameter(torch.zeros(1))),
+                    ("layer.lora_A.policy.weight", torch.nn.Parameter(torch.zeros(1)))]
+
+    with pytest.raises(compat.LibraryChanged, match="'ref' adapter parameter"):
+        compat.match_reference_adapter_dtype(RenamedAdapters())
+
+
+def test_dataset_fingerprint_is_read_from_a_real_dataset():
+    import datasets
+
+    assert compat.dataset_fingerprint(datasets.Dataset.from_dict({"a": [1]}))

@@ -98,9 +98,10 @@ def resolve_model(spec: str) -> Resolved:
         return cached
     found = match_model(spec)
     if found is not None:
-        how = "catalog" if found.split("/", 1)[-1].lower() == spec.split("/", 1)[-1].lower() else \
-            f"catalog: same shape as {found} (a release, mirror or checkpoint of it)"
-        return Resolved(replace(MODELS[found], name=spec) if how != "catalog" else MODELS[found], how)
+        if "/" not in spec and found.split("/", 1)[-1].lower() == spec.lower():
+            return Resolved(MODELS[found], "catalog")  # a bare catalog name
+        return Resolved(replace(MODELS[found], name=spec),
+                        f"catalog: same shape as {found} (a release, mirror or checkpoint of it)")
     shape = _from_hub(spec)
     return Resolved(shape, _config_source(shape, "hub config.json"))
 

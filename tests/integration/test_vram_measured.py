@@ -328,3 +328,24 @@ def test_plain_cross_entropy_peak_matches_the_logits_term():
                                              optimizer="sgd"))
     # forward/backward terms vs the live peak above the weights (LoRA gradients are the small remainder)
     assert est.phase("forward/backward") == pytest.approx(live.peak, rel=0.03)
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_goes_through_lorakit_and_plain_trl(tmp_path, capsys):
+    """bench/gpu_check.py --dry-run: tiny shapes on the CPU through the same code path as the GPU grid (random model
+    built locally, lorakit's public run_sft/run_dpo, the plain-TRL side, the estimate, the table's columns)."""
+    import json
+
+    from bench.gpu_check import COLUMNS, main
+
+    report = tmp_path / "gpu_check.json"
+    assert main(["--dry-run", "--json", str(report), "--workdir", str(tmp_path / "work")]) == 0
+    printed = capsys.readouterr().out
+    assert all(column.strip() in printed for column in COLUMNS)
+    results = json.loads(report.read_text())["results"]
+    assert {r["case"]["stage"] for r in results} == {"sft", "dpo"}
+    for r in results:
+        assert not r["error"] and r["estimate_allocated_gib"] > 0 and r["tokens_per_s"] > 0
+        assert r["optimizer"] and r["attention"] and r["head"]
+        assert r["measured_allocated_gib"] is None  # no CUDA counters on the CPU
+    assert any(r["trl_tokens_per_s"] for r in results)

@@ -83,6 +83,7 @@ class Setup:
     double_quant: bool = True
     # fp32 non-quantized weights of a k-bit base: True/"all" (PEFT's prepare_model_for_kbit_training, lorakit's
     # QLoRA), "norms" (TRL < 0.20 cast embeddings and head back to 16-bit), False; None: all for a quantized base
+    # on one GPU, none when FSDP/ZeRO-3 shard it
     upcast_non_quantized: bool | str | None = None
     device: str = "cuda"
     grad_accumulation: int = 1  # > 1: gradients of earlier micro-batches coexist with activations
@@ -109,8 +110,11 @@ class Setup:
             targets = LINEAR_NAMES if targets in ("all-linear", "all") else tuple(t.strip() for t in targets.split(","))
         quant = self.quant or ("nf4" if self.method == "qlora" else None)
         training = self.stage != "inference"
+        # sharded QLoRA (FSDP/ZeRO-3 with a 16-bit quant storage) keeps every weight in one dtype: TRL and the PEFT
+        # docs skip prepare_model_for_kbit_training's fp32 upcast there
+        sharded = self.num_gpus > 1 and self.strategy in ("fsdp", "zero3")
         upcast = self.upcast_non_quantized if self.upcast_non_quantized is not None else (
-            quant is not None and training)
+            quant is not None and training and not sharded)
         autocast = self.autocast if self.autocast is not None else bool(mixed and self.device == "cuda")
         return replace(self, optimizer=optimizer, mixed_precision=mixed, lora_targets=tuple(targets),
                        upcast_non_quantized=upcast, quant=quant, autocast=autocast)

@@ -75,8 +75,9 @@ class EstimateReport:
 
 def recipe_for_estimate(path: Path, notes: list[str] | None = None):
     """A training recipe as it will run: pipelines give their SFT section; DPO recipes inherit from their SFT run."""
-    from lorakit.config import INHERITED, inherit_from_parent, load_recipe, read_yaml
+    from lorakit.config import INHERITED, find_recipe, inherit_from_parent, load_recipe, read_yaml
 
+    path = find_recipe(path)  # a file, or the name of a shipped recipe
     stage = read_yaml(path).get("stage", "sft")
     if not isinstance(stage, str):
         raise ConfigError(f"{path}: stage must be a string (got {stage!r})", hint="stage: sft, dpo or pipeline")

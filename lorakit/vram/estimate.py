@@ -69,7 +69,7 @@ class Setup:
 
     method: str = "qlora"
     dtype: str = "bf16"
-    mixed_precision: bool | None = None  # fp32 master weights/adapters under autocast; None: PEFT's (fp32 adapters)
+    mixed_precision: bool | None = None  # fp32 master weights/adapters; None: fp32 LoRA, bf16 QLoRA adapters (TRL)
     seq_len: int = 2048
     batch_size: int = 1
     grad_checkpointing: bool = True
@@ -104,7 +104,9 @@ class Setup:
 
     def resolved(self) -> "Setup":
         optimizer = self.optimizer or ("paged-adamw-8bit" if self.method == "qlora" else "adamw")
-        mixed = self.mixed_precision if self.mixed_precision is not None else self.method != "full"
+        # LoRA adapters train in fp32 (PEFT's autocast_adapter_dtype) except on a 4-bit base, where TRL >= 1 casts
+        # them to bf16 (as the QLoRA paper does); full fine-tuning trains the weights in their dtype unless told
+        mixed = self.mixed_precision if self.mixed_precision is not None else self.method == "lora"
         targets = self.lora_targets
         if isinstance(targets, str):
             targets = LINEAR_NAMES if targets in ("all-linear", "all") else tuple(t.strip() for t in targets.split(","))
@@ -115,7 +117,9 @@ class Setup:
         sharded = self.num_gpus > 1 and self.strategy in ("fsdp", "zero3")
         upcast = self.upcast_non_quantized if self.upcast_non_quantized is not None else (
             quant is not None and training and not sharded)
-        autocast = self.autocast if self.autocast is not None else bool(mixed and self.device == "cuda")
+        # the HF Trainer's bf16/fp16 flag runs the forward under autocast; full fine-tuning in pure 16-bit does not
+        autocast = self.autocast if self.autocast is not None else bool(
+            self.device == "cuda" and training and (mixed if self.method == "full" else self.dtype != "fp32"))
         return replace(self, optimizer=optimizer, mixed_precision=mixed, lora_targets=tuple(targets),
                        upcast_non_quantized=upcast, quant=quant, autocast=autocast)
 

@@ -185,7 +185,7 @@ def cuda_autocast_view(monkeypatch):
     monkeypatch.setattr(torch, "is_autocast_enabled", lambda *args: original(*args) if args else original("cpu"))
 
 
-def kbit_model(folder, method, upcast, dropout, targets, attn):
+def kbit_model(folder, method, upcast, dropout, targets, attn, adapters="fp32"):
     if method == "qlora":
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quant, dtype=torch.bfloat16,
@@ -202,33 +202,41 @@ def kbit_model(folder, method, upcast, dropout, targets, attn):
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation=attn)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=targets))
+    if adapters == "bf16":  # TRL >= 1 casts a 4-bit model's trainable LoRA weights to bf16 (lorakit's QLoRA path)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(torch.bfloat16)
     model.train()
     return model
 
 
-FLOWS = [("lora", "none", True), ("lora", "none", False), ("qlora", "all", True), ("qlora", "all", False),
-         ("qlora", "norms", True), ("qlora", "none", True), ("qlora", "none", False)]
+# (method, fp32 upcast, autocast, adapter dtype); the first QLoRA flow is lorakit's own (PEFT prepare + TRL >= 1)
+FLOWS = [("qlora", "all", True, "bf16"), ("lora", "none", True, "fp32"), ("lora", "none", False, "fp32"),
+         ("qlora", "all", True, "fp32"), ("qlora", "all", False, "fp32"), ("qlora", "norms", True, "fp32"),
+         ("qlora", "none", True, "fp32"), ("qlora", "none", False, "fp32")]
 
 
-@pytest.mark.parametrize("method,upcast,autocast", FLOWS)
+@pytest.mark.slow  # real forward/backward passes through transformers, PEFT and bitsandbytes
+@pytest.mark.parametrize("method,upcast,autocast,adapters", FLOWS)
 @pytest.mark.parametrize("dropout,targets,attn", [(0.05, "all-linear", "sdpa"), (0.0, ["q_proj", "v_proj"], "eager")])
 def test_lora_and_qlora_activation_bytes_follow_each_tensors_dtype(saved_llama, cuda_autocast_view, method, upcast,
-                                                                   autocast, dropout, targets, attn):
+                                                                   autocast, adapters, dropout, targets, attn):
     folder, config = saved_llama
-    model = kbit_model(folder, method, upcast, dropout, targets, attn)
+    model = kbit_model(folder, method, upcast, dropout, targets, attn, adapters)
     batch, seq = 2, 64
     ids = torch.randint(0, 1000, (batch, seq))
     region = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with region:
         measured = saved_bytes_per_layer(model, model.base_model.model.model.layers, ids, False)
     setup = Setup(method=method, dtype="bf16", seq_len=seq, lora_r=8, attn=attn, lora_dropout=dropout, device="cpu",
-                  autocast=autocast, upcast_non_quantized=upcast,
+                  autocast=autocast, upcast_non_quantized=upcast, mixed_precision=adapters == "fp32",
                   lora_targets="all-linear" if targets == "all-linear" else "q,v").resolved()
     shape = tiny_shape(config)
     predicted = _activations_per_token(shape, setup, seq) * batch * seq + _lora_casts_per_layer(shape, setup)
     assert predicted == measured[1]
 
 
+@pytest.mark.slow  # real forward/backward passes through transformers, PEFT and bitsandbytes
 def test_prepare_for_kbit_training_makes_qlora_activations_larger_than_lora(saved_llama, cuda_autocast_view):
     """The fp32 residual stream after PEFT's upcast: QLoRA keeps more activation bytes than 16-bit LoRA."""
     folder, _ = saved_llama
@@ -297,6 +305,7 @@ def _bytes_alive_after_steps(folder, steps=2):
         return live.now
 
 
+@pytest.mark.slow  # real forward/backward passes through transformers, PEFT and bitsandbytes
 def test_legacy_bitsandbytes_inputs_outlive_the_step(saved_llama, monkeypatch):
     folder, config = saved_llama
     current = _bytes_alive_after_steps(folder)
@@ -312,6 +321,7 @@ def test_legacy_bitsandbytes_inputs_outlive_the_step(saved_llama, monkeypatch):
     assert est.term("bnb_previous_inputs") == shape.layers * _bnb_inputs_per_token(shape, setup) * 2 * 64
 
 
+@pytest.mark.slow  # real forward/backward passes through transformers, PEFT and bitsandbytes
 def test_plain_cross_entropy_peak_matches_the_logits_term():
     """~14 bytes per token per vocabulary entry at the loss's backward peak (logits, fp32 copy, log-softmax and two
     fp32 gradients), measured as live bytes on a model whose vocabulary dominates."""

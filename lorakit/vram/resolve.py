@@ -177,7 +177,7 @@ def setup_from_recipe(recipe) -> tuple[str, Setup]:
         attn=attn if attn in ("eager", "sdpa", "flash") else "sdpa",
         loss="plain" if train.loss == "plain" else "fused", stage=stage,
         double_quant=recipe.qlora.double_quant, grad_accumulation=train.gradient_accumulation_steps,
-        activation_offloading=bool(getattr(train, "activation_offloading", False)),
+        activation_offloading=train.activation_offloading,
         num_gpus=int(getattr(distributed, "num_processes", None) or 1),
         strategy=str(getattr(distributed, "strategy", None) or "ddp"),
     )

@@ -8,11 +8,14 @@ from lorakit.model_card import write_model_card
 from lorakit.runs import RunFolder
 
 
-def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: dict[str, Any]) -> None:
+def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: dict[str, Any],
+                      state_dict: dict[str, Any] | None = None) -> None:
     # Only the adapter: PEFT writes adapter_config.json + adapter_model.safetensors, loadable with
     # PeftModel.from_pretrained(base, run_folder).
     # DPO adds a frozen "ref" adapter beside the policy; only the policy ("default") belongs in the run.
-    model.save_pretrained(str(run.staging), safe_serialization=True, selected_adapters=["default"])
+    # `state_dict`: the gathered weights when FSDP / ZeRO-3 sharded them (PEFT picks the adapter's out of it).
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(str(run.staging), safe_serialization=True, selected_adapters=["default"], **extra)
     tokenizer.save_pretrained(str(run.staging))
     write_model_card(run.staging / "README.md", manifest["base_model"]["name"],
                      ["lorakit", manifest["stage"], recipe.method, "lora"], card_text(recipe, manifest),

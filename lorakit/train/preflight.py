@@ -49,8 +49,13 @@ def choose_precompute(device_gib: float | None, with_reference_gib: float, preco
                   f"{device_gib:.1f} GiB; {precomputed_gib:.1f} GiB without it")
 
 
-def preflight(recipe, device: str, enabled: bool = True, model: str | None = None) -> PreflightResult | None:
-    """The vram-estimate of this recipe; on CUDA, a ResourceError with the fixes when it cannot fit."""
+def preflight(recipe, device: str, enabled: bool = True, model: str | None = None,
+              plan=None) -> PreflightResult | None:
+    """The vram-estimate of this recipe; on CUDA, a ResourceError with the fixes when it cannot fit.
+
+    `plan` (lorakit.train.strategies.Plan): the processes and strategy the run trains with; each process checks its
+    own GPU.
+    """
     from dataclasses import replace
 
     from lorakit.vram.catalog import GPU
@@ -59,6 +64,11 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
     from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
     name, setup = setup_from_recipe(recipe)
+    # TODO(coordinator, issue 16 x issue 18): once the per-GPU planner (branch issue-18-vram, lorakit/vram Setup with
+    # num_gpus/strategy) is on main, estimate per GPU here:
+    #     if plan is not None and plan.distributed:
+    #         setup = replace(setup, num_gpus=plan.num_processes, strategy=plan.strategy)
+    # Until then a multi-process run is estimated as if one GPU held everything (an upper bound for fsdp/zero).
     try:
         shape = resolve_shape(model or name)
     except LorakitError:

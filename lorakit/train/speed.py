@@ -94,7 +94,10 @@ def plan_speed(train, device: str, model, vocab_size: int) -> SpeedPlan:
     if train.padding_free is False:
         padding_free, reasons["batching"] = False, "padding_free: false in the recipe; length-grouped batches"
     else:
-        exact = packing_is_exact(model, vocab_size)
+        from lorakit.train.distributed import on_main
+
+        # One answer for every process (they must batch alike; under FSDP only rank 0 holds real weights yet).
+        exact = on_main(lambda: packing_is_exact(model, vocab_size))
         if exact:
             padding_free, reasons["batching"] = True, "padding-free (probe: packed == unpacked logits)"
         else:

@@ -74,7 +74,7 @@ def assert_same_adapter(run: Path, reference: Path) -> None:
     ours, theirs = (load_file(str(p / "adapter_model.safetensors")) for p in (run, reference))
     assert ours.keys() == theirs.keys()
     for name in theirs:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=5e-5)  # Adam magnifies 1e-7 gradient noise
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -305,3 +305,18 @@ def test_an_interrupt_is_reported_once_with_exit_130(tmp_path):
     error, _ = explain_failure(failure_folder(tmp_path, records), 1, recipe(f"output_dir={tmp_path}/o"),
                                Plan(2, "ddp"), "x")
     assert isinstance(error, RunInterrupted) and error.exit_code == 130 and error.message.endswith("(rank 0)")
+
+
+def test_resume_needs_the_same_number_of_processes(tmp_path):
+    from lorakit.errors import RunError
+    from lorakit.runs import RunFolder
+    from lorakit.train.lifecycle import check_resumable
+
+    resolved = recipe(f"output_dir={tmp_path / 'run'}")
+    run = RunFolder(tmp_path / "run", mode="resume")
+    run.staging.mkdir(parents=True)
+    run.write_recipe(resolved)
+    run.write_manifest({"distributed": {"processes": 2, "strategy": "ddp", "global_batch_size": 16}})
+    check_resumable(run, resolved, processes=2)
+    with pytest.raises(RunError, match="trained with 2 process"):
+        check_resumable(run, resolved, processes=1)

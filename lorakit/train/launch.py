@@ -135,22 +135,24 @@ def local_devices() -> tuple[str, int]:
     return "cpu", 0
 
 
-def precheck(recipe, plan, force: bool, resume: bool) -> None:
-    """What a training process would refuse first, checked once here: N processes need not start to say it."""
+def precheck(recipe, plan, force: bool, resume: bool):
+    """What a training process would refuse first, checked once here: N processes need not start to say it.
+    Returns the recipe as it will train (a DPO run takes method and LoRA from its SFT run)."""
     from importlib.util import find_spec
 
     from lorakit.console import err
     from lorakit.train.lifecycle import open_run, with_parent
     from lorakit.train.strategies import check_plan
 
+    recipe, parent = with_parent(recipe)
     device, gpus = local_devices()
     check_plan(recipe, plan, device, gpus, find_spec("deepspeed") is not None)
-    recipe, parent = with_parent(recipe)
     quiet, err.quiet = err.quiet, True  # rank 0 says "starting fresh" itself
     try:
         open_run(recipe, parent, force, resume, plan.num_processes)
     finally:
         err.quiet = quiet
+    return recipe
 
 
 def free_port() -> int:
@@ -161,7 +163,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_command(stage: str, plan, folder: Path, recipe_file: Path, force: bool, resume: bool,
+def launch_command(stage: str, plan, method: str, folder: Path, recipe_file: Path, force: bool, resume: bool,
                    debug: bool) -> list[str]:
     import yaml
 
@@ -172,7 +174,7 @@ def launch_command(stage: str, plan, folder: Path, recipe_file: Path, force: boo
         cmd += ["--config_file", str(plan.accelerate_config)]
     else:
         config_file = folder / "accelerate.yaml"
-        config_file.write_text(yaml.safe_dump(accelerate_config(plan, _method_of(recipe_file)), sort_keys=False))
+        config_file.write_text(yaml.safe_dump(accelerate_config(plan, method), sort_keys=False))
         # a port of its own, so two runs on one machine (or a leftover process) do not meet at accelerate's default
         cmd += ["--config_file", str(config_file), "--main_process_port", str(free_port())]
     device, _ = local_devices()
@@ -180,12 +182,6 @@ def launch_command(stage: str, plan, folder: Path, recipe_file: Path, force: boo
     cmd += ["--num_processes", str(plan.num_processes), "--num_cpu_threads_per_process", str(threads)]
     cmd += ["-m", "lorakit"] + (["--debug"] if debug else []) + [stage, "--recipe", str(recipe_file)]
     return cmd + (["--force"] if force else []) + (["--resume"] if resume else [])
-
-
-def _method_of(recipe_file: Path) -> str:
-    import yaml
-
-    return (yaml.safe_load(recipe_file.read_text()) or {}).get("method", "lora")
 
 
 def launch_training(stage: str, recipe, force: bool, resume: bool, resume_hint: str, debug: bool = False):
@@ -200,12 +196,12 @@ def launch_training(stage: str, recipe, force: bool, resume: bool, resume_hint: 
     from lorakit.train.strategies import plan_from_recipe
 
     plan = plan_from_recipe(recipe)
-    precheck(recipe, plan, force, resume)
+    method = precheck(recipe, plan, force, resume).method
     folder = Path(tempfile.mkdtemp(prefix="lorakit-launch-"))
     recipe_file = folder / "recipe.yaml"
     # what was set, not the defaults filled in: a DPO recipe that leaves lora to its SFT run must still leave it
     recipe_file.write_text(yaml.safe_dump(recipe.model_dump(mode="json", exclude_unset=True), sort_keys=False))
-    cmd = launch_command(stage, plan, folder, recipe_file, force, resume, debug)
+    cmd = launch_command(stage, plan, method, folder, recipe_file, force, resume, debug)
     env = {**os.environ, LAUNCH_DIR_ENV: str(folder), RESUME_HINT_ENV: resume_hint or "",
            "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", SHUTDOWN_SECONDS)}
     info(f"Training on {plan.num_processes} processes ({plan.strategy}) through accelerate"

@@ -95,7 +95,7 @@ def input_paths(recipe, parent: Run | None) -> list[Path]:
 
 
 def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), parent: Run | None = None,
-                parent_resolved: bool = False) -> TrainerSetup:
+                parent_resolved: bool = False, plan=None) -> TrainerSetup:
     """Every check, then tokenizer, data, model and trainer: everything up to (not including) training."""
     from transformers import set_seed
 
@@ -109,7 +109,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
         check_report_to(recipe.train.report_to)
         recipe, parent = with_parent(recipe)
     device = resolve_device()
-    plan = checked_plan(recipe, device)
+    plan = plan or checked_plan(recipe, device)
     distributed.start(device)
     # Rank 0 first: building the built-in model and the tokenization cache once, the other processes read them.
     with distributed.main_first():
@@ -158,6 +158,12 @@ def checked_plan(recipe, device: str):
     plan = launched_plan(me.size) if me.distributed else plan_from_recipe(recipe)
     if not me.distributed and plan.distributed:
         plan = type(plan)(1, plan.strategy)  # called in-process (a test, a benchmark): one process trains
+    asked = recipe.distributed.num_processes
+    if me.distributed and me.is_main and asked > 1 and asked != me.size:
+        from lorakit.console import warn
+
+        warn(f"distributed.num_processes is {asked}, but the launcher started {me.size} processes: training on "
+             f"{me.size}")
     gpus = 0
     if device == "cuda":
         import torch
@@ -234,12 +240,12 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     check_report_to(recipe.train.report_to)
     recipe, parent = with_parent(recipe)
     device = resolve_device()
-    checked_plan(recipe, device)  # before the other processes are waited for: a refusal is one clean error
+    plan = checked_plan(recipe, device)  # before the processes wait for each other: a refusal is one clean error
     distributed.start(device)
     me = distributed.world()
     # Rank 0 decides fresh or resume (and refuses what would lose work); everyone trains in the folder it chose.
     run = distributed.on_main(lambda: open_run(recipe, parent, force, resume, me.size))
-    setup = build_setup(stage, recipe, run, callbacks, parent=parent, parent_resolved=True)
+    setup = build_setup(stage, recipe, run, callbacks, parent=parent, parent_resolved=True, plan=plan)
 
     if me.is_main:
         run.begin()

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import ConfigError
-
-STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
+from lorakit.vram.sharding import STRATEGIES  # noqa: F401  (one list: the planner's per-GPU arithmetic covers each)
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 

@@ -320,3 +320,20 @@ def test_resume_needs_the_same_number_of_processes(tmp_path):
     check_resumable(run, resolved, processes=2)
     with pytest.raises(RunError, match="trained with 2 process"):
         check_resumable(run, resolved, processes=1)
+
+
+def test_the_recipe_strategies_are_the_planners():
+    from typing import get_args
+
+    from lorakit.config import Strategy
+    from lorakit.train.strategies import STRATEGIES
+
+    assert get_args(Strategy) == STRATEGIES
+
+
+def test_the_preflight_estimates_per_gpu_as_launched():
+    from lorakit.train.preflight import preflight
+
+    one = preflight(recipe(), "cpu", plan=Plan(1, "ddp"))
+    four = preflight(recipe(), "cpu", plan=Plan(4, "fsdp"))
+    assert four.total_gib < one.total_gib  # FSDP shards the weights (the planner's arithmetic, issue 18)

@@ -22,6 +22,7 @@ from lorakit.model import (
 from lorakit.runs import RunFolder, now, package_versions
 from lorakit.train.common import check_report_to, execute, summarize_losses, training_kwargs
 from lorakit.train.finish import write_adapter_run
+from lorakit.train.length_groups import length_grouped
 from lorakit.train.speed import apply_loss_choice, plan_speed, trainer_speed_kwargs
 
 
@@ -82,7 +83,7 @@ def build_sft_trainer(recipe: SFTRecipe, run: RunFolder, callbacks: Sequence = (
         packing=False,
         dataset_num_proc=recipe.data.num_proc,
     )
-    trainer = SFTTrainer(
+    trainer = length_grouped(SFTTrainer)(  # issue 20: group_by_length groups at any dataset size
         model=model,
         args=args,
         train_dataset=data.for_trainer(data.train),

@@ -65,13 +65,12 @@ def make_dpo_trainer_class():
             # Transformers' length grouping only knows `input_ids`; a DPO row is a prompt and two completions.
             if not self.length_grouped:
                 return super()._get_train_sampler(train_dataset)
-            from transformers.trainer_pt_utils import LengthGroupedSampler
+            from lorakit.train.length_groups import grouped_sampler
 
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             lengths = [len(p) + max(len(c), len(r)) for p, c, r in
                        zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        dataset=dataset, lengths=lengths)
+            return grouped_sampler(self.args, lengths)  # issue 20: groups at any dataset size
 
     return LorakitDPOTrainer
 
@@ -101,6 +100,7 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
     from lorakit.data.preference import prepare_preference_data
     from lorakit.infer import base_source_of
     from lorakit.templates import resolve_chat_template
+    from lorakit.train.packed_pairs import plan_packed_pairs
     from lorakit.train.preflight import preflight
     from lorakit.train.speed import choose_loss
 
@@ -140,6 +140,9 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
         else:
             peft_config = lora_config(recipe.lora)
 
+    # issue 20: padding-free pairs where the probe passes (before the trainer: TRL precomputes reference log-probs
+    # in its constructor, with the collator it is given); otherwise TRL's padded collator and length-grouped pairs
+    packing = plan_packed_pairs(model, tokenizer, recipe.train.padding_free)
     loss, loss_reason = choose_loss(recipe.train.loss, device)
     args = DPOConfig(
         **training_kwargs(recipe.train, run, device, precision, recipe.method, data.eval is not None),
@@ -159,9 +162,9 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=list(callbacks),
+        data_collator=packing.collator,
     )
-    # Padding-free DPO is disabled in TRL 1.16: group pairs of similar length instead, so batches carry little padding.
-    trainer.length_grouped = True
+    trainer.length_grouped = not packing.enabled  # padded pairs: group pairs of similar length
     match_reference_dtype(trainer.model)
     if loss == "plain":
         from lorakit.train.plain_head import use_plain_lm_head
@@ -172,7 +175,7 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
                  else "the base model (adapters disabled)")
     if precompute:
         reference += ", log-probs precomputed before training"
-    speed = {"loss": loss, "why": loss_reason, "batching": "length-grouped pairs", "reference": reference}
+    speed = {"loss": loss, "why": loss_reason, "batching": packing.reason, "reference": reference}
     trainable, total = parameter_counts(trainer.model)
     info(f"Model: {total:,} parameters, {trainable:,} trainable; reference: {reference}; {loss} loss ({loss_reason})")
     return DPOSetup(trainer, tokenizer, data, source, parent, recipe, device, precision, speed, trainable, total,

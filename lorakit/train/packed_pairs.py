@@ -198,7 +198,7 @@ def layout_is_exact(model, vocab_size: int, one_row: bool, tolerance: float = 2e
     width = max(lengths)
     input_ids = torch.randint(0, min(vocab_size, 1000), (len(lengths), width), generator=generator)
     mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
-    index, positions = packed_layout(lengths, width, one_row)
+    index, positions = packed_layout(lengths, width, one_row, attention_weight=1.0)  # rows of the longest: 3 rows
     input_ids, mask, index, positions = (t.to(device) for t in (input_ids, mask, index, positions))
     backbone = causal_lm_of(model).base_model
     was_training = model.training

@@ -8,7 +8,6 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from lorakit.runs import RunFolder, read_run
 from lorakit.train.dpo import build_dpo_trainer, run_dpo
-from lorakit.train.packed_pairs import packed_layout
 
 from ..conftest import REPO, dpo_recipe
 
@@ -99,19 +98,6 @@ def test_packed_pairs_equal_padded_pairs(kind, sft_run, tmp_path):
     for name in grads_d:
         scale = grads_d[name].abs().max().clamp(min=1e-8)
         assert (grads_p[name] - grads_d[name]).abs().max() / scale < tolerance * 10, name
-
-
-def test_layout_places_every_token_once():
-    lengths, width = [9, 4, 6, 12, 1], 12
-    index, positions = packed_layout(lengths, width, one_row=False, attention_weight=1.0)  # rows of the longest
-    filler = len(lengths) * width
-    real = index[index != filler]
-    expected = torch.tensor([i * width + j for i, n in enumerate(lengths) for j in range(n)])
-    assert torch.equal(real.sort().values, expected)
-    assert index.shape[1] == max(lengths) and index.shape[0] < len(lengths)
-    assert torch.equal(positions[index != filler], (real % width))  # positions restart at 0 for each sequence
-    one_index, one_positions = packed_layout(lengths, width, one_row=True)
-    assert one_index.shape == (1, sum(lengths)) and (one_index != filler).all()
 
 
 def test_short_packed_run_from_sft_starts_at_zero_rewards(sft_run, tmp_path):

@@ -13,6 +13,8 @@ Sides (each runs in a fresh process, so one side's memory never shows in another
        trl-bfd            TRL `packing=True, packing_strategy="bfd"` into rows of --pack-length tokens
        llamafactory       LLaMA-Factory `neat_packing: true` (block-diagonal mask, rows of cutoff_len), when its venv
                           exists (bench/setup_llamafactory.sh); skipped with a note otherwise
+       lorakit-varlen     an experiment, only with --sides: lorakit with per-example causal attention on its packed
+                          rows (bench/varlen_attention.py), to measure what adopting it would gain; not a peer
   DPO  lorakit, trl (TRL DPOTrainer defaults), llamafactory (LLaMA-Factory DPO, rows padded to the longest)
 
 Every side trains the same LoRA (r=16, alpha=32, dropout 0, all linear layers) of the same model on the same rows,
@@ -237,8 +239,13 @@ def run_worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     side, stage = spec["side"], spec["stage"]
     info: dict = {}
-    if side == "lorakit":
+    if side in ("lorakit", "lorakit-varlen"):
         trainer, info = build_lorakit(spec, stage)
+        if side == "lorakit-varlen":  # the experiment: lorakit with per-example attention on its packed rows
+            from varlen_attention import use_varlen
+
+            use_varlen(trainer.model)
+            info["attention"] = "sdpa_varlen (per-example causal SDPA, bench/varlen_attention.py)"
     elif stage == "sft":
         trainer = build_trl_sft(spec, side)
     else:
@@ -328,7 +335,7 @@ COLUMNS = (  # key, header, format, better
 
 
 def ratios_to_best_peer(summary: dict) -> dict:
-    peers = {name: row for name, row in summary.items() if name != "lorakit"}
+    peers = {name: row for name, row in summary.items() if not name.startswith("lorakit")}
     out = {}
     for key, _, _, better in COLUMNS:
         if better is None or not peers or "lorakit" not in summary:
@@ -428,7 +435,9 @@ def run_bench(args) -> dict:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     for stage, all_sides in stages.items():
-        sides = [s for s in all_sides if (wanted is None or s in wanted) and (s != "llamafactory" or lf_python)]
+        all_sides = all_sides + (("lorakit-varlen",) if stage == "sft" else ())
+        sides = [s for s in all_sides if (s in wanted if wanted else s != "lorakit-varlen")
+                 and (s != "llamafactory" or lf_python)]
         results: dict[str, list[dict]] = {name: [] for name in sides}
         for repeat in range(args.repeats):
             order = sides if repeat % 2 == 0 else list(reversed(sides))  # alternate who goes first

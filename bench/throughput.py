@@ -304,13 +304,15 @@ def run_side(spec: dict, workdir: Path, lf_python: Path | None, quiet: bool = Tr
     result = json.loads(Path(spec["result"]).read_text())
     result["other_load"] = max(cpu_busy_seconds() - busy0 - own, 0.0) / wall  # cores kept busy by others
     result["loadavg_before"], result["loadavg_after"] = load0[0], os.getloadavg()[0]
+    Path(spec["result"]).write_text(json.dumps(result, indent=1))  # with the load, for --summarize
     return result
 
 
 def summarize(runs: list[dict]) -> dict:
     row = {key: statistics.median(r[key] for r in runs) for key in
            ("trained_tokens_per_s", "trained_tokens_per_cpu_s", "real_tokens_per_s", "s_per_step", "peak_rss_gb",
-            "padding_fraction", "other_load")}
+            "padding_fraction")}
+    row["other_load"] = statistics.median(r.get("other_load", float("nan")) for r in runs)
     first = runs[0]
     row.update(steps=first["steps"], trained=first["tokens"]["trained"], real=first["tokens"]["real"],
                processed=first["tokens"]["processed"], first_loss=first["first_loss"],
@@ -367,8 +369,24 @@ def print_table(stage: str, summary: dict, ratios: dict, device: str) -> None:
         cells = "".join(f"{ratios[key]['ratio']:.2f}x".rjust(14) if key in ratios else " " * 14
                         for key, _, _, _ in COLUMNS)
         print(f"{'lorakit/best peer':18s}{cells}")
-        print(f"{'best peer':18s}" + "".join(f"{ratios[key]['peer'] if key in ratios else '':>14s}"
-                                             for key, _, _, _ in COLUMNS))
+        print("best peer per column: " + ", ".join(f"{header} {ratios[key]['peer']}"
+                                                   for key, header, _, _ in COLUMNS if key in ratios))
+
+
+def summarize_workdir(workdir: Path) -> None:
+    """The tables from whatever per-side results a (possibly interrupted) run left in its workdir."""
+    results: dict[str, dict[str, list[dict]]] = {}
+    for path in sorted(workdir.glob("*-[0-9]*.json")):
+        if path.name.endswith(".spec.json") or path.name.startswith("profile-"):
+            continue
+        result = json.loads(path.read_text())
+        results.setdefault(result["stage"], {}).setdefault(result["side"], []).append(result)
+    for stage, sides in results.items():
+        summary = {name: summarize(runs) for name, runs in sides.items()}
+        check_equal_trained_tokens(stage, summary)
+        print_table(stage, summary, ratios_to_best_peer(summary), "cpu")
+        print("repeats: " + ", ".join(f"{name} {len(runs)}" for name, runs in sides.items()) + "; other programs "
+              "kept busy (cores): " + ", ".join(f"{name} {row['other_load']:.2f}" for name, row in summary.items()))
 
 
 def main() -> None:
@@ -392,9 +410,14 @@ def main() -> None:
                         help="also write a torch.profiler operator table per side (slows every side)")
     parser.add_argument("--workdir", help="keep the data, logs and per-side results here")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--summarize", metavar="WORKDIR",
+                        help="print the tables from the per-side results already in WORKDIR (an interrupted run)")
     args = parser.parse_args()
     if args.worker:
         run_worker(args.worker)
+        return
+    if args.summarize:
+        summarize_workdir(Path(args.summarize))
         return
     report = run_bench(args)
     if args.json:

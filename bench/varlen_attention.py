@@ -27,11 +27,13 @@ def varlen_sdpa_forward(module, query, key, value, attention_mask, dropout: floa
                                       **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     bounds = cu_seq_lens_q.tolist()
+    lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    # split, not slicing: the backward of a split is one cat, while each slice's backward fills a zero tensor the
+    # size of the whole row (measured: fill_/add_ then cost as much as the attention saved)
     outputs = [
-        F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-                                       dropout_p=dropout if module.training else 0.0, scale=scaling, is_causal=True,
-                                       enable_gqa=groups > 1)
-        for start, end in zip(bounds[:-1], bounds[1:]) if end > start
+        F.scaled_dot_product_attention(q, k, v, dropout_p=dropout if module.training else 0.0, scale=scaling,
+                                       is_causal=True, enable_gqa=groups > 1)
+        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
     ]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 

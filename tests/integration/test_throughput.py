@@ -138,9 +138,11 @@ def token_weighted_loss(runs):
 
 def test_bench_sides_train_the_same_tokens_and_compute_the_same_loss(tiny_llama, tmp_path):
     bench = load_bench()
-    report = bench.run_bench(bench_args(tiny_llama, tmp_path, sides="lorakit,trl,trl-padding-free,trl-bfd"))
+    report = bench.run_bench(bench_args(tiny_llama, tmp_path,
+                                        sides="lorakit,lorakit-varlen,trl,trl-padding-free,trl-bfd"))
     sft, dpo = report["sft_runs"], report["dpo_runs"]
-    assert set(sft) == {"lorakit", "trl", "trl-padding-free", "trl-bfd"} and set(dpo) == {"lorakit", "trl"}
+    assert set(sft) == {"lorakit", "lorakit-varlen", "trl", "trl-padding-free", "trl-bfd"}
+    assert set(dpo) == {"lorakit", "trl"}
     for stage in (sft, dpo):
         trained = {name: runs[0]["tokens"]["trained"] for name, runs in stage.items()}
         assert len(set(trained.values())) == 1 and min(trained.values()) > 0, trained
@@ -152,7 +154,8 @@ def test_bench_sides_train_the_same_tokens_and_compute_the_same_loss(tiny_llama,
     assert sft["lorakit"][0]["padding_fraction"] == sft["trl-padding-free"][0]["padding_fraction"] == 0
     assert sft["trl"][0]["padding_fraction"] > 0
     # Learning rate ~0: the token-weighted loss over the epoch is the base model's per-token loss on the data, whatever
-    # the batching; a side whose packed examples saw each other, or that trained other tokens, would differ.
+    # the batching; a side whose packed examples saw each other, or that trained other tokens, would differ (this
+    # covers the per-example attention experiment, lorakit-varlen, too).
     reference = token_weighted_loss(sft["trl"])
     for name, runs in sft.items():
         assert token_weighted_loss(runs) == pytest.approx(reference, rel=tolerance()), name

@@ -407,7 +407,8 @@ def main() -> None:
     parser.add_argument("--stage", choices=("sft", "dpo", "both"), default="both")
     parser.add_argument("--sides", help="comma-separated subset, e.g. lorakit,trl-bfd")
     parser.add_argument("--profile", action="store_true",
-                        help="also write a torch.profiler operator table per side (slows every side)")
+                        help="also write a torch.profiler operator table per side (slows every side, and its "
+                             "event buffers inflate peak RSS by GBs: measure memory without it)")
     parser.add_argument("--workdir", help="keep the data, logs and per-side results here")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--summarize", metavar="WORKDIR",

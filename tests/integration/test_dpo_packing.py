@@ -66,8 +66,8 @@ def test_packed_pairs_equal_padded_pairs(kind, sft_run, tmp_path):
         tolerance = 2e-3
     setup = build_dpo_trainer(recipe, RunFolder.open(tmp_path / "x"))
     trainer = setup.trainer
-    assert setup.speed["loss"] == ("fused" if kind.endswith("fused-head") else "plain")
-    assert setup.speed["batching"].startswith("padding-free pairs")
+    assert setup.speed.loss == ("fused" if kind.endswith("fused-head") else "plain")
+    assert setup.speed.reasons["batching"].startswith("padding-free pairs")
     assert not trainer.length_grouped
     rows = uneven_rows(setup.data.train)
     packed = trainer.data_collator(rows)
@@ -116,7 +116,7 @@ def test_packed_and_padded_runs_train_alike(sft_run, tmp_path):
         out = tmp_path / setting
         setup = build_dpo_trainer(dpo_recipe(out, sft_run.path, "data.eval=null", f"train.padding_free={setting}",
                                              "train.logging_steps=1", max_steps=3), RunFolder.open(out))
-        assert setup.speed["batching"].startswith("padding-free" if setting == "auto" else "padding_free: false")
+        assert setup.speed.reasons["batching"].startswith("padding-free" if setting == "auto" else "padding_free: false")
         setup.trainer.length_grouped = False  # both sides draw the same random batches (seeded)
         setup.trainer.train()
         logs[setting] = [r for r in setup.trainer.state.log_history if "rewards/margins" in r]

@@ -19,6 +19,14 @@ def print_eval(report: dict) -> None:
     for c in report["candidates"]:
         table.add_row(_short(c["name"]), c["kind"], *[format_value(c.get(m, "-")) for m in metrics])
     out.print(table)
+    benchmark_metrics = sorted({k for c in report["candidates"] for k in c if "/" in k})
+    if benchmark_metrics:
+        bench = Table(title="benchmarks (lm-eval)", title_justify="left")
+        for column in ["candidate", *benchmark_metrics]:
+            bench.add_column(column)
+        for c in report["candidates"]:
+            bench.add_row(_short(c["name"]), *[format_value(c.get(m, "-")) for m in benchmark_metrics])
+        out.print(bench)
     if report["regressions"]:
         reg = Table(title="each stage against its parent", title_justify="left")
         for column in ("stage", "parent", "metric", "change", "verdict"):

@@ -170,7 +170,8 @@ def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = Fa
     axes.set_xlabel("step", fontsize=8)
     if ylabel:
         axes.set_ylabel(ylabel, fontsize=8)
-    if log_y and all(y > 0 for c in curves for _, y in c.points):
+    values = [y for c in curves for _, y in c.points]
+    if log_y and min(values) > 0 and max(values) / min(values) > 20:  # a loss falling by orders of magnitude
         axes.set_yscale("log")
     axes.tick_params(labelsize=7)
     axes.grid(alpha=0.3)

@@ -286,6 +286,8 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
             if mapped is None:
                 raise
             raise mapped from None
+        finally:
+            close_loggers()
     if flag.raised:
         raise RunInterrupted(
             f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {run.staging}",
@@ -310,6 +312,18 @@ def logger_error(exc: Exception) -> LorakitError | None:
                                hint="log locally with WANDB_MODE=offline (upload later with `wandb sync`), or log in: "
                                     "`wandb login` or WANDB_API_KEY; or drop wandb from train.report_to")
     return None
+
+
+def close_loggers() -> None:
+    """End the wandb run this training opened: transformers leaves it open, so the next stage of a pipeline (dpo
+    after sft, in one process) would log into the same run. (trackio's callback finishes its run itself.)"""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
 
 
 def summarize_losses(records: list[dict[str, Any]], key: str = "loss") -> dict[str, float]:

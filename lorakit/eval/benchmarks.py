@@ -101,6 +101,8 @@ def plan_benchmarks(tasks: list[str], task_files: list[str] = (), chat_template:
     require_lm_eval()
     if chat_template not in ("auto", "on", "off"):
         raise ConfigError(f"--chat-template {chat_template!r} is not one of auto, on, off", hint="--chat-template auto")
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"--limit {limit} leaves no questions", hint="a count (--limit 100) or a fraction (0.1)")
     specs = split_specs(list(tasks))
     registry, files, local = [], [Path(p) for p in task_files], []
     for spec in specs:

@@ -74,8 +74,14 @@ class Output:
         """This folder's row in its latest eval.json."""
         if not self.eval:
             return None
-        me = str(self.path.resolve())
-        return next((c for c in self.eval.get("candidates", []) if c.get("name") == me), None)
+        return next((c for c in self.eval.get("candidates", []) if self.is_me(c.get("name"))), None)
+
+    def is_me(self, name: str | None) -> bool:
+        """Whether an eval candidate is this folder (or, for an export, its GGUF file)."""
+        if not name:
+            return False
+        me = self.path.resolve()
+        return name == str(me) or (name.endswith(".gguf") and Path(name).parent == me)
 
 
 def read_eval(folder: Path) -> dict[str, Any] | None:
@@ -261,8 +267,9 @@ def grid_table(title: str, columns: list[str], rows: list[list[Any]], css: str =
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = "".join(f'<tr class="{_e((marks or [""] * len(rows))[i])}">'
                    + "".join(f"<td>{_e(fmt(v))}</td>" for v in row) + "</tr>" for i, row in enumerate(rows))
-    return f'<table class="grid {css}"><caption>{_e(title)}</caption><thead><tr>{head}</tr></thead>' \
-           f"<tbody>{body}</tbody></table>"
+    caption = f"<caption>{_e(title)}</caption>" if title else ""
+    return f'<table class="grid {css}">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
 
 
 EVAL_METRICS = ("loss", "perplexity", "reward_accuracy", "reward_margin", "logp_gap")
@@ -276,17 +283,17 @@ def eval_tables(output: Output) -> str:
         return ('<p class="note">Not evaluated yet. <code>lorakit eval '
                 f'{_e(output.path)} --tasks examples/data/mc-facts.jsonl</code> (or --data / --prefs / --tasks '
                 'hellaswag) adds the scores here, each against its parent.</p>')
-    me = str(output.path.resolve())
     candidates = report.get("candidates", [])
-    mine = next((c for c in candidates if c.get("name") == me), None)
+    mine = output.eval_entry()
     parent = mine.get("parent") if mine else None
     metrics = [m for m in EVAL_METRICS if any(m in c for c in candidates)]
     metrics += sorted({k for c in candidates for k in c if "/" in k})
     rows = [[short(c["name"]), c.get("kind"), *[c.get(m) for m in metrics]] for c in candidates]
-    marks = ["this" if c.get("name") == me else "parent" if c.get("name") == parent else "" for c in candidates]
+    marks = ["this" if output.is_me(c.get("name")) else "parent" if c.get("name") == parent else ""
+             for c in candidates]
     parts = [grid_table("eval: every candidate (this folder and its parent highlighted)", ["candidate", "kind", *metrics],
                         rows, "eval", marks)]
-    verdicts = [r for r in report.get("regressions", []) if r.get("candidate") == me]
+    verdicts = [r for r in report.get("regressions", []) if output.is_me(r.get("candidate"))]
     if verdicts:
         parts.append(grid_table("against its parent", ["metric", "parent", "this", "parent value", "change", "verdict"],
                                 [[r["metric"], short(r["parent"]), r["value"], r["parent_value"], r["change"],
@@ -452,20 +459,18 @@ def run_page(output: Output) -> str:
 
 
 def comparison_page(outputs: list[Output], target: Path) -> str:
-    columns: list[str] = []
-    rows = []
-    for output in outputs:
-        numbers = headline(output)
-        columns += [k for k in numbers if k not in columns]
-        rows.append((output, numbers))
+    # one column per output, one row per metric: stays readable however many metrics the stages bring
+    numbers = [headline(output) for output in outputs]
+    metrics: list[str] = []
+    for row in numbers:
+        metrics += [k for k in row if k not in metrics]
     links = []
     for output in outputs:
         report = output.path / REPORT_FILE
         if report.is_file():
             links.append(f'<li><a href="{_e(os.path.relpath(report, target.parent))}">{_e(output.label)}</a></li>')
-    table = grid_table("headline metrics", ["stage", "folder", *columns],
-                       [[STAGE_LABEL.get(o.stage, o.stage), short(str(o.path)), *[n.get(c) for c in columns]]
-                        for o, n in rows], "headline")
+    table = grid_table("", ["", *[f"{STAGE_LABEL.get(o.stage, o.stage)}: {short(str(o.path))}" for o in outputs]],
+                       [[metric, *[row.get(metric) for row in numbers]] for metric in metrics], "headline")
     training = [o for o in outputs if o.metrics]
     charts = run_charts(training) if training else []
     sections = [

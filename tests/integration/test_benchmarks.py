@@ -69,6 +69,7 @@ def test_a_run_trained_on_wrong_answers_fails_the_regression_gate(tmp_path, monk
     assert all(r["worse"] for r in saved["regressions"] if r["metric"].startswith("mc_facts/"))
 
 
+@pytest.mark.slow  # trains nothing, but lm-eval indexes its ~15,000 built-in task files first (20-70 s)
 def test_task_names_are_checked_before_any_model_loads():
     from lorakit.eval.benchmarks import plan_benchmarks
 

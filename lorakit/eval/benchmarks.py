@@ -31,10 +31,11 @@ LOWER_IS_BETTER = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per
 @dataclass
 class TaskSpec:
     spec: str  # what lm-eval loads: a registry name or a YAML path
-    name: str  # the task or group name its results are reported under
+    name: str  # the task, group or tag name
     origin: str  # registry | task-file | local
     output_types: set[str]
     source: str | None = None  # the user's jsonl (local) or YAML (task-file)
+    reported: list[str] = field(default_factory=list)  # results names: the task or group itself; a tag's tasks
 
     def wants_chat(self, mode: str) -> bool:
         if mode != "auto":
@@ -55,7 +56,7 @@ class BenchmarkPlan:
     def describe(self) -> dict[str, Any]:
         """What eval.json records about the benchmark settings."""
         return {"tasks": [{"name": t.name, "spec": t.spec, "origin": t.origin, "source": t.source,
-                           "output_types": sorted(t.output_types)} for t in self.tasks],
+                           "output_types": sorted(t.output_types), "reported": t.reported} for t in self.tasks],
                 "chat_template": self.chat_template, "limit": self.limit, "num_fewshot": self.num_fewshot,
                 "lm_eval": _lm_eval_version()}
 
@@ -129,7 +130,7 @@ def plan_benchmarks(tasks: list[str], task_files: list[str] = (), chat_template:
         planned = [load_spec(manager, name, "registry", None) for name in registry]
         planned += [load_spec(manager, str(file.resolve()), "task-file", str(file)) for file in files]
         planned += [load_spec(manager, str(task.yaml_path), "local", str(task.source)) for task in local]
-    names = [t.name for t in planned]
+    names = [name for t in planned for name in t.reported]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"task {duplicates[0]} is given twice", hint="give each task once (local task names come "
@@ -166,13 +167,14 @@ def load_spec(manager, spec: str, origin: str, source: str | None) -> TaskSpec:
         raise task_error(spec if origin == "registry" else source or spec, exc) from None
     groups = loaded.get("groups") or {}
     tasks = loaded["tasks"]
-    if groups:
+    if groups:  # a group (mmlu) reports its aggregate under its own name
         top = [g for g in groups if not any(g in children for children in loaded.get("group_map", {}).values())]
-        name = top[0] if top else next(iter(groups))
-    else:
-        name = next(iter(tasks)) if len(tasks) == 1 else spec
+        reported = [str(top[0] if top else next(iter(groups)))]
+    else:  # one task, or a tag: each of its tasks reports on its own
+        reported = [str(name) for name in tasks]
     output_types = {task.get_config("output_type") for task in tasks.values()}
-    return TaskSpec(spec, str(name), origin, output_types, source)
+    name = reported[0] if len(reported) == 1 else spec
+    return TaskSpec(spec, name, origin, output_types, source, reported)
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -240,13 +242,14 @@ def run_benchmarks(plan: BenchmarkPlan, model, tokenizer) -> dict[str, Any]:
                                   num_fewshot=plan.num_fewshot, limit=plan.limit, apply_chat_template=chat,
                                   fewshot_as_multiturn=chat, log_samples=False, bootstrap_iters=1000)
             for task in tasks:
-                results[task.name] = task_result(raw, task, chat)
+                for name in task.reported:
+                    results[name] = task_result(raw, name, task.origin, chat)
     return results
 
 
-def task_result(raw: dict[str, Any], task: TaskSpec, chat: bool) -> dict[str, Any]:
-    values = raw["results"].get(task.name, {})
-    directions = raw.get("higher_is_better", {}).get(task.name, {})
+def task_result(raw: dict[str, Any], name: str, origin: str, chat: bool) -> dict[str, Any]:
+    values = raw["results"].get(name, {})
+    directions = raw.get("higher_is_better", {}).get(name, {})
     metrics, stderr = {}, {}
     for key, value in values.items():
         if "," not in key or not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -256,10 +259,10 @@ def task_result(raw: dict[str, Any], task: TaskSpec, chat: bool) -> dict[str, An
         (stderr if metric.endswith("_stderr") else metrics)[label.replace("_stderr", "")] = float(value)
     higher = {label: bool(directions.get(label.split("[")[0], label.split("[")[0] not in LOWER_IS_BETTER))
               for label in metrics}
-    samples = raw.get("n-samples", {}).get(task.name) or {}
+    samples = raw.get("n-samples", {}).get(name) or {}
     return {"metrics": metrics, "stderr": stderr, "higher_is_better": higher,
-            "samples": samples.get("effective"), "num_fewshot": raw.get("n-shot", {}).get(task.name),
-            "chat_template": chat, "origin": task.origin}
+            "samples": samples.get("effective"), "num_fewshot": raw.get("n-shot", {}).get(name),
+            "chat_template": chat, "origin": origin}
 
 
 def flat_scores(results: dict[str, Any]) -> dict[str, float]:

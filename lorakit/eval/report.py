@@ -430,9 +430,10 @@ def page(title: str, subtitle: str, sections: Iterable[str]) -> str:
 
 def run_page(output: Output) -> str:
     m, s = output.manifest, output.summary
+    when = m.get("finished_at") or m.get("created_at")
     subtitle = " &middot; ".join(_e(x) for x in (
-        str(output.path), f"base {output.base_name}", m.get("method"), f"{m.get('precision')} on {m.get('device')}",
-        f"finished {m.get('finished_at') or m.get('created_at')}") if x)
+        str(output.path), output.base_name and f"base {output.base_name}", m.get("method"),
+        m.get("device") and f"{m.get('precision')} on {m['device']}", when and f"finished {when}") if x)
     numbers = {k: s.get(k) for k in ("steps", "first_loss", "final_loss", "first_eval_loss", "final_eval_loss",
                                      "final_reward_accuracies", "final_reward_margins",
                                      "final_eval_reward_accuracies", "train_seconds") if s.get(k) is not None}
@@ -454,7 +455,8 @@ def run_page(output: Output) -> str:
         ('<section><h2>curves</h2><div class="plots">' + "".join(charts) + "</div></section>") if charts else "",
         "<section><h2>evaluation</h2>" + eval_tables(output) + "</section>",
     ]
-    title = f"{STAGE_LABEL.get(output.stage, output.stage)} run: {output.path.name}"
+    kind = "run" if output.stage in ("sft", "dpo") else "model" if output.stage == "merge" else ""
+    title = " ".join(w for w in (STAGE_LABEL.get(output.stage, output.stage), kind) if w) + f": {output.path.name}"
     return page(title, subtitle, sections)
 
 

@@ -76,11 +76,10 @@ def save_results(candidates: list[Candidate], report: dict[str, Any]) -> None:
 
 
 def refresh_report(folder: Path) -> None:
-    """A run's report.html shows its latest eval: redraw it (a failure to draw is a warning, never a failed eval)."""
+    """report.html shows the folder's latest eval: redraw it (a failure to draw is a warning, never a failed eval)."""
     from lorakit.eval.report import write_run_report_safely
 
-    if (folder / "report.html").is_file() or (folder / "metrics.jsonl").is_file():
-        write_run_report_safely(folder)
+    write_run_report_safely(folder)
 
 
 def read_prompts(values: list[str]) -> list[str]:

@@ -147,7 +147,8 @@ class TrainSection(Section):
     save_steps: int = Field(100, gt=0, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, gt=0)
     eval_steps: int | None = Field(None, gt=0, description="Default: evaluate every save_steps.")
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    # Verified offline: tensorboard (events under checkpoints/runs/), wandb with WANDB_MODE=offline, trackio (local).
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
 
     @field_validator("report_to", mode="before")
     @classmethod

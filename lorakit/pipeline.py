@@ -39,6 +39,7 @@ class StageOutcome:
 class PipelineResult:
     outcomes: list[StageOutcome]
     failure: LorakitError | None = None
+    report: Path | None = None  # ROOT/report.html over the stages' folders
 
     def to_json(self) -> list[dict[str, Any]]:
         return [asdict(o) for o in self.outcomes]
@@ -157,7 +158,9 @@ class Pipeline:
             self.save_state()
             outcomes.append(StageOutcome(stage, "resumed" if resume else "ran", str(folder), seconds, metrics))
             parent_key = key
-        return PipelineResult(outcomes, failure)
+        from lorakit.eval.report import write_pipeline_report
+
+        return PipelineResult(outcomes, failure, write_pipeline_report(self.root, [self.folder(s) for s in stages]))
 
 
 # ---------------------------------------------------------------------------------------------------------------

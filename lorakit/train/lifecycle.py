@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from lorakit.config import recipe_to_dict
 from lorakit.console import err, info
 from lorakit.errors import ConfigError, RunError
+from lorakit.eval.report import write_run_report_safely
 from lorakit.runs import Run, RunFolder, base_source_of, now, package_versions, read_run
 from lorakit.train.common import check_report_to, execute, summarize_losses
 from lorakit.train.finish import write_adapter_run
@@ -202,5 +203,6 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     summary["train_seconds"] = round(outcome.seconds, 1)
     manifest.update(status="complete", finished_at=now(), summary=summary)
     write_adapter_run(run, setup.trainer.model, setup.tokenizer, recipe, manifest)
+    write_run_report_safely(run.staging, display=run.path)  # lands with the run; a drawing failure only warns
     run.finish()
     return RunResult(run.path, summary)

@@ -86,7 +86,7 @@ def build_local_model(folder: Path, vocab_size: int) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from lorakit.templates import CHATML
+    from lorakit.chat_template import CHATML
     from lorakit.tiny import TinySpec, build_tokenizer
 
     tokenizer = build_tokenizer(TinySpec())
@@ -139,7 +139,7 @@ def run_plain_trl(model_dir: str, data_file: Path, args, out: Path):
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from lorakit.templates import CHATML
+    from lorakit.chat_template import CHATML
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if not tokenizer.chat_template:
@@ -190,7 +190,7 @@ def dpo_tokens(model_dir: str, pairs_file: Path) -> list[int]:
 
     from lorakit.config import DataSection
     from lorakit.data.preference import tokenize_preferences
-    from lorakit.templates import CHATML
+    from lorakit.chat_template import CHATML
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = tokenizer.chat_template or CHATML
@@ -206,7 +206,7 @@ def run_plain_trl_dpo(model_dir: str, data_file: Path, args, out: Path, lengths:
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from lorakit.templates import CHATML
+    from lorakit.chat_template import CHATML
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = tokenizer.chat_template or CHATML

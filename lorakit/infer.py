@@ -7,7 +7,7 @@ from pathlib import Path
 from lorakit.errors import ModelError, RunError
 from lorakit.model import ModelSource, load_base_model, resolve_device, resolve_model_source
 from lorakit.runs import MANIFEST_FILE, Run, read_run
-from lorakit.templates import stop_token_ids
+from lorakit.chat_template import stop_token_ids
 
 
 def base_source_of(run: Run, override: str | None = None) -> ModelSource:

@@ -226,7 +226,7 @@ def copy_tokenizer(src: MergeSource, folder: Path) -> None:
 def write_generation_config(model, tokenizer, folder: Path) -> None:
     from transformers import GenerationConfig
 
-    from lorakit.templates import stop_token_ids
+    from lorakit.chat_template import stop_token_ids
 
     config = model.generation_config if model.generation_config is not None else GenerationConfig()
     config.eos_token_id = stop_token_ids(tokenizer)

@@ -134,7 +134,7 @@ def resolve_attn(attn: str, device: str) -> str:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
-    from lorakit.templates import resolve_chat_template
+    from lorakit.chat_template import resolve_chat_template
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(

@@ -218,7 +218,7 @@ def tokenize_preferences(source: str, data: DataSection, max_prompt_length: int 
     from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
     from lorakit.data.checks import raise_if_problems
     from lorakit.data.load import load_rows
-    from lorakit.templates import end_of_turn_token
+    from lorakit.chat_template import end_of_turn_token
 
     loaded = load_rows(source, data.subset, data.split, max_rows)
     eot = end_of_turn_token(tokenizer)

@@ -9,7 +9,7 @@ from lorakit.data.formats import load_sft_examples
 from lorakit.data.load import load_rows
 from lorakit.data.prepared import PreparedData, tokenize_with_eval
 from lorakit.data.tokenize import tokenize_dataset
-from lorakit.templates import end_of_turn_token
+from lorakit.chat_template import end_of_turn_token
 
 LINT_COLUMNS = ("num_trained", "stop_trained", "truncated", "length")
 

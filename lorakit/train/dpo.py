@@ -100,7 +100,7 @@ def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = (
 
     from lorakit.data.preference import prepare_preference_data
     from lorakit.infer import base_source_of
-    from lorakit.templates import resolve_chat_template
+    from lorakit.chat_template import resolve_chat_template
     from lorakit.train.preflight import preflight
     from lorakit.train.speed import choose_loss
 

@@ -11,7 +11,7 @@ from lorakit.data.sft import prepare_sft_data
 from lorakit.data.tokenize import IGNORE, encode_example
 from lorakit.errors import DataError
 from lorakit.model import ensure_pad_token
-from lorakit.templates import end_of_turn_token, resolve_chat_template
+from lorakit.chat_template import end_of_turn_token, resolve_chat_template
 
 LLAMA3_TEMPLATE = (
     "{{- bos_token }}{%- for m in messages %}"

@@ -134,7 +134,7 @@ def resolve_attn(attn: str, device: str) -> str:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
-    from lorakit.chat_template import resolve_chat_template
+    from lorakit.chat_template import generation_eos_ids, resolve_chat_template, set_generation_eos
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -142,6 +142,9 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_te
         )
     except Exception as exc:
         raise hub_error(source, exc) from None
+    # The model's own list of stop tokens (GLM-4.x lists <|user|>, Llama 3.1 <|eom_id|>) decides, with the template,
+    # which token ends an assistant turn.
+    set_generation_eos(tokenizer, generation_eos_ids(source.location, source.revision))
     resolve_chat_template(tokenizer, chat_template)
     ensure_pad_token(tokenizer)
     return tokenizer

@@ -31,100 +31,42 @@ CHATS = REPO / "examples" / "data" / "chat-messages.jsonl"
 TOOL_CHATS = REPO / "examples" / "data" / "tool-calls.jsonl"
 
 
-def canonical(messages: list[dict], tools: list[dict] | None = None) -> dict:
-    """A chat in lorakit's canonical row shape (data/formats.py), as `data check` would produce it."""
-    extras = [{k: v for k, v in m.items() if k not in ("role", "content")} for m in messages]
-    return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages], "train_from": 0,
-            "prompt": "", "completion": "", "extras": json.dumps(extras) if any(extras) else "",
-            "tools": json.dumps(tools) if tools else ""}
-
-
-def trained_segments(tokenizer, example: dict) -> list[str]:
-    segments, current = [], []
-    for token, label in zip(example["input_ids"], example["labels"]):
-        if label != -100:
-            current.append(token)
-        elif current:
-            segments.append(tokenizer.decode(current))
-            current = []
-    if current:
-        segments.append(tokenizer.decode(current))
-    return segments
-
-
-def matches(segment: str, expected: str) -> bool:
-    """A trained segment is the expected output; a first token that also holds the end of the prompt (a newline
-    merged with the output's first newline, as R1's '<think>\\n' + '\\n</think>') counts as the output's."""
-    if segment == expected:
-        return True
-    return segment.endswith(expected[1:]) and expected[0] in "\n " and segment[: len(segment) - len(expected) + 1].strip() == ""
-
-
-def expected_output(family: fam.Family, reply: str) -> str:
-    return family.output.replace(fam.REPLY, reply)
-
-
-def check_masks(family: fam.Family, tokenizer) -> tuple[bool, str]:
-    """(ok, why not) for the family's one-turn, two-turn and tool chats."""
-    from lorakit.chat_template import stop_convention
-    from lorakit.data.tokenize import encode_row
-
-    convention = stop_convention(tokenizer)
-    cases = [("one turn", fam.chat(system=family.system), None, [fam.REPLY]),
-             ("two turns", fam.two_turns(system=family.system), None, ["Paris.", "Berlin."])]
-    if family.tools:
-        cases.append(("tool call", fam.tool_chat(), [fam.WEATHER_TOOL],
-                      [None, "It is 18 degrees and sunny in Paris."]))
-    for label, messages, tools, replies in cases:
-        examples = encode_row(canonical(messages, tools), tokenizer, "assistant", 8192, convention)
-        errors = [e["error"] for e in examples if e["error"]]
-        if errors:
-            return False, f"{label}: {errors[0]}"
-        segments = [s for e in examples for s in trained_segments(tokenizer, e)]
-        if len(segments) != len(replies):
-            return False, f"{label}: {len(segments)} trained segments for {len(replies)} assistant turns: {segments}"
-        untrained = {m["content"] for m in messages if m["role"] != "assistant" and len(m["content"]) > 3}
-        for reply in replies:
-            if reply is None:  # the tool call: its name and arguments, ending in a stop token, nothing of the result
-                segment = next((s for s in segments if "get_weather" in s), None)
-                if segment is None or not any(segment.endswith(t) for t in convention.stop_tokens):
-                    return False, f"{label}: the tool call is not trained through a stop token: {segments}"
-                if "18 degrees" in segment:
-                    return False, f"{label}: the tool result is trained: {segment!r}"
-                continue
-            want = expected_output(family, reply)
-            if not any(matches(s, want) for s in segments):
-                return False, f"{label}: expected {want!r} trained, got {segments}"
-        leaked = [u for u in untrained for s in segments if u in s and not any(u in (r or "") for r in replies)]
-        if leaked:
-            return False, f"{label}: prompt text is trained: {leaked[0]!r}"
-    return True, ""
-
-
 def family_row(family: fam.Family, real: bool) -> dict:
     from lorakit.chat_template import stop_convention
     from lorakit.errors import LorakitError
     from lorakit.export.modelfile import modelfile
 
     tokenizer = fam.family_tokenizer(family, real=real)
-    row = {"family": family.name, "template": family.template,
-           "vocab": (family.vocab + ("" if family.own_vocab else " + template specials")) if real else "tiny + specials"}
+    row = {"family": family.name,
+           "tokenizer": (family.vocab + ("" if family.own_vocab else " + template specials")) if real else "tiny"}
     if tokenizer is None:
-        return {**row, "masks": "skipped (no assets)", "stop": "", "ollama": ""}
+        return {**row, "masks ok": "skipped (no assets)", "stop token": "", "Ollama template": ""}
     try:
         convention = stop_convention(tokenizer)
-        ok, why = check_masks(family, tokenizer)
-        row["masks"] = "yes" if ok else f"NO: {why}"
-        row["stop"] = convention.token + (" (next turn's opener)" if convention.how == "next-turn" else "")
+        ok, why = fam.check_masks(family, tokenizer)
+        tools = {False: " (no tool-call format: tool rows refused)",
+                 "partial": " (a second tool-call turn is refused: the template drops its opener)"}.get(family.tools, "")
+        row["masks ok"] = ("yes" + tools) if ok else f"NO: {why}"
+        stop = convention.token + (" (next turn's opener)" if convention.how == "next-turn" else "")
         if convention.tool_call_token:
-            row["stop"] += f", tool calls {convention.tool_call_token}"
+            stop += f"; tool calls {convention.tool_call_token}"
+        row["stop token"] = stop
     except LorakitError as exc:
-        row["masks"], row["stop"] = f"refused: {exc.message}", ""
+        row["masks ok"], row["stop token"] = f"refused: {exc.message}", ""
     try:
-        _, ollama_family = modelfile("model.gguf", tokenizer.chat_template, tokenizer=tokenizer)
-        row["ollama"] = ollama_family
+        text, description = modelfile("model.gguf", None, tokenizer=tokenizer)
+        template = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+        if fam.go_available():
+            cases = fam.ollama_chats(family.system)
+            rendered = fam.go_render(template, cases)
+            same = sum(r == fam.hf_prompt(tokenizer, m, t) for r, (m, t) in zip(rendered, cases))
+            verdict = f"yes ({same}/{len(cases)} chats render as the Jinja template in Go)"
+        else:
+            verdict = "yes (pieces checked; Go not installed)"
+        notes = description.split("; ", 1)[1] if "; " in description else ""
+        row["Ollama template"] = verdict + (f"; {notes}" if notes else "")
     except LorakitError as exc:
-        row["ollama"] = f"no: {exc.message}"
+        row["Ollama template"] = f"no: {exc.message}"
     return row
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,53 +111,87 @@ def render(tokenizer, messages: list[dict[str, Any]], add_generation_prompt: boo
     made only for tool use (Hermes tool_use, command-r tool_use) iterate `tools` unguarded; for those an empty list is
     the honest "no tools offered", so lorakit retries with one.
     """
-    def apply(tool_list):
-        return tokenizer.apply_chat_template(messages, tools=tool_list, tokenize=False,
+    def apply(tool_list, chat=messages):
+        return tokenizer.apply_chat_template(chat, tools=tool_list, tokenize=False,
                                              add_generation_prompt=add_generation_prompt, **template_kwargs)
 
     try:
         return apply(tools or None)
     except Exception as first:  # jinja2 TemplateError, TypeError from the template's own code, ...
-        if not tools:
+        retries = [] if tools else [lambda: apply([])]
+        if any(m.get("tool_calls") for m in messages):
+            # Some templates concatenate the arguments as OpenAI's JSON string (functionary, DeepSeek-R1 distills).
+            retries.append(lambda: apply(tools or None, _string_arguments(messages)))
+        for retry in retries:
             try:
-                return apply([])
+                return retry()
             except Exception:
                 pass
         raise TemplateRenderError(str(first) or type(first).__name__) from None
 
 
-def special_tokens(tokenizer) -> list[str]:
-    """Special token strings, longest first (so '<|im_start|>' is matched before '<|im')."""
-    names = set(t for t in tokenizer.all_special_tokens if t)
+def _string_arguments(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
+                     for c in message["tool_calls"]]
+            message = {**message, "tool_calls": calls}
+        out.append(message)
+    return out
+
+
+class Specials(list):
+    """Special token strings, longest first (so '<|im_start|>' is matched before '<|im'), with one regex for them."""
+
+    def __init__(self, names):
+        super().__init__(sorted(names, key=len, reverse=True))
+        self.pattern = re.compile("|".join(re.escape(n) for n in self)) if self else None
+
+
+_SPECIALS: dict[tuple, Specials] = {}
+
+
+def special_tokens(tokenizer) -> Specials:
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    names |= {str(t) for t in added.values() if getattr(t, "special", False)}
-    if not names:  # some tokenizers mark nothing special: fall back to every added token
-        names = {str(t) for t in added.values()}
-    return sorted(names, key=len, reverse=True)
+    key = (id(tokenizer), len(tokenizer), len(added), tuple(tokenizer.all_special_tokens))
+    if key not in _SPECIALS:
+        names = set(t for t in tokenizer.all_special_tokens if t)
+        names |= {str(t) for t in added.values() if getattr(t, "special", False)}
+        if not names:  # some tokenizers mark nothing special: fall back to every added token
+            names = {str(t) for t in added.values()}
+        _SPECIALS[key] = Specials(names)
+    return _SPECIALS[key]
 
 
-def tokens_at(text: str, start: int, specials: list[str]) -> list[tuple[str, int, int]]:
-    """The run of special tokens written back to back from `start` (no text between them)."""
-    run, at = [], start
-    while True:
-        token = next((s for s in specials if text.startswith(s, at)), None)
-        if token is None:
-            return run
-        run.append((token, at, at + len(token)))
-        at += len(token)
+def _specials(specials) -> Specials:
+    return specials if isinstance(specials, Specials) else Specials(specials)
 
 
-def find_special(text: str, specials: list[str], start: int = 0) -> list[tuple[str, int, int]]:
-    """Every special-token occurrence in text[start:], left to right."""
-    found, at = [], start
-    while at < len(text):
-        token = next((s for s in specials if text.startswith(s, at)), None)
-        if token is None:
+def tokens_at(text: str, start: int, specials, skip_space: bool = False) -> list[tuple[str, int, int]]:
+    """The run of special tokens written back to back from `start` (no text between them); with `skip_space`,
+    whitespace before the first one is allowed (Apriel writes 'reply\n<|end|>')."""
+    specials = _specials(specials)
+    at = start
+    if skip_space:
+        while at < len(text) and text[at] in " \n\t":
             at += 1
-            continue
-        found.append((token, at, at + len(token)))
-        at += len(token)
-    return found
+    run = []
+    while specials.pattern is not None:
+        match = specials.pattern.match(text, at)
+        if match is None:
+            break
+        run.append((match.group(), at, match.end()))
+        at = match.end()
+    return run
+
+
+def find_special(text: str, specials, start: int = 0) -> list[tuple[str, int, int]]:
+    """Every special-token occurrence in text[start:], left to right."""
+    specials = _specials(specials)
+    if specials.pattern is None:
+        return []
+    return [(m.group(), m.start(), m.end()) for m in specials.pattern.finditer(text, start)]
 
 
 def common_prefix(a: str, b: str) -> int:
@@ -230,8 +265,8 @@ class StopConvention:
 
     def describe(self) -> str:
         if self.how == "next-turn":
-            return f"{self.token} (the turn ends where the next one opens; lorakit appends it after a final turn)"
-        return self.token
+            return f"{self.token!r} (the turn ends where the next one opens; lorakit appends it after a final turn)"
+        return repr(self.token)
 
 
 def generation_eos_ids(location: str | Path | None, revision: str | None = None) -> list[int]:
@@ -309,17 +344,21 @@ def _detect(tokenizer) -> StopConvention:
         names = [t for t, _, _ in run]
         return next((t for t in names if t in eos_names), names[0])
 
-    run = tokens_at(final, at + len(REPLY), specials)
+    run = tokens_at(final, at + len(REPLY), specials, skip_space=True)
     notes = []
     if run:
         how, token = "rendered", choose(run)
-        rest = final[run[-1][2]:]
-        for name in specials:
-            rest = rest.replace(name, "")
-        if rest.strip():
+        end = run[-1][2]
+        if _has_text(final[end:], specials) and token not in eos_names:
+            # Kimi K3 closes a turn in several steps ('<|close|>response<|sep|>...<|end_of_msg|>'): the turn ends at
+            # the EOS written after them. Without one, the text after the last message is another turn.
+            later = [t for t in find_special(final, specials, end) if t[0] in eos_names]
+            if later:
+                token, end = later[0][0], later[0][2]
+        if _has_text(final[end:], specials):
             raise DataError(
                 "the chat template writes more after the conversation's last message "
-                f"({final[run[-1][2]:][:60].strip()!r}...): it is a generation-time variant (tool use, RAG) that "
+                f"({final[end:][:60].strip()!r}...): it is a generation-time variant (tool use, RAG) that "
                 "cannot render a conversation to train on",
                 hint="train with the model's default chat template (set model.chat_template to it)")
     else:
@@ -330,7 +369,7 @@ def _detect(tokenizer) -> StopConvention:
             history = ""
         h_at = history.find(REPLY)
         tail = history[h_at + len(REPLY):] if h_at >= 0 else ""
-        run = tokens_at(history, h_at + len(REPLY), specials) if h_at >= 0 else []
+        run = tokens_at(history, h_at + len(REPLY), specials, skip_space=True) if h_at >= 0 else []
         if not run:
             after = final[at + len(REPLY):][:20] or "nothing"
             raise DataError(
@@ -354,6 +393,12 @@ def _detect(tokenizer) -> StopConvention:
     names = tuple(tokenizer.convert_ids_to_tokens(i) for i in stop_ids)
     return StopConvention(token=token, token_id=token_id, how=how, stop_ids=tuple(stop_ids), stop_tokens=names,
                           tool_call_token=tool_token if tool_token != token else None, notes=tuple(notes))
+
+
+def _has_text(text: str, specials: list[str]) -> bool:
+    for name in specials:
+        text = text.replace(name, "")
+    return bool(text.strip())
 
 
 def _tool_call_stop(tokenizer, specials, how: str, stop_ids: list[int]) -> str | None:

@@ -13,6 +13,7 @@ text lorakit must train — so the tests compare lorakit's masks against the fam
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from tests.llama_cpp_assets import FETCH, models_dir  # noqa: E402,F401  (re-exp
 # Gemma's <start_of_turn> and Gemma 4's <|turn>/<turn|>, GLM's [gMASK]/<sop>, MiniMax's ]~b] family.
 SPECIAL = re.compile(
     r"<\|[^<>|\s]{1,40}\|>|<｜[^<>{}]{1,40}｜>|\[/?[A-Z_]{3,30}\]|<[a-z_]{2,20}\|>|<\|[a-z_\"]{1,20}>"
-    r"|<(?:start|end)_of_turn>|<(?:bos|eos|sop)>|\[gMASK\]|\]~!?b\[|\]~b\]|\[e~\[")
+    r"|<(?:start|end)_of_turn>|<(?:bos|eos|sop)>|</?s>|\[gMASK\]|\]~!?b\[|\]~b\]|\[e~\[")
 # Tokens real tokenizers add as normal (not special) tokens: text the model writes, not control tokens.
 NOT_SPECIAL = {"<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"}
 
@@ -42,10 +43,11 @@ class Family:
     output: str                   # what the model writes after the generation prompt for the reply "Paris."
     bos: str | None = None
     generation_eos: tuple[str, ...] = ()  # the model's generation_config.json eos_token_id list, as tokens
-    tools: bool = True            # the template renders tool calls
+    tools: bool | str = True      # the template renders tool calls; "partial": only a conversation's first call
+                                  # turn (R1-Distill-Qwen writes later ones without their opener: refused)
     system: bool = True           # the template accepts a system message
-    ollama: str | None = None     # lorakit's Ollama family (None: lorakit says why it cannot write one)
     extra: tuple[str, ...] = field(default=())  # special tokens the template does not spell out literally
+    refusal: str | None = None    # lorakit refuses the template, with a message holding this
     _path: Path | None = None     # a template outside tests/data/templates (the survey)
 
     @property
@@ -59,71 +61,71 @@ class Family:
 FAMILIES = [
     Family("Llama 3.1", "meta-llama-Llama-3.1-8B-Instruct.jinja", "llama-bpe", True, "<|eot_id|>",
            "Paris.<|eot_id|>", bos="<|begin_of_text|>",
-           generation_eos=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"), ollama="llama3"),
+           generation_eos=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")),
     Family("Llama 3.2", "meta-llama-Llama-3.2-3B-Instruct.jinja", "llama-bpe", True, "<|eot_id|>",
            "Paris.<|eot_id|>", bos="<|begin_of_text|>",
-           generation_eos=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"), ollama="llama3"),
+           generation_eos=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")),
     Family("Llama 3.3", "meta-llama-Llama-3.3-70B-Instruct.jinja", "llama-bpe", True, "<|eot_id|>",
            "Paris.<|eot_id|>", bos="<|begin_of_text|>",
-           generation_eos=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"), ollama="llama3"),
-    Family("Qwen2.5", "Qwen-Qwen2.5-7B-Instruct.jinja", "qwen2", True, "<|im_end|>", "Paris.<|im_end|>",
-           ollama="chatml"),
+           generation_eos=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")),
+    Family("Qwen2.5", "Qwen-Qwen2.5-7B-Instruct.jinja", "qwen2", True, "<|im_end|>", "Paris.<|im_end|>"),
     # Qwen3 writes an (empty) reasoning block before the answer; history turns are rendered without it.
     Family("Qwen3 (thinking)", "Qwen-Qwen3-0.6B.jinja", "qwen2", False, "<|im_end|>",
-           "<think>\n\n</think>\n\nParis.<|im_end|>", ollama="qwen3"),
+           "<think>\n\n</think>\n\nParis.<|im_end|>"),
     # llama.cpp's copy of QwQ's template closes the think block in the generation prompt unless enable_thinking.
-    Family("QwQ", "Qwen-QwQ-32B.jinja", "qwen2", False, "<|im_end|>", "Paris.<|im_end|>", ollama="qwq"),
+    Family("QwQ", "Qwen-QwQ-32B.jinja", "qwen2", False, "<|im_end|>", "Paris.<|im_end|>"),
     Family("Gemma 2", "google-gemma-2-2b-it.jinja", "gemma-4", False, "<eos>", "Paris.<end_of_turn>", bos="<bos>",
-           tools=False, system=False, ollama="gemma"),
+           tools=False, system=False),
     Family("Gemma 3", "google-gemma-3-it.jinja", "gemma-4", False, "<eos>", "Paris.<end_of_turn>", bos="<bos>",
-           tools=False, ollama="gemma", extra=("<start_of_image>",)),
+           tools=False, extra=("<start_of_image>",)),
     # Gemma 4 prefills an empty thought channel in the generation prompt; the model then writes the answer.
-    Family("Gemma 4", "google-gemma-4-31B-it.jinja", "gemma-4", True, "<eos>", "Paris.<turn|>", bos="<bos>",
-           ollama="gemma4"),
+    Family("Gemma 4", "google-gemma-4-31B-it.jinja", "gemma-4", True, "<eos>", "Paris.<turn|>", bos="<bos>"),
     Family("Mistral Nemo", "mistralai-Mistral-Nemo-Instruct-2407.jinja", "llama-spm", False, "</s>", "Paris.</s>",
-           bos="<s>", ollama="mistral"),
+           bos="<s>"),
     Family("Ministral 3", "mistralai-Ministral-3-14B-Reasoning-2512.jinja", "llama-spm", False, "</s>",
-           "Paris.</s>", bos="<s>", ollama="mistral-system"),
+           "Paris.</s>", bos="<s>"),
     Family("Mistral Small 3.2", "Mistral-Small-3.2-24B-Instruct-2506.jinja", "llama-spm", False, "</s>",
-           "Paris.</s>", bos="<s>", ollama="mistral-system"),
+           "Paris.</s>", bos="<s>"),
     Family("Phi-3.5", "microsoft-Phi-3.5-mini-instruct.jinja", "phi-3", True, "<|endoftext|>", "Paris.<|end|>",
-           tools=False, ollama="phi3"),
+           tools=False),
+    # Granite 3.3's and SmolLM3's templates write no tool calls: lorakit refuses such rows, naming the turn.
     Family("Granite 3.3", "ibm-granite-granite-3.3-2B-Instruct.jinja", "gpt-2", False, "<|end_of_text|>",
-           "Paris.<|end_of_text|>", ollama="granite"),
+           "Paris.<|end_of_text|>", tools=False),
     Family("Granite 4.0", "ibm-granite-granite-4.0.jinja", "gpt-2", False, "<|end_of_text|>",
-           "Paris.<|end_of_text|>", ollama="granite"),
+           "Paris.<|end_of_text|>"),
     # GLM ends a turn by opening the next one; its generation_config lists the openers as EOS.
     Family("GLM-4.6", "GLM-4.6.jinja", "gpt-2", False, "<|endoftext|>", "\n<think></think>\nParis.<|user|>",
-           generation_eos=("<|endoftext|>", "<|user|>", "<|observation|>"), ollama="glm4"),
+           generation_eos=("<|endoftext|>", "<|user|>", "<|observation|>")),
     Family("GLM-4.7", "GLM-4.7-Flash.jinja", "gpt-2", False, "<|endoftext|>", "</think>Paris.<|user|>",
-           generation_eos=("<|endoftext|>", "<|user|>", "<|observation|>"), ollama="glm4"),
-    # The R1 distills prefill '<think>\n'; the model closes the reasoning block, then answers. llama.cpp's copy of
+           generation_eos=("<|endoftext|>", "<|user|>", "<|observation|>")),
+    # The R1 distills prefill '<think>\n'; the model closes the reasoning block, then answers. The Llama distill's
+    # template cannot render tool calls (it concatenates the arguments object to a string). llama.cpp's copy of
     # the Qwen distill's template also closes it ('</think>') unless enable_thinking is set.
     Family("DeepSeek R1 (Qwen distill)", "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "qwen2", False,
            "<｜end▁of▁sentence｜>", "Paris.<｜end▁of▁sentence｜>", bos="<｜begin▁of▁sentence｜>",
-           tools=False, ollama="deepseek-r1"),
+           tools="partial"),
     Family("DeepSeek R1 (Llama distill)", "deepseek-ai-DeepSeek-R1-Distill-Llama-8B.jinja", "llama-bpe", False,
            "<｜end▁of▁sentence｜>", "\n</think>\n\nParis.<｜end▁of▁sentence｜>", bos="<｜begin▁of▁sentence｜>",
-           tools=False, ollama="deepseek-r1"),
+           tools=False),
     Family("DeepSeek V3.1", "deepseek-ai-DeepSeek-V3.1.jinja", "deepseek-llm", False, "<｜end▁of▁sentence｜>",
-           "Paris.<｜end▁of▁sentence｜>", bos="<｜begin▁of▁sentence｜>", ollama="deepseek-v3"),
+           "Paris.<｜end▁of▁sentence｜>", bos="<｜begin▁of▁sentence｜>"),
     Family("SmolLM3", "HuggingFaceTB-SmolLM3-3B.jinja", "llama-bpe", False, "<|im_end|>",
-           "Paris.<|im_end|>", ollama=None),
+           "Paris.<|im_end|>", tools=False),
+    # The tool_use template of Command R+ appends its tool instructions after the last message, whatever it is.
     Family("Command R+", "CohereForAI-c4ai-command-r-plus-tool_use.jinja", "command-r", True,
-           "<|END_OF_TURN_TOKEN|>", "Paris.<|END_OF_TURN_TOKEN|>", bos="<BOS_TOKEN>", ollama="command-r"),
+           "<|END_OF_TURN_TOKEN|>", "Paris.<|END_OF_TURN_TOKEN|>", bos="<BOS_TOKEN>",
+           refusal="generation-time variant"),
     Family("Command R7B", "CohereForAI-c4ai-command-r7b-12-2024-tool_use.jinja", "command-r", True,
            "<|END_OF_TURN_TOKEN|>", "<|START_RESPONSE|>Paris.<|END_RESPONSE|><|END_OF_TURN_TOKEN|>",
-           bos="<BOS_TOKEN>", ollama="command-r7b"),
+           bos="<BOS_TOKEN>"),
     Family("gpt-oss (harmony)", "openai-gpt-oss-120b.jinja", "gpt-2", False, "<|return|>",
            "<|channel|>final<|message|>Paris.<|return|>",
-           generation_eos=("<|return|>", "<|endoftext|>", "<|call|>"), ollama="harmony"),
+           generation_eos=("<|return|>", "<|endoftext|>", "<|call|>")),
     # Named in the issue as refused before: tool-use template that needs `tools`, MiniMax, Apertus.
     Family("Hermes 3 (tool_use)", "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", "llama-bpe", False,
-           "<|im_end|>", "Paris.<|im_end|>", bos="<|begin_of_text|>", ollama="chatml"),
-    Family("MiniMax-M2", "MiniMax-M2.jinja", "gpt-2", False, "[e~[", "\n</think>\n\nParis.[e~[",
-           ollama=None),
-    Family("Apertus", "Apertus-8B-Instruct.jinja", "gpt-2", False, "<|assistant_end|>", "Paris.<|assistant_end|>",
-           ollama=None),
+           "<|im_end|>", "Paris.<|im_end|>", bos="<|begin_of_text|>"),
+    Family("MiniMax-M2", "MiniMax-M2.jinja", "gpt-2", False, "[e~[", "\n</think>\n\nParis.[e~["),
+    Family("Apertus", "Apertus-8B-Instruct.jinja", "gpt-2", False, "<|assistant_end|>", "Paris.<|assistant_end|>"),
 ]
 
 BY_NAME = {f.name: f for f in FAMILIES}
@@ -131,14 +133,15 @@ BY_TEMPLATE = {f.template: f for f in FAMILIES}
 
 # For the survey of templates outside the family list: the closest real vocabulary, and the EOS of the model's
 # tokenizer where the template does not use `eos_token` itself.
-OTHER_EOS = {"Seed-OSS": "<seed:eos>", "MiniMax-M1": "<end_of_sentence>", "MiniMax": "[e~[", "Kimi": "<|im_end|>",
+OTHER_EOS = {"Seed-OSS": "<seed:eos>", "MiniMax-M1": "<end_of_sentence>", "MiniMax": "[e~[", "Kimi-K3": "<|end_of_msg|>",
+             "Kimi": "<|im_end|>",
              "Apriel": "<|end|>", "Cohere2": "<|END_OF_TURN_TOKEN|>", "Spark": "<｜end▁of▁sentence｜>",
-             "Laguna": "</assistant>", "GigaChat": "<|message_sep|>", "Hy3": "<｜hy_eos｜>"}
+             "Laguna": "</assistant>", "GigaChat": "<|message_sep|>", "Hy3": "<｜hy_eos:opensource｜>"}
 OTHER_SPECIALS = {"MiniMax-M1": ("<beginning_of_sentence>", "<end_of_sentence>", "<begin_of_document>"),
                   "Seed-OSS": ("<seed:bos>", "<seed:eos>", "<seed:think>", "</seed:think>"),
                   "Laguna": ("<system>", "</system>", "<user>", "</user>", "<assistant>", "</assistant>"),
-                  "Hy3": ("<｜hy_Assistant｜>", "<｜hy_User｜>", "<｜hy_begin▁of▁sentence｜>", "<｜hy_eos｜>"),
-                  "Reka": ("<sep>", "human:", "assistant:")}
+                  "Hy3": tuple(f"<｜hy_{t}:opensource｜>" for t in ("Assistant", "User", "begin_of_sentence", "eos")),
+                  "Reka": ("<sep>",), "Nemotron-Nano-v2": ("<SPECIAL_10>", "<SPECIAL_11>", "<SPECIAL_12>")}
 
 
 def guess_family(path: Path) -> Family:
@@ -206,18 +209,37 @@ def dress_tokenizer(tokenizer, family: Family, template: str | None = None):
     return tokenizer
 
 
+_TINY = []
+
+
 def tiny_tokenizer():
-    """lorakit's built-in tokenizer (trained locally on the bundled corpus, no download)."""
+    """lorakit's built-in tokenizer (trained locally on the bundled corpus, no download); a fresh copy each call."""
+    import copy
+
     from lorakit.tiny import TinySpec, build_tokenizer
 
-    tok = build_tokenizer(TinySpec())
-    tok.chat_template = None
-    return tok
+    if not _TINY:
+        tok = build_tokenizer(TinySpec())
+        tok.chat_template = None
+        tok.model_max_length = 1 << 20  # released templates write long system preambles
+        _TINY.append(tok)
+    return copy.deepcopy(_TINY[0])
+
+
+_FAMILY_TOKENIZERS: dict = {}
 
 
 def family_tokenizer(family: Family, real: bool = True):
     """The family's tokenizer: its real (or closest real) vocabulary when the llama.cpp assets are fetched,
-    else the tiny built-in one; None when `real` is asked for and the assets are missing."""
+    else the tiny built-in one; None when `real` is asked for and the assets are missing. Shared between callers
+    (loading a 256k vocabulary takes seconds): do not change it; dress a tiny_tokenizer() copy instead."""
+    key = (family.name, family.template, real)
+    if key not in _FAMILY_TOKENIZERS:
+        _FAMILY_TOKENIZERS[key] = _family_tokenizer(family, real)
+    return _FAMILY_TOKENIZERS[key]
+
+
+def _family_tokenizer(family: Family, real: bool):
     from lorakit.model import ensure_pad_token
 
     if real:
@@ -263,6 +285,80 @@ def tool_chat() -> list[dict]:
         {"role": "tool", "tool_call_id": "call00001", "name": "get_weather", "content": "18 degrees and sunny"},
         {"role": "assistant", "content": "It is 18 degrees and sunny in Paris."},
     ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masks: what lorakit trains, compared with what the family's model writes
+
+def canonical(messages: list[dict], tools: list[dict] | None = None) -> dict:
+    """A chat in lorakit's canonical row shape (data/formats.py), as `data check` would produce it."""
+    extras = [{k: v for k, v in m.items() if k not in ("role", "content")} for m in messages]
+    return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages], "train_from": 0,
+            "prompt": "", "completion": "", "extras": json.dumps(extras) if any(extras) else "",
+            "tools": json.dumps(tools) if tools else ""}
+
+
+def trained_segments(tokenizer, example: dict) -> list[str]:
+    segments, current = [], []
+    for token, label in zip(example["input_ids"], example["labels"]):
+        if label != -100:
+            current.append(token)
+        elif current:
+            segments.append(tokenizer.decode(current))
+            current = []
+    if current:
+        segments.append(tokenizer.decode(current))
+    return segments
+
+
+def matches(segment: str, expected: str) -> bool:
+    """A trained segment is the expected output; a first token that also holds the end of the prompt (a newline
+    merged with the output's first newline, as R1's '<think>\\n' + '\\n</think>') counts as the output's."""
+    if segment == expected:
+        return True
+    return segment.endswith(expected[1:]) and expected[0] in "\n " and segment[: len(segment) - len(expected) + 1].strip() == ""
+
+
+def expected_output(family: Family, reply: str) -> str:
+    return family.output.replace(REPLY, reply)
+
+
+def check_masks(family: Family, tokenizer) -> tuple[bool, str]:
+    """(ok, why not) for the family's one-turn, two-turn and tool chats."""
+    from lorakit.chat_template import stop_convention
+    from lorakit.data.tokenize import encode_row
+
+    convention = stop_convention(tokenizer)
+    cases = [("one turn", chat(system=family.system), None, [REPLY]),
+             ("two turns", two_turns(system=family.system), None, ["Paris.", "Berlin."])]
+    if family.tools:
+        cases.append(("tool call", tool_chat(), [WEATHER_TOOL],
+                      [None, "It is 18 degrees and sunny in Paris."]))
+    for label, messages, tools, replies in cases:
+        examples = encode_row(canonical(messages, tools), tokenizer, "assistant", 8192, convention)
+        errors = [e["error"] for e in examples if e["error"]]
+        if errors:
+            return False, f"{label}: {errors[0]}"
+        segments = [s for e in examples for s in trained_segments(tokenizer, e)]
+        if len(segments) != len(replies):
+            return False, f"{label}: {len(segments)} trained segments for {len(replies)} assistant turns: {segments}"
+        untrained = {m["content"] for m in messages if m["role"] != "assistant" and len(m["content"]) > 3}
+        for reply in replies:
+            if reply is None:  # the tool call: its name and arguments, ending in a stop token, nothing of the result
+                segment = next((s for s in segments if "get_weather" in s), None)
+                if segment is None or not any(segment.endswith(t) for t in convention.stop_tokens):
+                    return False, f"{label}: the tool call is not trained through a stop token: {segments}"
+                if "18 degrees" in segment:
+                    return False, f"{label}: the tool result is trained: {segment!r}"
+                continue
+            want = expected_output(family, reply)
+            if not any(matches(s, want) for s in segments):
+                return False, f"{label}: expected {want!r} trained, got {segments}"
+        leaked = [u for u in untrained for s in segments if u in s and not any(u in (r or "") for r in replies)]
+        if leaked:
+            return False, f"{label}: prompt text is trained: {leaked[0]!r}"
+    return True, ""
+
 
 
 # ---------------------------------------------------------------------------------------------------------------

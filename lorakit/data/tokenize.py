@@ -67,11 +67,15 @@ def turn_output(tokenizer, messages, i: int, tools, specials) -> tuple[str, str]
     calls = [c["function"]["name"] for c in message.get("tool_calls") or []]
     anchor = final.rfind(reply) if reply else (final.rfind(calls[0]) if calls else -1)
     split = generation_split(prompt, final, anchor if anchor >= 0 else None, specials) if i else 0
-    output = final[split:]
     # The previous message's text ahead of the reply means the output was found too early (it would be trained).
+    # Apertus writes a reply after a tool result inside the same assistant block, with no header of its own, while
+    # its generation prompt opens a new one: the model's output is then the reply itself.
     before = (messages[i - 1].get("content") or "").strip() if i else ""
-    if split is None or (len(before) > 3 and anchor >= split and before in final[split:anchor]):
+    if split is not None and len(before) > 3 and anchor >= split and before in final[split:anchor]:
+        split = anchor if reply else None
+    if split is None:
         raise TemplateRenderError(f"cannot tell where assistant turn {i} begins in what the template writes")
+    output = final[split:]
     missing = [name for name in calls if name not in output]
     if reply and reply not in output:
         raise TemplateRenderError(f"the template drops the text of assistant turn {i}")

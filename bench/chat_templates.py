@@ -9,6 +9,8 @@ with the template's special tokens added; `--tiny` uses lorakit's tiny built-in 
 "Masks ok" is measured against each family's own output format (tests/families.py): for a one-turn chat, a two-turn
 chat and, where the template renders tools, a tool call with its result, the trained tokens must be exactly what the
 model writes after its generation prompt, through its stop token, and nothing of system, user or tool turns.
+"Ollama template": the Modelfile TEMPLATE rendered with Go's text/template as Ollama executes it (when `go` is
+installed) must equal the Jinja template's prompt on 6 chats (n/n that do).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ TOOL_CHATS = REPO / "examples" / "data" / "tool-calls.jsonl"
 
 
 def family_row(family: fam.Family, real: bool) -> dict:
+    """One row of the README table (the llama.cpp column is filled by the GGUF/llama.cpp checks)."""
     from lorakit.chat_template import stop_convention
     from lorakit.errors import LorakitError
     from lorakit.export.modelfile import modelfile
@@ -40,14 +43,17 @@ def family_row(family: fam.Family, real: bool) -> dict:
     row = {"family": family.name,
            "tokenizer": (family.vocab + ("" if family.own_vocab else " + template specials")) if real else "tiny"}
     if tokenizer is None:
-        return {**row, "masks ok": "skipped (no assets)", "stop token": "", "Ollama template": ""}
+        return {**row, "masks ok": "skipped (no assets)", "stop token": "", "Ollama template": "",
+                "llama.cpp tokens match": ""}
     try:
         convention = stop_convention(tokenizer)
         ok, why = fam.check_masks(family, tokenizer)
-        tools = {False: " (no tool-call format: tool rows refused)",
+        tools = {False: " (no tool-call format: tool rows refused by number)",
                  "partial": " (a second tool-call turn is refused: the template drops its opener)"}.get(family.tools, "")
         row["masks ok"] = ("yes" + tools) if ok else f"NO: {why}"
-        stop = convention.token + (" (next turn's opener)" if convention.how == "next-turn" else "")
+        stop = convention.token
+        if convention.how == "next-turn":
+            stop += " (next turn's opener)" if convention.opens_next_turn else " (written before a next turn)"
         if convention.tool_call_token:
             stop += f"; tool calls {convention.tool_call_token}"
         row["stop token"] = stop
@@ -60,13 +66,17 @@ def family_row(family: fam.Family, real: bool) -> dict:
             cases = fam.ollama_chats(family.system)
             rendered = fam.go_render(template, cases)
             same = sum(r == fam.hf_prompt(tokenizer, m, t) for r, (m, t) in zip(rendered, cases))
-            verdict = f"yes ({same}/{len(cases)} chats render as the Jinja template in Go)"
+            verdict = f"yes ({same}/{len(cases)})" if same == len(cases) else f"NO ({same}/{len(cases)})"
         else:
             verdict = "yes (pieces checked; Go not installed)"
-        notes = description.split("; ", 1)[1] if "; " in description else ""
-        row["Ollama template"] = verdict + (f"; {notes}" if notes else "")
+        if "today's date" in description:
+            verdict += "; export date written in"
+        if "no system role" in description:
+            verdict += "; no system role"
+        row["Ollama template"] = verdict
     except LorakitError as exc:
         row["Ollama template"] = f"no: {exc.message}"
+    row["llama.cpp tokens match"] = ""
     return row
 
 

@@ -261,11 +261,13 @@ class StopConvention:
     stop_ids: tuple[int, ...]  # every token that ends generation: the above, tool-call terminators, EOS lists
     stop_tokens: tuple[str, ...]  # the same, as text
     tool_call_token: str | None = None  # what ends an assistant tool-call turn when it differs (harmony <|call|>)
+    opens_next_turn: bool = False  # next-turn: the token is the next turn's opener (GLM), not a late terminator
     notes: tuple[str, ...] = field(default=())
 
     def describe(self) -> str:
         if self.how == "next-turn":
-            return f"{self.token!r} (the turn ends where the next one opens; lorakit appends it after a final turn)"
+            where = "the next turn's opener" if self.opens_next_turn else "written only when another turn follows"
+            return f"{self.token!r} ({where}; lorakit appends it after a final turn)"
         return repr(self.token)
 
 
@@ -346,6 +348,7 @@ def _detect(tokenizer) -> StopConvention:
 
     run = tokens_at(final, at + len(REPLY), specials, skip_space=True)
     notes = []
+    opens = False
     if run:
         how, token = "rendered", choose(run)
         end = run[-1][2]
@@ -378,6 +381,8 @@ def _detect(tokenizer) -> StopConvention:
                 hint="set model.chat_template to one whose turns end with a special token (e.g. model.chat_template: "
                      "chatml, which ends turns with <|im_end|> or the tokenizer's EOS)")
         how, token = "next-turn", choose(run)
+        token_end = next(e for t, _, e in run if t == token)
+        opens = history[token_end:].lstrip().startswith(NEXT_USER["content"])
         if not tail.startswith(token):
             notes.append(f"text between reply and {token}: {tail[:tail.find(token)]!r}")
     token_id = vocab.get(token)
@@ -392,7 +397,8 @@ def _detect(tokenizer) -> StopConvention:
         stop_ids.append(vocab[tool_token])
     names = tuple(tokenizer.convert_ids_to_tokens(i) for i in stop_ids)
     return StopConvention(token=token, token_id=token_id, how=how, stop_ids=tuple(stop_ids), stop_tokens=names,
-                          tool_call_token=tool_token if tool_token != token else None, notes=tuple(notes))
+                          tool_call_token=tool_token if tool_token != token else None,
+                          opens_next_turn=how == "next-turn" and opens, notes=tuple(notes))
 
 
 def _has_text(text: str, specials: list[str]) -> bool:

@@ -32,8 +32,12 @@ from lorakit.chat_template import (
 from lorakit.data.formats import row_tools, template_messages
 
 IGNORE = -100
-# A generation prompt ending in an open reasoning tag ('<think>\n'): the reply must close it before answering.
-OPEN_REASONING = re.compile(r"<(think|thinking|seed:think)>\s*$")
+# A generation prompt ending in an open reasoning block: the reply must close it before answering. (opener at the
+# end of the prompt, its closer, what separates the closed block from the answer)
+OPEN_REASONING = [
+    (re.compile(r"<(think|thinking|seed:think)>\s*$"), "\n</{0}>\n\n"),  # QwQ, DeepSeek-R1, MiniMax: '<think>\n'
+    (re.compile(r"<\|START_(THINKING)\|>$"), "<|END_{0}|>"),               # Cohere Command A: '<|START_THINKING|>'
+]
 
 
 @dataclass
@@ -83,11 +87,17 @@ def turn_output(tokenizer, messages, i: int, tools, specials) -> tuple[str, str]
         raise TemplateRenderError(f"the template does not write the tool calls of assistant turn {i} "
                                   f"({', '.join(missing)}): it has no tool-calling format")
     prefill = prompt[split:] if prompt.startswith(final[:split]) else ""
-    opened = OPEN_REASONING.search(prefill)
-    if opened and f"</{opened.group(1)}>" not in output:
-        # The prompt opens a reasoning block the rendered turn never shows (QwQ, DeepSeek-R1 distills, MiniMax drop
-        # reasoning when they render): the model's output is the reasoning, the closing tag, then the reply.
-        output = f"{reasoning_of(message)}\n</{opened.group(1)}>\n\n{output.lstrip(chr(10))}"
+    if prefill.strip() and output.startswith(prefill.strip()):
+        # The prompt already holds the opening the rendered turn repeats (Nemotron 3 Nano: '<think>\n' in the
+        # prompt, '<think></think>' in the turn): the model writes what comes after it.
+        output = output[len(prefill.strip()):]
+    for opener, closing in OPEN_REASONING:
+        opened = opener.search(prefill)
+        closer = closing.format(opened.group(1)).strip() if opened else ""
+        if opened and closer not in output:
+            # The prompt opens a reasoning block the rendered turn never shows (QwQ, DeepSeek-R1 distills, MiniMax
+            # drop reasoning when they render): the model's output is the reasoning, the closer, then the reply.
+            output = reasoning_of(message).strip("\n") + closing.format(opened.group(1)) + output.lstrip("\n")
     return prompt, output
 
 

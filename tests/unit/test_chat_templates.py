@@ -123,7 +123,7 @@ def test_glm_stops_on_the_next_turn_opener_from_its_generation_config(tmp_path):
         tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|user|>", "<|observation|>")]}))
     set_generation_eos(tokenizer, generation_eos_ids(tmp_path))
     convention = stop_convention(tokenizer)
-    assert convention.how == "next-turn" and convention.token == "<|user|>"
+    assert convention.how == "next-turn" and convention.token == "<|user|>" and convention.opens_next_turn
     assert convention.tool_call_token == "<|observation|>"
     assert set(convention.stop_tokens) == {"<|user|>", "<|endoftext|>", "<|observation|>"}
     # The final turn gets the opener appended (as GLM's own fine-tuning code does); a middle turn trains the real one.

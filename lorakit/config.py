@@ -88,6 +88,9 @@ class DataSection(Section):
         default_factory=dict, description="Map lorakit's column names to yours, e.g. {messages: dialog}."
     )
     system_prompt: str | None = None
+    tools: str | list[dict[str, Any]] | None = Field(
+        None, description="Tool specs offered in every row without its own `tools`: a JSON file or an inline list "
+                          "of OpenAI-style functions.")
     train_on: Literal["assistant", "all"] = Field("assistant", description="Which tokens carry the loss.")
     val_size: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for eval loss.")
     eval: str | None = Field(None, description="A separate eval file (instead of val_size).")

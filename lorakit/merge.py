@@ -205,10 +205,10 @@ def copy_tokenizer(src: MergeSource, folder: Path) -> None:
 def write_generation_config(model, tokenizer, folder: Path) -> None:
     from transformers import GenerationConfig
 
-    from lorakit.templates import stop_token_ids
+    from lorakit.chat_template import stop_token_ids
 
     config = model.generation_config if model.generation_config is not None else GenerationConfig()
-    config.eos_token_id = stop_token_ids(tokenizer)
+    config.eos_token_id = stop_token_ids(tokenizer, also=config.eos_token_id)  # the base's own stops kept
     config.pad_token_id = tokenizer.pad_token_id
     config.save_pretrained(str(folder))
 

@@ -158,7 +158,7 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
 
 def end_of_turn_strings(reference_tokenizer, candidates: list[Candidate]) -> list[str]:
     """The text of the token that ends an assistant turn, where generation tasks must stop (e.g. <|im_end|>)."""
-    from lorakit.templates import end_of_turn_token
+    from lorakit.chat_template import end_of_turn_token
 
     tokenizer = reference_tokenizer
     if tokenizer is None:

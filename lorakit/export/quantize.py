@@ -138,10 +138,9 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     modelfile_text = family = None
     if fmt == "gguf" and modelfile:
-        from lorakit.export.templates import modelfile as make_modelfile
+        from lorakit.export.modelfile import modelfile as make_modelfile
 
-        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", tokenizer.chat_template,
-                                                system_prompt_of(source))
+        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", None, system_prompt_of(source), tokenizer)
 
     files: list[str] = []
     verification: dict[str, Any] = {}

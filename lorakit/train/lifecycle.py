@@ -106,7 +106,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     if parent is not None:
         source = base_source_of(parent)
         # the SFT run's tokenizer, with the chat template it trained with
-        tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True))
+        tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True), model=source)
     else:
         source = resolve_model_source(recipe.model.name_or_path, recipe.model.revision,
                                       recipe.model.trust_remote_code)

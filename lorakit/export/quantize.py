@@ -85,16 +85,17 @@ def system_prompt_of(folder: Path) -> str | None:
     return run.recipe.data.system_prompt if run is not None else None
 
 
-def export_readme(target: Path, name: str, source: Path, fmt: str, qtype: str | None,
+def export_readme(target: Path, files: list[str], source: Path, fmt: str, qtype: str | None,
                   runtimes: list[str]) -> str:
     """The export's README: what it is, and the commands that serve it (lorakit.export.serve_info)."""
     from lorakit.export.serve_info import Artifact, eos_list, markdown, serve_commands
 
     target = target.resolve()
+    name = files[0] if fmt == "gguf" else ""
     if fmt == "gguf":
         head = f"# {name}\n\nGGUF ({qtype}) of `{source}`, written by lorakit.\n\n"
         artifact = Artifact("gguf", target, target.name, gguf_file=name, source=source.resolve(),
-                            eos=eos_list(source), verified_runtimes=runtimes)
+                            eos=eos_list(source), verified_runtimes=runtimes, modelfile="Modelfile" in files)
     else:
         head = f"# {source.name} ({fmt})\n\nbitsandbytes {fmt} of `{source}`, written by lorakit.\n\n"
         artifact = Artifact("bnb", target, target.name, source=source.resolve(), eos=eos_list(source), method=fmt,
@@ -102,7 +103,7 @@ def export_readme(target: Path, name: str, source: Path, fmt: str, qtype: str | 
     checked = (f"Loaded and compared with its source here by: {', '.join(runtimes)} (manifest.json "
                "`verified_runtimes`, figures under `verification`).\n\n" if runtimes else
                "Not verified (written with --no-verify).\n\n")
-    return head + checked + markdown(serve_commands(artifact))
+    return head + checked + markdown(serve_commands(artifact)).lstrip("\n")
 
 
 def verified_runtimes(fmt: str, verification: dict[str, Any]) -> list[str]:
@@ -200,7 +201,7 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
                                  hint="try a higher-precision type (q8_0, f16)")
         runtimes = verified_runtimes(fmt, verification)
         write_text_atomic(staging / "README.md",
-                          export_readme(target, files[0] if fmt == "gguf" else "", source, fmt, qtype, runtimes))
+                          export_readme(target, files, source, fmt, qtype, runtimes))
         sizes = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
         manifest = {
             "stage": "quantize", "status": "complete", "created_at": now(), "source": str(source.resolve()),

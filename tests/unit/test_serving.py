@@ -137,6 +137,12 @@ def test_adapters_of_different_bases_are_refused(tmp_path):
     assert_clean_error(invoke("serve-info", a, b), "different bases")
 
 
+def test_adapters_that_chat_differently_are_refused(tmp_path):
+    a = write_run(tmp_path / "a")
+    b = write_run(tmp_path / "b", eos=(0,))
+    assert_clean_error(invoke("serve-info", a, b), "chat template or stop tokens")
+
+
 def test_dora_adapter_points_to_the_merge(tmp_path):
     run = write_run(tmp_path / "sft", use_dora="true")
     vllm = serve_info([run])["vllm"]

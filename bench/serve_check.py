@@ -251,6 +251,8 @@ def vllm_phase(label: str, info: dict, targets: list[tuple[str, str, Path]], pyt
     """One server (the serve-info command), its requests, the transformers references, the comparison."""
     from transformers import AutoTokenizer, GenerationConfig
 
+    from lorakit.templates import end_of_turn_token
+
     vllm = info["vllm"]
     argv = [str(python), *vllm["argv"][1:]] + vllm["cpu"]["extra_argv"]
     argv[argv.index("--port") + 1] = str(port)
@@ -267,8 +269,6 @@ def vllm_phase(label: str, info: dict, targets: list[tuple[str, str, Path]], pyt
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
             eos = [eos] if isinstance(eos, int) else list(eos)
-            from lorakit.templates import end_of_turn_token
-
             eot = end_of_turn_token(tokenizer)[0]
             model = load_reference(kind, path, info["artifact"].get("base"))
             for prompt in prompts(args.prompts):

@@ -52,6 +52,7 @@ class Artifact:
     name: str
     base: str | None = None  # adapters: hub id or folder a server loads
     base_name: str | None = None  # as the recipe wrote it (builtin:tiny-llama, a hub id, a path)
+    base_revision: str | None = None  # hub bases: the revision the run trained on
     method: str = "lora"
     adapters: list[Adapter] = field(default_factory=list)
     gguf_file: str | None = None
@@ -133,6 +134,8 @@ def adapter_artifact(adapters: list[Adapter], base_model: dict[str, Any], method
     artifact = Artifact("adapter", adapters[0].path, adapters[0].name, method=method, adapters=adapters,
                         base_name=base_model["name"], eos=eos)
     artifact.base, note = servable_base(base_model, base)
+    if base is None and base_model.get("revision"):
+        artifact.base_revision = base_model["revision"]
     if note:
         artifact.notes.append(note)
     if not eos:
@@ -197,8 +200,11 @@ def vllm_argv(art: Artifact) -> list[str] | None:
             return None
         rank = vllm_max_lora_rank(max(a.r for a in art.adapters))
         first = art.adapters[0].path
-        argv = [*VLLM_SERVER, "--model", art.base, "--enable-lora",
-                "--lora-modules", *[f"{a.name}={a.path}" for a in art.adapters], "--max-lora-rank", str(rank)]
+        argv = [*VLLM_SERVER, "--model", art.base]
+        if art.base_revision:
+            argv += ["--revision", art.base_revision]
+        argv += ["--enable-lora", "--lora-modules", *[f"{a.name}={a.path}" for a in art.adapters],
+                 "--max-lora-rank", str(rank)]
         # vLLM takes the chat template and the stop tokens from the base, which has neither lorakit's template
         # nor the end-of-turn token in its eos list: both come from the run folder.
         argv += ["--chat-template", str(first / "chat_template.jinja"), "--generation-config", str(first)]
@@ -314,6 +320,7 @@ def _transformers(art: Artifact) -> dict[str, Any]:
     decode = 'print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))'
     if art.kind == "adapter":
         adapter = art.adapters[0].path
+        revision = f", revision={art.base_revision!r}" if art.base_revision else ""
         lines = ["from peft import PeftModel",
                  "from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig", ""]
         if art.method == "qlora":
@@ -322,9 +329,9 @@ def _transformers(art: Artifact) -> dict[str, Any]:
                      "GenerationConfig", "",
                      "quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4', "
                      "bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)",
-                     f"base = AutoModelForCausalLM.from_pretrained({art.base!r}, quantization_config=quant)"]
+                     f"base = AutoModelForCausalLM.from_pretrained({art.base!r}{revision}, quantization_config=quant)"]
         else:
-            lines.append(f"base = AutoModelForCausalLM.from_pretrained({art.base!r})")
+            lines.append(f"base = AutoModelForCausalLM.from_pretrained({art.base!r}{revision})")
         lines += [f"model = PeftModel.from_pretrained(base, {str(adapter)!r})",
                   f"tokenizer = AutoTokenizer.from_pretrained({str(adapter)!r})", chat,
                   "# the run's generation config stops at the end-of-turn token as well as EOS",

@@ -70,13 +70,14 @@ def test_a_classifier_head_is_servable():
 # serve-info on folders as lorakit lays them out
 
 
-def write_run(folder, base="org/base-model", stage="sft", method="lora", eos=(0, 2), **lora_settings):
+def write_run(folder, base="org/base-model", stage="sft", method="lora", eos=(0, 2), revision=None,
+              **lora_settings):
     overrides = [f"lora.{k}={v}" for k, v in lora_settings.items()] + [f"method={method}"]
     recipe = load_recipe(stage, None, overrides + (["from_run=null"] if stage == "dpo" else []))
     folder.mkdir(parents=True)
     (folder / "lorakit.yaml").write_text(recipe_to_yaml(recipe))
     (folder / "manifest.json").write_text(json.dumps({
-        "stage": stage, "status": "complete", "base_model": {"name": base, "location": base}}))
+        "stage": stage, "status": "complete", "base_model": {"name": base, "location": base, "revision": revision}}))
     for name in ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja"):
         (folder / name).write_text("{}")
     if eos is not None:
@@ -122,6 +123,12 @@ def test_adapter_command_carries_template_stop_tokens_and_rank(tmp_path):
     assert vllm["cpu"]["extra_argv"] == ["--dtype", "float32", "--enforce-eager"]
     assert not info["llama.cpp"]["supported"] and "lorakit quantize" in info["llama.cpp"]["notes"][0]
     assert f"PeftModel.from_pretrained(base, '{run}')" in info["transformers"]["code"]
+
+
+def test_a_hub_base_keeps_its_revision(tmp_path):
+    info = serve_info([write_run(tmp_path / "sft", revision="abc123")])
+    assert flags(info["vllm"]["argv"])["--revision"] == ["abc123"]
+    assert "revision='abc123'" in info["transformers"]["code"]
 
 
 def test_two_adapters_on_one_base_share_a_server(tmp_path):

@@ -587,3 +587,56 @@ def report(
     for item in skipped:
         info(f"skipped {item}")
     out.print(f"report: {target.resolve().as_uri()}", markup=False, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Serving: the commands that serve what lorakit wrote, and the built-in base a server needs for its adapters
+
+
+@command(
+    "serve-info",
+    help="The exact commands that serve a run, a merged model or an export in vLLM, llama.cpp's llama-server, "
+    "Ollama and transformers (paths, LoRA rank, chat template and stop tokens of this artifact).\n\n"
+    "Examples:\n\n  lorakit serve-info out/tiny-pipeline/sft\n\n"
+    "  lorakit serve-info out/tiny-pipeline/sft out/tiny-pipeline/dpo      # both adapters on one vLLM server\n\n"
+    "  lorakit serve-info out/tiny-pipeline/merged --json\n\n"
+    "  lorakit serve-info out/tiny-pipeline/export\n\n"
+    "  lorakit serve-info out/sft --base bases/tiny-llama                  # after lorakit export-base",
+)
+def serve_info(
+    paths: Annotated[list[Path], typer.Argument(help="A run folder (or several on one base), merged model or export.")],
+    base: Annotated[Optional[str], typer.Option("--base", help="Adapter runs: the base's folder, if it is not where "
+                                                "the run was trained (e.g. written by lorakit export-base).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.console import print_json
+    from lorakit.export.serve_info import render
+    from lorakit.export.serve_info import serve_info as describe_serving
+
+    info = describe_serving(paths, base)
+    if json_out:
+        print_json(info)
+    else:
+        render(info)
+
+
+@command(
+    "export-base",
+    help="Write a built-in base model (builtin:tiny-llama) into a folder of your choice, so a server elsewhere can "
+    "load the adapters trained on it (the same files as lorakit's cached build).\n\n"
+    "Examples:\n\n  lorakit export-base builtin:tiny-llama bases/tiny-llama\n\n"
+    "  lorakit export-base out/tiny-pipeline/sft bases/tiny-llama      # the base of that run",
+)
+def export_base(
+    source: Annotated[str, typer.Argument(help="builtin:NAME, or a run folder trained on one.")],
+    output_dir: Annotated[Path, typer.Argument(help="Folder to write.")],
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.console import info
+    from lorakit.export.base import export_base as write_base
+
+    name, target = write_base(source, output_dir, force)
+    if not json_out:
+        info(f"Serve adapters trained on {name} with it: lorakit serve-info RUN --base {target}")
+    _print_run_summary("export-base", {"base": name, "output": str(target)}, json_out)

@@ -188,7 +188,7 @@ def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     recipe = pipeline.recipe.sft.model_copy(update={"output_dir": str(folder)})
     result = run_sft(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
                      callbacks=pipeline.callbacks)
-    return _pick(result.summary, "steps", "final_loss", "final_eval_loss")
+    return _pick(result.summary, "steps", "final_loss", "final_eval_loss", "warnings")
 
 
 def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
@@ -200,7 +200,7 @@ def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     recipe = pipeline.recipe.dpo.model_copy(update=update)
     result = run_dpo(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
                      callbacks=pipeline.callbacks)
-    return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps"))}
+    return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps")) or k == "warnings"}
 
 
 def run_merge_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:

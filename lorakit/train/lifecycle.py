@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 from lorakit.config import recipe_to_dict
 from lorakit.console import err, info
 from lorakit.errors import ConfigError, RunError
+from lorakit.eval.report import write_run_report_safely
 from lorakit.runs import Run, RunFolder, base_source_of, now, package_versions, read_run
 from lorakit.train.common import check_report_to, execute, summarize_losses
 from lorakit.train.finish import write_adapter_run
@@ -116,7 +117,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
         if parent is not None:
             source = base_source_of(parent)
             # the SFT run's tokenizer, with the chat template it trained with
-            tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True))
+            tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True), model=source)
         else:
             source = resolve_model_source(recipe.model.name_or_path, recipe.model.revision,
                                           recipe.model.trust_remote_code)
@@ -223,6 +224,20 @@ def open_run(recipe, parent: Run | None, force: bool, resume: bool, processes: i
     return run
 
 
+def serving_warnings(recipe) -> list[str]:
+    """Settings PEFT trains but a server will not load (lorakit.export.servable), said once before training."""
+    from rich.markup import escape
+
+    from lorakit.console import warn
+    from lorakit.export.servable import servability_warning
+
+    line = servability_warning(recipe.lora)
+    if line is None:
+        return []
+    warn(escape(line))
+    return [line]
+
+
 def parent_record(parent: Run | None) -> dict[str, Any] | None:
     if parent is None:
         return None
@@ -241,6 +256,7 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     recipe, parent = with_parent(recipe)
     device = resolve_device()
     plan = checked_plan(recipe, device)  # before the processes wait for each other: a refusal is one clean error
+    warnings = serving_warnings(recipe)  # said by rank 0 only: the other processes' consoles are quiet
     distributed.start(device)
     me = distributed.world()
     # Rank 0 decides fresh or resume (and refuses what would lose work); everyone trains in the folder it chose.
@@ -269,6 +285,7 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
         "total_parameters": setup.total,
         "vram_estimate": setup.estimate.metrics() if setup.estimate else None,
         "distributed": distributed_record(setup.trainer.args, setup.plan),
+        "warnings": warnings,
     }
     if me.is_main:
         run.write_recipe(recipe)
@@ -291,7 +308,10 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     for key in stage.summary_keys:
         summary.update({k.replace("rewards/", "reward_"): v for k, v in summarize_losses(outcome.records, key).items()})
     summary["train_seconds"] = round(outcome.seconds, 1)
+    if warnings:
+        summary["warnings"] = warnings
     manifest.update(status="complete", finished_at=now(), summary=summary)
     write_adapter_run(run, setup.trainer.model, setup.tokenizer, recipe, manifest, state_dict)
+    write_run_report_safely(run.staging, display=run.path)  # lands with the run; a drawing failure only warns
     run.finish()
     return RunResult(run.path, summary)

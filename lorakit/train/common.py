@@ -93,6 +93,7 @@ def training_kwargs(train, run: RunFolder, device: str, precision: str, method: 
         report_to=list(train.report_to) or "none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        torch_compile=train.compile,
     )
 
 

@@ -39,7 +39,7 @@ def test_sft_without_padding_free_groups_its_50_chats(tmp_path):
 def test_dpo_without_padding_free_groups_its_pairs(tmp_path):
     recipe = dpo_recipe(tmp_path / "dpo", None, "train.padding_free=false", "data.eval=null")
     setup = build_dpo_trainer(recipe, RunFolder.open(tmp_path / "dpo"))
-    assert setup.speed["batching"] == "padding_free: false in the recipe; length-grouped pairs"
+    assert setup.speed.reasons["batching"] == "padding_free: false in the recipe; length-grouped pairs"
     sampler = setup.trainer._get_train_sampler()
     assert isinstance(sampler, LengthGroupedBatches) and sampler.batch_size == recipe.train.micro_batch_size
     data = setup.trainer.train_dataset

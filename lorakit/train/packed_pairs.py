@@ -11,10 +11,14 @@ have scored, so the per-sequence log-probs of the policy and of the reference ar
 
 Whether packed sequences stay apart depends on the attention implementation: transformers builds a block-diagonal
 mask from the position ids for SDPA and eager attention (`find_packed_sequence_indices`, transformers 5), and
-flash-attention turns them into variable-length sequences, but only for a single row. So flash attention gets one
-row; SDPA and eager, whose masked attention costs rows x row-length^2 whatever the mask, get rows about as long as
-the batch's longest sequence. The packed path is only enabled after two probes on the loaded model: the one SFT uses
-(`speed.packing_is_exact`), and the same comparison through this module's own layout (several rows, filler tokens).
+flash-attention turns them into variable-length sequences, but only for a single row. lorakit's per-example SDPA
+(lorakit.train.attention) cuts every row at the position resets and runs each sequence alone. So flash attention and
+per-example SDPA get one row per batch (their cost is per sequence: nothing to gain from narrower rows, and one row
+has no filler slots); transformers' masked SDPA and eager, whose attention costs rows x row-length^2 whatever the
+mask, get rows about as long as the batch's longest sequence. The packed path is only enabled after two probes on the
+loaded model: the one SFT uses (`speed.packing_is_exact`), and the same comparison through this module's own layout
+(several rows, filler tokens); per-example attention is then only kept if both probes pass again with it, in both
+layouts.
 """
 
 from __future__ import annotations

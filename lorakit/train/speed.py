@@ -4,7 +4,9 @@ Measured on a 2-core CPU (bench/throughput.py): padding-free batches remove the 
 put in every batch, and the plain cross-entropy loss is about twice as fast as TRL's tiled fused LM head there. On
 CUDA the fused head is kept: it never materializes the (tokens x vocabulary) logits, which dominate memory at 128k+
 vocabularies. Padding-free batching is only used after a probe on the loaded model shows that packed examples do not
-attend to each other with its attention implementation.
+attend to each other with its attention implementation. On SDPA, the packed rows then run on lorakit's per-example
+attention (lorakit.train.attention), which costs sum(length^2) instead of the (sum of lengths)^2 of transformers'
+block-diagonal mask, once the same probe passes with it.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def build_local_model(folder: Path, vocab_size: int) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from lorakit.templates import CHATML
+    from lorakit.chat_template import CHATML
     from lorakit.tiny import TinySpec, build_tokenizer
 
     tokenizer = build_tokenizer(TinySpec())
@@ -127,7 +127,7 @@ def mean_example_tokens(model_dir: str, data_file: Path) -> float:
     """Average tokens of a chat under the shared ChatML template (sizes the packing sides' batches)."""
     from transformers import AutoTokenizer
 
-    from lorakit.templates import CHATML
+    from lorakit.chat_template import CHATML
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = tokenizer.chat_template or CHATML
@@ -163,7 +163,7 @@ def peft_lora():
 def trl_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
-    from lorakit.templates import CHATML
+    from lorakit.chat_template import CHATML
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = tokenizer.chat_template or CHATML  # the template lorakit gives a base model

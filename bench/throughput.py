@@ -123,14 +123,46 @@ def write_pairs(path: Path, rows: int, seed: int, max_words: int = 300) -> None:
                 "rejected": [{"role": "assistant", "content": say(int(total * (0.5 + rng.random())))}]}) + "\n")
 
 
-def mean_example_tokens(model_dir: str, data_file: Path) -> float:
-    """Average tokens of a chat under the shared ChatML template (sizes the packing sides' batches)."""
+# The chat template every side renders with: ChatML that writes nothing after the last end-of-turn token. lorakit
+# trains a reply up to its stop token, while TRL and LLaMA-Factory train the whole rendered completion, which under
+# ChatML ends '<|im_end|>\n'; with nothing after the final stop token all sides train the very same tokens.
+BENCH_CHATML = (
+    "{%- for message in messages %}"
+    "{%- if not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '\\n<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def bench_model(model_dir: str, folder: Path) -> str:
+    """`model_dir`'s weights (linked, not copied) with its tokenizer carrying BENCH_CHATML, for every side."""
     from transformers import AutoTokenizer
 
-    from lorakit.chat_template import CHATML
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if "<|im_end|>" not in tokenizer.get_vocab():
+        raise SystemExit(f"{model_dir}: the bench renders ChatML, and this tokenizer has no <|im_end|> token")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    tokenizer.chat_template = BENCH_CHATML
+    tokenizer.save_pretrained(folder)
+    if Path(model_dir).is_dir():
+        source = Path(model_dir).resolve()
+    else:  # a hub id (a GPU machine with network)
+        from huggingface_hub import snapshot_download
+
+        source = Path(snapshot_download(model_dir))
+    for item in source.iterdir():
+        if item.is_file() and not (folder / item.name).exists():
+            (folder / item.name).symlink_to(item)
+    return str(folder)
+
+
+def mean_example_tokens(model_dir: str, data_file: Path) -> float:
+    """Average tokens of a chat under the shared template (sizes the packing sides' batches)."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = tokenizer.chat_template or CHATML
     lengths = []
     for line in data_file.read_text().splitlines():
         row = json.loads(line)
@@ -163,11 +195,7 @@ def peft_lora():
 def trl_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
-    from lorakit.chat_template import CHATML
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = tokenizer.chat_template or CHATML  # the template lorakit gives a base model
-    return tokenizer
+    return AutoTokenizer.from_pretrained(model_dir)  # carries BENCH_CHATML (bench_model)
 
 
 def build_trl_sft(spec: dict, variant: str):
@@ -431,7 +459,7 @@ def run_bench(args) -> dict:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lorakit-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LORAKIT_CACHE", str(workdir / "cache"))
-    model_dir = args.model or str(build_local_model(workdir / "model", 32000))
+    model_dir = bench_model(args.model or str(build_local_model(workdir / "model", 32000)), workdir / "model-bench")
     chats, pairs = workdir / "chats.jsonl", workdir / "pairs.jsonl"
     write_chats(chats, args.rows, args.seed, args.max_words)
     write_pairs(pairs, args.rows, args.seed, int(args.max_words * 0.75))

@@ -13,9 +13,11 @@ Sides (each runs in a fresh process, so one side's memory never shows in another
        trl-bfd            TRL `packing=True, packing_strategy="bfd"` into rows of --pack-length tokens
        llamafactory       LLaMA-Factory `neat_packing: true` (block-diagonal mask, rows of cutoff_len), when its venv
                           exists (bench/setup_llamafactory.sh); skipped with a note otherwise
-       lorakit-varlen     an experiment, only with --sides: lorakit with per-example causal attention on its packed
-                          rows (bench/varlen_attention.py), to measure what adopting it would gain; not a peer
-  DPO  lorakit, trl (TRL DPOTrainer defaults), llamafactory (LLaMA-Factory DPO, rows padded to the longest)
+       lorakit-sdpa       an ablation, only with --sides: lorakit with `model.attn_implementation: sdpa`, i.e. its
+                          packed rows under transformers' block-diagonal mask instead of lorakit's per-example
+                          attention (lorakit/train/attention.py), to measure what that attention gains; not a peer
+  DPO  lorakit, trl (TRL DPOTrainer defaults), llamafactory (LLaMA-Factory DPO, rows padded to the longest),
+       lorakit-sdpa (the same ablation: rows a few sequences wide under the block-diagonal mask)
 
 Every side trains the same LoRA (r=16, alpha=32, dropout 0, all linear layers) of the same model on the same rows,
 with the same seed, learning rate and schedule (linear, no warm-up), optimizer (adamw_torch), precision, gradient
@@ -241,19 +243,21 @@ def build_lorakit(spec: dict, stage: str):
     from lorakit.runs import RunFolder
 
     overrides = lorakit_overrides(spec)
+    if spec["side"] == "lorakit-sdpa":  # the ablation: transformers' block-diagonal mask over the packed rows
+        overrides.append("model.attn_implementation=sdpa")
     flags = {"model": spec["model"], "data": spec["data"], "output_dir": spec["out"], "epochs": spec["epochs"],
              "learning_rate": spec["learning_rate"], "seed": spec["seed"]}
     if stage == "sft":
         from lorakit.train.sft import build_sft_trainer
 
         setup = build_sft_trainer(load_recipe("sft", None, overrides, flags), RunFolder.open(spec["out"], force=True))
-        return setup.trainer, {"batching": setup.speed.reasons.get("batching"), "loss_head": setup.speed.loss}
-    from lorakit.train.dpo import build_dpo_trainer
+    else:
+        from lorakit.train.dpo import build_dpo_trainer
 
-    overrides.append(f"dpo.max_prompt_length={MAX_PROMPT_LENGTH}")
-    setup = build_dpo_trainer(load_recipe("dpo", None, overrides, flags), RunFolder.open(spec["out"], force=True))
-    speed = setup.speed if isinstance(setup.speed, dict) else vars(setup.speed)
-    return setup.trainer, {"batching": speed.get("batching"), "loss_head": speed.get("loss")}
+        overrides.append(f"dpo.max_prompt_length={MAX_PROMPT_LENGTH}")
+        setup = build_dpo_trainer(load_recipe("dpo", None, overrides, flags), RunFolder.open(spec["out"], force=True))
+    return setup.trainer, {"batching": setup.speed.reasons.get("batching"), "loss_head": setup.speed.loss,
+                           "attention": setup.speed.attention}
 
 
 def run_worker(spec_path: str) -> None:
@@ -267,13 +271,8 @@ def run_worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     side, stage = spec["side"], spec["stage"]
     info: dict = {}
-    if side in ("lorakit", "lorakit-varlen"):
+    if side in ("lorakit", "lorakit-sdpa"):
         trainer, info = build_lorakit(spec, stage)
-        if side == "lorakit-varlen":  # the experiment: lorakit with per-example attention on its packed rows
-            from varlen_attention import use_varlen
-
-            use_varlen(trainer.model)
-            info["attention"] = "sdpa_varlen (per-example causal SDPA, bench/varlen_attention.py)"
     elif stage == "sft":
         trainer = build_trl_sft(spec, side)
     else:
@@ -487,8 +486,8 @@ def run_bench(args) -> dict:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     for stage, all_sides in stages.items():
-        all_sides = all_sides + (("lorakit-varlen",) if stage == "sft" else ())
-        sides = [s for s in all_sides if (s in wanted if wanted else s != "lorakit-varlen")
+        all_sides = all_sides + ("lorakit-sdpa",)
+        sides = [s for s in all_sides if (s in wanted if wanted else s != "lorakit-sdpa")
                  and (s != "llamafactory" or lf_python)]
         results: dict[str, list[dict]] = {name: [] for name in sides}
         for repeat in range(args.repeats):

@@ -102,6 +102,7 @@ def training_kwargs(train, run: RunFolder, device: str, precision: str, method: 
         # every LoRA weight takes part in every step (the frozen DPO reference is not trained): no search for unused
         # parameters under DDP (transformers turns it on without gradient checkpointing, and warns every step)
         ddp_find_unused_parameters=False,
+        torch_compile=train.compile,
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import RunError
-from lorakit.runs import base_source_of, read_manifest, read_run
+from lorakit.runs import RECIPE_FILE, base_source_of, read_manifest, read_run
 
 KIND_ORDER = {"base": 0, "sft": 1, "dpo": 2, "merged": 3, "gguf": 4}  # parents before the candidates built on them
 
@@ -41,7 +41,7 @@ def describe(path: Path) -> Candidate:
         return Candidate(str(path), "gguf", gguf, str(parent) if parent else None)
     manifest = read_manifest(path)
     stage = manifest.get("stage")
-    if stage in ("sft", "dpo"):
+    if stage in ("sft", "dpo") or (path / RECIPE_FILE).exists():  # a run, whole or damaged (read_run names it)
         run = read_run(path)
         return Candidate(str(path), stage, path, str(run.parent_path) if run.parent_path else "base", run=run)
     if stage == "merge" or (path / "config.json").is_file():

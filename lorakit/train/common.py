@@ -19,6 +19,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lorakit.console import err, warn
 from lorakit.errors import LorakitError
+from lorakit.runs import CHECKPOINTS_DIR as CHECKPOINTS
 from lorakit.runs import RunFolder
 
 BNB_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
@@ -212,6 +213,29 @@ class InterruptFlag:
     raised: bool = False
 
 
+class MarkCheckpoints(TrainerCallback):
+    """Mark each checkpoint complete once the Trainer has saved all of it (on_save comes after the last file), so a
+    process killed mid-save leaves a checkpoint `--resume` knows to skip (lorakit.integrity.COMPLETE_MARK)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        from pathlib import Path
+
+        from lorakit.integrity import mark_checkpoint_complete
+
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            mark_checkpoint_complete(checkpoint, state.global_step)
+
+
+class FirstStep(TrainerCallback):
+    """Notes when the first training step begins: everything before it is setup, a resume's checkpoint loading too."""
+
+    reached = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.reached = True
+
+
 class SaveOnInterrupt(TrainerCallback):
     """After Ctrl-C, finish the current step, save a checkpoint and stop."""
 
@@ -260,7 +284,7 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
     metrics = MetricsLog(run, estimate.metrics() if estimate is not None else None)
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
-    for callback in (metrics, RichProgress(label, show_keys), SaveOnInterrupt(flag)):
+    for callback in (metrics, RichProgress(label, show_keys), SaveOnInterrupt(flag), MarkCheckpoints()):
         trainer.add_callback(callback)
     checkpoint = run.latest_checkpoint() if run.mode == "resume" else None
     if checkpoint is not None:
@@ -269,8 +293,23 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
     elif run.mode == "resume":
         err.print("No checkpoint to resume from yet: starting from step 0")
     started = time.time()
+    first_step = FirstStep()
+    trainer.add_callback(first_step)
     with ctrl_c_saves(flag):
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Exception as exc:
+            if checkpoint is None or first_step.reached or isinstance(exc, LorakitError):
+                raise
+            # The Trainer loads the checkpoint (weights, optimizer, scheduler, state) before its first step; whatever
+            # it trips over there is the checkpoint's content, which lorakit.integrity cannot fully check.
+            from lorakit.integrity import Damaged
+
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise Damaged(run.owner, f"{run.staging.name}/{CHECKPOINTS}/{checkpoint.name}",
+                          f"the Trainer cannot load it ({type(exc).__name__}: {reason})",
+                          hint=f"delete {run.staging.name}/{CHECKPOINTS}/{checkpoint.name} to resume from the "
+                               "checkpoint before it, or pass --force to start over") from None
     if flag.raised:
         raise RunInterrupted(
             f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {run.staging}",

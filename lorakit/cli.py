@@ -456,53 +456,6 @@ def merge(
     _print_run_summary("merge", summary, json_out)
 
 
-def _recipe_for_estimate(path: Path):
-    """A training recipe as it will run: pipelines give their SFT section; DPO recipes inherit from their SFT run."""
-    from lorakit.config import load_recipe, read_yaml
-
-    stage = read_yaml(path).get("stage", "sft")
-    if stage == "pipeline":
-        recipe = load_recipe("pipeline", path)
-        if recipe.sft is None:
-            raise LorakitError(f"{path}: the pipeline has no sft section to estimate")
-        return recipe.sft
-    if stage not in ("sft", "dpo"):
-        raise LorakitError(f"{path}: a '{stage}' recipe trains nothing", hint="give an sft, dpo or pipeline recipe")
-    recipe = load_recipe(stage, path)
-    if stage != "dpo" or not recipe.from_run:
-        return recipe
-    from lorakit.console import info
-    from lorakit.config import INHERITED, inherit_from_parent
-
-    if Path(recipe.from_run).is_dir():
-        from lorakit.runs import read_run
-
-        return inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=("sft",)))
-    # Planning before the SFT run exists: its recipe, beside this one, says what the DPO run will inherit.
-    for candidate in sorted(path.parent.glob("*.y*ml")):
-        try:
-            text = read_yaml(candidate)
-        except LorakitError:
-            continue
-        if text.get("stage") == "sft" and Path(str(text.get("output_dir", ""))) == Path(recipe.from_run):
-            parent = load_recipe("sft", candidate)
-            info(f"{recipe.from_run} does not exist yet: estimating with the settings of {candidate}, which writes it")
-            return recipe.model_copy(update={section: getattr(parent, section) for section in INHERITED})
-    raise LorakitError(f"{path}: from_run {recipe.from_run} does not exist yet, and no SFT recipe beside it writes it",
-                       hint="run the SFT stage first, or estimate the model directly: lorakit vram-estimate MODEL "
-                            "--stage dpo")
-
-
-def _choice(name: str, value, allowed) -> None:
-    if value is not None and value not in allowed:
-        import difflib
-
-        from lorakit.errors import ConfigError
-
-        closest = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.0)
-        raise ConfigError(f"--{name} {value!r} is not one of {', '.join(allowed)}", hint=f"--{name} {closest[0]}")
-
-
 @command(
     "vram-estimate",
     help="How much GPU memory a run needs, term by term, and what fits on which GPU. Pure arithmetic: no weights, "
@@ -511,17 +464,21 @@ def _choice(name: str, value, allowed) -> None:
     "  lorakit vram-estimate Qwen/Qwen2.5-7B --method lora --seq-len 4096 --batch-size 2 --gpu rtx4090\n\n"
     "  lorakit vram-estimate ./my-model --gpu all\n\n"
     "  lorakit vram-estimate --recipe recipes/llama3.1-8b-qlora-sft.yaml\n\n"
-    "  lorakit vram-estimate mistralai/Mistral-7B-v0.1 --stage dpo --json",
+    "  lorakit vram-estimate mistralai/Mistral-7B-v0.1 --stage dpo --json\n\n"
+    "  lorakit vram-estimate Qwen/Qwen2.5-72B --method lora --num-gpus 4 --strategy fsdp --gpu a100-80gb\n\n"
+    "  curl -sL https://huggingface.co/ORG/NAME/resolve/main/config.json | lorakit vram-estimate -",
 )
 def vram_estimate(
-    model: Annotated[Optional[str], typer.Argument(help="Catalog name, hub id, local folder or config.json.")] = None,
+    model: Annotated[Optional[str], typer.Argument(
+        help="Catalog name, hub id (mirrors and checkpoints of catalog models resolve offline), local folder, "
+             "config.json, or - to read a config.json from stdin.")] = None,
     recipe: RecipeOpt = None,
     method: Annotated[Optional[str], typer.Option(help="full, lora or qlora (default qlora).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16 or fp32 (default bf16).")] = None,
     mixed_precision: Annotated[Optional[bool], typer.Option(
         "--mixed-precision/--pure", help="fp32 master weights (and adapters) under autocast, or pure 16-bit.")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default 2048).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Micro-batch size (default 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Micro-batch size per GPU (default 1).")] = None,
     grad_checkpointing: Annotated[Optional[bool], typer.Option(
         "--grad-checkpointing/--no-grad-checkpointing", help="Default on.")] = None,
     optimizer: Annotated[Optional[str], typer.Option(
@@ -535,71 +492,29 @@ def vram_estimate(
     stage: Annotated[Optional[str], typer.Option(help="sft, dpo, dpo-precomputed or inference (default sft).")] = None,
     double_quant: Annotated[Optional[bool], typer.Option("--double-quant/--no-double-quant", help="Default on.")]
     = None,
+    quant: Annotated[Optional[str], typer.Option(
+        help="Base-weight quantization: nf4, fp4 (4-bit) or int8 (8-bit); with --stage inference, or qlora.")] = None,
+    activation_offloading: Annotated[Optional[bool], typer.Option(
+        "--activation-offloading/--no-activation-offloading",
+        help="Saved activations in pinned host RAM (TRL's activation_offloading).")] = None,
+    optimizer_in_backward: Annotated[Optional[bool], typer.Option(
+        "--optimizer-in-backward", help="Step each parameter during backward (torchtune's optimizer_in_bwd).")] = None,
+    num_gpus: Annotated[Optional[int], typer.Option(help="GPUs in data parallel; estimates are per GPU.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="With --num-gpus: ddp, fsdp, zero2 or zero3 (default ddp).")]
+    = None,
     gpu: Annotated[Optional[str], typer.Option(help="A GPU name (rtx4090, a100-80gb, ...) or all.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    from dataclasses import replace
+    from lorakit.vram.command import EstimateOptions, run_estimate
+    from lorakit.vram.report import render
 
-    from lorakit.console import out, print_json
-    from lorakit.errors import ConfigError
-    from lorakit.vram import estimate as est_mod
-    from lorakit.vram.catalog import GPUS, close_gpus, find_gpu
-    from lorakit.vram.plan import verdict
-    from lorakit.vram.report import breakdown_table, gpu_table, suggestion_lines
-    from lorakit.vram.resolve import resolve_shape, setup_from_recipe
-
-    if model is None and recipe is None:
-        raise ConfigError("give a model (name, folder or config.json) or --recipe",
-                          hint="lorakit vram-estimate meta-llama/Llama-3.1-8B")
-    setup = est_mod.Setup()
-    if recipe is not None:
-        name, setup = setup_from_recipe(_recipe_for_estimate(recipe))
-        model = model or name
-    _choice("method", method, est_mod.METHODS)
-    _choice("dtype", dtype, tuple(est_mod.DTYPE_BYTES))
-    _choice("optimizer", optimizer, est_mod.OPTIMIZERS)
-    _choice("attn", attn, est_mod.ATTENTION)
-    _choice("loss", loss, est_mod.LOSSES)
-    _choice("stage", stage, est_mod.STAGES)
-    changes = {"method": method, "dtype": dtype, "mixed_precision": mixed_precision, "seq_len": seq_len,
-               "batch_size": batch_size, "grad_checkpointing": grad_checkpointing, "optimizer": optimizer,
-               "lora_r": lora_r, "lora_targets": lora_targets, "attn": attn, "loss": loss, "stage": stage,
-               "double_quant": double_quant}
-    setup = replace(setup, **{k: v for k, v in changes.items() if v is not None})
-    try:
-        est_mod.check_setup(setup)
-    except ValueError as exc:
-        field_name, _, problem = str(exc).partition(": ")
-        raise ConfigError(f"--{field_name.replace('_', '-')}: {problem}", hint="see lorakit vram-estimate --help")
-    shape = resolve_shape(model)
-    estimate = est_mod.estimate(shape, setup)
-
-    gpus = []
-    if gpu is not None:
-        if gpu.lower() == "all":
-            gpus = list(GPUS.values())
-        else:
-            found = find_gpu(gpu)
-            if found is None:
-                close = close_gpus(gpu)
-                raise ConfigError(f"--gpu {gpu!r} is not in the GPU catalog",
-                                  hint=(f"did you mean {', '.join(close)}? " if close else "") +
-                                  f"known: {', '.join(GPUS)}, or all")
-            gpus = [found]
-    verdicts = [verdict(shape, setup, g) for g in gpus]
-
-    if json_out:
-        data = estimate.to_dict()
-        data["shape"] = shape.describe()
-        data["gpus"] = [v.to_dict() for v in verdicts]
-        print_json(data)
-        return
-    out.print(breakdown_table(estimate))
-    if verdicts:
-        out.print(gpu_table(verdicts))
-        if len(verdicts) == 1:
-            for line in suggestion_lines(verdicts[0]):
-                out.print(line)
+    options = EstimateOptions(
+        model=model, recipe=recipe, method=method, dtype=dtype, mixed_precision=mixed_precision, seq_len=seq_len,
+        batch_size=batch_size, grad_checkpointing=grad_checkpointing, optimizer=optimizer, lora_r=lora_r,
+        lora_targets=lora_targets, attn=attn, loss=loss, stage=stage, double_quant=double_quant, quant=quant,
+        activation_offloading=activation_offloading, optimizer_in_backward=optimizer_in_backward, num_gpus=num_gpus,
+        strategy=strategy, gpu=gpu)
+    render(run_estimate(options), json_out)
 
 
 @command(

@@ -154,6 +154,10 @@ class TrainSection(Section):
     adam_beta2: Float = Field(0.999, ge=0, lt=1)
     precision: Precision = Field("auto", description="auto = bf16 where supported, fp16 on older GPUs, fp32 on CPU.")
     gradient_checkpointing: bool = True
+    activation_offloading: bool = Field(
+        False, description="Move saved activations to pinned host RAM during forward and back for backward (TRL's "
+        "activation_offloading, torchtune's OffloadActivations); CUDA only: on the CPU they already live in host RAM.",
+    )
     padding_free: Union[Literal["auto"], bool] = Field(
         "auto",
         description="Concatenate a batch's examples without padding (position ids reset per example). auto = on when "

@@ -54,7 +54,14 @@ def check_report_to(report_to) -> None:
 
 def training_kwargs(train, run: RunFolder, device: str, precision: str, method: str, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments fields shared by SFTConfig and DPOConfig."""
+    if train.activation_offloading and device != "cuda":
+        # TRL's offloading needs an accelerator stream (it fails at start on a CPU-only torch); on the CPU the
+        # activations are already in host memory, so there is nothing to move.
+        from lorakit.console import info
+
+        info(f"train.activation_offloading: nothing to offload on the {device} (activations already live in host RAM)")
     return dict(
+        activation_offloading=train.activation_offloading and device == "cuda",
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=train.micro_batch_size,
         per_device_eval_batch_size=train.micro_batch_size,

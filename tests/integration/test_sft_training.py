@@ -97,6 +97,17 @@ def test_qlora_nf4_trains_on_cpu(tmp_path):
     assert read_run(tmp_path / "qlora").manifest["method"] == "qlora"
 
 
+def test_activation_offloading_trains_and_appears_in_the_estimate(tmp_path):
+    from lorakit.vram.resolve import setup_from_recipe
+
+    recipe = sft_recipe(tmp_path / "offload", "train.activation_offloading=true", "data.eval=null", max_steps=20)
+    result = run_sft(recipe)
+    assert result.summary["final_loss"] < 0.7 * result.summary["first_loss"]
+    assert read_run(result.path).recipe.train.activation_offloading is True
+    _, setup = setup_from_recipe(recipe)
+    assert setup.activation_offloading is True
+
+
 def test_4bit_inference_on_cpu_keeps_the_training_kernel():
     """A no-grad forward must not switch the NF4 weights to bitsandbytes' AVX512-BF16 repacked layout (bf16 absmax,
     and a crash when in_features is not a multiple of the blocksize): eval, merge gaps and verification would then

@@ -145,7 +145,9 @@ def check_run_files(folder: str | Path, owner: str) -> None:
     """The parts of a finished run that later commands read: text/JSON files, and the adapter when it has one."""
     folder = Path(folder)
     check_files(folder, owner)
-    if (folder / "adapter_config.json").exists() or (folder / "adapter_model.safetensors").exists():
+    present = [(folder / name).exists() or (folder / name).is_symlink()
+               for name in ("adapter_config.json", "adapter_model.safetensors")]
+    if all(present):  # one missing: the command that needs the adapter says so in its own words
         check_adapter(folder, owner)
 
 

@@ -25,7 +25,7 @@ from lorakit.console import err, info
 from lorakit.errors import ModelError, RunError
 from lorakit.integrity import load_adapter
 from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, RECIPE_FILE, Run, atomic_dir, base_source_of, check_can_write,
-                          check_output_path, lineage_of, merged_folder, now, package_versions, read_run,
+                          check_output_path, lineage_of, merged_folder, now, package_versions, read_run, staging_path,
                           write_json_atomic)
 
 if TYPE_CHECKING:
@@ -67,6 +67,9 @@ def open_source(source: str | Path, model: str | None) -> MergeSource:
     from lorakit.integrity import check_adapter, check_files
 
     folder = Path(source)
+    if not folder.is_dir() and staging_path(folder).is_dir():
+        raise RunError(f"run {folder} did not finish (an interrupted run is in {staging_path(folder).name})",
+                       hint="finish it with the same training command plus --resume")
     if not folder.is_dir():
         raise RunError(f"{folder} not found", hint="pass a run folder written by lorakit sft or lorakit dpo")
     missing = [name for name in ADAPTER_FILES if not (folder / name).exists()]
@@ -127,7 +130,7 @@ def check_adapter_shapes(adapter_dir: Path, base: ModelSource, trust_remote_code
             got = shape[1] if ".lora_A." in key else shape[0]
             if got != expected:
                 raise ModelError(
-                    f"{adapter_dir} does not fit the base: adapter module {module_name}'s "
+                    f"{adapter_dir}: adapter module {module_name} does not fit the base: its "
                     f"{'input' if '.lora_A.' in key else 'output'}"
                     f" size is {got}, the base layer's is {expected}",
                     hint="merge the adapter into the base it was trained on (--model)")

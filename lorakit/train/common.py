@@ -298,6 +298,7 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
         run.trim_metrics(int(checkpoint.name.split("-")[-1]))
         err.print(f"Resuming from {checkpoint.name}")
     elif run.mode == "resume":
+        run.trim_metrics(0)  # the steps logged before the interruption are trained again
         err.print("No checkpoint to resume from yet: starting from step 0")
     started = time.time()
     first_step = FirstStep()

@@ -1103,3 +1103,42 @@ def _only_unknown(ws):
 
 
 add("run-only-unknown", _only_unknown, "stage 'eval' is not in this pipeline")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vram-estimate on a config.json (its reader is lorakit.vram.resolve's)
+
+TINY_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "intermediate_size": 176, "vocab_size": 1024}
+
+
+def vram_case(label: str, make: Callable[[Workspace], str | bytes], *fragments: str) -> None:
+    add(f"vram-config-{label}", lambda ws: ["vram-estimate", ws.write("m/config.json", make(ws))],
+        "config.json", *fragments)
+
+
+def _config(**changes) -> str:
+    return json.dumps({**TINY_CONFIG, **changes})
+
+
+vram_case("list", lambda ws: "[1, 2]")
+vram_case("garbage", lambda ws: "{oops")
+vram_case("non-utf8", lambda ws: b'{"model_type": "ll\xffama"}', "UTF-8")
+vram_case("deep", lambda ws: '{"a": ' + "[" * 3000 + "]" * 3000 + "}")
+vram_case("big-int", lambda ws: _config(hidden_size=int("9" * 50)).replace("9" * 50, "9" * 5000))
+vram_case("string-size", lambda ws: _config(hidden_size="64"), "hidden_size")
+vram_case("zero-heads", lambda ws: _config(num_attention_heads=0), "num_attention_heads")
+vram_case("negative-size", lambda ws: _config(intermediate_size=-1), "intermediate_size")
+vram_case("bool-layers", lambda ws: _config(num_hidden_layers=True), "num_hidden_layers")
+vram_case("missing-vocab", lambda ws: json.dumps({k: v for k, v in TINY_CONFIG.items() if k != "vocab_size"}),
+          "vocab_size")
+vram_case("empty", lambda ws: "")
+
+
+def _eval_prompts(ws):
+    ws.copy_run("sftrun")
+    ws.write("prompts.txt", b"What is 2 plus 2?\ncaf\xe9\n")
+    return ["eval", "sftrun", "--prompts", "prompts.txt", "--no-base"]
+
+
+add("eval-prompts-non-utf8", _eval_prompts, "prompts.txt", "not UTF-8")

@@ -138,7 +138,7 @@ def build_model(name: str, folder: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lorakit.templates import CHATML
+    from lorakit.chat_template import CHATML
     from lorakit.tiny import TinySpec, build_tokenizer
 
     tokenizer = build_tokenizer(TinySpec())  # a 1k-token BPE: ids fit every vocabulary, the embeddings stay real size

@@ -349,10 +349,13 @@ def run(
 
     stages = [s.strip() for s in only.split(",") if s.strip()] if only else None
     result = Pipeline(resolved).run(only=stages, from_stage=from_stage, force=force)
+    report = result.report.resolve().as_uri() if result.report else None
     if json_out:
-        print_json({"stages": result.to_json(), "ok": result.failure is None})
+        print_json({"stages": result.to_json(), "ok": result.failure is None, "report": report})
     else:
         out.print(pipeline_table(result))
+        if report:
+            out.print(f"report: {report}", markup=False, highlight=False)
     if result.failure is not None:
         raise result.failure
 
@@ -362,7 +365,9 @@ def run(
     help="Score the base model and each run on the same held-out data, and flag stages that made it worse.\n\n"
     "Examples:\n\n  lorakit eval out/sft out/dpo --data held-out.jsonl\n\n"
     "  lorakit eval out/dpo --prefs held-out-prefs.jsonl --fail-on-regression\n\n"
-    "  lorakit eval out/dpo-merged out/dpo-merged-gguf --data held-out.jsonl --prompts prompts.txt",
+    "  lorakit eval out/dpo-merged out/dpo-merged-gguf --data held-out.jsonl --prompts prompts.txt\n\n"
+    "  lorakit eval out/sft out/dpo --tasks examples/data/mc-facts.jsonl      # your own questions, offline\n\n"
+    "  lorakit eval out/dpo --tasks hellaswag,arc_easy,mmlu --limit 200 --fail-on-regression   # lorakit\\[eval]",
 )
 def eval_(
     paths: Annotated[list[Path], typer.Argument(help="Run folders, merged model folders or GGUF exports.")],
@@ -376,6 +381,19 @@ def eval_(
                                                      help="Exit non-zero when a stage is worse than its parent.")] = False,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="How much worse than its parent a stage "
                                              "may be before it counts, relative to the parent's value.")] = 0.01,
+    tasks: Annotated[Optional[list[str]], typer.Option(
+        "--tasks", help="Benchmarks through lm-evaluation-harness: task names (hellaswag,arc_easy,mmlu) and/or your "
+                        "own .jsonl question sets (multiple choice or generation).")] = None,
+    task_file: Annotated[Optional[list[str]], typer.Option(
+        "--task-file", help="An lm-eval task YAML of your own (repeatable).")] = None,
+    limit: Annotated[Optional[float], typer.Option(
+        "--limit", min=0.0, help="Questions per task (a fraction below 1); for quick looks, not for reporting.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", min=0, help="Few-shot examples per question "
+                                                       "(default: each task's own).")] = None,
+    chat_template: Annotated[str, typer.Option(
+        "--chat-template", help="auto: on for your own sets and generation tasks, off for loglikelihood benchmarks; "
+                                "or on / off for every task.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="lm-eval batch size.")] = 8,
     json_out: JsonOpt = False,
 ) -> None:
     from lorakit.console import print_json
@@ -383,7 +401,9 @@ def eval_(
     from lorakit.eval.render import print_eval
     from lorakit.eval.run import run_eval
 
-    report = run_eval(paths, data, prefs, prompts, not no_base, base_model, tolerance=tolerance)
+    report = run_eval(paths, data, prefs, prompts, not no_base, base_model, tolerance=tolerance, tasks=tasks,
+                      task_files=task_file, limit=limit, num_fewshot=num_fewshot, chat_template=chat_template,
+                      batch_size=batch_size)
     if json_out:
         print_json(report)
     else:
@@ -541,3 +561,82 @@ def quantize(
 
     result = run_quantize(source, format, type_, output_dir, force, not no_verify, not no_modelfile)
     _print_run_summary("quantize", result.summary, json_out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report (lorakit.eval.report)
+
+
+@command(
+    "report",
+    help="Write report.html: one run's curves and scores, or one page comparing several outputs (curves overlaid, "
+    "headline metrics, lineage base -> sft -> dpo -> merged -> export). Self-contained: open it anywhere.\n\n"
+    "Examples:\n\n  lorakit report out/tiny-pipeline/*          # -> out/tiny-pipeline/report.html\n\n"
+    "  lorakit report out/sft                       # redraw out/sft/report.html\n\n"
+    "  lorakit report out/sft-a out/sft-b -o compare.html",
+)
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Run, merged or export folders, or a pipeline's root.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the page (default: "
+                                                   "report.html in the folders' common parent).")] = None,
+) -> None:
+    from lorakit.console import info, out
+    from lorakit.eval.report import write_comparison_report
+
+    target, skipped = write_comparison_report(paths, output)
+    for item in skipped:
+        info(f"skipped {item}")
+    out.print(f"report: {target.resolve().as_uri()}", markup=False, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Serving: the commands that serve what lorakit wrote, and the built-in base a server needs for its adapters
+
+
+@command(
+    "serve-info",
+    help="The exact commands that serve a run, a merged model or an export in vLLM, llama.cpp's llama-server, "
+    "Ollama and transformers (paths, LoRA rank, chat template and stop tokens of this artifact).\n\n"
+    "Examples:\n\n  lorakit serve-info out/tiny-pipeline/sft\n\n"
+    "  lorakit serve-info out/tiny-pipeline/sft out/tiny-pipeline/dpo      # both adapters on one vLLM server\n\n"
+    "  lorakit serve-info out/tiny-pipeline/merged --json\n\n"
+    "  lorakit serve-info out/tiny-pipeline/export\n\n"
+    "  lorakit serve-info out/sft --base bases/tiny-llama                  # after lorakit export-base",
+)
+def serve_info(
+    paths: Annotated[list[Path], typer.Argument(help="A run folder (or several on one base), merged model or export.")],
+    base: Annotated[Optional[str], typer.Option("--base", help="Adapter runs: the base's folder, if it is not where "
+                                                "the run was trained (e.g. written by lorakit export-base).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.console import print_json
+    from lorakit.export.serve_info import render
+    from lorakit.export.serve_info import serve_info as describe_serving
+
+    info = describe_serving(paths, base)
+    if json_out:
+        print_json(info)
+    else:
+        render(info)
+
+
+@command(
+    "export-base",
+    help="Write a built-in base model (builtin:tiny-llama) into a folder of your choice, so a server elsewhere can "
+    "load the adapters trained on it (the same files as lorakit's cached build).\n\n"
+    "Examples:\n\n  lorakit export-base builtin:tiny-llama bases/tiny-llama\n\n"
+    "  lorakit export-base out/tiny-pipeline/sft bases/tiny-llama      # the base of that run",
+)
+def export_base(
+    source: Annotated[str, typer.Argument(help="builtin:NAME, or a run folder trained on one.")],
+    output_dir: Annotated[Path, typer.Argument(help="Folder to write.")],
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.console import info
+    from lorakit.export.base import export_base as write_base
+
+    name, target = write_base(source, output_dir, force)
+    if not json_out:
+        info(f"Serve adapters trained on {name} with it: lorakit serve-info RUN --base {target}")
+    _print_run_summary("export-base", {"base": name, "output": str(target)}, json_out)

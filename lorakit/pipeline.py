@@ -41,6 +41,7 @@ class StageOutcome:
 class PipelineResult:
     outcomes: list[StageOutcome]
     failure: LorakitError | None = None
+    report: Path | None = None  # ROOT/report.html over the stages' folders
 
     def to_json(self) -> list[dict[str, Any]]:
         return [asdict(o) for o in self.outcomes]
@@ -166,7 +167,9 @@ class Pipeline:
             parent_key = key
         if failure is not None and not root_was_there:
             self.remove_if_nothing_ran()
-        return PipelineResult(outcomes, failure)
+        from lorakit.eval.report import write_pipeline_report
+
+        return PipelineResult(outcomes, failure, write_pipeline_report(self.root, [self.folder(s) for s in stages]))
 
     def remove_if_nothing_ran(self) -> None:
         """A first run that failed before any stage wrote anything leaves no root folder behind."""
@@ -207,7 +210,7 @@ def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     recipe._file = pipeline.recipe._file  # --force inside the pipeline never replaces a folder holding the recipe
     result = run_sft(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
                      callbacks=pipeline.callbacks)
-    return _pick(result.summary, "steps", "final_loss", "final_eval_loss")
+    return _pick(result.summary, "steps", "final_loss", "final_eval_loss", "warnings")
 
 
 def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
@@ -220,7 +223,7 @@ def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     recipe._file = pipeline.recipe._file
     result = run_dpo(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
                      callbacks=pipeline.callbacks)
-    return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps"))}
+    return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps")) or k == "warnings"}
 
 
 def run_merge_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:

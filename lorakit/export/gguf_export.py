@@ -104,7 +104,7 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any], model_type: str) -> str:
 def add_vocab(writer, folder: Path, config: dict[str, Any], tokenizer) -> None:
     import gguf
 
-    from lorakit.templates import end_of_turn_token
+    from lorakit.chat_template import end_of_turn_token
 
     vocab_size = config["vocab_size"]
     tokenizer_json = json.loads((folder / "tokenizer.json").read_text())

@@ -92,6 +92,8 @@ def training_kwargs(train, run: RunFolder, device: str, precision: str, method: 
         eval_strategy="steps" if has_eval else "no",
         eval_steps=train.eval_steps or train.save_steps,
         report_to=list(train.report_to) or "none",
+        run_name=run.path.name,  # the name wandb / trackio show
+        project="lorakit",  # trackio's project (its local database is TRACKIO_DIR/lorakit.db)
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
@@ -307,6 +309,9 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except Exception as exc:
+            mapped = logger_error(exc)
+            if mapped is not None:
+                raise mapped from None
             if checkpoint is None or first_step.reached or isinstance(exc, LorakitError):
                 raise
             # The Trainer loads the checkpoint (weights, optimizer, scheduler, state) before its first step; whatever
@@ -318,12 +323,44 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
                           f"the Trainer cannot load it ({type(exc).__name__}: {reason})",
                           hint=f"delete {run.staging.name}/{CHECKPOINTS}/{checkpoint.name} to resume from the "
                                "checkpoint before it, or pass --force to start over") from None
+        finally:
+            close_loggers()
     if flag.raised:
         raise RunInterrupted(
             f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {run.staging}",
             hint=f"resume with: {resume_hint}",
         )
     return TrainOutcome(trainer.state.global_step, metrics.records(), time.time() - started)
+
+
+def logger_error(exc: Exception) -> LorakitError | None:
+    """A logger that could not start (wandb without an account or offline mode) is the user's setting to fix, not a
+    crash: its error, by type, as a clean message."""
+    import sys
+
+    if "wandb" in sys.modules:
+        from wandb import errors as wandb_errors
+
+        if isinstance(exc, wandb_errors.Error):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            from lorakit.errors import ConfigError
+
+            return ConfigError(f"train.report_to wandb: wandb could not start ({first})",
+                               hint="log locally with WANDB_MODE=offline (upload later with `wandb sync`), or log in: "
+                                    "`wandb login` or WANDB_API_KEY; or drop wandb from train.report_to")
+    return None
+
+
+def close_loggers() -> None:
+    """End the wandb run this training opened: transformers leaves it open, so the next stage of a pipeline (dpo
+    after sft, in one process) would log into the same run. (trackio's callback finishes its run itself.)"""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
 
 
 def summarize_losses(records: list[dict[str, Any]], key: str = "loss") -> dict[str, float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +22,8 @@ from .workspace import Workspace
 @dataclass(frozen=True)
 class Case:
     id: str
-    build: Callable[[Workspace], list]
-    expect: tuple[str, ...] = ()
-    # the error line need not carry a hint for these (none so far); kept for completeness of the contract
-    flags: frozenset = field(default_factory=frozenset)
+    build: Callable[[Workspace], list]  # makes the input in the workspace, returns the command line
+    expect: tuple[str, ...] = ()  # what the error must name (a case may add seeded ones to ws.expected)
 
 
 CASES: list[Case] = []

@@ -34,7 +34,7 @@ def test_run_folder_holds_everything_the_next_stage_needs(sft_run):
     run = read_run(sft_run.path, expect_stage=("sft",))
     files = {p.name for p in sft_run.path.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
-            "lorakit.yaml", "manifest.json", "metrics.jsonl", "README.md", "checkpoints"} <= files
+            "lorakit.yaml", "manifest.json", "metrics.jsonl", "README.md", "checkpoints", "report.html"} <= files
     assert not any(name.endswith((".bin", ".pt")) and "checkpoint" not in name for name in files)
     manifest = run.manifest
     assert manifest["status"] == "complete" and manifest["parent"] is None

@@ -78,11 +78,23 @@ def write_run(folder, base="org/base-model", stage="sft", method="lora", eos=(0,
     (folder / "lorakit.yaml").write_text(recipe_to_yaml(recipe))
     (folder / "manifest.json").write_text(json.dumps({
         "stage": stage, "status": "complete", "base_model": {"name": base, "location": base, "revision": revision}}))
-    for name in ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja"):
-        (folder / name).write_text("{}")
+    write_adapter(folder, recipe.lora.r)
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
     if eos is not None:
         (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": list(eos)}))
     return folder
+
+
+def write_adapter(folder, rank):
+    """A LoRA adapter as PEFT saves one (one q_proj pair of rank `rank`): read_run checks its header and ranks."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank,
+                                                            "target_modules": ["q_proj"]}))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{prefix}.lora_A.weight": np.zeros((rank, 8), np.float32),
+               f"{prefix}.lora_B.weight": np.zeros((8, rank), np.float32)}, str(folder / "adapter_model.safetensors"))
 
 
 def write_model(folder, **manifest):

@@ -75,7 +75,8 @@ def tensor_shapes(file: Path, owner: str, folder: Path, hint: str | None = None)
     if file.stat().st_size == 0:
         raise Damaged(owner, rel, "is empty", hint)
     try:
-        with safe_open(str(file), framework="pt") as handle:
+        # numpy: the header is read the same, without importing torch (serve-info stays light); bf16 shapes read too
+        with safe_open(str(file), framework="np") as handle:
             return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

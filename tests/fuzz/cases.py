@@ -875,6 +875,7 @@ RUN_COMMANDS = {
     "generate": lambda ws: ["generate", "sftrun", "-p", "hi"],
     "quantize": lambda ws: ["quantize", "sftrun"],
     "eval": lambda ws: ["eval", "sftrun", "--data", ws.chats(), "--no-base"],
+    "serve-info": lambda ws: ["serve-info", "sftrun"],
 }
 
 
@@ -1013,7 +1014,8 @@ add("resume-finished", lambda ws: (ws.copy_run("sftrun"), ["sft", "-r", ws.run_r
 
 def model_damage(label: str, file: str, make, *fragments: str) -> None:
     for name, command in (("quantize", lambda: ["quantize", "m", "-o", "exp"]),
-                          ("generate", lambda: ["generate", "m", "-p", "hi"])):
+                          ("generate", lambda: ["generate", "m", "-p", "hi"]),
+                          ("serve-info", lambda: ["serve-info", "m"])):
         def build(ws, command=command):
             folder = ws.copy_model("m", {"stage": "merge", "status": "complete"})
             damage(ws, folder, file, make)

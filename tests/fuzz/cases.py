@@ -891,6 +891,32 @@ def run_damage_case(label, file, make, fragments, commands) -> None:
 
 for label, file, make, fragments in RUN_DAMAGE:
     run_damage_case(label, file, make, fragments, RUN_COMMANDS)
+# `lorakit report` reads a folder's manifest, metrics and eval.json (not its weights): the damage it must name
+REPORT_DAMAGE = {"manifest-garbage", "manifest-cut", "manifest-list", "manifest-null", "manifest-empty",
+                 "manifest-non-utf8", "manifest-deep", "manifest-big-int", "manifest-base-string",
+                 "manifest-parent-list", "metrics-cut-line", "metrics-garbage-line", "metrics-list-line",
+                 "metrics-non-utf8"}
+RUN_COMMANDS["report"] = lambda ws: ["report", "sftrun"]
+for label, file, make, fragments in RUN_DAMAGE:
+    if label in REPORT_DAMAGE:
+        run_damage_case(label, file, make, fragments, ("report",))
+for label, content, fragments in [
+    ("list", "[1, 2]", ("eval.json", "expected a JSON object")),
+    ("garbage", "{", ("eval.json", "malformed JSON")),
+    ("non-utf8", b'{"candidates": "\xff"}', ("eval.json", "not UTF-8")),
+    ("candidates-ints", '{"candidates": [1, 2]}', ("eval.json", "candidates")),
+    ("candidate-name-int", '{"candidates": [{"name": 3}]}', ("eval.json", "candidates")),
+    ("regressions-partial", '{"candidates": [], "regressions": [{"metric": "loss"}]}', ("eval.json", "regressions")),
+]:
+    run_damage_case(f"eval-json-{label}", "eval.json", lambda ws, content=content: content, fragments, ("report",))
+for label, change, fragments in [
+    ("summary-list", {"summary": [1]}, ("manifest.json", "summary")),
+    ("estimate-number", {"vram_estimate": 3}, ("manifest.json", "vram_estimate")),
+    ("trainable-string", {"trainable_parameters": "9"}, ("manifest.json", "trainable_parameters")),
+    ("device-list", {"device": ["cpu"]}, ("manifest.json", "device")),
+]:
+    run_damage_case(f"manifest-{label}", "manifest.json",
+                    _edit_json("manifest.json", lambda m, change=change: m.update(change)), fragments, ("report",))
 for label, file, make, fragments in VALUE_DAMAGE:
     run_damage_case(label, file, make, fragments, ("merge", "dpo-from", "quantize"))
 for label, file, make, fragments in BASE_DAMAGE:

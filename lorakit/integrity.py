@@ -201,6 +201,21 @@ def check_model_files(folder: str | Path, owner: str) -> None:
         tensor_shapes(file, owner, folder)
 
 
+def check_gguf(folder: Path, name: str, owner: str) -> None:
+    """A GGUF file whose header and tensor table read whole (gguf's reader maps the file; it loads no weights)."""
+    file = folder / name
+    kind = file_kind(file)
+    if kind is not None:
+        raise Damaged(owner, name, kind if kind.startswith(("not ", "a broken")) else f"is {kind}")
+    try:
+        import gguf
+
+        gguf.GGUFReader(str(file))
+    except Exception:  # the reader fails in numpy's words (ValueError, IndexError...) on a cut or foreign file
+        raise Damaged(owner, name, "not a readable GGUF file: its header or tensor table is incomplete (cut short "
+                                   "or overwritten?)") from None
+
+
 def load_adapter(model, folder: str | Path, owner: str, **kwargs):
     """`PeftModel.from_pretrained`, with its failures on a damaged or mismatched adapter mapped by type."""
     from peft import PeftModel

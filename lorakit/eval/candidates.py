@@ -37,6 +37,9 @@ def describe(path: Path) -> Candidate:
     """What a path given to `lorakit eval` is, and which candidate it should be compared with."""
     gguf = gguf_file_of(path)
     if gguf is not None:
+        from lorakit.integrity import check_gguf
+
+        check_gguf(gguf.parent, gguf.name, f"export {gguf.parent}")  # a cut file fails in transformers' struct reads
         manifest = read_manifest(gguf.parent)
         parent = manifest.get("source")
         return Candidate(str(path), "gguf", gguf, str(parent) if parent else None)

@@ -137,7 +137,7 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
 def check_output(folder: Path, manifest: dict[str, Any]) -> None:
     """A merged model or export whose files are damaged says so here, not in the server that is told to load it
     (read_manifest reads a damaged manifest as none). Headers and JSON only: no torch, no weights."""
-    from lorakit.integrity import Damaged, check_model_files
+    from lorakit.integrity import Damaged, check_gguf, check_model_files
     from lorakit.runs import MANIFEST_FILE
     from lorakit.safe_io import read_json
 
@@ -160,24 +160,6 @@ def check_output(folder: Path, manifest: dict[str, Any]) -> None:
             return
     if stage in ("merge", "quantize") or not stage:
         check_model_files(folder, f"model {folder}" if stage != "quantize" else owner)
-
-
-def check_gguf(folder: Path, name: str, owner: str) -> None:
-    """A GGUF file whose header and tensor table read whole (gguf's reader maps the file; it loads no weights)."""
-    from lorakit.integrity import Damaged
-    from lorakit.safe_io import file_kind
-
-    file = folder / name
-    kind = file_kind(file)
-    if kind is not None:
-        raise Damaged(owner, name, kind if kind.startswith(("not ", "a broken")) else f"is {kind}")
-    try:
-        import gguf
-
-        gguf.GGUFReader(str(file))
-    except Exception:  # the reader fails in numpy's words (ValueError, IndexError...) on a cut or foreign file
-        raise Damaged(owner, name, "not a readable GGUF file: its header or tensor table is incomplete (cut short "
-                                   "or overwritten?)") from None
 
 
 def adapter_artifact(adapters: list[Adapter], base_model: dict[str, Any], method: str, eos: list[int],

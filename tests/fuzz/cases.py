@@ -1063,6 +1063,51 @@ model_damage("generation-config-garbage", "generation_config.json", lambda ws: "
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Damaged GGUF exports: eval and serve-info read the file's tables before anything loads it
+
+def gguf_bytes(ws: Workspace) -> bytes:
+    """A small GGUF file (metadata and two tensors), as gguf's writer lays one out."""
+    import gguf
+    import numpy as np
+
+    file = ws.root / ".scratch.gguf"
+    writer = gguf.GGUFWriter(str(file), "llama")
+    writer.add_context_length(64)
+    writer.add_tensor("token_embd.weight", np.ones((16, 8), np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(8, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    content = file.read_bytes()
+    file.unlink()
+    return content
+
+
+def gguf_damage(label: str, make) -> None:
+    for name, command in (("eval", lambda ws: ["eval", "exp", "--data", ws.chats(), "--no-base"]),
+                          ("serve-info", lambda ws: ["serve-info", "exp"])):
+        def build(ws, command=command):
+            export = ws.root / "exp"
+            export.mkdir()
+            damage(ws, export, "model-q8_0.gguf", make)
+            (export / "manifest.json").write_text(json.dumps({
+                "stage": "quantize", "status": "complete", "format": "gguf", "type": "q8_0",
+                "files": ["model-q8_0.gguf"], "source": str(ws.world.model)}))
+            return command(ws)
+
+        add(f"gguf-{label}-{name}", build, "exp", "model-q8_0.gguf")
+
+
+for seed in range(4):
+    gguf_damage(f"cut-{seed}", lambda ws: cut(ws, gguf_bytes(ws)[:-8]))  # always short of the last tensor
+    gguf_damage(f"random-{seed}", lambda ws: b"GGUF" + random_bytes(ws, 400))
+gguf_damage("empty", lambda ws: b"")
+gguf_damage("header-only", lambda ws: gguf_bytes(ws)[:24])
+gguf_damage("dir", lambda ws: "DIR")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Pipelines: every stage's section checked before the first starts, and nothing left when nothing ran
 
 def pipeline_text(ws: Workspace, root: str = "p", extra: str = "", sft_data: str | None = None,

@@ -227,6 +227,7 @@ def test_auto_optimizer_is_a_torch_one_under_sharding():
 
 
 def test_a_checkpoint_is_complete_only_with_every_process_rng_state(tmp_path):
+    from lorakit.integrity import mark_checkpoint_complete
     from lorakit.runs import RunFolder
 
     run = RunFolder(tmp_path / "run")
@@ -234,6 +235,7 @@ def test_a_checkpoint_is_complete_only_with_every_process_rng_state(tmp_path):
         folder = run.checkpoints / f"checkpoint-{step}"
         folder.mkdir(parents=True)
         (folder / "trainer_state.json").write_text("{}")
+        mark_checkpoint_complete(folder, step)  # rank 0 finished its part of both
         for rank in ranks:
             (folder / f"rng_state_{rank}.pth").write_bytes(b"x")
     assert run.latest_checkpoint(2).name == "checkpoint-3"

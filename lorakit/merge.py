@@ -302,7 +302,7 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
             "status": "complete",
             "created_at": now(),
             "source": str(source.resolve()),
-            "base_model": {"name": src.base.name, "location": src.base.location},
+            "base_model": src.base.record(),
             "lineage": src.lineage,
             "method": src.method,
             "mode": mode,

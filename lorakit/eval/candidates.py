@@ -52,8 +52,11 @@ def describe(path: Path) -> Candidate:
 
 def load_candidate(candidate: Candidate, base_location: str | None):
     """(model, tokenizer) for one candidate, on the best device, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import tempfile
 
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.gguf_source import import_tokenizer
     from lorakit.infer import load_for_inference
     from lorakit.model import resolve_device, resolve_model_source, load_base_model
 
@@ -65,7 +68,8 @@ def load_candidate(candidate: Candidate, base_location: str | None):
     if candidate.kind == "gguf":
         folder, name = candidate.path.parent, candidate.path.name
         model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+        with tempfile.TemporaryDirectory() as unpacked:  # the file's tokenizer as llama.cpp cuts text
+            tokenizer, _ = import_tokenizer(candidate.path, Path(unpacked))
         return model.eval(), tokenizer
     return load_for_inference(candidate.path)
 

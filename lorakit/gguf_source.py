@@ -271,13 +271,14 @@ def match_llama_cpp(tokenizer_json: dict[str, Any], metadata: dict[str, Any]) ->
 
 def import_tokenizer(gguf_path: Path, target: Path):
     """The tokenizer of a GGUF file saved into `target` as transformers builds it, edited to match llama.cpp."""
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     from lorakit.runs import write_json_atomic
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, StrictDataclassFieldValidationError):
         # AutoTokenizer reads the model config first, and some configs do not fit transformers' classes (Gemma 4's
         # per-layer head counts); the tokenizer part converts fine on its own
         tokenizer = PreTrainedTokenizerFast.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)

@@ -36,7 +36,7 @@ def build(workdir: Path) -> tuple[Path, Path, int]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from lorakit.templates import CHATML
+    from lorakit.chat_template import CHATML
     from lorakit.tiny import TinySpec, build_tokenizer
 
     tokenizer = build_tokenizer(TinySpec())

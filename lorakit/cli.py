@@ -349,10 +349,13 @@ def run(
 
     stages = [s.strip() for s in only.split(",") if s.strip()] if only else None
     result = Pipeline(resolved).run(only=stages, from_stage=from_stage, force=force)
+    report = result.report.resolve().as_uri() if result.report else None
     if json_out:
-        print_json({"stages": result.to_json(), "ok": result.failure is None})
+        print_json({"stages": result.to_json(), "ok": result.failure is None, "report": report})
     else:
         out.print(pipeline_table(result))
+        if report:
+            out.print(f"report: {report}", markup=False, highlight=False)
     if result.failure is not None:
         raise result.failure
 
@@ -362,7 +365,9 @@ def run(
     help="Score the base model and each run on the same held-out data, and flag stages that made it worse.\n\n"
     "Examples:\n\n  lorakit eval out/sft out/dpo --data held-out.jsonl\n\n"
     "  lorakit eval out/dpo --prefs held-out-prefs.jsonl --fail-on-regression\n\n"
-    "  lorakit eval out/dpo-merged out/dpo-merged-gguf --data held-out.jsonl --prompts prompts.txt",
+    "  lorakit eval out/dpo-merged out/dpo-merged-gguf --data held-out.jsonl --prompts prompts.txt\n\n"
+    "  lorakit eval out/sft out/dpo --tasks examples/data/mc-facts.jsonl      # your own questions, offline\n\n"
+    "  lorakit eval out/dpo --tasks hellaswag,arc_easy,mmlu --limit 200 --fail-on-regression   # lorakit\\[eval]",
 )
 def eval_(
     paths: Annotated[list[Path], typer.Argument(help="Run folders, merged model folders or GGUF exports.")],
@@ -376,6 +381,19 @@ def eval_(
                                                      help="Exit non-zero when a stage is worse than its parent.")] = False,
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="How much worse than its parent a stage "
                                              "may be before it counts, relative to the parent's value.")] = 0.01,
+    tasks: Annotated[Optional[list[str]], typer.Option(
+        "--tasks", help="Benchmarks through lm-evaluation-harness: task names (hellaswag,arc_easy,mmlu) and/or your "
+                        "own .jsonl question sets (multiple choice or generation).")] = None,
+    task_file: Annotated[Optional[list[str]], typer.Option(
+        "--task-file", help="An lm-eval task YAML of your own (repeatable).")] = None,
+    limit: Annotated[Optional[float], typer.Option(
+        "--limit", min=0.0, help="Questions per task (a fraction below 1); for quick looks, not for reporting.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", min=0, help="Few-shot examples per question "
+                                                       "(default: each task's own).")] = None,
+    chat_template: Annotated[str, typer.Option(
+        "--chat-template", help="auto: on for your own sets and generation tasks, off for loglikelihood benchmarks; "
+                                "or on / off for every task.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="lm-eval batch size.")] = 8,
     json_out: JsonOpt = False,
 ) -> None:
     from lorakit.console import print_json
@@ -383,7 +401,9 @@ def eval_(
     from lorakit.eval.render import print_eval
     from lorakit.eval.run import run_eval
 
-    report = run_eval(paths, data, prefs, prompts, not no_base, base_model, tolerance=tolerance)
+    report = run_eval(paths, data, prefs, prompts, not no_base, base_model, tolerance=tolerance, tasks=tasks,
+                      task_files=task_file, limit=limit, num_fewshot=num_fewshot, chat_template=chat_template,
+                      batch_size=batch_size)
     if json_out:
         print_json(report)
     else:
@@ -456,53 +476,6 @@ def merge(
     _print_run_summary("merge", summary, json_out)
 
 
-def _recipe_for_estimate(path: Path):
-    """A training recipe as it will run: pipelines give their SFT section; DPO recipes inherit from their SFT run."""
-    from lorakit.config import load_recipe, read_yaml
-
-    stage = read_yaml(path).get("stage", "sft")
-    if stage == "pipeline":
-        recipe = load_recipe("pipeline", path)
-        if recipe.sft is None:
-            raise LorakitError(f"{path}: the pipeline has no sft section to estimate")
-        return recipe.sft
-    if stage not in ("sft", "dpo"):
-        raise LorakitError(f"{path}: a '{stage}' recipe trains nothing", hint="give an sft, dpo or pipeline recipe")
-    recipe = load_recipe(stage, path)
-    if stage != "dpo" or not recipe.from_run:
-        return recipe
-    from lorakit.console import info
-    from lorakit.config import INHERITED, inherit_from_parent
-
-    if Path(recipe.from_run).is_dir():
-        from lorakit.runs import read_run
-
-        return inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=("sft",)))
-    # Planning before the SFT run exists: its recipe, beside this one, says what the DPO run will inherit.
-    for candidate in sorted(path.parent.glob("*.y*ml")):
-        try:
-            text = read_yaml(candidate)
-        except LorakitError:
-            continue
-        if text.get("stage") == "sft" and Path(str(text.get("output_dir", ""))) == Path(recipe.from_run):
-            parent = load_recipe("sft", candidate)
-            info(f"{recipe.from_run} does not exist yet: estimating with the settings of {candidate}, which writes it")
-            return recipe.model_copy(update={section: getattr(parent, section) for section in INHERITED})
-    raise LorakitError(f"{path}: from_run {recipe.from_run} does not exist yet, and no SFT recipe beside it writes it",
-                       hint="run the SFT stage first, or estimate the model directly: lorakit vram-estimate MODEL "
-                            "--stage dpo")
-
-
-def _choice(name: str, value, allowed) -> None:
-    if value is not None and value not in allowed:
-        import difflib
-
-        from lorakit.errors import ConfigError
-
-        closest = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.0)
-        raise ConfigError(f"--{name} {value!r} is not one of {', '.join(allowed)}", hint=f"--{name} {closest[0]}")
-
-
 @command(
     "vram-estimate",
     help="How much GPU memory a run needs, term by term, and what fits on which GPU. Pure arithmetic: no weights, "
@@ -511,17 +484,21 @@ def _choice(name: str, value, allowed) -> None:
     "  lorakit vram-estimate Qwen/Qwen2.5-7B --method lora --seq-len 4096 --batch-size 2 --gpu rtx4090\n\n"
     "  lorakit vram-estimate ./my-model --gpu all\n\n"
     "  lorakit vram-estimate --recipe recipes/llama3.1-8b-qlora-sft.yaml\n\n"
-    "  lorakit vram-estimate mistralai/Mistral-7B-v0.1 --stage dpo --json",
+    "  lorakit vram-estimate mistralai/Mistral-7B-v0.1 --stage dpo --json\n\n"
+    "  lorakit vram-estimate Qwen/Qwen2.5-72B --method lora --num-gpus 4 --strategy fsdp --gpu a100-80gb\n\n"
+    "  curl -sL https://huggingface.co/ORG/NAME/resolve/main/config.json | lorakit vram-estimate -",
 )
 def vram_estimate(
-    model: Annotated[Optional[str], typer.Argument(help="Catalog name, hub id, local folder or config.json.")] = None,
+    model: Annotated[Optional[str], typer.Argument(
+        help="Catalog name, hub id (mirrors and checkpoints of catalog models resolve offline), local folder, "
+             "config.json, or - to read a config.json from stdin.")] = None,
     recipe: RecipeOpt = None,
     method: Annotated[Optional[str], typer.Option(help="full, lora or qlora (default qlora).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16 or fp32 (default bf16).")] = None,
     mixed_precision: Annotated[Optional[bool], typer.Option(
         "--mixed-precision/--pure", help="fp32 master weights (and adapters) under autocast, or pure 16-bit.")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Tokens per sequence (default 2048).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Micro-batch size (default 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Micro-batch size per GPU (default 1).")] = None,
     grad_checkpointing: Annotated[Optional[bool], typer.Option(
         "--grad-checkpointing/--no-grad-checkpointing", help="Default on.")] = None,
     optimizer: Annotated[Optional[str], typer.Option(
@@ -535,71 +512,29 @@ def vram_estimate(
     stage: Annotated[Optional[str], typer.Option(help="sft, dpo, dpo-precomputed or inference (default sft).")] = None,
     double_quant: Annotated[Optional[bool], typer.Option("--double-quant/--no-double-quant", help="Default on.")]
     = None,
+    quant: Annotated[Optional[str], typer.Option(
+        help="Base-weight quantization: nf4, fp4 (4-bit) or int8 (8-bit); with --stage inference, or qlora.")] = None,
+    activation_offloading: Annotated[Optional[bool], typer.Option(
+        "--activation-offloading/--no-activation-offloading",
+        help="Saved activations in pinned host RAM (TRL's activation_offloading).")] = None,
+    optimizer_in_backward: Annotated[Optional[bool], typer.Option(
+        "--optimizer-in-backward", help="Step each parameter during backward (torchtune's optimizer_in_bwd).")] = None,
+    num_gpus: Annotated[Optional[int], typer.Option(help="GPUs in data parallel; estimates are per GPU.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="With --num-gpus: ddp, fsdp, zero2 or zero3 (default ddp).")]
+    = None,
     gpu: Annotated[Optional[str], typer.Option(help="A GPU name (rtx4090, a100-80gb, ...) or all.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    from dataclasses import replace
+    from lorakit.vram.command import EstimateOptions, run_estimate
+    from lorakit.vram.report import render
 
-    from lorakit.console import out, print_json
-    from lorakit.errors import ConfigError
-    from lorakit.vram import estimate as est_mod
-    from lorakit.vram.catalog import GPUS, close_gpus, find_gpu
-    from lorakit.vram.plan import verdict
-    from lorakit.vram.report import breakdown_table, gpu_table, suggestion_lines
-    from lorakit.vram.resolve import resolve_shape, setup_from_recipe
-
-    if model is None and recipe is None:
-        raise ConfigError("give a model (name, folder or config.json) or --recipe",
-                          hint="lorakit vram-estimate meta-llama/Llama-3.1-8B")
-    setup = est_mod.Setup()
-    if recipe is not None:
-        name, setup = setup_from_recipe(_recipe_for_estimate(recipe))
-        model = model or name
-    _choice("method", method, est_mod.METHODS)
-    _choice("dtype", dtype, tuple(est_mod.DTYPE_BYTES))
-    _choice("optimizer", optimizer, est_mod.OPTIMIZERS)
-    _choice("attn", attn, est_mod.ATTENTION)
-    _choice("loss", loss, est_mod.LOSSES)
-    _choice("stage", stage, est_mod.STAGES)
-    changes = {"method": method, "dtype": dtype, "mixed_precision": mixed_precision, "seq_len": seq_len,
-               "batch_size": batch_size, "grad_checkpointing": grad_checkpointing, "optimizer": optimizer,
-               "lora_r": lora_r, "lora_targets": lora_targets, "attn": attn, "loss": loss, "stage": stage,
-               "double_quant": double_quant}
-    setup = replace(setup, **{k: v for k, v in changes.items() if v is not None})
-    try:
-        est_mod.check_setup(setup)
-    except ValueError as exc:
-        field_name, _, problem = str(exc).partition(": ")
-        raise ConfigError(f"--{field_name.replace('_', '-')}: {problem}", hint="see lorakit vram-estimate --help")
-    shape = resolve_shape(model)
-    estimate = est_mod.estimate(shape, setup)
-
-    gpus = []
-    if gpu is not None:
-        if gpu.lower() == "all":
-            gpus = list(GPUS.values())
-        else:
-            found = find_gpu(gpu)
-            if found is None:
-                close = close_gpus(gpu)
-                raise ConfigError(f"--gpu {gpu!r} is not in the GPU catalog",
-                                  hint=(f"did you mean {', '.join(close)}? " if close else "") +
-                                  f"known: {', '.join(GPUS)}, or all")
-            gpus = [found]
-    verdicts = [verdict(shape, setup, g) for g in gpus]
-
-    if json_out:
-        data = estimate.to_dict()
-        data["shape"] = shape.describe()
-        data["gpus"] = [v.to_dict() for v in verdicts]
-        print_json(data)
-        return
-    out.print(breakdown_table(estimate))
-    if verdicts:
-        out.print(gpu_table(verdicts))
-        if len(verdicts) == 1:
-            for line in suggestion_lines(verdicts[0]):
-                out.print(line)
+    options = EstimateOptions(
+        model=model, recipe=recipe, method=method, dtype=dtype, mixed_precision=mixed_precision, seq_len=seq_len,
+        batch_size=batch_size, grad_checkpointing=grad_checkpointing, optimizer=optimizer, lora_r=lora_r,
+        lora_targets=lora_targets, attn=attn, loss=loss, stage=stage, double_quant=double_quant, quant=quant,
+        activation_offloading=activation_offloading, optimizer_in_backward=optimizer_in_backward, num_gpus=num_gpus,
+        strategy=strategy, gpu=gpu)
+    render(run_estimate(options), json_out)
 
 
 @command(
@@ -626,3 +561,82 @@ def quantize(
 
     result = run_quantize(source, format, type_, output_dir, force, not no_verify, not no_modelfile)
     _print_run_summary("quantize", result.summary, json_out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report (lorakit.eval.report)
+
+
+@command(
+    "report",
+    help="Write report.html: one run's curves and scores, or one page comparing several outputs (curves overlaid, "
+    "headline metrics, lineage base -> sft -> dpo -> merged -> export). Self-contained: open it anywhere.\n\n"
+    "Examples:\n\n  lorakit report out/tiny-pipeline/*          # -> out/tiny-pipeline/report.html\n\n"
+    "  lorakit report out/sft                       # redraw out/sft/report.html\n\n"
+    "  lorakit report out/sft-a out/sft-b -o compare.html",
+)
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Run, merged or export folders, or a pipeline's root.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the page (default: "
+                                                   "report.html in the folders' common parent).")] = None,
+) -> None:
+    from lorakit.console import info, out
+    from lorakit.eval.report import write_comparison_report
+
+    target, skipped = write_comparison_report(paths, output)
+    for item in skipped:
+        info(f"skipped {item}")
+    out.print(f"report: {target.resolve().as_uri()}", markup=False, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Serving: the commands that serve what lorakit wrote, and the built-in base a server needs for its adapters
+
+
+@command(
+    "serve-info",
+    help="The exact commands that serve a run, a merged model or an export in vLLM, llama.cpp's llama-server, "
+    "Ollama and transformers (paths, LoRA rank, chat template and stop tokens of this artifact).\n\n"
+    "Examples:\n\n  lorakit serve-info out/tiny-pipeline/sft\n\n"
+    "  lorakit serve-info out/tiny-pipeline/sft out/tiny-pipeline/dpo      # both adapters on one vLLM server\n\n"
+    "  lorakit serve-info out/tiny-pipeline/merged --json\n\n"
+    "  lorakit serve-info out/tiny-pipeline/export\n\n"
+    "  lorakit serve-info out/sft --base bases/tiny-llama                  # after lorakit export-base",
+)
+def serve_info(
+    paths: Annotated[list[Path], typer.Argument(help="A run folder (or several on one base), merged model or export.")],
+    base: Annotated[Optional[str], typer.Option("--base", help="Adapter runs: the base's folder, if it is not where "
+                                                "the run was trained (e.g. written by lorakit export-base).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.console import print_json
+    from lorakit.export.serve_info import render
+    from lorakit.export.serve_info import serve_info as describe_serving
+
+    info = describe_serving(paths, base)
+    if json_out:
+        print_json(info)
+    else:
+        render(info)
+
+
+@command(
+    "export-base",
+    help="Write a built-in base model (builtin:tiny-llama) into a folder of your choice, so a server elsewhere can "
+    "load the adapters trained on it (the same files as lorakit's cached build).\n\n"
+    "Examples:\n\n  lorakit export-base builtin:tiny-llama bases/tiny-llama\n\n"
+    "  lorakit export-base out/tiny-pipeline/sft bases/tiny-llama      # the base of that run",
+)
+def export_base(
+    source: Annotated[str, typer.Argument(help="builtin:NAME, or a run folder trained on one.")],
+    output_dir: Annotated[Path, typer.Argument(help="Folder to write.")],
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    from lorakit.console import info
+    from lorakit.export.base import export_base as write_base
+
+    name, target = write_base(source, output_dir, force)
+    if not json_out:
+        info(f"Serve adapters trained on {name} with it: lorakit serve-info RUN --base {target}")
+    _print_run_summary("export-base", {"base": name, "output": str(target)}, json_out)

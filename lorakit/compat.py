@@ -37,11 +37,12 @@ def is_pretokenized_preferences(dataset) -> bool:
     return "prompt_ids" in dataset.column_names
 
 
-def check_dpo_trainer_hooks(trainer_class) -> None:
+def check_trainer_hooks(trainer_class) -> None:
     """The private DPOTrainer / Trainer methods lorakit overrides still exist with the arguments it passes.
 
     trl 1.16: `DPOTrainer._prepare_dataset(dataset, processing_class, args, dataset_name)`;
-    transformers 5.x: `Trainer._get_train_sampler(train_dataset=None)`.
+    transformers 5.x: `Trainer._get_train_sampler(train_dataset=None)` (lorakit's length grouping, SFT and DPO:
+    lorakit.train.length_groups).
     """
     from trl import DPOTrainer
     from transformers import Trainer
@@ -56,15 +57,23 @@ def check_dpo_trainer_hooks(trainer_class) -> None:
                            f"{owner.__name__}.{name}({', '.join(params[1:])})")
 
 
-def length_grouped_sampler(mega_batch: int, dataset, lengths: list[int]):
-    """transformers' sampler that groups rows of similar length (its grouping only knows `input_ids`, so DPO passes
-    the pair lengths). (transformers 5.x: trainer_pt_utils.LengthGroupedSampler(batch_size, dataset, lengths))"""
+def preference_collator_class():
+    """TRL's DPO collator: it pads the concatenated chosen/rejected rows (right padding, `attention_mask`) that
+    DPOTrainer's loss reads; lorakit's padding-free pairs subclass it and add the packed layout of the same batch.
+    (trl 1.16: trl.trainer.dpo_trainer.DataCollatorForPreference.torch_call(examples))"""
     try:
-        from transformers.trainer_pt_utils import LengthGroupedSampler
+        from trl.trainer.dpo_trainer import DataCollatorForPreference
     except ImportError:
-        raise _changed("length_grouped_sampler", "transformers", ">=5.20,<5.25",
-                       "trainer_pt_utils.LengthGroupedSampler") from None
-    return LengthGroupedSampler(mega_batch, dataset=dataset, lengths=lengths)
+        raise _changed("padding-free pairs", "trl", ">=1.16,<1.17",
+                       "trl.trainer.dpo_trainer.DataCollatorForPreference") from None
+    if not callable(getattr(DataCollatorForPreference, "torch_call", None)):
+        raise _changed("padding-free pairs", "trl", ">=1.16,<1.17", "DataCollatorForPreference.torch_call")
+    return DataCollatorForPreference
+
+
+def attention_implementation(config) -> str:
+    """The attention kernel a loaded model runs (transformers 5.x: config._attn_implementation, set at load)."""
+    return getattr(config, "_attn_implementation", None) or "sdpa"
 
 
 FUSED_OUTPUT_FIELDS = ("loss", "log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
@@ -210,11 +219,10 @@ def check_hooks() -> list[str]:
     """Exercise every hook that can be checked without a model; returns their names (the compat test calls it)."""
     from trl import DPOTrainer
 
-    check_dpo_trainer_hooks(DPOTrainer)
+    check_trainer_hooks(DPOTrainer)
     fused_output_class()
-    from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: F401  (length_grouped_sampler)
-
+    preference_collator_class()
     gguf_loadable_architectures()
     gguf_dequantizable_types()
-    return ["check_dpo_trainer_hooks", "fused_output_class", "length_grouped_sampler", "gguf_loadable_architectures",
+    return ["check_trainer_hooks", "fused_output_class", "preference_collator_class", "gguf_loadable_architectures",
             "gguf_dequantizable_types"]

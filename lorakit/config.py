@@ -88,6 +88,9 @@ class DataSection(Section):
         default_factory=dict, description="Map lorakit's column names to yours, e.g. {messages: dialog}."
     )
     system_prompt: str | None = None
+    tools: str | list[dict[str, Any]] | None = Field(
+        None, description="Tool specs offered in every row without its own `tools`: a JSON file or an inline list "
+                          "of OpenAI-style functions.")
     train_on: Literal["assistant", "all"] = Field("assistant", description="Which tokens carry the loss.")
     val_size: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for eval loss.")
     eval: str | None = Field(None, description="A separate eval file (instead of val_size).")
@@ -128,6 +131,10 @@ class TrainSection(Section):
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     precision: Precision = Field("auto", description="auto = bf16 where supported, fp16 on older GPUs, fp32 on CPU.")
     gradient_checkpointing: bool = True
+    activation_offloading: bool = Field(
+        False, description="Move saved activations to pinned host RAM during forward and back for backward (TRL's "
+        "activation_offloading, torchtune's OffloadActivations); CUDA only: on the CPU they already live in host RAM.",
+    )
     padding_free: Union[Literal["auto"], bool] = Field(
         "auto",
         description="Concatenate a batch's examples without padding (position ids reset per example). auto = on when "
@@ -143,7 +150,8 @@ class TrainSection(Section):
     save_steps: int = Field(100, gt=0, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, gt=0)
     eval_steps: int | None = Field(None, gt=0, description="Default: evaluate every save_steps.")
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    # Verified offline: tensorboard (events under checkpoints/runs/), wandb with WANDB_MODE=offline, trackio (local).
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -34,7 +34,7 @@ def describe_environment() -> dict[str, Any]:
         "attention": resolve_attn("auto", device),
         "loss": f"{loss} ({loss_reason})",
         "batching": "padding-free when a probe on the loaded model shows packed == unpacked logits, "
-        "else length-grouped (micro-batch 1: neither, there is no padding)",
+        "else length-grouped (SFT at micro-batch 1: neither, there is no padding; DPO packs a pair's two sequences)",
         "optimizer (lora)": resolve_optim("auto", "lora", device),
         "optimizer (qlora)": resolve_optim("auto", "qlora", device),
     }

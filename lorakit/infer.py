@@ -7,7 +7,7 @@ from pathlib import Path
 from lorakit.errors import RunError
 from lorakit.model import load_base_model, resolve_device, resolve_model_source
 from lorakit.runs import MANIFEST_FILE, base_source_of, read_run
-from lorakit.templates import stop_token_ids
+from lorakit.chat_template import stop_token_ids
 
 
 def load_for_inference(path: str | Path, base_override: str | None = None, device: str | None = None):

@@ -202,18 +202,7 @@ def copy_tokenizer(src: MergeSource, folder: Path) -> None:
         load_tokenizer(src.base).save_pretrained(str(folder))
 
 
-def write_generation_config(model, tokenizer, folder: Path) -> None:
-    from transformers import GenerationConfig
-
-    from lorakit.templates import stop_token_ids
-
-    config = model.generation_config if model.generation_config is not None else GenerationConfig()
-    config.eos_token_id = stop_token_ids(tokenizer)
-    config.pad_token_id = tokenizer.pad_token_id
-    config.save_pretrained(str(folder))
-
-
-def card_text(manifest: dict[str, Any]) -> str:
+def card_text(manifest: dict[str, Any], path: Path | None = None, eos: list[int] | None = None) -> str:
     gap = manifest.get("gap") or {}
     runs = " -> ".join(f"{r['stage']} ({r['path']})" for r in reversed(manifest["lineage"]))
     lines = [
@@ -229,6 +218,11 @@ def card_text(manifest: dict[str, Any]) -> str:
         lines.append(f"| gap vs trained model | mean KL {gap['mean_kl']:.2e}, max abs logit diff "
                      f"{gap['max_abs_logit_diff']:.2e}, top-1 agreement {gap['top1_agreement']:.4f} |")
     lines += ["", "Loads with plain transformers: `AutoModelForCausalLM.from_pretrained(this_folder)` (no peft).", ""]
+    if path is not None:
+        from lorakit.export.serve_info import Artifact, markdown, serve_commands
+
+        path = Path(path).resolve()
+        lines.append(markdown(serve_commands(Artifact("merged", path, path.name, eos=list(eos or [])))))
     return "\n".join(lines)
 
 
@@ -242,6 +236,7 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorakit.errors import ConfigError
+    from lorakit.export.generation_config import write_generation_config
     from lorakit.model_card import write_model_card
     from lorakit.logit_gap import compare_logits, logits_for, sample_token_ids
 
@@ -281,7 +276,7 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
         merged.config.save_pretrained(str(staging))
         copy_tokenizer(src, staging)
         tokenizer = AutoTokenizer.from_pretrained(str(staging))
-        write_generation_config(merged, tokenizer, staging)
+        eos = write_generation_config(merged, tokenizer, staging)
         del merged
         gc.collect()
 
@@ -311,8 +306,8 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
             "gap": gap,
             "versions": package_versions(),
         }
-        write_model_card(staging / "README.md", src.base.name, ["lorakit", "merged"], card_text(manifest),
-                         library_name="transformers")
+        write_model_card(staging / "README.md", src.base.name, ["lorakit", "merged"],
+                         card_text(manifest, target, eos), library_name="transformers")
         write_json_atomic(staging / MANIFEST_FILE, manifest)
     info(f"Merged model written to {target} ({shards} shard{'s' if shards > 1 else ''})")
     return MergeResult(target, mode, dtype, gap, manifest)

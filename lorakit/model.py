@@ -179,10 +179,13 @@ def resolve_attn(attn: str, device: str) -> str:
 # Loading
 
 
-def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None,
+                   model: ModelSource | None = None):
+    """The tokenizer at `source`, with its chat template and a pad token, knowing the stop tokens of `model` (default:
+    the same folder; a run's tokenizer lives beside an adapter, its model's generation config with the base)."""
     from transformers import AutoTokenizer
 
-    from lorakit.templates import resolve_chat_template
+    from lorakit.chat_template import generation_eos_ids, resolve_chat_template, set_generation_eos
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -190,6 +193,10 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_te
         )
     except Exception as exc:
         raise hub_error(source, exc) from None
+    # The model's own list of stop tokens (GLM-4.x lists <|user|>, Llama 3.1 <|eom_id|>) decides, with the template,
+    # which token ends an assistant turn.
+    model = model or source
+    set_generation_eos(tokenizer, generation_eos_ids(model.location, model.revision))
     resolve_chat_template(tokenizer, chat_template)
     ensure_pad_token(tokenizer)
     return tokenizer

@@ -39,6 +39,7 @@ class StageOutcome:
 class PipelineResult:
     outcomes: list[StageOutcome]
     failure: LorakitError | None = None
+    report: Path | None = None  # ROOT/report.html over the stages' folders
 
     def to_json(self) -> list[dict[str, Any]]:
         return [asdict(o) for o in self.outcomes]
@@ -157,7 +158,9 @@ class Pipeline:
             self.save_state()
             outcomes.append(StageOutcome(stage, "resumed" if resume else "ran", str(folder), seconds, metrics))
             parent_key = key
-        return PipelineResult(outcomes, failure)
+        from lorakit.eval.report import write_pipeline_report
+
+        return PipelineResult(outcomes, failure, write_pipeline_report(self.root, [self.folder(s) for s in stages]))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -185,7 +188,7 @@ def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     recipe = pipeline.recipe.sft.model_copy(update={"output_dir": str(folder)})
     result = run_sft(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
                      callbacks=pipeline.callbacks)
-    return _pick(result.summary, "steps", "final_loss", "final_eval_loss")
+    return _pick(result.summary, "steps", "final_loss", "final_eval_loss", "warnings")
 
 
 def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
@@ -197,7 +200,7 @@ def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     recipe = pipeline.recipe.dpo.model_copy(update=update)
     result = run_dpo(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
                      callbacks=pipeline.callbacks)
-    return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps"))}
+    return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps")) or k == "warnings"}
 
 
 def run_merge_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:

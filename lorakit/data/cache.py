@@ -18,8 +18,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
-    digest.update((tokenizer.chat_template or "").encode())
+    from lorakit.chat_template import GENERATION_EOS_ATTR
+
+    # chat_template may be one string or several named ones (default, tool_use); generation_config's EOS list
+    # changes which tokens stop a turn, so it changes labels too.
+    digest.update(json.dumps(tokenizer.chat_template or "", sort_keys=True).encode())
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(list(getattr(tokenizer, GENERATION_EOS_ATTR, ()))).encode())
     return digest.hexdigest()[:16]
 
 

@@ -23,28 +23,58 @@ def _rows(indices: list[int]) -> str:
     return shown + (f" and {len(indices) - MAX_ROWS_NAMED} more" if len(indices) > MAX_ROWS_NAMED else "")
 
 
-def lint_problems(tokenized, source: str, eot_token: str | None, max_length: int) -> list[tuple[str, str]]:
-    """(message, hint) for each problem; empty when the data trains what it should."""
+def lint_problems(tokenized, source: str, stop: str, max_length: int) -> list[tuple[str, str]]:
+    """(message, hint) for each problem; empty when the data trains what it should.
+
+    `stop` names the token(s) that end an assistant turn (chat_template.StopConvention.describe()). Row numbers are
+    the source file's: one row may give several examples (see data/tokenize.py).
+    """
     problems = []
+    rows = tokenized["row"] if "row" in tokenized.column_names else list(range(len(tokenized)))
+    errors = tokenized["error"] if "error" in tokenized.column_names else [""] * len(tokenized)
+    refused = _unique_rows(rows, [i for i, e in enumerate(errors) if e])
+    if refused:
+        first = next(e for e in errors if e)
+        problems.append((
+            f"{source}: {len(refused)} row(s) cannot be rendered (rows {_rows(refused)}): {first}",
+            _refusal_hint(first),
+        ))
     num_trained = tokenized["num_trained"]
-    untrained = [i for i, n in enumerate(num_trained) if n == 0]
+    untrained = [i for i, n in enumerate(num_trained) if n == 0 and not errors[i]]
     if untrained:
         truncated = tokenized["truncated"]
         cut = sum(1 for i in untrained if truncated[i])
         why = f"; {cut} of them were cut at max_length={max_length} before any trained token" if cut else ""
         problems.append((
-            f"{source}: {len(untrained)} example(s) have no trained token (rows {_rows(untrained)}){why}",
+            f"{source}: {len(untrained)} example(s) have no trained token (rows {_rows(_unique_rows(rows, untrained))})"
+            f"{why}",
             "remove those rows, raise data.max_length, or check that the chat template renders assistant turns",
         ))
     stop_trained = tokenized["stop_trained"]
     no_stop = [i for i, ok in enumerate(stop_trained) if not ok and num_trained[i] > 0]
     if no_stop:
         problems.append((
-            f"{source}: the end-of-turn token {eot_token!r} is not trained in {len(no_stop)} example(s) "
-            f"(rows {_rows(no_stop)}); the model would not learn to stop",
-            "use a chat template that closes every assistant turn with its end-of-turn token",
+            f"{source}: the end-of-turn token {stop} is not trained in {len(no_stop)} example(s) "
+            f"(rows {_rows(_unique_rows(rows, no_stop))}); the model would not learn to stop",
+            "check that the tokenizer encodes that token as one special token (it may belong to another "
+            "tokenizer), or set model.chat_template",
         ))
     return problems
+
+
+def _unique_rows(rows: list[int], examples: list[int]) -> list[int]:
+    return sorted({rows[i] for i in examples})
+
+
+def _refusal_hint(message: str) -> str:
+    if "system" in message.lower():
+        return ("this model's template has no system role: remove the system messages (and data.system_prompt), or "
+                "put their text into the first user message")
+    if "alternate" in message.lower():
+        return "the template needs user and assistant turns to alternate: merge consecutive turns of the same role"
+    if "is undefined" in message:
+        return "the template needs a variable lorakit does not supply; set model.chat_template to the standard one"
+    return "fix or remove those rows, or set model.chat_template to a template that renders them"
 
 
 def lint_collated(collator, tokenized, pad_token_id: int | None, eos_token_id: int | None) -> list[tuple[str, str]]:

@@ -162,14 +162,39 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def response_texts(tokenizer, prompt: list[dict[str, str]], response: list[dict[str, str]], convention) -> tuple[str, str]:
+    """(prompt text, prompt + response text) as the model sees and writes them at inference.
+
+    A one-message response is the model's output after the generation prompt, up to its stop token (appended for
+    next-turn templates such as GLM, and cut before what some templates write after it, like Phi-3.5's final
+    <|endoftext|>); see data/tokenize.py. Longer responses are rendered as the conversation they are.
+    """
+    from lorakit.chat_template import render, special_tokens
+    from lorakit.data.tokenize import cut_at_stop, turn_output
+
+    if len(response) == 1 and convention is not None:
+        specials = special_tokens(tokenizer)
+        prompt_text, output = turn_output(tokenizer, prompt + response, len(prompt), None, specials)
+        cut = cut_at_stop(output, set(convention.stop_tokens), specials)
+        return prompt_text, prompt_text + (output[:cut] if cut is not None else output + convention.token)
+    return (render(tokenizer, prompt, add_generation_prompt=True), render(tokenizer, prompt + response))
+
+
 def encode_pair(row: dict[str, Any], tokenizer, max_length: int, max_prompt_length: int | None,
-                eot_id: int | None) -> dict[str, Any]:
-    def ids(messages, generation_prompt=False):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+                convention) -> dict[str, Any]:
+    def ids(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    prompt_ids = ids(row["prompt"], generation_prompt=True)
-    with_chosen, with_rejected = ids(row["prompt"] + row["chosen"]), ids(row["prompt"] + row["rejected"])
+    from lorakit.chat_template import TemplateRenderError
+
+    try:
+        prompt_text, chosen_text = response_texts(tokenizer, row["prompt"], row["chosen"], convention)
+        _, rejected_text = response_texts(tokenizer, row["prompt"], row["rejected"], convention)
+    except TemplateRenderError as exc:
+        return {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "truncated": False, "stop_trained": True,
+                "length": 0, "error": f"the chat template refuses this conversation: {exc}"}
+    prompt_ids = ids(prompt_text)
+    with_chosen, with_rejected = ids(chosen_text), ids(rejected_text)
     prompt_len = min(_common_prefix(prompt_ids, with_chosen), _common_prefix(prompt_ids, with_rejected))
     prompt_ids, chosen_ids, rejected_ids = prompt_ids[:prompt_len], with_chosen[prompt_len:], with_rejected[prompt_len:]
     truncated = False
@@ -178,7 +203,8 @@ def encode_pair(row: dict[str, Any], tokenizer, max_length: int, max_prompt_leng
     room = max(max_length - len(prompt_ids), 0)
     if len(chosen_ids) > room or len(rejected_ids) > room:
         chosen_ids, rejected_ids, truncated = chosen_ids[:room], rejected_ids[:room], True
-    stops = eot_id is None or truncated or (eot_id in chosen_ids and eot_id in rejected_ids)
+    stop_ids = set(convention.stop_ids) if convention is not None else set()
+    stops = not stop_ids or truncated or (bool(stop_ids & set(chosen_ids)) and bool(stop_ids & set(rejected_ids)))
     return {
         "prompt_ids": prompt_ids,
         "chosen_ids": chosen_ids,
@@ -186,18 +212,26 @@ def encode_pair(row: dict[str, Any], tokenizer, max_length: int, max_prompt_leng
         "truncated": truncated,
         "stop_trained": stops,
         "length": len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)),
+        "error": "",
     }
 
 
-LINT_COLUMNS = ("truncated", "stop_trained", "length")
+LINT_COLUMNS = ("truncated", "stop_trained", "length", "error")
 
 
-def lint_pairs(tokenized, source: str, eot_token: str | None, max_length: int) -> list[tuple[str, str]]:
+def lint_pairs(tokenized, source: str, eot_token: str, max_length: int) -> list[tuple[str, str]]:
     from lorakit.data.checks import _rows
 
+    from lorakit.data.checks import _refusal_hint
+
     problems = []
+    errors = tokenized["error"] if "error" in tokenized.column_names else [""] * len(tokenized)
+    refused = [i for i, e in enumerate(errors) if e]
+    if refused:
+        problems.append((f"{source}: {len(refused)} pair(s) cannot be rendered (rows {_rows(refused)}): "
+                         f"{errors[refused[0]]}", _refusal_hint(errors[refused[0]])))
     chosen, rejected = tokenized["chosen_ids"], tokenized["rejected_ids"]
-    empty = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if not c or not r]
+    empty = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if (not c or not r) and not errors[i]]
     if empty:
         problems.append((f"{source}: {len(empty)} pair(s) have no response token left after truncation to "
                          f"max_length={max_length} (rows {_rows(empty)})",
@@ -208,7 +242,7 @@ def lint_pairs(tokenized, source: str, eot_token: str | None, max_length: int) -
                          "remove those rows: identical pairs carry no preference"))
     no_stop = [i for i, ok in enumerate(tokenized["stop_trained"]) if not ok]
     if no_stop:
-        problems.append((f"{source}: the end-of-turn token {eot_token!r} is missing from {len(no_stop)} response(s) "
+        problems.append((f"{source}: the end-of-turn token {eot_token} is missing from {len(no_stop)} response(s) "
                          f"(rows {_rows(no_stop)})", "use a chat template that closes assistant turns"))
     return problems
 
@@ -218,22 +252,22 @@ def tokenize_preferences(source: str, data: DataSection, max_prompt_length: int 
     from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
     from lorakit.data.checks import raise_if_problems
     from lorakit.data.load import load_rows
-    from lorakit.templates import end_of_turn_token
+    from lorakit.chat_template import stop_convention
 
     loaded = load_rows(source, data.subset, data.split, max_rows)
-    eot = end_of_turn_token(tokenizer)
+    convention = stop_convention(tokenizer)  # refuses, naming why, a template whose turns cannot stop
     key = cache_key({"data": loaded.fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
                      "format": data.format, "columns": data.columns, "system_prompt": data.system_prompt,
                      "max_length": data.max_length, "max_prompt_length": max_prompt_length})
     def build():
         examples, fmt = load_preference_examples(loaded, data.format, data.columns, data.system_prompt)
         tokenized = examples.map(
-            lambda row: encode_pair(row, tokenizer, data.max_length, max_prompt_length, eot[0] if eot else None),
+            lambda row: encode_pair(row, tokenizer, data.max_length, max_prompt_length, convention),
             remove_columns=examples.column_names, num_proc=data.num_proc)
         return tokenized, {"format": fmt}
 
     tokenized, meta, was_cached = cached_dataset("dpo", key, build)
-    raise_if_problems(lint_pairs(tokenized, source, eot[1] if eot else None, data.max_length))
+    raise_if_problems(lint_pairs(tokenized, source, convention.describe(), data.max_length))
     return tokenized, meta["format"], loaded.fingerprint, was_cached
 
 

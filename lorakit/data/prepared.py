@@ -40,6 +40,22 @@ def tokenize_with_eval(data: DataSection, seed: int, what: str, tokenize: Callab
     elif data.val_size:
         if len(train) < 2:
             raise ConfigError("data.val_size needs at least 2 rows", hint="set data.val_size: 0 or add rows")
-        split = train.train_test_split(test_size=data.val_size, seed=seed)
-        train, evaluation = split["train"], split["test"]
+        train, evaluation = split_by_row(train, data.val_size, seed)
     return train, evaluation, fmt, fingerprint, cached
+
+
+def split_by_row(dataset, val_size: float, seed: int):
+    """Hold out val_size of the rows. When one source row gave several examples (a conversation whose turns are
+    trained separately), its examples stay on one side, so eval never scores a prefix of a training conversation."""
+    rows = dataset["row"] if "row" in dataset.column_names else None
+    if rows is None or len(set(rows)) == len(rows):
+        split = dataset.train_test_split(test_size=val_size, seed=seed)
+        return split["train"], split["test"]
+    import random
+
+    unique = sorted(set(rows))
+    held = set(random.Random(seed).sample(unique, max(1, round(val_size * len(unique)))))
+    train = [i for i, r in enumerate(rows) if r not in held]
+    if not train:
+        raise ConfigError("data.val_size leaves no training rows", hint="lower data.val_size or add rows")
+    return dataset.select(train), dataset.select([i for i, r in enumerate(rows) if r in held])

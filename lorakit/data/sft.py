@@ -5,38 +5,42 @@ from __future__ import annotations
 from lorakit.config import DataSection
 from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
 from lorakit.data.checks import lint_problems, raise_if_problems
-from lorakit.data.formats import load_sft_examples
+from lorakit.data.formats import load_sft_examples, load_tools
 from lorakit.data.load import load_rows
 from lorakit.data.prepared import PreparedData, tokenize_with_eval
 from lorakit.data.tokenize import tokenize_dataset
-from lorakit.templates import end_of_turn_token
+from lorakit.chat_template import stop_convention
 
-LINT_COLUMNS = ("num_trained", "stop_trained", "truncated", "length")
+LINT_COLUMNS = ("num_trained", "stop_trained", "truncated", "length", "row", "error")
 
 
 def tokenize_source(source: str, data: DataSection, tokenizer, max_rows: int | None = None):
     """One data source -> (tokenized dataset, format, fingerprint, was_cached)."""
     loaded = load_rows(source, data.subset, data.split, max_rows)
-    eot = end_of_turn_token(tokenizer)
+    tools = load_tools(data.tools)
     key = cache_key({
         "data": loaded.fingerprint,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "format": data.format,
         "columns": data.columns,
         "system_prompt": data.system_prompt,
+        "tools": tools,
         "train_on": data.train_on,
         "max_length": data.max_length,
     })
 
     def build():
-        examples, fmt = load_sft_examples(loaded, data.format, data.columns, data.system_prompt)
-        tokenized = tokenize_dataset(examples, tokenizer, data.train_on, data.max_length,
-                                     eot[0] if eot else None, data.num_proc)
-        return tokenized, {"format": fmt}
+        examples, fmt = load_sft_examples(loaded, data.format, data.columns, data.system_prompt, tools)
+        chat = any(examples["messages"])
+        # A template with no stop token is refused here, naming why, before anything is tokenized.
+        convention = stop_convention(tokenizer) if chat else None
+        tokenized = tokenize_dataset(examples, tokenizer, data.train_on, data.max_length, convention, data.num_proc)
+        return tokenized, {"format": fmt, "chat": chat}
 
     tokenized, meta, was_cached = cached_dataset("sft", key, build)
     fmt = meta["format"]
-    problems = lint_problems(tokenized, source, eot[1] if eot else None, data.max_length)
+    stop = stop_convention(tokenizer).describe() if meta.get("chat") else repr(tokenizer.eos_token)
+    problems = lint_problems(tokenized, source, stop, data.max_length)
     raise_if_problems(problems)
     return tokenized, fmt, loaded.fingerprint, was_cached
 

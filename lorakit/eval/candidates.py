@@ -21,6 +21,7 @@ class Candidate:
     run: Any = None  # lorakit Run for adapter runs
     scores: dict[str, float] = field(default_factory=dict)
     generations: list[str] = field(default_factory=list)
+    benchmarks: dict[str, Any] = field(default_factory=dict)  # lm-eval results per task (lorakit.eval.benchmarks)
 
 
 def gguf_file_of(path: Path) -> Path | None:

@@ -23,7 +23,7 @@ EVAL_FILE = "eval.json"
 
 def score_candidate(candidate: Candidate, location: str | None, reference_tokenizer, candidates: list[Candidate],
                     data_section: DataSection | None, prefs: str | None, prompts: list[str],
-                    max_new_tokens: int) -> None:
+                    max_new_tokens: int, plan=None) -> None:
     """Load one candidate, score it into `candidate.scores`, and let it go: only one model is resident at a time
     (the model is local to this call, so nothing keeps it alive once it returns)."""
     from lorakit.errors import ConfigError
@@ -46,6 +46,11 @@ def score_candidate(candidate: Candidate, location: str | None, reference_tokeni
 
         candidate.generations = [generate_reply(model, tokenizer, [{"role": "user", "content": p}], max_new_tokens)
                                  for p in prompts]
+    if plan is not None:
+        from lorakit.eval.benchmarks import flat_scores, run_benchmarks
+
+        candidate.benchmarks = run_benchmarks(plan, model, tokenizer)
+        candidate.scores.update(flat_scores(candidate.benchmarks))
 
 
 KEEP_PREVIOUS = 20
@@ -67,6 +72,14 @@ def save_results(candidates: list[Candidate], report: dict[str, Any]) -> None:
         except (OSError, ValueError, AttributeError):
             pass  # none yet, or unreadable: start the history here
         write_json_atomic(folder / EVAL_FILE, {**report, "previous": previous[:KEEP_PREVIOUS]})
+        refresh_report(folder)
+
+
+def refresh_report(folder: Path) -> None:
+    """report.html shows the folder's latest eval: redraw it (a failure to draw is a warning, never a failed eval)."""
+    from lorakit.eval.report import write_run_report_safely
+
+    write_run_report_safely(folder)
 
 
 def read_prompts(values: list[str]) -> list[str]:
@@ -82,12 +95,16 @@ def read_prompts(values: list[str]) -> list[str]:
 
 def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = None, prompts: list[str] | None = None,
              with_base: bool = True, base_model: str | None = None, max_new_tokens: int = 48,
-             tolerance: float = 0.01) -> dict[str, Any]:
+             tolerance: float = 0.01, tasks: list[str] | None = None, task_files: list[str] | None = None,
+             limit: float | None = None, num_fewshot: int | None = None, chat_template: str = "auto",
+             batch_size: int = 8) -> dict[str, Any]:
+    """Score every candidate; `tasks` / `task_files` add lm-eval benchmarks (lorakit.eval.benchmarks)."""
     from lorakit.console import err
     from lorakit.errors import ConfigError
 
-    if not data and not prefs and not prompts:
-        raise ConfigError("nothing to evaluate", hint="give --data (SFT-style), --prefs (preference pairs) or --prompts")
+    if not data and not prefs and not prompts and not tasks and not task_files:
+        raise ConfigError("nothing to evaluate", hint="give --data (SFT-style), --prefs (preference pairs), --prompts, "
+                                                      "or --tasks (benchmarks)")
     candidates = collect_candidates(paths, with_base)
     location = base_location(candidates, base_model)
     if with_base and location is None:
@@ -101,13 +118,20 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
     run_data = runs[0].recipe.data if runs else None
     prompt_list = read_prompts(prompts or [])
     section = eval_section(run_data, data) if data else None
+    plan = None
+    if tasks or task_files:
+        from lorakit.eval.benchmarks import plan_benchmarks
+
+        plan = plan_benchmarks(tasks or [], task_files or [], chat_template, limit, num_fewshot, batch_size,
+                               stop=end_of_turn_strings(reference_tokenizer, candidates))
     for candidate in candidates:
         with err.status(f"Evaluating {candidate.name}..."):
             score_candidate(candidate, location, reference_tokenizer, candidates, section, prefs, prompt_list,
-                            max_new_tokens)
+                            max_new_tokens, plan)
         gc.collect()  # the candidate's model, before the next one loads
     report: dict[str, Any] = {
-        "candidates": [{"name": c.name, "kind": c.kind, "parent": c.parent, **c.scores} for c in candidates],
+        "candidates": [{"name": c.name, "kind": c.kind, "parent": c.parent, **c.scores,
+                        **({"benchmarks": c.benchmarks} if c.benchmarks else {})} for c in candidates],
         "data": data,
         "prefs": prefs,
         "tolerance": tolerance,
@@ -119,11 +143,35 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
         # Reward accuracies are measured against different references (dpo vs sft, sft vs base), so they do not
         # compare across stages; the policy's own chosen-minus-rejected gap does.
         report["regressions"] += regressions(candidates, "logp_gap", True, tolerance)
+    if plan is not None:
+        from lorakit.eval.benchmarks import directions
+
+        report["benchmarks"] = plan.describe()
+        for metric, higher in directions([c.benchmarks for c in candidates]).items():
+            report["regressions"] += regressions(candidates, metric, higher, tolerance)
     if prompt_list:
         report["generations"] = [{"prompt": p, **{c.name: c.generations[i] for c in candidates}}
                                  for i, p in enumerate(prompt_list)]
     save_results(candidates, report)
     return report
+
+
+def end_of_turn_strings(reference_tokenizer, candidates: list[Candidate]) -> list[str]:
+    """The text of the token that ends an assistant turn, where generation tasks must stop (e.g. <|im_end|>)."""
+    from lorakit.chat_template import end_of_turn_token
+
+    tokenizer = reference_tokenizer
+    if tokenizer is None:
+        folder = next((c.path for c in candidates if c.kind == "merged" and c.path is not None), None)
+        if folder is None:
+            return []
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    eot = end_of_turn_token(tokenizer)
+    return [eot[1]] if eot else []
 
 
 def eval_section(run_data: DataSection | None, data: str) -> DataSection:

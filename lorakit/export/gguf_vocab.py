@@ -167,7 +167,7 @@ def adds_bos(tokenizer) -> bool:
     if not default or default[0] != bos:
         return False
     if tokenizer.chat_template:
-        from lorakit.templates import PROBE
+        from lorakit.chat_template import PROBE
 
         text = tokenizer.apply_chat_template(PROBE, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -179,7 +179,7 @@ def add_vocab(writer, folder: Path, config: dict[str, Any], tokenizer) -> dict[s
     """Write the tokenizer metadata; returns what was decided (for the export manifest and tests)."""
     import gguf
 
-    from lorakit.templates import end_of_turn_token
+    from lorakit.chat_template import end_of_turn_token
 
     vocab_size = config["vocab_size"]
     tokenizer_json = json.loads((folder / "tokenizer.json").read_text())

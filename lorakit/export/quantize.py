@@ -86,15 +86,35 @@ def system_prompt_of(folder: Path) -> str | None:
     return run.recipe.data.system_prompt if run is not None else None
 
 
-def export_readme(name: str, source: Path, fmt: str, qtype: str | None) -> str:
+def export_readme(target: Path, files: list[str], source: Path, fmt: str, qtype: str | None,
+                  runtimes: list[str]) -> str:
+    """The export's README: what it is, and the commands that serve it (lorakit.export.serve_info)."""
+    from lorakit.export.serve_info import Artifact, eos_list, markdown, serve_commands
+
+    target = target.resolve()
+    name = files[0] if fmt == "gguf" else ""
     if fmt == "gguf":
-        return (f"# {name}\n\nGGUF ({qtype}) of `{source}`, written by lorakit.\n\n"
-                f"- llama.cpp: `llama-cli -m {name} -cnv` (the chat template is in the file)\n"
-                f"- Ollama: `ollama create mymodel -f Modelfile && ollama run mymodel`\n"
-                f"- LM Studio: copy `{name}` into your models folder (`lms import {name}`)\n")
-    return (f"# {source.name} ({fmt})\n\nbitsandbytes {fmt} of `{source}`, written by lorakit.\n\n"
-            "- transformers: `AutoModelForCausalLM.from_pretrained(folder)` (bitsandbytes installed)\n"
-            "- vLLM: `vllm serve folder --quantization bitsandbytes`\n")
+        head = f"# {name}\n\nGGUF ({qtype}) of `{source}`, written by lorakit.\n\n"
+        artifact = Artifact("gguf", target, target.name, gguf_file=name, source=source.resolve(),
+                            eos=eos_list(source), verified_runtimes=runtimes, modelfile="Modelfile" in files)
+    else:
+        head = f"# {source.name} ({fmt})\n\nbitsandbytes {fmt} of `{source}`, written by lorakit.\n\n"
+        artifact = Artifact("bnb", target, target.name, source=source.resolve(), eos=eos_list(source), method=fmt,
+                            verified_runtimes=runtimes)
+    checked = (f"Loaded and compared with its source here by: {', '.join(runtimes)} (manifest.json "
+               "`verified_runtimes`, figures under `verification`).\n\n" if runtimes else
+               "Not verified (written with --no-verify).\n\n")
+    return head + checked + markdown(serve_commands(artifact)).lstrip("\n")
+
+
+def verified_runtimes(fmt: str, verification: dict[str, Any]) -> list[str]:
+    """The runtimes that loaded this export and matched its source here (the manifest's record)."""
+    if not verification:
+        return []
+    runtimes = ["transformers"]
+    if fmt == "gguf" and verification.get("llama_cpp"):
+        runtimes.append("llama.cpp")
+    return runtimes
 
 
 def _progress_writer(total_label: str):
@@ -118,7 +138,7 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}", hint="--format gguf")
     if fmt in ("awq", "gptq"):
         raise ResourceError(NOT_HERE.format(fmt=fmt.upper()),
-                            hint="use --format bnb-4bit (vLLM serves it with --quantization bitsandbytes) or gguf")
+                            hint="use --format bnb-4bit (vLLM serves it with the vllm-bnb-plugin) or gguf")
     qtype = (qtype or "q8_0").lower() if fmt == "gguf" else None
     if fmt == "gguf":
         from lorakit.export.gguf_export import check_type
@@ -139,10 +159,9 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     modelfile_text = family = None
     if fmt == "gguf" and modelfile:
-        from lorakit.export.templates import modelfile as make_modelfile
+        from lorakit.export.modelfile import modelfile as make_modelfile
 
-        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", tokenizer.chat_template,
-                                                system_prompt_of(source))
+        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", None, system_prompt_of(source), tokenizer)
 
     files: list[str] = []
     verification: dict[str, Any] = {}
@@ -157,7 +176,6 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
         else:
             write_bnb(source, staging, fmt, TOKENIZER_FILES)
             files += sorted(p.name for p in staging.iterdir())
-        write_text_atomic(staging / "README.md", export_readme(files[0] if fmt == "gguf" else "", source, fmt, qtype))
 
         if verify:
             kind = qtype if fmt == "gguf" else fmt
@@ -181,15 +199,20 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
             if problems:
                 raise ModelError(f"the export does not match its source: {'; '.join(problems)}; nothing was written",
                                  hint="try a higher-precision type (q8_0, f16)")
+        runtimes = verified_runtimes(fmt, verification)
+        write_text_atomic(staging / "README.md",
+                          export_readme(target, files, source, fmt, qtype, runtimes))
         sizes = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
         manifest = {
             "stage": "quantize", "status": "complete", "created_at": now(), "source": str(source.resolve()),
             "format": fmt, "type": qtype, "files": files, "sizes": sizes, "template_family": family,
-            "verification": verification or None, "versions": package_versions(),
+            "verification": verification or None, "verified_runtimes": runtimes,
+            "versions": package_versions(),
         }
         write_json_atomic(staging / MANIFEST_FILE, manifest)
     summary = {"output": str(target), "format": fmt, "type": qtype,
-               "size_mb": round(sum(v for k, v in sizes.items() if k in files) / 1e6, 2)}
+               "size_mb": round(sum(v for k, v in sizes.items() if k in files) / 1e6, 2),
+               "verified_runtimes": manifest["verified_runtimes"]}
     for key in ("mean_kl", "top1_agreement", "max_abs_logit_diff", "perplexity_delta", "max_rel_rms_error"):
         if key in verification:
             summary[key] = verification[key]

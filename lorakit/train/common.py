@@ -53,7 +53,14 @@ def check_report_to(report_to) -> None:
 
 def training_kwargs(train, run: RunFolder, device: str, precision: str, method: str, has_eval: bool) -> dict[str, Any]:
     """TrainingArguments fields shared by SFTConfig and DPOConfig."""
+    if train.activation_offloading and device != "cuda":
+        # TRL's offloading needs an accelerator stream (it fails at start on a CPU-only torch); on the CPU the
+        # activations are already in host memory, so there is nothing to move.
+        from lorakit.console import info
+
+        info(f"train.activation_offloading: nothing to offload on the {device} (activations already live in host RAM)")
     return dict(
+        activation_offloading=train.activation_offloading and device == "cuda",
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=train.micro_batch_size,
         per_device_eval_batch_size=train.micro_batch_size,
@@ -84,6 +91,8 @@ def training_kwargs(train, run: RunFolder, device: str, precision: str, method: 
         eval_strategy="steps" if has_eval else "no",
         eval_steps=train.eval_steps or train.save_steps,
         report_to=list(train.report_to) or "none",
+        run_name=run.path.name,  # the name wandb / trackio show
+        project="lorakit",  # trackio's project (its local database is TRACKIO_DIR/lorakit.db)
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
@@ -270,13 +279,51 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
         err.print("No checkpoint to resume from yet: starting from step 0")
     started = time.time()
     with ctrl_c_saves(flag):
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except Exception as exc:
+            mapped = logger_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+        finally:
+            close_loggers()
     if flag.raised:
         raise RunInterrupted(
             f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {run.staging}",
             hint=f"resume with: {resume_hint}",
         )
     return TrainOutcome(trainer.state.global_step, metrics.records(), time.time() - started)
+
+
+def logger_error(exc: Exception) -> LorakitError | None:
+    """A logger that could not start (wandb without an account or offline mode) is the user's setting to fix, not a
+    crash: its error, by type, as a clean message."""
+    import sys
+
+    if "wandb" in sys.modules:
+        from wandb import errors as wandb_errors
+
+        if isinstance(exc, wandb_errors.Error):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            from lorakit.errors import ConfigError
+
+            return ConfigError(f"train.report_to wandb: wandb could not start ({first})",
+                               hint="log locally with WANDB_MODE=offline (upload later with `wandb sync`), or log in: "
+                                    "`wandb login` or WANDB_API_KEY; or drop wandb from train.report_to")
+    return None
+
+
+def close_loggers() -> None:
+    """End the wandb run this training opened: transformers leaves it open, so the next stage of a pipeline (dpo
+    after sft, in one process) would log into the same run. (trackio's callback finishes its run itself.)"""
+    import sys
+
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
 
 
 def summarize_losses(records: list[dict[str, Any]], key: str = "loss") -> dict[str, float]:

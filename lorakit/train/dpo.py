@@ -31,21 +31,26 @@ def make_dpo_trainer_class():
 
     class LorakitDPOTrainer(DPOTrainer):
         """DPOTrainer fed with data lorakit already tokenized, checked and truncated (prompts from the left), and
-        whose pairs are grouped by length (transformers' grouping only knows `input_ids`)."""
+        whose padded pairs are grouped by length (transformers' grouping only knows `input_ids`)."""
 
         def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             if compat.is_pretokenized_preferences(dataset):
                 return dataset
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
+        length_grouped = True  # False when pairs are packed: a packed batch carries no padding to avoid
+
         def _get_train_sampler(self, train_dataset=None):
+            if not self.length_grouped:
+                return super()._get_train_sampler(train_dataset)
+            from lorakit.train.length_groups import grouped_sampler
+
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             lengths = [len(p) + max(len(c), len(r)) for p, c, r in
                        zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
-            return compat.length_grouped_sampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                                 dataset, lengths)
+            return grouped_sampler(self.args, lengths)  # groups at any dataset size
 
-    compat.check_dpo_trainer_hooks(LorakitDPOTrainer)
+    compat.check_trainer_hooks(LorakitDPOTrainer)
     return LorakitDPOTrainer
 
 
@@ -65,8 +70,13 @@ def make_trainer(recipe: DPORecipe, run: RunFolder, model, peft_config, tokenize
 
     from lorakit import compat
     from lorakit.train.common import training_kwargs
+    from lorakit.train.packed_pairs import plan_packed_pairs
     from lorakit.train.speed import SpeedPlan, choose_loss
 
+    # Padding-free pairs where the probe passes, decided before the trainer is built: TRL precomputes reference
+    # log-probs in its constructor, with the collator it is given. Otherwise TRL's padded collator and length-grouped
+    # pairs.
+    packing = plan_packed_pairs(model, tokenizer, recipe.train.padding_free)
     precompute = recipe.dpo.precompute_ref_log_probs is True or bool(estimate and estimate.precompute_ref_log_probs)
     args = DPOConfig(
         **training_kwargs(recipe.train, run, device, precision, recipe.method, data.eval is not None),
@@ -85,17 +95,17 @@ def make_trainer(recipe: DPORecipe, run: RunFolder, model, peft_config, tokenize
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
+        data_collator=packing.collator,
     )
+    trainer.length_grouped = not packing.enabled
     compat.match_reference_adapter_dtype(trainer.model)
     loss, loss_reason = choose_loss(recipe.train.loss, device)
     reference = ("the SFT model (frozen 'ref' copy of its adapter)" if parent is not None
                  else "the base model (adapters disabled)")
     if precompute:
         reference += ", log-probs precomputed before training"
-    # Padding-free DPO is disabled in TRL 1.16: pairs of similar length are grouped instead, so batches carry little
-    # padding.
-    speed = SpeedPlan(loss=loss, padding_free=False, group_by_length=True,
-                      reasons={"loss": loss_reason, "batching": "length-grouped pairs"}, reference=reference)
+    speed = SpeedPlan(loss=loss, padding_free=packing.enabled, group_by_length=not packing.enabled,
+                      reasons={"loss": loss_reason, "batching": packing.reason}, reference=reference)
     return trainer, speed
 
 

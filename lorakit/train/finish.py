@@ -1,26 +1,46 @@
-"""Write the finished parts of an adapter run: PEFT adapter, tokenizer with its chat template, card, manifest."""
+"""Write the finished parts of an adapter run: PEFT adapter, tokenizer with its chat template, generation config,
+card (with the commands that serve it), manifest."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from lorakit.model_card import write_model_card
-from lorakit.runs import RunFolder
+from lorakit.runs import RunFolder, write_json_atomic
 
 
 def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: dict[str, Any]) -> None:
+    from lorakit.export.generation_config import write_generation_config
+
     # Only the adapter: PEFT writes adapter_config.json + adapter_model.safetensors, loadable with
     # PeftModel.from_pretrained(base, run_folder).
     # DPO adds a frozen "ref" adapter beside the policy; only the policy ("default") belongs in the run.
     model.save_pretrained(str(run.staging), safe_serialization=True, selected_adapters=["default"])
+    name_base(run.staging, manifest["base_model"]["location"])
     tokenizer.save_pretrained(str(run.staging))
+    # A server stops on generation_config.json's eos list: the base's lists only EOS, not the end-of-turn token.
+    eos = write_generation_config(model, tokenizer, run.staging)
     write_model_card(run.staging / "README.md", manifest["base_model"]["name"],
-                     ["lorakit", manifest["stage"], recipe.method, "lora"], card_text(recipe, manifest),
-                     library_name="peft")
+                     ["lorakit", manifest["stage"], recipe.method, "lora"],
+                     card_text(recipe, manifest, run.path, eos), library_name="peft")
     run.write_manifest(manifest)
 
 
-def card_text(recipe, manifest: dict[str, Any]) -> str:
+def name_base(folder: Path, location: str) -> None:
+    """adapter_config.json names the base a server loads: the hub id as given, or the folder it was loaded from
+    (for builtin:… bases, lorakit's build of it; `lorakit export-base` copies it elsewhere)."""
+    file = folder / "adapter_config.json"
+    config = json.loads(file.read_text())
+    if config.get("base_model_name_or_path") != location:
+        config["base_model_name_or_path"] = location
+        write_json_atomic(file, config)
+
+
+def card_text(recipe, manifest: dict[str, Any], path: Path, eos: list[int]) -> str:
+    from lorakit.export.serve_info import Adapter, adapter_artifact, markdown, serve_commands
+
     summary = manifest.get("summary", {})
     base = manifest["base_model"]["name"]
     lora = recipe.lora
@@ -46,22 +66,18 @@ def card_text(recipe, manifest: dict[str, Any]) -> str:
     for key in ("steps", "first_loss", "final_loss", "final_eval_loss", "train_seconds"):
         if key in summary:
             lines.append(f"| {key.replace('_', ' ')} | {summary[key]} |")
+    for warning in manifest.get("warnings") or []:
+        lines += ["", f"**Warning:** {warning}"]
     lines += [
         "",
         "## Use",
         "",
         "```",
-        "lorakit generate THIS_FOLDER --prompt \"...\"",
-        "lorakit merge THIS_FOLDER      # a standalone model",
-        "```",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f"base = AutoModelForCausalLM.from_pretrained({manifest['base_model']['location']!r})",
-        "model = PeftModel.from_pretrained(base, 'THIS_FOLDER')",
-        "tokenizer = AutoTokenizer.from_pretrained('THIS_FOLDER')",
+        f"lorakit generate {path} --prompt \"...\"",
+        f"lorakit merge {path}      # a standalone model",
         "```",
         "",
     ]
-    return "\n".join(lines)
+    adapter = Adapter(path.name, Path(path).resolve(), lora.r, lora)
+    info = serve_commands(adapter_artifact([adapter], manifest["base_model"], recipe.method, eos))
+    return "\n".join(lines) + markdown(info)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from lorakit.config import recipe_to_dict
 from lorakit.console import err, info
 from lorakit.errors import ConfigError, RunError
+from lorakit.eval.report import write_run_report_safely
 from lorakit.runs import Run, RunFolder, base_source_of, now, package_versions, read_run
 from lorakit.train.common import check_report_to, execute, summarize_losses
 from lorakit.train.finish import write_adapter_run
@@ -105,7 +106,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     if parent is not None:
         source = base_source_of(parent)
         # the SFT run's tokenizer, with the chat template it trained with
-        tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True))
+        tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True), model=source)
     else:
         source = resolve_model_source(recipe.model.name_or_path, recipe.model.revision,
                                       recipe.model.trust_remote_code)
@@ -148,6 +149,20 @@ def check_resumable(run: RunFolder, recipe) -> None:
         )
 
 
+def serving_warnings(recipe) -> list[str]:
+    """Settings PEFT trains but a server will not load (lorakit.export.servable), said once before training."""
+    from rich.markup import escape
+
+    from lorakit.console import warn
+    from lorakit.export.servable import servability_warning
+
+    line = servability_warning(recipe.lora)
+    if line is None:
+        return []
+    warn(escape(line))
+    return [line]
+
+
 def parent_record(parent: Run | None) -> dict[str, Any] | None:
     if parent is None:
         return None
@@ -161,6 +176,7 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     """Train an adapter into the run folder `recipe.output_dir`. `callbacks` are extra TrainerCallbacks."""
     check_report_to(recipe.train.report_to)
     recipe, parent = with_parent(recipe)
+    warnings = serving_warnings(recipe)
     run = RunFolder.open(recipe.output_dir, force=force, resume=resume, inputs=input_paths(recipe, parent))
     check_resumable(run, recipe)
     setup = build_setup(stage, recipe, run, callbacks, parent=parent, parent_resolved=True)
@@ -185,6 +201,7 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
         "trainable_parameters": setup.trainable,
         "total_parameters": setup.total,
         "vram_estimate": setup.estimate.metrics() if setup.estimate else None,
+        "warnings": warnings,
     }
     run.write_manifest(manifest)
     try:
@@ -200,7 +217,10 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     for key in stage.summary_keys:
         summary.update({k.replace("rewards/", "reward_"): v for k, v in summarize_losses(outcome.records, key).items()})
     summary["train_seconds"] = round(outcome.seconds, 1)
+    if warnings:
+        summary["warnings"] = warnings
     manifest.update(status="complete", finished_at=now(), summary=summary)
     write_adapter_run(run, setup.trainer.model, setup.tokenizer, recipe, manifest)
+    write_run_report_safely(run.staging, display=run.path)  # lands with the run; a drawing failure only warns
     run.finish()
     return RunResult(run.path, summary)

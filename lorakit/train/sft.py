@@ -35,6 +35,7 @@ def make_trainer(recipe: SFTRecipe, run: RunFolder, model, peft_config, tokenize
 
     from lorakit.data.checks import lint_collated, raise_if_problems
     from lorakit.train.common import training_kwargs
+    from lorakit.train.length_groups import length_grouped
     from lorakit.train.speed import plan_speed, trainer_speed_kwargs
 
     speed = plan_speed(recipe.train, device, model, len(tokenizer))
@@ -45,7 +46,7 @@ def make_trainer(recipe: SFTRecipe, run: RunFolder, model, peft_config, tokenize
         packing=False,
         dataset_num_proc=recipe.data.num_proc,
     )
-    trainer = SFTTrainer(
+    trainer = length_grouped(SFTTrainer)(  # group_by_length that groups at any dataset size
         model=model,
         args=args,
         train_dataset=data.for_trainer(data.train),

@@ -29,6 +29,7 @@ _GEMMA3 = dict(tied=True, norms_per_layer=4, qk_norm=True)
 _NEOX = dict(gated_mlp=False, layer_norm=True, norms_per_layer=2, attn_bias=True, mlp_bias=True)
 _PHI = dict(gated_mlp=False, layer_norm=True, norms_per_layer=1, attn_bias=True, mlp_bias=True)
 _FALCON = dict(gated_mlp=False, layer_norm=True, tied=True, head_dim=64)
+_BLOOM = dict(gated_mlp=False, layer_norm=True, attn_bias=True, mlp_bias=True, tied=True, alibi=True, embed_norm=True)
 SIGLIP_400M = 416_866_032 + 2_360_320  # Gemma-3 vision tower + projector, frozen in text fine-tuning
 
 _ENTRIES = [
@@ -44,7 +45,9 @@ _ENTRIES = [
     _m("meta-llama/Llama-3.3-70B-Instruct", 70.55, 8192, 80, 64, 8, 28672, 128256),
     _m("codellama/CodeLlama-34b-hf", 33.74, 8192, 48, 64, 8, 22016, 32000),
     _m("TinyLlama/TinyLlama-1.1B-Chat-v1.0", 1.10, 2048, 22, 32, 4, 5632, 32000),
+    _m("TinyLlama/TinyLlama_v1.1", 1.10, 2048, 22, 32, 4, 5632, 32000),
     _m("mistralai/Mistral-7B-v0.1", 7.24, 4096, 32, 32, 8, 14336, 32000),
+    _m("mistral-community/Mistral-7B-v0.2", 7.24, 4096, 32, 32, 8, 14336, 32000),
     _m("mistralai/Mistral-7B-v0.3", 7.25, 4096, 32, 32, 8, 14336, 32768),
     _m("mistralai/Mixtral-8x7B-v0.1", 46.70, 4096, 32, 32, 8, 14336, 32000, experts=8, active_experts=2),
     _m("Qwen/Qwen2.5-0.5B", 0.494, 896, 24, 14, 2, 4864, 151936, tied=True, **_QWEN2),
@@ -83,6 +86,9 @@ _ENTRIES = [
     _m("tiiuae/falcon-40b", 41.30, 8192, 60, 128, 8, 32768, 65024, norms_per_layer=2, attn_bias=False, **_FALCON),
     _m("stabilityai/stablelm-3b-4e1t", 2.80, 2560, 32, 32, 32, 6912, 50304, layer_norm=True),
     _m("stabilityai/stablelm-base-alpha-3b", 3.64, 4096, 16, 32, 32, 16384, 50688, **_NEOX),
+    _m("EleutherAI/pythia-14m", 0.0141, 128, 6, 4, 4, 512, 50304, **_NEOX),
+    _m("EleutherAI/pythia-31m", 0.0305, 256, 6, 8, 8, 1024, 50304, **_NEOX),
+    _m("EleutherAI/pythia-70m", 0.0704, 512, 6, 8, 8, 2048, 50304, **_NEOX),
     _m("EleutherAI/pythia-160m", 0.162, 768, 12, 12, 12, 3072, 50304, **_NEOX),
     _m("EleutherAI/pythia-410m", 0.405, 1024, 24, 16, 16, 4096, 50304, **_NEOX),
     _m("EleutherAI/pythia-1b", 1.01, 2048, 16, 8, 8, 8192, 50304, **_NEOX),
@@ -90,6 +96,11 @@ _ENTRIES = [
     _m("EleutherAI/pythia-2.8b", 2.78, 2560, 32, 32, 32, 10240, 50304, **_NEOX),
     _m("EleutherAI/pythia-6.9b", 6.86, 4096, 32, 32, 32, 16384, 50432, **_NEOX),
     _m("EleutherAI/pythia-12b", 11.85, 5120, 36, 40, 40, 20480, 50688, **_NEOX),
+    _m("bigscience/bloom-560m", 0.559, 1024, 24, 16, 16, 4096, 250880, **_BLOOM),
+    _m("bigscience/bloom-1b1", 1.07, 1536, 24, 16, 16, 6144, 250880, **_BLOOM),
+    _m("bigscience/bloom-1b7", 1.72, 2048, 24, 16, 16, 8192, 250880, **_BLOOM),
+    _m("bigscience/bloom-3b", 3.00, 2560, 30, 32, 32, 10240, 250880, **_BLOOM),
+    _m("bigscience/bloom-7b1", 7.07, 4096, 30, 32, 32, 16384, 250880, **_BLOOM),
     _m("bigcode/gpt_bigcode-santacoder", 1.12, 2048, 24, 16, 1, 8192, 49280, gated_mlp=False, layer_norm=True,
        attn_bias=True, mlp_bias=True, tied=True, positions=2048, max_positions=2048),
     _m("ibm/PowerLM-3b", 3.51, 2304, 40, 36, 36, 9216, 49152, tied=True),
@@ -101,15 +112,32 @@ MODELS: dict[str, ModelShape] = {shape.name: shape for shape, _ in _ENTRIES}
 PUBLISHED_B: dict[str, float] = {shape.name: published for shape, published in _ENTRIES}
 # Names people type: the repo id without its org, case-insensitive, and common aliases.
 _ALIASES = {"bert-large-uncased": "google-bert/bert-large-uncased",
-            "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B",
             "meta-llama/Meta-Llama-3.1-8B": "meta-llama/Llama-3.1-8B",
-            "mistralai/Mixtral-8x7B-Instruct-v0.1": "mistralai/Mixtral-8x7B-v0.1",
-            "mistralai/Mistral-7B-Instruct-v0.2": "mistralai/Mistral-7B-v0.1"}
+            "mistralai/Mistral-7B-v0.2": "mistral-community/Mistral-7B-v0.2",
+            "TinyLlama/TinyLlama-1.1B": "TinyLlama/TinyLlama_v1.1"}
+# What mirrors and checkpoints add to a catalog model's name without changing its shape, stripped until none is left:
+# quantized or converted uploads (unsloth's -bnb-4bit, TheBloke's -GPTQ/-AWQ/-GGUF, -fp16), intermediate training
+# checkpoints (TinyLlama's -intermediate-step-1431k-3T, Pythia's -step143000, -deduped), and instruction/chat releases
+# of the same base (-Instruct-v0.3, -it, BLOOMZ/-mt of BLOOM).
+_SUFFIXES = [
+    r"-(unsloth-)?bnb-[48]bit$", r"-[48]bit$", r"-(gptq|awq|gguf|exl2|mlx|fp16|bf16|fp8|hf)$",
+    r"-intermediate-step-[\w.-]+$", r"-step-?\d+k?(-[\d.]+t)?$", r"-\d+k-[\d.]+t$", r"-deduped$", r"-(mt|p3)$",
+    r"-(instruct|chat|it|pt|base)(?=-|$)",
+]
+_FAMILIES = [(r"^bloomz(?=-)", "bloom")]
 
 
 def _normalize(name: str) -> str:
-    # Instruct, chat, -it and -pt releases share their base's shape (Mistral-7B-Instruct-v0.3, gemma-3-1b-it).
-    return re.sub(r"-(instruct|chat|it|pt)(?=-|$)", "", name.strip().lower())
+    key = name.strip().lower()
+    for pattern, repl in _FAMILIES:
+        key = re.sub(pattern, repl, key)
+    while True:
+        stripped = key
+        for pattern in _SUFFIXES:
+            stripped = re.sub(pattern, "", stripped)
+        if stripped == key:
+            return key
+        key = stripped
 
 
 def _index() -> dict[str, str]:
@@ -123,11 +151,29 @@ def _index() -> dict[str, str]:
     return index
 
 
-def find_model(name: str) -> ModelShape | None:
-    """Catalog lookup by repo id or bare name; instruct/chat variants share their base's shape."""
-    key = _normalize(name)
+def match_model(name: str) -> str | None:
+    """The catalog model whose shape `name` has: the repo id itself, a bare name, an instruct/chat release, a mirror
+    under another organization (unsloth/, NousResearch/, TheBloke/...) or an intermediate training checkpoint."""
+    if name in MODELS:
+        return name
     index = _index()
-    return MODELS[index[key]] if key in index else None
+    for key in (_normalize(name), _normalize(name.split("/", 1)[-1])):
+        if key in index:
+            return index[key]
+    return None
+
+
+def find_model(name: str) -> ModelShape | None:
+    """Catalog lookup by repo id or bare name; releases, mirrors and checkpoints share their base's shape."""
+    found = match_model(name)
+    return MODELS[found] if found else None
+
+
+def same_shape(shape: ModelShape) -> str | None:
+    """The catalog model with exactly this shape (a config.json of a mirror or checkpoint), if any."""
+    fields = lambda m: {k: v for k, v in m.__dict__.items() if k != "name"}  # noqa: E731
+    wanted = fields(shape)
+    return next((name for name, model in MODELS.items() if fields(model) == wanted), None)
 
 
 def close_models(name: str, n: int = 3) -> list[str]:

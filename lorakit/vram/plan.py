@@ -8,6 +8,7 @@ from typing import Any
 from lorakit.vram.catalog import GPU
 from lorakit.vram.estimate import GIB, Estimate, Setup, estimate
 from lorakit.vram.shapes import ModelShape
+from lorakit.vram.sharding import EFFICIENCY, STRATEGIES
 
 MAX_BATCH = 256
 MAX_SEQ = 262_144
@@ -66,6 +67,11 @@ def _candidate_changes(shape: ModelShape, setup: Setup, gpu: GPU) -> list[tuple[
     if s.method != "qlora":
         changes.append(("method: qlora (4-bit base)", {"method": "qlora", "optimizer": None,
                                                        "upcast_non_quantized": None}))
+    if s.stage != "inference" and not s.activation_offloading:
+        changes.append(("activation offloading (saved activations in pinned host RAM; slower)",
+                        {"activation_offloading": True}))
+    if s.num_gpus > 1 and s.strategy in ("ddp", "zero2"):
+        changes.append((f"strategy: fsdp (shards the weights over {s.num_gpus} GPUs)", {"strategy": "fsdp"}))
     return changes
 
 
@@ -112,9 +118,11 @@ def flops_per_token(shape: ModelShape, setup: Setup) -> float:
 
 
 def hours_per_million_tokens(shape: ModelShape, setup: Setup, gpu: GPU) -> float:
+    """Wall-clock hours per 1M training tokens on `setup.num_gpus` such GPUs (data parallel: each GPU its share)."""
     s = setup.resolved()
     peak = gpu.tflops_16 * 1e12 * (0.5 if s.dtype == "fp32" else 1.0) / (4 if s.dtype == "fp32" else 1)
-    return flops_per_token(shape, setup) * 1e6 / (peak * UTILIZATION[s.method]) / 3600
+    gpus = s.num_gpus * (EFFICIENCY[s.strategy] if s.num_gpus > 1 else 1.0)
+    return flops_per_token(shape, setup) * 1e6 / (peak * UTILIZATION[s.method] * gpus) / 3600
 
 
 @dataclass
@@ -144,3 +152,68 @@ def verdict(shape: ModelShape, setup: Setup, gpu: GPU) -> GpuVerdict:
     return GpuVerdict(gpu, est, ok, margin_gib(est, gpu), max_batch(shape, setup, gpu),
                       max_seq_len(shape, setup, gpu), hours_per_million_tokens(shape, setup, gpu),
                       [] if ok else suggestions(shape, setup, gpu))
+
+
+@dataclass
+class Option:
+    """N GPUs of one kind with the strategy that fits best (fastest; the least memory among equals)."""
+
+    gpu: GPU
+    gpus: int
+    strategy: str
+    estimate: Estimate
+    hours_per_million_tokens: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.gpus} x {self.gpu.name}" + (f" ({self.strategy})" if self.gpus > 1 else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpu": self.gpu.key, "gpus": self.gpus, "strategy": self.strategy if self.gpus > 1 else None,
+                "per_gpu_gib": round(self.estimate.total / GIB, 2),
+                "hours_per_million_tokens": round(self.hours_per_million_tokens, 3)}
+
+
+def best_option(shape: ModelShape, setup: Setup, gpu: GPU, gpus: int) -> Option | None:
+    """The strategy (or the single GPU) that fits `gpus` x `gpu` and trains fastest; None when none fits."""
+    if not gpu.bf16 and setup.dtype == "bf16":
+        setup = replace(setup, dtype="fp16")
+    strategies = STRATEGIES if gpus > 1 else ("ddp",)
+    found = []
+    for strategy in strategies:
+        s = replace(setup, num_gpus=gpus, strategy=strategy)
+        if s.optimizer_in_backward and gpus > 1:
+            continue
+        est = estimate(shape, s)
+        if fits(est, gpu):
+            found.append(Option(gpu, gpus, strategy, est, hours_per_million_tokens(shape, s, gpu)))
+    return min(found, key=lambda o: (o.hours_per_million_tokens, o.estimate.total), default=None)
+
+
+def multi_gpu_comparisons(shape: ModelShape, setup: Setup, gpus: list[GPU], count: int = 2) -> list[dict[str, Any]]:
+    """When `count` smaller GPUs beat one bigger one: one of them does not fit, `count` of them do (with their best
+    strategy), and they train faster than the smallest single GPU with more memory that fits (or no single GPU
+    in the catalog fits at all)."""
+    singles = {g.key: best_option(shape, setup, g, 1) for g in gpus}
+    fitting_singles = sorted((o for o in singles.values() if o), key=lambda o: (o.gpu.memory_gib, o.gpu.tflops_16))
+    found = []
+    for gpu in sorted(gpus, key=lambda g: (g.memory_gib, g.tflops_16)):
+        if singles[gpu.key] is not None:
+            continue  # fits alone: more of the same GPU is just faster, not a way to fit
+        several = best_option(shape, setup, gpu, count)
+        if several is None:
+            continue
+        label = f"{count} x {gpu.name} with {several.strategy} ({several.estimate.total / GIB:.1f} GiB each)"
+        bigger = next((o for o in fitting_singles if o.gpu.memory_gib > gpu.memory_gib), None)
+        if bigger is None:
+            found.append({"several": several.to_dict(), "single": None,
+                          "line": f"{label} fit where no single GPU in the catalog does"})
+            continue
+        speedup = bigger.hours_per_million_tokens / several.hours_per_million_tokens
+        if speedup < 1.05:  # within the time model's error: not a reason to buy two
+            continue
+        found.append({"several": several.to_dict(), "single": bigger.to_dict(), "speedup": round(speedup, 2),
+                      "line": f"{label} fit where one does not, and train {speedup:.1f}x faster than 1 x "
+                              f"{bigger.gpu.name} ({bigger.estimate.total / GIB:.1f} GiB), the smallest single GPU "
+                              f"that fits"})
+    return found

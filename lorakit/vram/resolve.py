@@ -1,27 +1,55 @@
-"""Where a model's shape comes from (catalog, local folder or config.json, hub config) and a recipe's setup."""
+"""Where a model's shape comes from (catalog, local folder or config.json, the local HF cache, the hub) and a recipe's
+setup."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lorakit.errors import ConfigError, ModelError
-from lorakit.vram.catalog import close_models, find_model
+from lorakit.vram.catalog import MODELS, close_models, match_model, same_shape
 from lorakit.vram.estimate import Setup
-from lorakit.vram.shapes import ModelShape, shape_from_config
+from lorakit.vram.shapes import ModelShape, ShapeError, shape_from_config
+
+MAX_CONFIG_BYTES = 8 * 1024**2  # real config.json files are a few KB; anything larger is not one
+
+
+@dataclass(frozen=True)
+class Resolved:
+    shape: ModelShape
+    source: str  # how the shape was found, for the report
+
+
+def _parse_config(text: bytes, where: str, name: str) -> ModelShape:
+    hint = "point at a transformers config.json of a decoder model, or use a catalog name"
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: {len(text) / 1024**2:.0f} MB is too large for a config.json", hint=hint)
+    try:
+        config = json.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start})", hint=hint) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+                          hint=hint) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: JSON nested too deeply", hint=hint) from None
+    try:
+        return shape_from_config(config, name)
+    except ShapeError as exc:
+        if exc.problem.startswith("missing field"):
+            raise ConfigError(f"{where}: missing field {exc.field!r} needed to size the model", hint=hint) from None
+        raise ConfigError(f"{where}: field {exc.field!r} {exc.problem}", hint=hint) from None
 
 
 def _from_config_file(path: Path, name: str) -> ModelShape:
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it as JSON ({exc})", hint="point at a transformers config.json")
-    try:
-        return shape_from_config(config, name)
-    except KeyError as exc:
-        raise ConfigError(f"{path}: missing field {exc.args[0]!r} needed to size the model",
-                          hint="use a transformers config.json of a decoder model, or a catalog name") from None
+        text = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})", hint="check the path") from None
+    return _parse_config(text, str(path), name)
 
 
 def _builtin(name: str) -> ModelShape:
@@ -37,29 +65,74 @@ def _builtin(name: str) -> ModelShape:
                       attn_bias=spec.arch == "qwen2", max_positions=spec.max_position_embeddings)
 
 
-def resolve_shape(spec: str) -> ModelShape:
-    """A catalog name, builtin:NAME, a local folder or config.json, or a hub id (needs the network)."""
+def _config_source(shape: ModelShape, where: str) -> str:
+    twin = same_shape(shape)
+    return f"{where} (same shape as {twin})" if twin else where
+
+
+def resolve_model(spec: str) -> Resolved:
+    """A catalog name, builtin:NAME, a local folder or config.json, `-` (a config.json on stdin), a repo id whose
+    config.json is in the local Hugging Face cache, a mirror or checkpoint of a catalog model, or a hub id (online)."""
+    if spec == "-":
+        shape = _parse_config(sys.stdin.buffer.read(), "config.json on stdin", "stdin")
+        return Resolved(shape, _config_source(shape, "config.json from stdin"))
     if spec.startswith("builtin:"):
-        return _builtin(spec)
+        return Resolved(_builtin(spec), "built-in tiny model")
+    if not spec.strip():
+        raise ConfigError("the model is empty", hint="give a catalog name, a model folder or a config.json")
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path}: no config.json in this folder", hint="point at a transformers model folder")
-        return _from_config_file(path / "config.json", path.name)
+        shape = _from_config_file(path / "config.json", path.name)
+        return Resolved(shape, _config_source(shape, f"{path / 'config.json'}"))
     if path.suffix == ".json":
         if not path.is_file():
             raise ConfigError(f"{path}: no such file", hint="check the path")
-        return _from_config_file(path, path.stem)
-    shape = find_model(spec)
-    if shape is not None:
-        return shape
-    return _from_hub(spec)
+        shape = _from_config_file(path, path.stem)
+        return Resolved(shape, _config_source(shape, str(path)))
+    if spec in MODELS:
+        return Resolved(MODELS[spec], "catalog")
+    cached = _from_hf_cache(spec)
+    if cached is not None:
+        return cached
+    found = match_model(spec)
+    if found is not None:
+        if "/" not in spec and found.split("/", 1)[-1].lower() == spec.lower():
+            return Resolved(MODELS[found], "catalog")  # a bare catalog name
+        return Resolved(replace(MODELS[found], name=spec),
+                        f"catalog: same shape as {found} (a release, mirror or checkpoint of it)")
+    shape = _from_hub(spec)
+    return Resolved(shape, _config_source(shape, "hub config.json"))
+
+
+def resolve_shape(spec: str) -> ModelShape:
+    return resolve_model(spec).shape
+
+
+def _from_hf_cache(repo_id: str) -> Resolved | None:
+    """A config.json already downloaded for this repo (works offline; nothing is fetched)."""
+    if repo_id.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # an id the hub would reject (odd characters): not in the cache either
+        return None
+    if not isinstance(found, str):
+        return None
+    shape = _from_config_file(Path(found), repo_id)
+    return Resolved(shape, _config_source(shape, f"local Hugging Face cache ({found})"))
 
 
 def _from_hub(repo_id: str) -> ModelShape:
     close = close_models(repo_id)
     hint = (f"did you mean {', '.join(close)}? " if close else "") + \
-        "Or pass a local model folder or its config.json (lorakit vram-estimate ./model)"
+        "Or estimate from its config.json: lorakit vram-estimate ./config.json (or pipe it in: ... | lorakit " \
+        "vram-estimate -)"
     if "/" not in repo_id or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
         raise ModelError(f"{repo_id!r} is not in the catalog and the hub is offline", hint=hint)
     try:
@@ -96,6 +169,7 @@ def setup_from_recipe(recipe) -> tuple[str, Setup]:
     if recipe.stage == "dpo":
         stage = "dpo-precomputed" if recipe.dpo.precompute_ref_log_probs is True else "dpo"
     precision = {"auto": "bf16", "bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}.get(train.precision, "bf16")
+    distributed = getattr(recipe, "distributed", None)  # the multi-GPU section, where the recipe schema has one
     setup = Setup(
         method=recipe.method, dtype=precision, seq_len=recipe.data.max_length, batch_size=train.micro_batch_size,
         grad_checkpointing=train.gradient_checkpointing, optimizer=_OPTIM.get(train.optim),
@@ -103,5 +177,8 @@ def setup_from_recipe(recipe) -> tuple[str, Setup]:
         attn=attn if attn in ("eager", "sdpa", "flash") else "sdpa",
         loss="plain" if train.loss == "plain" else "fused", stage=stage,
         double_quant=recipe.qlora.double_quant, grad_accumulation=train.gradient_accumulation_steps,
+        activation_offloading=train.activation_offloading,
+        num_gpus=int(getattr(distributed, "num_processes", None) or 1),
+        strategy=str(getattr(distributed, "strategy", None) or "ddp"),
     )
     return recipe.model.name_or_path, setup

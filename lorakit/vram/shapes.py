@@ -32,6 +32,8 @@ class ModelShape:
     encoder: bool = False  # bidirectional encoder with a small classification head instead of an LM head
     dropout: float = 0.0  # hidden and attention dropout active in training (BERT: 0.1)
     max_positions: int = 0
+    alibi: bool = False  # ALiBi attention biases instead of rotary or learned positions (BLOOM)
+    embed_norm: bool = False  # a LayerNorm right after the token embeddings (BLOOM)
 
     @property
     def dim(self) -> int:
@@ -84,7 +86,8 @@ class ModelShape:
 
     @property
     def final_norm_params(self) -> int:
-        return self.hidden * (2 if self.layer_norm else 1)
+        norm = self.hidden * (2 if self.layer_norm else 1)
+        return norm * (2 if self.embed_norm else 1)
 
     @property
     def quantizable_params(self) -> int:
@@ -123,52 +126,93 @@ class ModelShape:
 # config.json keys of the architectures the estimator knows how to read
 _GATED = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text",
           "gemma3", "phi3", "olmo", "olmo2", "cohere", "granite", "granitemoe", "stablelm", "deepseek_v2"}
-_PARALLEL = {"phi", "falcon", "gpt_neox", "gptj", "cohere"}
-_LAYER_NORM = {"phi", "falcon", "gpt_neox", "gptj", "gpt_bigcode", "gpt2", "stablelm", "bert", "roberta"}
+# one norm per layer (parallel attention + MLP on one normalized input); GPT-NeoX keeps two even when parallel
+_PARALLEL = {"phi", "falcon", "gptj", "cohere"}
+_LAYER_NORM = {"phi", "falcon", "gpt_neox", "gptj", "gpt_bigcode", "gpt2", "stablelm", "bert", "roberta", "bloom"}
 
 
-def shape_from_config(config: dict[str, Any], name: str) -> ModelShape:
-    """Read a transformers config.json (as a dict). Raises KeyError naming the first missing field."""
+class ShapeError(ValueError):
+    """A config.json field that cannot size a model: `field` names it, the message says why."""
+
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+def _whole(config: dict[str, Any], *keys: str, required: bool = True, minimum: int = 1) -> int | None:
+    """The first of `keys` that is set, checked to be a whole number >= minimum (bools and strings are not)."""
+    for key in keys:
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ShapeError(key, f"must be a whole number (got {value!r})")
+        if value < minimum:
+            raise ShapeError(key, f"must be at least {minimum} (got {value})")
+        return value
+    if required:
+        raise ShapeError(keys[0], "missing field needed to size the model")
+    return None
+
+
+def shape_from_config(config: Any, name: str) -> ModelShape:
+    """Read a transformers config.json (as parsed JSON). Raises ShapeError naming the first field it cannot use."""
+    if not isinstance(config, dict):
+        raise ShapeError("(top level)", f"must be a JSON object, not {type(config).__name__}")
     if "text_config" in config and "hidden_size" not in config:  # multimodal wrappers (Gemma-3, Llama-3.2-Vision)
-        config = {**config["text_config"], "model_type": config["text_config"].get("model_type", "")}
+        text = config["text_config"]
+        if not isinstance(text, dict):
+            raise ShapeError("text_config", f"must be a JSON object, not {type(text).__name__}")
+        config = {**text, "model_type": text.get("model_type", "")}
     model_type = config.get("model_type", "")
+    if not isinstance(model_type, str):
+        raise ShapeError("model_type", f"must be a string (got {model_type!r})")
 
-    def need(*keys: str) -> Any:
-        for key in keys:
-            if config.get(key) is not None:
-                return config[key]
-        raise KeyError(keys[0])
-
-    hidden = need("hidden_size", "n_embd", "d_model")
-    heads = need("num_attention_heads", "n_head")
-    kv_heads = config.get("num_key_value_heads") or config.get("num_kv_heads") or (
+    hidden = _whole(config, "hidden_size", "n_embd", "n_embed", "d_model")
+    heads = _whole(config, "num_attention_heads", "n_head")
+    head_dim = _whole(config, "head_dim", required=False) or 0
+    if not head_dim and hidden % heads:
+        raise ShapeError("num_attention_heads", f"{heads} heads do not divide hidden size {hidden}; a config with "
+                                                "another head size gives head_dim")
+    kv_heads = _whole(config, "num_key_value_heads", "num_kv_heads", required=False) or (
         1 if config.get("multi_query") else heads)
     if model_type == "falcon" and not config.get("new_decoder_architecture") and not config.get("multi_query", True):
         kv_heads = heads
-    intermediate = config.get("intermediate_size") or config.get("n_inner") or config.get("ffn_hidden_size") or (
-        4 * hidden)
-    experts = config.get("num_local_experts") or config.get("num_experts") or 0
-    if experts and config.get("moe_intermediate_size"):
-        intermediate = config["moe_intermediate_size"]
+    if kv_heads > heads or heads % kv_heads:
+        raise ShapeError("num_key_value_heads", f"{kv_heads} key/value heads must divide {heads} attention heads")
+    intermediate = _whole(config, "intermediate_size", "n_inner", "ffn_hidden_size", required=False) or 4 * hidden
+    experts = _whole(config, "num_local_experts", "num_experts", required=False, minimum=0) or 0
+    if experts:
+        intermediate = _whole(config, "moe_intermediate_size", required=False) or intermediate
+    active = _whole(config, "num_experts_per_tok", required=False) or (2 if experts else 0)
+    if experts and active > experts:
+        raise ShapeError("num_experts_per_tok", f"{active} is more than the {experts} experts")
+    positions = _whole(config, "n_positions", required=False, minimum=0) or 0
+    max_positions = _whole(config, "max_position_embeddings", "n_positions", "seq_length", required=False,
+                           minimum=0) or 0
     return ModelShape(
         name=name,
         hidden=hidden,
-        layers=need("num_hidden_layers", "n_layer", "num_layers"),
+        layers=_whole(config, "num_hidden_layers", "n_layer", "num_layers"),
         heads=heads,
         kv_heads=kv_heads,
         intermediate=intermediate,
-        vocab=need("vocab_size"),
-        head_dim=config.get("head_dim") or 0,
+        vocab=_whole(config, "vocab_size"),
+        head_dim=head_dim,
         tied=bool(config.get("tie_word_embeddings", model_type not in ("llama", "mistral", "mixtral"))),
         gated_mlp=model_type in _GATED or not model_type,
         experts=experts,
-        active_experts=config.get("num_experts_per_tok") or (2 if experts else 0),
-        attn_bias=bool(config.get("attention_bias") or config.get("bias") or model_type in ("qwen2", "phi")),
-        mlp_bias=bool(config.get("mlp_bias") or model_type in ("phi", "gpt_neox", "gpt_bigcode", "bert")),
+        active_experts=active,
+        attn_bias=bool(config.get("attention_bias") or config.get("bias")
+                       or model_type in ("qwen2", "phi", "bloom", "gpt_bigcode")),
+        mlp_bias=bool(config.get("mlp_bias") or model_type in ("phi", "gpt_neox", "gpt_bigcode", "bert", "bloom")),
         layer_norm=model_type in _LAYER_NORM,
         norms_per_layer=4 if model_type in ("gemma2", "gemma3", "gemma3_text") else (
             1 if model_type in _PARALLEL and not config.get("new_decoder_architecture") else 2),
         qk_norm=model_type in ("qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2"),
-        positions=config.get("n_positions", 0) if model_type in ("gpt_bigcode", "gpt2") else 0,
-        max_positions=config.get("max_position_embeddings") or config.get("n_positions") or 0,
+        positions=positions if model_type in ("gpt_bigcode", "gpt2") else 0,
+        max_positions=max_positions,
+        alibi=model_type == "bloom" or bool(config.get("alibi")),
+        embed_norm=model_type == "bloom",
     )

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from lorakit.templates import CHATML
+from lorakit.chat_template import CHATML
 
 from .test_quantize import gguf_fields
 

@@ -141,3 +141,57 @@ def test_fail_on_regression_gates_on_a_worse_stage(pipeline_root, in_repo, tmp_p
     bad = runner.invoke(app, ["eval", str(sft), str(swapped.path), *prefs])
     assert bad.exit_code != 0
     assert "regression" in bad.output and "logp_gap" in bad.output
+
+
+def test_the_pipeline_writes_and_links_one_report(pipeline_root):
+    from ..report_checks import read_page
+
+    page = read_page((pipeline_root / "report.html").read_text())
+    assert page.stages == [["base", "sft", "dpo", "merged", "export"]]
+    assert {"loss", "DPO reward accuracy"} <= set(page.plots)
+    dpo = json.loads((pipeline_root / "dpo" / "manifest.json").read_text())["summary"]
+    assert f"{dpo['final_loss']:.4f}" in page.cells
+    for stage in ("sft", "dpo"):
+        assert (pipeline_root / stage / "report.html").is_file()
+    result = runner.invoke(app, ["report", *sorted(str(p) for p in pipeline_root.iterdir())])
+    assert result.exit_code == 0 and (pipeline_root / "report.html").as_uri() in result.output, result.output
+
+
+def test_benchmarks_on_every_stage_with_a_local_task(pipeline_root, in_repo):
+    pytest.importorskip("lm_eval", reason="pip install 'lorakit[eval]' runs the benchmark tests")
+    stages = [pipeline_root / name for name in ("sft", "dpo", "merged", "export")]
+    result = runner.invoke(app, ["eval", *map(str, stages), "--tasks", "examples/data/mc-facts.jsonl", "--no-base",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    acc = {c["kind"]: c["mc_facts/acc"] for c in report["candidates"]}
+    assert set(acc) == {"sft", "dpo", "merged", "gguf"}
+    assert acc["gguf"] == pytest.approx(acc["merged"], abs=0.05)  # q8_0 keeps the answers (GGUF via transformers)
+    assert acc["merged"] == pytest.approx(acc["dpo"], abs=0.05)  # the merge is the run, in bf16
+    gguf_row = next(r for r in report["regressions"] if r["metric"] == "mc_facts/acc"
+                    and r["parent"] == str((pipeline_root / "merged").resolve()))
+    assert not gguf_row["worse"]
+    assert (pipeline_root / "export" / "eval.json").is_file()
+
+
+def test_the_report_renders_in_a_browser(pipeline_root, tmp_path):
+    """Headless Chromium opens the pipeline's page and a run's page: plots drawn, numbers shown, no console errors.
+    The screenshots stay in the test's tmp folder (printed), never in the repository."""
+    from ..report_checks import read_page, render
+
+    for name, page in (("pipeline", pipeline_root / "report.html"), ("dpo", pipeline_root / "dpo" / "report.html")):
+        shot = tmp_path / f"{name}.png"
+        rendered = render(page, shot)
+        print(f"screenshot: {shot}")
+        assert rendered.console == [], rendered.console
+        facts = read_page(rendered.dom)
+        assert facts.plots and all(paths > 0 for paths in facts.plots.values()), facts.plots
+        assert not facts.external and facts.scripts == 0
+        dpo = json.loads((pipeline_root / "dpo" / "manifest.json").read_text())["summary"]
+        assert f"{dpo['final_loss']:.4f}" in facts.cells
+        from PIL import Image
+
+        with Image.open(shot) as image:
+            assert image.size == (1240, 2400)
+            colours = image.convert("L").getextrema()
+            assert colours[1] - colours[0] > 100  # something was drawn, not a blank page

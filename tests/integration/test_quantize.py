@@ -68,7 +68,9 @@ def test_gguf_metadata_carries_template_eos_eot_and_control_tokens(merged, tmp_p
     assert token_type(tokenizer.convert_tokens_to_ids("a")) == gguf.TokenType.NORMAL
     modelfile = (tmp_path / "out" / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model-q8_0.gguf")
-    assert "<|im_start|>{{ .Role }}" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    # The TEMPLATE is built from the model's ChatML template: the user and generation pieces, and its stop token.
+    assert '{{ "<|im_start|>user\\n" }}' in modelfile and '{{ "<|im_end|>\\n<|im_start|>assistant\\n" }}' in modelfile
+    assert 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "ollama create" in (tmp_path / "out" / "README.md").read_text()
 
 

@@ -11,7 +11,7 @@ from lorakit.data.sft import prepare_sft_data
 from lorakit.data.tokenize import IGNORE, encode_example
 from lorakit.errors import DataError
 from lorakit.model import ensure_pad_token
-from lorakit.templates import end_of_turn_token, resolve_chat_template
+from lorakit.chat_template import end_of_turn_token, resolve_chat_template
 
 LLAMA3_TEMPLATE = (
     "{{- bos_token }}{%- for m in messages %}"
@@ -47,13 +47,14 @@ def test_only_assistant_tokens_and_end_of_turn_are_trained(tokenizer):
     ]
     eot_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     encoded = encode_example({"messages": messages, "train_from": 0, "prompt": "", "completion": ""},
-                             tokenizer, "assistant", 512, eot_id)
+                             tokenizer, "assistant", 512)
     ids, labels = encoded["input_ids"], encoded["labels"]
     assert len(ids) == len(labels)
     # Token by token: a label is either the token itself or ignored.
     assert all(label in (IGNORE, tid) for tid, label in zip(ids, labels))
     text = "".join(trained_text(tokenizer, encoded))
-    assert text == "The capital of France is Paris.<|im_end|>\n2 plus 3 is 5.<|im_end|>\n"
+    # The reply and the stop token, never the newline the template writes after it (nothing predicts it).
+    assert text == "The capital of France is Paris.<|im_end|>2 plus 3 is 5.<|im_end|>"
     # Nothing of the system or user turns, nor the assistant header, is trained.
     untrained = tokenizer.decode([t for t, label in zip(ids, labels) if label == IGNORE])
     assert "Be brief." in untrained and "What is 2 plus 3?" in untrained and "<|im_start|>assistant" in untrained
@@ -68,13 +69,13 @@ def test_prompt_completion_train_from_skips_prompt_assistant_turns(tokenizer):
         {"role": "assistant", "content": "b"},
     ]
     encoded = encode_example({"messages": messages, "train_from": 2, "prompt": "", "completion": ""},
-                             tokenizer, "assistant", 512, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    assert "".join(trained_text(tokenizer, encoded)) == "b<|im_end|>\n"
+                             tokenizer, "assistant", 512)
+    assert "".join(trained_text(tokenizer, encoded)) == "b<|im_end|>"
 
 
 def test_raw_completion_appends_and_trains_eos(tokenizer):
     encoded = encode_example({"messages": [], "train_from": 0, "prompt": "Question: hi\nAnswer:", "completion": " yes"},
-                             tokenizer, "assistant", 512, None)
+                             tokenizer, "assistant", 512)
     assert "".join(trained_text(tokenizer, encoded)) == " yes<|endoftext|>"
     assert encoded["input_ids"][0] == tokenizer.bos_token_id  # raw text gets the tokenizer's BOS
 
@@ -82,7 +83,7 @@ def test_raw_completion_appends_and_trains_eos(tokenizer):
 def test_train_on_all(tokenizer):
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     encoded = encode_example({"messages": messages, "train_from": 0, "prompt": "", "completion": ""},
-                             tokenizer, "all", 512, None)
+                             tokenizer, "all", 512)
     assert encoded["labels"] == encoded["input_ids"]
 
 
@@ -94,7 +95,7 @@ def test_a_llama3_style_template_masks_its_headers(tokenizer):
     assert eot == "<|eot_id|>"
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
     encoded = encode_example({"messages": messages, "train_from": 0, "prompt": "", "completion": ""},
-                             tokenizer, "assistant", 512, eot_id)
+                             tokenizer, "assistant", 512)
     assert "".join(trained_text(tokenizer, encoded)) == "Hello<|eot_id|>"
 
 
@@ -122,8 +123,11 @@ def test_lint_fails_when_the_template_never_trains_a_stop_token(tokenizer, tmp_p
                 "{%- if add_generation_prompt %}{{- 'assistant: ' }}{%- endif %}")
     resolve_chat_template(tokenizer, template)
     rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}]
-    with pytest.raises(DataError, match="end-of-turn token None is not trained"):
+    with pytest.raises(DataError) as info:
         prepare_sft_data(DataSection(train=write(tmp_path, rows)), tokenizer, seed=0)
+    # The refusal says what is wrong with the template, quoting what it writes; it never names a None token.
+    assert "closes an assistant turn with plain text ('\\n') and no special token" in info.value.message
+    assert "None" not in info.value.message and "chatml" in info.value.hint
 
 
 class MaskingCollator:

@@ -34,7 +34,7 @@ def test_run_folder_holds_everything_the_next_stage_needs(sft_run):
     run = read_run(sft_run.path, expect_stage=("sft",))
     files = {p.name for p in sft_run.path.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
-            "lorakit.yaml", "manifest.json", "metrics.jsonl", "README.md", "checkpoints"} <= files
+            "lorakit.yaml", "manifest.json", "metrics.jsonl", "README.md", "checkpoints", "report.html"} <= files
     assert not any(name.endswith((".bin", ".pt")) and "checkpoint" not in name for name in files)
     manifest = run.manifest
     assert manifest["status"] == "complete" and manifest["parent"] is None
@@ -95,6 +95,17 @@ def test_qlora_nf4_trains_on_cpu(tmp_path):
     config = json.loads((tmp_path / "qlora" / "adapter_config.json").read_text())
     assert config["r"] == 16
     assert read_run(tmp_path / "qlora").manifest["method"] == "qlora"
+
+
+def test_activation_offloading_trains_and_appears_in_the_estimate(tmp_path):
+    from lorakit.vram.resolve import setup_from_recipe
+
+    recipe = sft_recipe(tmp_path / "offload", "train.activation_offloading=true", "data.eval=null", max_steps=20)
+    result = run_sft(recipe)
+    assert result.summary["final_loss"] < 0.7 * result.summary["first_loss"]
+    assert read_run(result.path).recipe.train.activation_offloading is True
+    _, setup = setup_from_recipe(recipe)
+    assert setup.activation_offloading is True
 
 
 def test_4bit_inference_on_cpu_keeps_the_training_kernel():

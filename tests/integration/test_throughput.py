@@ -1,6 +1,9 @@
-"""Padding-free batches are exact, masks survive packing, accumulation is exact, and env reports the choices."""
+"""Padding-free batches are exact, masks survive packing, accumulation is exact, env reports the choices, and the
+throughput bench (bench/throughput.py) compares sides that train on the same tokens and compute the same loss."""
 
+import importlib.util
 import json
+from argparse import Namespace
 
 import pytest
 import torch
@@ -92,8 +95,12 @@ def test_env_reports_the_choices_a_run_makes(sft_run):
     assert result.exit_code == 0, result.output
     chosen = json.loads(result.stdout)["chosen"]
     manifest = json.loads((sft_run.path / "manifest.json").read_text())
-    assert chosen["loss"].split()[0] == manifest["speed"]["loss"] == "plain"
-    assert chosen["precision"] == manifest["precision"] == "fp32"
+    # What lorakit should choose here: the plain CE head and fp32 on a CPU; the fused head and bf16 (fp16 on GPUs
+    # without bf16) on CUDA.
+    cuda = torch.cuda.is_available()
+    expected_precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    assert chosen["loss"].split()[0] == manifest["speed"]["loss"] == ("fused" if cuda else "plain")
+    assert chosen["precision"] == manifest["precision"] == expected_precision
     assert manifest["speed"]["padding_free"] is True
 
 
@@ -102,3 +109,80 @@ def test_micro_batch_one_neither_packs_nor_groups(tmp_path):
     setup = build_sft_trainer(recipe, RunFolder.open(tmp_path / "mb1"))
     assert not setup.speed.padding_free and not setup.speed.group_by_length
     assert "micro-batch 1" in setup.speed.reasons["batching"]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_throughput", REPO / "bench" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_args(tiny_llama, tmp_path, **changes):
+    """The bench on tiny settings, learning rate ~0 (lorakit refuses 0): each loss is the base model's on its batch."""
+    args = dict(model=str(tiny_llama), rows=12, batch=4, epochs=1, repeats=1, seed=0, pack_length=512,
+                packed_batch=None, learning_rate=1e-12, max_words=40, gradient_checkpointing=True, stage="both",
+                sides=None, profile=False, workdir=str(tmp_path / "bench"), json=True)
+    args.update(changes)
+    return Namespace(**args)
+
+
+def tolerance():
+    # fp32 on the CPU: the sides differ only in summation order; bf16 on CUDA rounds every matmul
+    return 2e-2 if torch.cuda.is_available() else 1e-4
+
+
+def token_weighted_loss(runs):
+    return runs[0]["token_mean_loss"]
+
+
+def test_bench_sides_train_the_same_tokens_and_compute_the_same_loss(tiny_llama, tmp_path):
+    bench = load_bench()
+    report = bench.run_bench(bench_args(tiny_llama, tmp_path,
+                                        sides="lorakit,lorakit-varlen,trl,trl-padding-free,trl-bfd"))
+    sft, dpo = report["sft_runs"], report["dpo_runs"]
+    assert set(sft) == {"lorakit", "lorakit-varlen", "trl", "trl-padding-free", "trl-bfd"}
+    assert set(dpo) == {"lorakit", "trl"}
+    for stage in (sft, dpo):
+        trained = {name: runs[0]["tokens"]["trained"] for name, runs in stage.items()}
+        assert len(set(trained.values())) == 1 and min(trained.values()) > 0, trained
+        for runs in stage.values():  # the counts come from the batches the trainer really saw
+            assert runs[0]["micro_batches"] == runs[0]["steps"] > 0
+            assert sum(b["trained"] for b in runs[0]["batches"]) == runs[0]["tokens"]["trained"]
+            assert runs[0]["gradient_checkpointing_layers"] > 0
+    # Padding-free and packed rows carry no padding; TRL's defaults pad every row to the longest of its batch.
+    assert sft["lorakit"][0]["padding_fraction"] == sft["trl-padding-free"][0]["padding_fraction"] == 0
+    assert sft["trl"][0]["padding_fraction"] > 0
+    # Learning rate ~0: the token-weighted loss over the epoch is the base model's per-token loss on the data, whatever
+    # the batching; a side whose packed examples saw each other, or that trained other tokens, would differ (this
+    # covers the per-example attention experiment, lorakit-varlen, too).
+    reference = token_weighted_loss(sft["trl"])
+    for name, runs in sft.items():
+        assert token_weighted_loss(runs) == pytest.approx(reference, rel=tolerance()), name
+    # DPO: policy == reference at learning rate ~0, so the loss is log 2; the summed log-probabilities of the chosen
+    # and rejected completions, averaged over the same pairs, must agree between lorakit and TRL.
+    for key in ("logps_chosen", "logps_rejected"):
+        lorakit, trl = (sum(dpo[name][0][key]) / len(dpo[name][0][key]) for name in ("lorakit", "trl"))
+        assert lorakit == pytest.approx(trl, rel=tolerance()), key
+    for runs in dpo.values():
+        assert runs[0]["token_mean_loss"] == pytest.approx(0.6931, abs=1e-3)
+    assert {"sft_lorakit_over_best_peer", "dpo_lorakit_over_best_peer"} <= set(report)
+
+
+def test_bench_llamafactory_side_trains_the_same_tokens(tiny_llama, tmp_path):
+    bench = load_bench()
+    if bench.llamafactory_python() is None:
+        pytest.skip(f"LLaMA-Factory is not installed in {bench.LLAMAFACTORY_VENV} (bash bench/setup_llamafactory.sh)")
+    report = bench.run_bench(bench_args(tiny_llama, tmp_path, sides="lorakit,llamafactory"))
+    for stage in ("sft", "dpo"):
+        runs = report[f"{stage}_runs"]
+        assert runs["llamafactory"][0]["tokens"]["trained"] == runs["lorakit"][0]["tokens"]["trained"] > 0
+        assert runs["llamafactory"][0]["gradient_checkpointing_layers"] > 0  # like for like with the others
+        assert token_weighted_loss(runs["llamafactory"]) == pytest.approx(token_weighted_loss(runs["lorakit"]),
+                                                                          rel=tolerance()), stage
+    dpo = report["dpo_runs"]
+    for key in ("logps_chosen", "logps_rejected"):
+        lorakit, peer = (sum(dpo[name][0][key]) / len(dpo[name][0][key]) for name in ("lorakit", "llamafactory"))
+        assert peer == pytest.approx(lorakit, rel=tolerance()), key
+    sft = report["sft_runs"]["llamafactory"][0]
+    assert sft["batches"][0]["row_length"] >= 512  # neat_packing rows of cutoff_len

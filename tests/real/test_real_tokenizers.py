@@ -110,7 +110,7 @@ def test_llama_cpp_prompts_with_the_embedded_template_and_no_bos_training_never_
 def test_llama_cpp_stops_at_the_end_of_turn_token(exported, llama):
     import llama_cpp
 
-    from lorakit.templates import end_of_turn_token
+    from lorakit.chat_template import end_of_turn_token
 
     from transformers import AutoTokenizer
 

@@ -1,0 +1,453 @@
+"""lorakit itself on a GPU: measured peak memory vs `vram-estimate`, tokens/s vs plain TRL, and which fast paths ran.
+
+    python bench/gpu_check.py                     # CUDA: the default grid, stopping before --budget-s is spent
+    python bench/gpu_check.py --dry-run           # CPU: tiny shapes through the same code path; prints the columns
+    python bench/gpu_check.py --models llama-3.2-1b --json out/gpu_check.json
+
+For each row it builds a random-weight model of a real architecture locally (the model's config.json values, random
+init, saved once; nothing is downloaded), writes chats long enough to fill the row's sequence length (truncated to
+it, so every micro-batch is exactly batch x seq tokens), and trains a few real steps through lorakit's public API
+(`lorakit.config.load_recipe` + `lorakit.train.sft.run_sft` / `lorakit.train.dpo.run_dpo`). A TrainerCallback
+resets CUDA's peak counters once training begins (after the weights are loaded), so the measured peaks are the
+training steps' own, like the estimate's; it also times the steps after the first. The estimate comes from the same
+`lorakit.vram` code the preflight uses, for the recipe lorakit resolved. For the rows marked "vs TRL", the same
+settings (model, LoRA, 4-bit base, precision, batch, length, checkpointing, steps) train with plain TRL
+(`SFTTrainer`/`DPOTrainer` defaults otherwise) for the tokens/s ratio.
+
+Columns: row, estimated and measured max_memory_allocated (GiB) and the error, the same for max_memory_reserved,
+lorakit tokens/s, TRL tokens/s, then what actually ran: bf16 (the trainer's flag), the optimizer class (paged 8-bit
+AdamW for QLoRA), the attention implementation the model ran with (sdpa/flash_attention_2), and the LM head (TRL's
+tiled fused head, lorakit's plain head, or the model's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+GIB = 1024**3
+
+# The values of each model's published config.json that fix its memory (random weights otherwise).
+SHAPES = {
+    "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,
+                         tie_word_embeddings=True, max_position_embeddings=131072, rope_theta=500000.0),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
+                       max_position_embeddings=131072, rope_theta=1000000.0),
+    "llama-3.1-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False,
+                         max_position_embeddings=131072, rope_theta=500000.0),
+    # --dry-run: the same code path on shapes a CPU trains in seconds
+    "tiny-llama": dict(model_type="llama", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, vocab_size=1024, tie_word_embeddings=False,
+                       max_position_embeddings=2048),
+}
+
+
+@dataclass
+class Case:
+    model: str
+    stage: str  # sft | dpo
+    method: str  # lora | qlora
+    seq: int
+    batch: int
+    checkpointing: bool = True
+    loss: str = "fused"  # fused | plain
+    vs_trl: bool = False
+    offload: bool = False  # train.activation_offloading (TRL's activation offloading)
+
+    @property
+    def label(self) -> str:
+        return (f"{self.model} {self.stage} {self.method} {self.seq}x{self.batch} gc {'on' if self.checkpointing else 'off'}"
+                f" {self.loss}" + (" offload" if self.offload else ""))
+
+
+# In the order they run; the budget cuts the tail. ~6 min on one H200 (most of it loading the 7-8B models).
+GRID = [
+    Case("llama-3.2-1b", "sft", "lora", 1024, 1, vs_trl=True),
+    Case("llama-3.2-1b", "sft", "qlora", 1024, 1, vs_trl=True),
+    Case("llama-3.2-1b", "sft", "lora", 1024, 4, checkpointing=False),
+    Case("llama-3.2-1b", "sft", "qlora", 4096, 4),
+    Case("llama-3.2-1b", "sft", "qlora", 4096, 1, loss="plain"),
+    Case("llama-3.2-1b", "sft", "qlora", 1024, 4, checkpointing=False, loss="plain"),
+    Case("llama-3.2-1b", "dpo", "qlora", 1024, 1, vs_trl=True),
+    Case("llama-3.2-1b", "dpo", "lora", 1024, 4),
+    Case("llama-3.1-8b", "sft", "qlora", 1024, 1, vs_trl=True),
+    Case("llama-3.1-8b", "sft", "qlora", 4096, 4),
+    Case("llama-3.1-8b", "sft", "lora", 4096, 1),
+    Case("llama-3.1-8b", "sft", "lora", 4096, 1, offload=True),
+    Case("llama-3.1-8b", "dpo", "qlora", 1024, 1),
+    Case("qwen2.5-7b", "sft", "qlora", 4096, 1),
+    Case("qwen2.5-7b", "sft", "qlora", 1024, 4, checkpointing=False),
+]
+DRY_GRID = [
+    Case("tiny-llama", "sft", "lora", 128, 1, vs_trl=True),
+    Case("tiny-llama", "sft", "qlora", 128, 2, checkpointing=False, loss="plain"),
+    Case("tiny-llama", "dpo", "qlora", 128, 1),
+]
+COLUMNS = ("row", "est alloc", "meas alloc", "err", "est reserved", "meas reserved", "err ", "lorakit tok/s",
+           "TRL tok/s", "bf16", "optimizer", "attention", "LM head")
+
+
+@dataclass
+class Result:
+    case: Case
+    estimate_allocated_gib: float | None = None
+    estimate_reserved_gib: float | None = None
+    measured_allocated_gib: float | None = None
+    measured_reserved_gib: float | None = None
+    tokens_per_s: float | None = None
+    trl_tokens_per_s: float | None = None
+    bf16: bool | None = None
+    optimizer: str = ""
+    attention: str = ""
+    head: str = ""
+    seconds: float = 0.0
+    error: str = ""
+    trl: dict = field(default_factory=dict)
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def build_model(name: str, folder: Path) -> Path:
+    """A random-weight model with this architecture's shape, saved like a downloaded one (weights + tokenizer)."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lorakit.chat_template import CHATML
+    from lorakit.tiny import TinySpec, build_tokenizer
+
+    tokenizer = build_tokenizer(TinySpec())  # a 1k-token BPE: ids fit every vocabulary, the embeddings stay real size
+    tokenizer.chat_template = CHATML
+    values = dict(SHAPES[name])
+    config = AutoConfig.for_model(values.pop("model_type"), **values, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(device()):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    free_memory()
+    return folder
+
+
+def _words(rng: random.Random, count: int, vocabulary: list[str]) -> str:
+    return " ".join(rng.choice(vocabulary) for _ in range(count))
+
+
+def write_data(path: Path, stage: str, rows: int, seq: int, seed: int = 0) -> Path:
+    """Chats whose answers are longer than `seq` tokens (the 1k-token BPE gives ~1.5 tokens per word), so lorakit's
+    truncation to max_length makes every row exactly `seq` tokens."""
+    from lorakit.tiny import corpus_lines
+
+    vocabulary = " ".join(corpus_lines()).split()
+    rng = random.Random(seed)
+    with open(path, "w") as handle:
+        for _ in range(rows):
+            prompt = [{"role": "user", "content": _words(rng, 12, vocabulary)}]
+            answer = lambda: [{"role": "assistant", "content": _words(rng, seq, vocabulary)}]  # noqa: E731
+            row = ({"prompt": prompt, "completion": answer()} if stage == "sft" else
+                   {"prompt": prompt, "chosen": answer(), "rejected": answer()})
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def recipe_for(case: Case, model_dir: Path, data: Path, out: Path, steps: int):
+    from lorakit.config import load_recipe
+
+    overrides = [
+        f"method={case.method}", "lora.r=16", "lora.alpha=32", "lora.dropout=0.05",
+        "train.gradient_accumulation_steps=1", f"train.micro_batch_size={case.batch}",
+        f"train.gradient_checkpointing={str(case.checkpointing).lower()}", f"train.loss={case.loss}",
+        "train.warmup_ratio=0.0", "train.lr_scheduler_type=constant", "train.logging_steps=1",
+        "train.save_steps=100000", f"data.max_length={case.seq}", "preflight=false",
+    ]
+    if case.stage == "dpo":
+        overrides += ["dpo.max_prompt_length=64", "dpo.precompute_ref_log_probs=false"]
+    if case.offload:
+        overrides.append("train.activation_offloading=true")  # an error row until the recipe schema has it
+    return load_recipe(case.stage, None, overrides, {"model": str(model_dir), "data": str(data),
+                                                     "output_dir": str(out), "max_steps": steps, "seed": 0})
+
+
+def estimate_for(recipe, model_dir: Path):
+    """What `lorakit vram-estimate --recipe` and the preflight say for this run (the same code)."""
+    from lorakit.vram.estimate import estimate
+    from lorakit.vram.resolve import resolve_shape, setup_from_recipe
+
+    _, setup = setup_from_recipe(recipe)
+    return estimate(resolve_shape(str(model_dir)), setup)
+
+
+def probe_callback(tokens_per_step: int):
+    """A TrainerCallback that resets CUDA's peak counters when training starts, times steps after the first, and
+    records which precision, optimizer, attention and head the trainer actually uses."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self.seen: dict = {}
+
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            self.seen["bf16"] = bool(args.bf16)
+            self.seen["model"] = model
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+            if optimizer is not None:
+                inner = getattr(optimizer, "optimizer", optimizer)
+                self.seen["optimizer"] = type(inner).__name__
+
+        def tokens_per_s(self) -> float | None:
+            steps = [end - start for start, end in zip(self.times[2::2], self.times[3::2])]  # after the first
+            return tokens_per_step * len(steps) / sum(steps) if steps else None
+
+    return Probe()
+
+
+def head_kind(model) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    forward = getattr(base, "forward", None)
+    code = getattr(forward, "__code__", None)
+    qualname = getattr(forward, "__qualname__", "")
+    if code is not None and code.co_name == "_fused_forward":
+        return "fused (TRL tiles)"
+    if "use_plain_lm_head" in qualname:
+        return "plain (lorakit)"
+    return "model's own"
+
+
+def attention_of(model) -> str:
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_attn_implementation", "?"))
+
+
+def measured(probe) -> tuple[float | None, float | None]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None, None
+    return torch.cuda.max_memory_allocated() / GIB, torch.cuda.max_memory_reserved() / GIB
+
+
+def free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_lorakit(case: Case, model_dir: Path, work: Path, steps: int) -> Result:
+    from lorakit.train.dpo import run_dpo
+    from lorakit.train.sft import run_sft
+
+    result = Result(case)
+    data = write_data(work / f"{case.stage}-{case.seq}.jsonl", case.stage, case.batch * (steps + 1), case.seq)
+    out = work / "runs" / case.label.replace(" ", "_")
+    recipe = recipe_for(case, model_dir, data, out, steps)
+    est = estimate_for(recipe, model_dir)
+    result.estimate_allocated_gib, result.estimate_reserved_gib = est.allocated / GIB, est.reserved / GIB
+    sequences = case.batch * (2 if case.stage == "dpo" else 1)
+    probe = probe_callback(sequences * case.seq)
+    free_memory()
+    start = time.perf_counter()
+    (run_sft if case.stage == "sft" else run_dpo)(recipe, force=True, callbacks=[probe])
+    result.seconds = time.perf_counter() - start
+    result.measured_allocated_gib, result.measured_reserved_gib = measured(probe)
+    result.tokens_per_s = probe.tokens_per_s()
+    model = probe.seen.pop("model", None)
+    result.bf16 = probe.seen.get("bf16")
+    result.optimizer = probe.seen.get("optimizer", "")
+    if model is not None:
+        result.attention, result.head = attention_of(model), head_kind(model)
+    del model, probe
+    free_memory()
+    return result
+
+
+def run_plain_trl(case: Case, model_dir: Path, work: Path, steps: int) -> dict:
+    """The same settings through plain TRL: its trainer defaults, lorakit's LoRA, 4-bit base, batch, length,
+    precision, checkpointing and steps."""
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    cuda = device() == "cuda"
+    data = work / f"{case.stage}-{case.seq}.jsonl"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16) if case.method == "qlora" else None
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                 quantization_config=quant,
+                                                 device_map={"": 0 if cuda else "cpu"})
+    common = dict(output_dir=str(work / "trl"), per_device_train_batch_size=case.batch, max_steps=steps,
+                  learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
+                  max_length=case.seq, bf16=cuda, use_cpu=not cuda, gradient_checkpointing=case.checkpointing,
+                  seed=0)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    probe = probe_callback(case.batch * (2 if case.stage == "dpo" else 1) * case.seq)
+    dataset = load_dataset("json", data_files=str(data), split="train")
+    if case.stage == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common), train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=lora, callbacks=[probe])
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        trainer = DPOTrainer(model=model, args=DPOConfig(**common), train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=lora, callbacks=[probe])
+    free_memory()
+    trainer.train()
+    allocated, reserved = measured(probe)
+    seen = {"tokens_per_s": probe.tokens_per_s(), "measured_allocated_gib": allocated,
+            "measured_reserved_gib": reserved, "optimizer": probe.seen.get("optimizer", ""),
+            "head": head_kind(trainer.model), "attention": attention_of(trainer.model)}
+    del trainer, model, probe
+    free_memory()
+    return seen
+
+
+def _fmt(value, digits=2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _err(estimate, measured_value) -> str:
+    if estimate is None or measured_value is None:
+        return "-"
+    return f"{100 * (estimate / measured_value - 1):+.1f}%"
+
+
+def table_rows(results: list[Result]) -> list[list[str]]:
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.case.label, "error: " + r.error[:60]] + [""] * (len(COLUMNS) - 2))
+            continue
+        rows.append([r.case.label, _fmt(r.estimate_allocated_gib), _fmt(r.measured_allocated_gib),
+                     _err(r.estimate_allocated_gib, r.measured_allocated_gib), _fmt(r.estimate_reserved_gib),
+                     _fmt(r.measured_reserved_gib), _err(r.estimate_reserved_gib, r.measured_reserved_gib),
+                     _fmt(r.tokens_per_s, 0), _fmt(r.trl_tokens_per_s, 0), str(r.bf16), r.optimizer, r.attention,
+                     r.head])
+    return rows
+
+
+def print_table(results: list[Result], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("row", "optimizer", "attention", "LM head") else "right")
+    for row in table_rows(results):
+        table.add_row(*row)
+    Console(width=220).print(table)
+
+
+def environment() -> dict:
+    import torch
+
+    from lorakit.vram.estimate import installed_versions
+
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "stack": installed_versions()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, memory_gib=round(props.total_memory / GIB, 1))
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU through the same code path")
+    parser.add_argument("--models", default="", help="comma-separated subset of " + ", ".join(SHAPES))
+    parser.add_argument("--steps", type=int, default=4, help="training steps per row (the first is not timed)")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this many seconds")
+    parser.add_argument("--no-trl", action="store_true", help="skip the plain-TRL side")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--workdir", type=Path, help="where models and runs go (default: a temporary folder)")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    if not args.dry_run and device() != "cuda":
+        print("no CUDA GPU: run with --dry-run for the CPU check of the code path", file=sys.stderr)
+        return 2
+    grid = DRY_GRID if args.dry_run else GRID
+    if args.models:
+        wanted = {m.strip() for m in args.models.split(",")}
+        grid = [c for c in grid if c.model in wanted]
+    steps = 2 if args.dry_run else args.steps
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="lorakit-gpu-check-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    print(json.dumps(env), flush=True)
+    results, skipped = [], []
+    for case in grid:
+        if time.perf_counter() - started > args.budget_s:
+            skipped.append(case.label)
+            continue
+        print(f"[{time.perf_counter() - started:6.0f}s] {case.label}", flush=True)
+        try:
+            model_dir = build_model(case.model, work / "models" / case.model)
+            result = run_lorakit(case, model_dir, work, steps)
+            if case.vs_trl and not args.no_trl:
+                result.trl = run_plain_trl(case, model_dir, work, steps)
+                result.trl_tokens_per_s = result.trl["tokens_per_s"]
+        except Exception as exc:  # one failing row must not lose the others' numbers
+            result = Result(case, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            free_memory()
+        results.append(result)
+        print("   " + " | ".join(table_rows([result])[0][1:]), flush=True)
+    print_table(results, f"lorakit on {env.get('gpu', 'the CPU (dry run: no CUDA counters)')} "
+                         f"({env['stack']})")
+    if skipped:
+        print(f"skipped for the time budget: {'; '.join(skipped)}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"environment": env, "results": [{**asdict(r), "case": asdict(r.case)} for r in results],
+                   "skipped": skipped, "seconds": round(time.perf_counter() - started, 1)}
+        args.json.write_text(json.dumps(payload, indent=1))
+    return 1 if any(r.error for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

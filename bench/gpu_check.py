@@ -16,8 +16,10 @@ settings (model, LoRA, 4-bit base, precision, batch, length, checkpointing, step
 
 Columns: row, estimated and measured max_memory_allocated (GiB) and the error, the same for max_memory_reserved,
 lorakit tokens/s, TRL tokens/s, then what actually ran: bf16 (the trainer's flag), the optimizer class (paged 8-bit
-AdamW for QLoRA), the attention implementation the model ran with (sdpa/flash_attention_2), and the LM head (TRL's
-tiled fused head, lorakit's plain head, or the model's own).
+AdamW for QLoRA), the attention implementation the model ran with (sdpa, flash_attention_2, or lorakit's per-example
+SDPA lorakit_sdpa_varlen), the LM head (TRL's tiled fused head, lorakit's plain head, or the model's own), and
+whether Liger's kernels and torch.compile ran (the run's manifest). The rows with `liger`/`compile` in their label
+compare those options with plain TRL given the same option (`use_liger_kernel`, `torch_compile`).
 """
 
 from __future__ import annotations
@@ -73,11 +75,16 @@ class Case:
     loss: str = "fused"  # fused | plain
     vs_trl: bool = False
     offload: bool = False  # train.activation_offloading (TRL's activation offloading)
+    liger: bool | None = None  # train.liger (None: auto, on when liger-kernel is installed); TRL: use_liger_kernel
+    compile: bool = False  # train.compile; TRL: torch_compile
+    attention: str = "auto"  # model.attn_implementation (auto: flash-attn when installed, else lorakit's choice)
 
     @property
     def label(self) -> str:
         return (f"{self.model} {self.stage} {self.method} {self.seq}x{self.batch} gc {'on' if self.checkpointing else 'off'}"
-                f" {self.loss}" + (" offload" if self.offload else ""))
+                f" {self.loss}" + (" offload" if self.offload else "")
+                + ("" if self.liger is None else f" liger {'on' if self.liger else 'off'}")
+                + (" compile" if self.compile else "") + ("" if self.attention == "auto" else f" {self.attention}"))
 
 
 # In the order they run; the budget cuts the tail. ~6 min on one H200 (most of it loading the 7-8B models).
@@ -97,14 +104,23 @@ GRID = [
     Case("llama-3.1-8b", "dpo", "qlora", 1024, 1),
     Case("qwen2.5-7b", "sft", "qlora", 4096, 1),
     Case("qwen2.5-7b", "sft", "qlora", 1024, 4, checkpointing=False),
+    # the GPU path of issue 20, each against plain TRL with the same setting: Liger's RMSNorm/SwiGLU/RoPE kernels
+    # (TRL: use_liger_kernel), torch.compile (TRL: torch_compile), and the attention packed rows run with
+    # (flash-attn when installed; otherwise lorakit's per-example SDPA against transformers' block-diagonal mask)
+    Case("llama-3.2-1b", "sft", "lora", 1024, 4, liger=False, vs_trl=True),
+    Case("llama-3.2-1b", "sft", "lora", 1024, 4, liger=True, vs_trl=True),
+    Case("llama-3.2-1b", "sft", "lora", 1024, 4, liger=False, compile=True, vs_trl=True),
+    Case("llama-3.2-1b", "sft", "lora", 1024, 4, liger=False, attention="sdpa"),
+    Case("llama-3.2-1b", "dpo", "lora", 1024, 2, liger=True, vs_trl=True),
 ]
 DRY_GRID = [
     Case("tiny-llama", "sft", "lora", 128, 1, vs_trl=True),
     Case("tiny-llama", "sft", "qlora", 128, 2, checkpointing=False, loss="plain"),
     Case("tiny-llama", "dpo", "qlora", 128, 1),
+    Case("tiny-llama", "sft", "lora", 128, 2, liger=True, vs_trl=True),  # on the CPU: liger reported off
 ]
 COLUMNS = ("row", "est alloc", "meas alloc", "err", "est reserved", "meas reserved", "err ", "lorakit tok/s",
-           "TRL tok/s", "bf16", "optimizer", "attention", "LM head")
+           "TRL tok/s", "bf16", "optimizer", "attention", "LM head", "liger", "compile")
 
 
 @dataclass
@@ -120,6 +136,8 @@ class Result:
     optimizer: str = ""
     attention: str = ""
     head: str = ""
+    liger: bool | None = None  # what the run's manifest says ran
+    compile: bool | None = None
     seconds: float = 0.0
     error: str = ""
     trl: dict = field(default_factory=dict)
@@ -192,6 +210,12 @@ def recipe_for(case: Case, model_dir: Path, data: Path, out: Path, steps: int):
         overrides += ["dpo.max_prompt_length=64", "dpo.precompute_ref_log_probs=false"]
     if case.offload:
         overrides.append("train.activation_offloading=true")  # an error row until the recipe schema has it
+    if case.liger is not None:
+        overrides.append(f"train.liger={str(case.liger).lower()}")
+    if case.compile:
+        overrides.append("train.compile=true")
+    if case.attention != "auto":
+        overrides.append(f"model.attn_implementation={case.attention}")
     return load_recipe(case.stage, None, overrides, {"model": str(model_dir), "data": str(data),
                                                      "output_dir": str(out), "max_steps": steps, "seed": 0})
 
@@ -290,8 +314,10 @@ def run_lorakit(case: Case, model_dir: Path, work: Path, steps: int) -> Result:
     probe = probe_callback(sequences * case.seq)
     free_memory()
     start = time.perf_counter()
-    (run_sft if case.stage == "sft" else run_dpo)(recipe, force=True, callbacks=[probe])
+    run = (run_sft if case.stage == "sft" else run_dpo)(recipe, force=True, callbacks=[probe])
     result.seconds = time.perf_counter() - start
+    speed = json.loads((Path(run.path) / "manifest.json").read_text()).get("speed", {})
+    result.liger, result.compile = speed.get("liger"), speed.get("compile")
     result.measured_allocated_gib, result.measured_reserved_gib = measured(probe)
     result.tokens_per_s = probe.tokens_per_s()
     model = probe.seen.pop("model", None)
@@ -317,13 +343,16 @@ def run_plain_trl(case: Case, model_dir: Path, work: Path, steps: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16) if case.method == "qlora" else None
+    from lorakit.model import resolve_attn
+
+    attention = resolve_attn(case.attention, device())  # flash-attn when installed, like lorakit; else sdpa
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
-                                                 quantization_config=quant,
+                                                 quantization_config=quant, attn_implementation=attention,
                                                  device_map={"": 0 if cuda else "cpu"})
     common = dict(output_dir=str(work / "trl"), per_device_train_batch_size=case.batch, max_steps=steps,
                   learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
                   max_length=case.seq, bf16=cuda, use_cpu=not cuda, gradient_checkpointing=case.checkpointing,
-                  seed=0)
+                  seed=0, use_liger_kernel=bool(case.liger) and cuda, torch_compile=case.compile)
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     probe = probe_callback(case.batch * (2 if case.stage == "dpo" else 1) * case.seq)
     dataset = load_dataset("json", data_files=str(data), split="train")
@@ -368,7 +397,7 @@ def table_rows(results: list[Result]) -> list[list[str]]:
                      _err(r.estimate_allocated_gib, r.measured_allocated_gib), _fmt(r.estimate_reserved_gib),
                      _fmt(r.measured_reserved_gib), _err(r.estimate_reserved_gib, r.measured_reserved_gib),
                      _fmt(r.tokens_per_s, 0), _fmt(r.trl_tokens_per_s, 0), str(r.bf16), r.optimizer, r.attention,
-                     r.head])
+                     r.head, str(r.liger), str(r.compile)])
     return rows
 
 
@@ -400,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU through the same code path")
     parser.add_argument("--models", default="", help="comma-separated subset of " + ", ".join(SHAPES))
+    parser.add_argument("--rows", default="", help="only rows whose label contains this text (e.g. liger, compile)")
     parser.add_argument("--steps", type=int, default=4, help="training steps per row (the first is not timed)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no row after this many seconds")
     parser.add_argument("--no-trl", action="store_true", help="skip the plain-TRL side")
@@ -415,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         wanted = {m.strip() for m in args.models.split(",")}
         grid = [c for c in grid if c.model in wanted]
+    if args.rows:
+        grid = [c for c in grid if args.rows in c.label]
     steps = 2 if args.dry_run else args.steps
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lorakit-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)

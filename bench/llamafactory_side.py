@@ -13,7 +13,9 @@ Settings, chosen to match the other sides and to be LLaMA-Factory's best on this
   * SFT: `packing: true, neat_packing: true` (examples packed into rows of `cutoff_len` with a block-diagonal
     attention mask, so packed examples cannot see each other), `cutoff_len` = the bench's --pack-length;
   * DPO: `stage: dpo`, sigmoid loss, beta 0.1 (TRL's default too); LLaMA-Factory packs nothing for DPO;
-  * template `chatml`: the same layout as lorakit's ChatML default (no system prompt);
+  * template `chatml_bench`: LLaMA-Factory's `chatml` with nothing after the reply's <|im_end|>, the layout of
+    bench/throughput.py's BENCH_CHATML that the other sides render with, so every side trains the same tokens
+    (the bench's chats are single-turn: this template would drop the newline between turns of longer chats);
   * gradient checkpointing as the other sides: on unless --no-gradient-checkpointing, and non-reentrant
     (`use_reentrant_gc: false`; LLaMA-Factory's default is reentrant);
   * attention `sdpa` (what the others use), fp32 on CPU, adamw_torch, linear schedule without warm-up.
@@ -56,6 +58,20 @@ def write_dataset(spec: dict, folder: Path) -> str:
     return name
 
 
+def register_bench_template() -> None:
+    from llamafactory.data.formatter import StringFormatter
+    from llamafactory.data.template import register_template
+
+    register_template(
+        name="chatml_bench",
+        format_user=StringFormatter(slots=["<|im_start|>user\n{{content}}<|im_end|>\n<|im_start|>assistant\n"]),
+        format_assistant=StringFormatter(slots=["{{content}}<|im_end|>"]),
+        format_system=StringFormatter(slots=["<|im_start|>system\n{{content}}<|im_end|>\n"]),
+        stop_words=["<|im_end|>"],
+        replace_eos=True,
+    )
+
+
 def llamafactory_args(spec: dict, dataset: str, dataset_dir: Path) -> dict:
     sft = spec["stage"] == "sft"
     args = {
@@ -66,7 +82,7 @@ def llamafactory_args(spec: dict, dataset: str, dataset_dir: Path) -> dict:
         **LORA,
         "dataset": dataset,
         "dataset_dir": str(dataset_dir),
-        "template": "chatml",
+        "template": "chatml_bench",
         "cutoff_len": spec["pack_length"] if sft else 1024,
         "overwrite_cache": True,
         "output_dir": spec["out"],
@@ -116,6 +132,7 @@ def main(spec_path: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     dataset_dir = out / "data"
     dataset = write_dataset(spec, dataset_dir)
+    register_bench_template()
     args = llamafactory_args(spec, dataset, dataset_dir)
     (out / "llamafactory.yaml").write_text(yaml.safe_dump(args, sort_keys=False))
     recorder = Recorder(profile=spec.get("profile"))

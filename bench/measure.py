@@ -68,11 +68,15 @@ def count_batch(inputs: dict[str, Any]) -> dict[str, int]:
       * padded rows (TRL defaults, TRL DPO, LLaMA-Factory DPO): a 0/1 `attention_mask`;
       * padding-free rows (lorakit, TRL `padding_free`, TRL bfd packing): no `attention_mask`, one row, no padding;
       * LLaMA-Factory `neat_packing`: a 4-D block-diagonal float mask, where a padding position attends to nothing;
+      * lorakit's padding-free DPO: TRL's padded layout plus `packed_index`, the packed rows the model really runs;
     trained tokens are `completion_mask` positions (TRL DPO: the log-probability of every completion token is
     summed) or shifted labels that are not -100 (SFT, LLaMA-Factory DPO, lorakit's packed DPO).
     """
     input_ids = inputs["input_ids"]
     processed = int(input_ids.numel())
+    shape = input_ids.shape
+    if "packed_index" in inputs:  # lorakit's padding-free DPO: the model runs these packed rows, not the padded layout
+        processed, shape = int(inputs["packed_index"].numel()), inputs["packed_index"].shape
     mask = inputs.get("attention_mask")
     if mask is None:  # padding-free: the row holds real tokens only (no side here pads it to a multiple)
         real = processed
@@ -86,8 +90,8 @@ def count_batch(inputs: dict[str, Any]) -> dict[str, int]:
         trained = int((inputs["labels"][..., 1:] != IGNORE).sum())
     else:
         raise KeyError(f"cannot tell the trained tokens of a batch with keys {sorted(inputs)}")
-    return {"processed": processed, "real": real, "trained": trained, "rows": int(input_ids.shape[0]),
-            "row_length": int(input_ids.shape[-1])}
+    return {"processed": processed, "real": real, "trained": trained, "rows": int(shape[0]),
+            "row_length": int(shape[-1])}
 
 
 def checkpointed_layers(model) -> int:

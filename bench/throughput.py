@@ -13,9 +13,11 @@ Sides (each runs in a fresh process, so one side's memory never shows in another
        trl-bfd            TRL `packing=True, packing_strategy="bfd"` into rows of --pack-length tokens
        llamafactory       LLaMA-Factory `neat_packing: true` (block-diagonal mask, rows of cutoff_len), when its venv
                           exists (bench/setup_llamafactory.sh); skipped with a note otherwise
-       lorakit-varlen     an experiment, only with --sides: lorakit with per-example causal attention on its packed
-                          rows (bench/varlen_attention.py), to measure what adopting it would gain; not a peer
-  DPO  lorakit, trl (TRL DPOTrainer defaults), llamafactory (LLaMA-Factory DPO, rows padded to the longest)
+       lorakit-sdpa       an ablation, only with --sides: lorakit with `model.attn_implementation: sdpa`, i.e. its
+                          packed rows under transformers' block-diagonal mask instead of lorakit's per-example
+                          attention (lorakit/train/attention.py), to measure what that attention gains; not a peer
+  DPO  lorakit, trl (TRL DPOTrainer defaults), llamafactory (LLaMA-Factory DPO, rows padded to the longest),
+       lorakit-sdpa (the same ablation: rows a few sequences wide under the block-diagonal mask)
 
 Every side trains the same LoRA (r=16, alpha=32, dropout 0, all linear layers) of the same model on the same rows,
 with the same seed, learning rate and schedule (linear, no warm-up), optimizer (adamw_torch), precision, gradient
@@ -121,14 +123,46 @@ def write_pairs(path: Path, rows: int, seed: int, max_words: int = 300) -> None:
                 "rejected": [{"role": "assistant", "content": say(int(total * (0.5 + rng.random())))}]}) + "\n")
 
 
-def mean_example_tokens(model_dir: str, data_file: Path) -> float:
-    """Average tokens of a chat under the shared ChatML template (sizes the packing sides' batches)."""
+# The chat template every side renders with: ChatML that writes nothing after the last end-of-turn token. lorakit
+# trains a reply up to its stop token, while TRL and LLaMA-Factory train the whole rendered completion, which under
+# ChatML ends '<|im_end|>\n'; with nothing after the final stop token all sides train the very same tokens.
+BENCH_CHATML = (
+    "{%- for message in messages %}"
+    "{%- if not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '\\n<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def bench_model(model_dir: str, folder: Path) -> str:
+    """`model_dir`'s weights (linked, not copied) with its tokenizer carrying BENCH_CHATML, for every side."""
     from transformers import AutoTokenizer
 
-    from lorakit.chat_template import CHATML
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if "<|im_end|>" not in tokenizer.get_vocab():
+        raise SystemExit(f"{model_dir}: the bench renders ChatML, and this tokenizer has no <|im_end|> token")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    tokenizer.chat_template = BENCH_CHATML
+    tokenizer.save_pretrained(folder)
+    if Path(model_dir).is_dir():
+        source = Path(model_dir).resolve()
+    else:  # a hub id (a GPU machine with network)
+        from huggingface_hub import snapshot_download
+
+        source = Path(snapshot_download(model_dir))
+    for item in source.iterdir():
+        if item.is_file() and not (folder / item.name).exists():
+            (folder / item.name).symlink_to(item)
+    return str(folder)
+
+
+def mean_example_tokens(model_dir: str, data_file: Path) -> float:
+    """Average tokens of a chat under the shared template (sizes the packing sides' batches)."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = tokenizer.chat_template or CHATML
     lengths = []
     for line in data_file.read_text().splitlines():
         row = json.loads(line)
@@ -161,11 +195,7 @@ def peft_lora():
 def trl_tokenizer(model_dir: str):
     from transformers import AutoTokenizer
 
-    from lorakit.chat_template import CHATML
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = tokenizer.chat_template or CHATML  # the template lorakit gives a base model
-    return tokenizer
+    return AutoTokenizer.from_pretrained(model_dir)  # carries BENCH_CHATML (bench_model)
 
 
 def build_trl_sft(spec: dict, variant: str):
@@ -213,19 +243,21 @@ def build_lorakit(spec: dict, stage: str):
     from lorakit.runs import RunFolder
 
     overrides = lorakit_overrides(spec)
+    if spec["side"] == "lorakit-sdpa":  # the ablation: transformers' block-diagonal mask over the packed rows
+        overrides.append("model.attn_implementation=sdpa")
     flags = {"model": spec["model"], "data": spec["data"], "output_dir": spec["out"], "epochs": spec["epochs"],
              "learning_rate": spec["learning_rate"], "seed": spec["seed"]}
     if stage == "sft":
         from lorakit.train.sft import build_sft_trainer
 
         setup = build_sft_trainer(load_recipe("sft", None, overrides, flags), RunFolder.open(spec["out"], force=True))
-        return setup.trainer, {"batching": setup.speed.reasons.get("batching"), "loss_head": setup.speed.loss}
-    from lorakit.train.dpo import build_dpo_trainer
+    else:
+        from lorakit.train.dpo import build_dpo_trainer
 
-    overrides.append(f"dpo.max_prompt_length={MAX_PROMPT_LENGTH}")
-    setup = build_dpo_trainer(load_recipe("dpo", None, overrides, flags), RunFolder.open(spec["out"], force=True))
-    speed = setup.speed if isinstance(setup.speed, dict) else vars(setup.speed)
-    return setup.trainer, {"batching": speed.get("batching"), "loss_head": speed.get("loss")}
+        overrides.append(f"dpo.max_prompt_length={MAX_PROMPT_LENGTH}")
+        setup = build_dpo_trainer(load_recipe("dpo", None, overrides, flags), RunFolder.open(spec["out"], force=True))
+    return setup.trainer, {"batching": setup.speed.reasons.get("batching"), "loss_head": setup.speed.loss,
+                           "attention": setup.speed.attention}
 
 
 def run_worker(spec_path: str) -> None:
@@ -239,13 +271,8 @@ def run_worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     side, stage = spec["side"], spec["stage"]
     info: dict = {}
-    if side in ("lorakit", "lorakit-varlen"):
+    if side in ("lorakit", "lorakit-sdpa"):
         trainer, info = build_lorakit(spec, stage)
-        if side == "lorakit-varlen":  # the experiment: lorakit with per-example attention on its packed rows
-            from varlen_attention import use_varlen
-
-            use_varlen(trainer.model)
-            info["attention"] = "sdpa_varlen (per-example causal SDPA, bench/varlen_attention.py)"
     elif stage == "sft":
         trainer = build_trl_sft(spec, side)
     else:
@@ -432,7 +459,7 @@ def run_bench(args) -> dict:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lorakit-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("LORAKIT_CACHE", str(workdir / "cache"))
-    model_dir = args.model or str(build_local_model(workdir / "model", 32000))
+    model_dir = bench_model(args.model or str(build_local_model(workdir / "model", 32000)), workdir / "model-bench")
     chats, pairs = workdir / "chats.jsonl", workdir / "pairs.jsonl"
     write_chats(chats, args.rows, args.seed, args.max_words)
     write_pairs(pairs, args.rows, args.seed, int(args.max_words * 0.75))
@@ -459,8 +486,8 @@ def run_bench(args) -> dict:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     for stage, all_sides in stages.items():
-        all_sides = all_sides + (("lorakit-varlen",) if stage == "sft" else ())
-        sides = [s for s in all_sides if (s in wanted if wanted else s != "lorakit-varlen")
+        all_sides = all_sides + ("lorakit-sdpa",)
+        sides = [s for s in all_sides if (s in wanted if wanted else s != "lorakit-sdpa")
                  and (s != "llamafactory" or lf_python)]
         results: dict[str, list[dict]] = {name: [] for name in sides}
         for repeat in range(args.repeats):

@@ -40,8 +40,9 @@ def is_pretokenized_preferences(dataset) -> bool:
 def check_trainer_hooks(trainer_class) -> None:
     """The private DPOTrainer / Trainer methods lorakit overrides still exist with the arguments it passes.
 
-    trl 1.16: `DPOTrainer._prepare_dataset(dataset, processing_class, args, dataset_name)`;
-    transformers 5.x: `Trainer._get_train_sampler(train_dataset=None)` (lorakit's length grouping, SFT and DPO:
+    trl 1.16: `DPOTrainer._prepare_dataset(dataset, processing_class, args, dataset_name)`,
+    `DPOTrainer._precompute_ref_logps(dataset, name, batch_size)` (called in the constructor when
+    precompute_ref_log_probs is set; lorakit's plain head takes effect before it); transformers 5.x: `Trainer._get_train_sampler(train_dataset=None)` (lorakit's length grouping, SFT and DPO:
     lorakit.train.length_groups).
     """
     from trl import DPOTrainer
@@ -49,6 +50,7 @@ def check_trainer_hooks(trainer_class) -> None:
 
     expected = {(DPOTrainer, "_prepare_dataset", "trl", ">=1.16,<1.17"):
                 ["self", "dataset", "processing_class", "args", "dataset_name"],
+                (DPOTrainer, "_precompute_ref_logps", "trl", ">=1.16,<1.17"): ["self", "dataset", "name", "batch_size"],
                 (Trainer, "_get_train_sampler", "transformers", ">=5.20,<5.25"): ["self", "train_dataset"]}
     for (owner, name, package, checked), params in expected.items():
         method = getattr(owner, name, None)
@@ -119,6 +121,34 @@ def match_reference_adapter_dtype(model) -> None:
     for ref, policy in reference_adapter_pairs(model):
         if ref.dtype != policy.dtype:
             ref.data = ref.data.to(policy.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# liger-kernel
+
+
+def liger_apply_function(model_type: str | None):
+    """Liger's patching function for a model type (`apply_liger_kernel_to_<type>(rope=, rms_norm=, swiglu=, ...,
+    model=)`), or None when Liger has none. Only keyword arguments it accepts are passed on: some types have GeGLU
+    instead of SwiGLU, some no RoPE kernel. (liger-kernel 0.5-0.6: monkey_patch.MODEL_TYPE_TO_APPLY_LIGER_FN)"""
+    import functools
+
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        return None
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model_type or "")
+    if apply is None:
+        return None
+    accepted = set(inspect.signature(apply).parameters)
+    if "model" not in accepted:
+        raise _changed("Liger kernels", "liger-kernel", ">=0.5,<0.7", f"{apply.__name__}(model=...)")
+
+    @functools.wraps(apply)
+    def call(**kwargs):
+        return apply(**{k: v for k, v in kwargs.items() if k in accepted})
+
+    return call
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -145,6 +145,15 @@ class TrainSection(Section):
         description="plain = cross-entropy over full logits; fused = TRL's tiled LM head that never builds the "
         "logits. auto = fused on CUDA (saves memory at large vocabularies), plain on the CPU (about 2x faster there).",
     )
+    liger: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="Liger's Triton kernels for RMSNorm, SwiGLU and RoPE (the LM head stays TRL's fused one, which "
+        "already never builds the logits). auto = on a CUDA GPU when liger-kernel is installed; CUDA only.",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model (transformers' torch_compile). Off by default: the first steps "
+        "pay the compilation, and packed rows of new lengths recompile.",
+    )
     seed: int = 42
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(100, gt=0, description="Checkpoint every N optimizer steps.")

@@ -7,6 +7,7 @@ from typing import Any
 from lorakit.model import resolve_attn, resolve_device, resolve_precision
 from lorakit.runs import package_versions
 from lorakit.train.common import resolve_optim
+from lorakit.train.kernels import choose_compile, choose_liger
 from lorakit.train.speed import choose_loss, has_flash_attention, has_liger
 
 
@@ -29,9 +30,12 @@ def describe_environment() -> dict[str, Any]:
             "bf16 supported": torch.cuda.is_bf16_supported(),
         })
     loss, loss_reason = choose_loss("auto", device)
+    liger, liger_reason = choose_liger("auto", device, detected["liger-kernel installed"], None, True)
     chosen = {
         "precision": resolve_precision("auto", device),
-        "attention": resolve_attn("auto", device),
+        "attention": describe_attention(resolve_attn("auto", device)),
+        "liger kernels": f"{'on' if liger else 'off'} ({liger_reason}; train.liger: true/false to choose)",
+        "torch.compile": choose_compile(False, device)[1],
         "loss": f"{loss} ({loss_reason})",
         "batching": "padding-free when a probe on the loaded model shows packed == unpacked logits, "
         "else length-grouped (SFT at micro-batch 1: neither, there is no padding; DPO packs a pair's two sequences)",
@@ -39,3 +43,13 @@ def describe_environment() -> dict[str, Any]:
         "optimizer (qlora)": resolve_optim("auto", "qlora", device),
     }
     return {"detected": detected, "chosen": chosen, "versions": package_versions()}
+
+
+def describe_attention(loaded: str) -> str:
+    """The attention a run gets: the implementation models load with, and what packed rows run on."""
+    from lorakit.train.attention import LABEL, NAME, VARLEN_KERNELS
+
+    if loaded in VARLEN_KERNELS:
+        return f"{loaded} (its variable-length kernel runs packed rows per sequence)"
+    return (f"{loaded}; packed rows: {LABEL} ({NAME}) after a probe on the loaded model, for models whose layers are "
+            f"all full causal attention (model.attn_implementation: sdpa keeps the block-diagonal mask)")

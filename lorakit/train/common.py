@@ -95,6 +95,7 @@ def training_kwargs(train, run: RunFolder, device: str, precision: str, method: 
         project="lorakit",  # trackio's project (its local database is TRACKIO_DIR/lorakit.db)
         disable_tqdm=True,
         dataloader_num_workers=0,
+        torch_compile=train.compile,
     )
 
 

@@ -24,7 +24,9 @@ SUMMARY_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "e
 DPOSetup = TrainerSetup  # what build_dpo_trainer returns (kept as a name for benchmarks and tests)
 
 
-def make_dpo_trainer_class():
+def make_dpo_trainer_class(plain_head: bool = False):
+    """lorakit's DPOTrainer. `plain_head`: the run uses lorakit's plain LM head (the CPU default), which must
+    already score the reference log-probs that TRL precomputes inside its constructor."""
     from trl import DPOTrainer
 
     from lorakit import compat
@@ -37,6 +39,17 @@ def make_dpo_trainer_class():
             if compat.is_pretokenized_preferences(dataset):
                 return dataset
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            # TRL scores the precomputed reference in its constructor, right after patching in its fused head and
+            # before lorakit's loss choice could take effect: swap the head first, or the reference is scored by
+            # another kernel than the policy and the first step's rewards are rounding noise instead of exactly 0.
+            if plain_head:
+                from lorakit.train.plain_head import use_plain_lm_head
+                from lorakit.train.packed_pairs import causal_lm_of
+
+                use_plain_lm_head(causal_lm_of(self.model), want_sq_probs=bool(self.use_weighting))
+            return super()._precompute_ref_logps(dataset, name, batch_size)
 
         length_grouped = True  # False when pairs are packed: a packed batch carries no padding to avoid
 
@@ -76,7 +89,9 @@ def make_trainer(recipe: DPORecipe, run: RunFolder, model, peft_config, tokenize
     # Padding-free pairs where the probe passes, decided before the trainer is built: TRL precomputes reference
     # log-probs in its constructor, with the collator it is given. Otherwise TRL's padded collator and length-grouped
     # pairs.
-    packing = plan_packed_pairs(model, tokenizer, recipe.train.padding_free)
+    packing = plan_packed_pairs(model, tokenizer, recipe.train.padding_free, recipe.model.attn_implementation,
+                                compiled=recipe.train.compile)
+    loss, loss_reason = choose_loss(recipe.train.loss, device)
     precompute = recipe.dpo.precompute_ref_log_probs is True or bool(estimate and estimate.precompute_ref_log_probs)
     args = DPOConfig(
         **training_kwargs(recipe.train, run, device, precision, recipe.method, data.eval is not None),
@@ -87,7 +102,7 @@ def make_trainer(recipe: DPORecipe, run: RunFolder, model, peft_config, tokenize
         precompute_ref_log_probs=precompute,
         dataset_num_proc=recipe.data.num_proc,
     )
-    trainer = make_dpo_trainer_class()(
+    trainer = make_dpo_trainer_class(plain_head=loss == "plain")(
         model=model,
         args=args,
         train_dataset=data.for_trainer(data.train),
@@ -99,13 +114,13 @@ def make_trainer(recipe: DPORecipe, run: RunFolder, model, peft_config, tokenize
     )
     trainer.length_grouped = not packing.enabled
     compat.match_reference_adapter_dtype(trainer.model)
-    loss, loss_reason = choose_loss(recipe.train.loss, device)
     reference = ("the SFT model (frozen 'ref' copy of its adapter)" if parent is not None
                  else "the base model (adapters disabled)")
     if precompute:
         reference += ", log-probs precomputed before training"
     speed = SpeedPlan(loss=loss, padding_free=packing.enabled, group_by_length=not packing.enabled,
-                      reasons={"loss": loss_reason, "batching": packing.reason}, reference=reference)
+                      reasons={"loss": loss_reason, "batching": packing.reason, "attention": packing.attention_reason},
+                      reference=reference, attention=packing.attention)
     return trainer, speed
 
 

@@ -97,6 +97,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
 
     from lorakit.model import (ModelSource, load_policy, load_tokenizer, resolve_device, resolve_model_source,
                                resolve_precision)
+    from lorakit.train.kernels import plan_kernels
     from lorakit.train.preflight import preflight
     from lorakit.train.speed import apply_loss_choice
 
@@ -119,12 +120,15 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     with err.status(f"Loading {source.name} ({recipe.method}, {precision}, {device})..."):
         model, peft_config = load_policy(source, recipe, precision, device,
                                          parent.path if parent is not None else None)
+    kernels = plan_kernels(recipe.train, device, model)  # Liger (CUDA) before the trainer wraps the model
     # A fresh adapter's A matrices are drawn from the global RNG when the trainer applies the LoRA config: seed it,
     # or the same recipe trains a different model.
     set_seed(recipe.train.seed)
     trainer, speed = stage.make_trainer(recipe, run, model, peft_config, tokenizer, data, device, precision,
                                         estimate, parent, list(callbacks))
     apply_loss_choice(trainer, speed)
+    speed.liger, speed.reasons["liger"] = kernels["liger"]
+    speed.compile, speed.reasons["compile"] = kernels["compile"]
     trainable, total = trainer.model.get_nb_trainable_parameters()
     info(f"Model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
          + (f"; reference: {speed.reference}" if speed.reference else "")

@@ -11,10 +11,14 @@ have scored, so the per-sequence log-probs of the policy and of the reference ar
 
 Whether packed sequences stay apart depends on the attention implementation: transformers builds a block-diagonal
 mask from the position ids for SDPA and eager attention (`find_packed_sequence_indices`, transformers 5), and
-flash-attention turns them into variable-length sequences, but only for a single row. So flash attention gets one
-row; SDPA and eager, whose masked attention costs rows x row-length^2 whatever the mask, get rows about as long as
-the batch's longest sequence. The packed path is only enabled after two probes on the loaded model: the one SFT uses
-(`speed.packing_is_exact`), and the same comparison through this module's own layout (several rows, filler tokens).
+flash-attention turns them into variable-length sequences, but only for a single row. lorakit's per-example SDPA
+(lorakit.train.attention) cuts every row at the position resets and runs each sequence alone. So flash attention and
+per-example SDPA get one row per batch (their cost is per sequence: nothing to gain from narrower rows, and one row
+has no filler slots); transformers' masked SDPA and eager, whose attention costs rows x row-length^2 whatever the
+mask, get rows about as long as the batch's longest sequence. The packed path is only enabled after two probes on the
+loaded model: the one SFT uses (`speed.packing_is_exact`), and the same comparison through this module's own layout
+(several rows, filler tokens); per-example attention is then only kept if both probes pass again with it, in both
+layouts.
 """
 
 from __future__ import annotations
@@ -226,43 +230,57 @@ class PackedPairs:
     enabled: bool
     reason: str
     collator: Any = None  # the data_collator to give DPOTrainer (None: TRL's padded one)
+    attention: str = "sdpa"  # the attention implementation the model runs with
+    attention_reason: str = ""
 
 
-def plan_packed_pairs(model, tokenizer, setting: bool | str = "auto") -> PackedPairs:
+def plan_packed_pairs(model, tokenizer, setting: bool | str = "auto", attention_setting: str = "auto",
+                      compiled: bool = False) -> PackedPairs:
     """Decide padding-free DPO for the loaded model, install the packed path when it is exact, and say why.
 
     Call it on the loaded (possibly 4-bit, possibly PEFT-wrapped) model before DPOTrainer is built: TRL computes
     precomputed reference log-probs inside its constructor, with the collator it was given.
     """
+    from lorakit.train.attention import try_per_example
     from lorakit.train.speed import packing_is_exact
 
-    if setting is False:
-        return PackedPairs(False, "padding_free: false in the recipe; length-grouped pairs")
     lm = causal_lm_of(model)
+    attention = attention_implementation(lm.config)
+    if setting is False:
+        return PackedPairs(False, "padding_free: false in the recipe; length-grouped pairs", attention=attention,
+                           attention_reason=f"{attention} (no packed rows)")
     config = lm.config.get_text_config()
     if getattr(config, "output_router_logits", None) is not None and getattr(config, "router_aux_loss_coef", 0):
-        return _declined(setting, "MoE router loss is computed over padded rows; length-grouped pairs")
+        return _declined(setting, "MoE router loss is computed over padded rows; length-grouped pairs", attention)
     if lm.config.get_text_config() is not lm.config:
-        return _declined(setting, "vision-language model: length-grouped pairs")
-    attention = attention_implementation(lm.config)
+        return _declined(setting, "vision-language model: length-grouped pairs", attention)
     one_row = attention in VARLEN_ATTENTION
     vocab_size = len(tokenizer)
     if not packing_is_exact(model, vocab_size):
         return _declined(setting, f"length-grouped pairs (probe: packed sequences would see each other with "
-                                  f"{attention} attention)")
+                                  f"{attention} attention)", attention)
     install_packed_forward(model)
     if not layout_is_exact(model, vocab_size, one_row):
-        return _declined(setting, "length-grouped pairs (probe: packed pairs differ from padded ones)")
+        return _declined(setting, "length-grouped pairs (probe: packed pairs differ from padded ones)", attention)
+    # Per-example attention makes a row cost what its sequences cost, so one row per batch (no fillers) is best,
+    # as with flash-attention; it is kept only if the probes, several rows with fillers and one row, still pass.
+    per_example, attention_reason = try_per_example(
+        model, attention_setting, compiled=compiled,
+        probe=lambda: (packing_is_exact(model, vocab_size) and layout_is_exact(model, vocab_size, one_row=False)
+                       and layout_is_exact(model, vocab_size, one_row=True)))
+    one_row = one_row or per_example
+    attention = attention_implementation(lm.config)
     # TRL mirrors the pad token onto the model's configs when it builds its own collator; do the same
     lm.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     if getattr(lm, "generation_config", None) is not None:
         lm.generation_config.pad_token_id = tokenizer.pad_token_id
     rows = "one row per batch" if one_row else "rows a few sequences wide"
     return PackedPairs(True, f"padding-free pairs, {rows} (probe: packed == padded)",
-                       make_packed_collator(tokenizer.pad_token_id, one_row, attention_weight_of(config)))
+                       make_packed_collator(tokenizer.pad_token_id, one_row, attention_weight_of(config)),
+                       attention=attention, attention_reason=attention_reason)
 
 
-def _declined(setting, reason: str) -> PackedPairs:
+def _declined(setting, reason: str, attention: str) -> PackedPairs:
     if setting is True:
         warn(f"padding_free: true, but this model gets {reason}")
-    return PackedPairs(False, reason)
+    return PackedPairs(False, reason, attention=attention, attention_reason=f"{attention} (no packed rows)")

@@ -38,7 +38,7 @@ def make_trainer(recipe: SFTRecipe, run: RunFolder, model, peft_config, tokenize
     from lorakit.train.length_groups import length_grouped
     from lorakit.train.speed import plan_speed, trainer_speed_kwargs
 
-    speed = plan_speed(recipe.train, device, model, len(tokenizer))
+    speed = plan_speed(recipe.train, device, model, len(tokenizer), recipe.model.attn_implementation)
     args = SFTConfig(
         **training_kwargs(recipe.train, run, device, precision, recipe.method, data.eval is not None),
         **trainer_speed_kwargs(speed),
@@ -56,7 +56,8 @@ def make_trainer(recipe: SFTRecipe, run: RunFolder, model, peft_config, tokenize
         callbacks=callbacks,
     )
     tokens_per_batch = recipe.train.micro_batch_size * data.stats["tokens"] / max(data.stats["rows"], 1)
-    info(f"Batches: {speed.reasons['batching']}, ~{tokens_per_batch:,.0f} tokens per micro-batch")
+    info(f"Batches: {speed.reasons['batching']}, ~{tokens_per_batch:,.0f} tokens per micro-batch; attention: "
+         f"{speed.reasons['attention']}")
     raise_if_problems(lint_collated(trainer.data_collator, data.train, tokenizer.pad_token_id, tokenizer.eos_token_id))
     return trainer, speed
 

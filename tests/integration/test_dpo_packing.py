@@ -7,7 +7,9 @@ import torch
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from lorakit.runs import RunFolder, read_run
+from lorakit.train.attention import NAME
 from lorakit.train.dpo import build_dpo_trainer, run_dpo
+from lorakit.train.packed_pairs import make_packed_collator
 
 from ..conftest import REPO, dpo_recipe
 
@@ -54,56 +56,71 @@ def loss_metrics_grads(trainer, batch):
     return loss.detach(), metrics, grads
 
 
-@pytest.mark.parametrize("kind", ["lora-from-sft", "lora-from-sft-fused-head", "qlora-fresh-adapter"])
+@pytest.mark.parametrize("kind", ["lora-from-sft", "lora-from-sft-fused-head", "qlora-fresh-adapter-sdpa"])
 def test_packed_pairs_equal_padded_pairs(kind, sft_run, tmp_path):
     if kind.startswith("lora-from-sft"):  # the reference is the frozen 'ref' copy of the SFT adapter
         # plain head: lorakit's CPU default; fused head: TRL's, what CUDA runs use
         loss = "train.loss=fused" if kind.endswith("fused-head") else "train.loss=plain"
         recipe = dpo_recipe(tmp_path / "x", sft_run.path, "data.eval=null", loss)
         tolerance = 1e-5
-    else:  # 4-bit base, the reference is the base with adapters disabled; TRL trains 4-bit adapters in bf16
-        recipe = dpo_recipe(tmp_path / "x", None, "data.eval=null", "method=qlora")
+    else:  # 4-bit base, the reference is the base with adapters disabled; TRL trains 4-bit adapters in bf16; and
+        # transformers' SDPA with its block-diagonal mask instead of lorakit's per-example attention
+        recipe = dpo_recipe(tmp_path / "x", None, "data.eval=null", "method=qlora", "model.attn_implementation=sdpa")
         tolerance = 2e-3
     setup = build_dpo_trainer(recipe, RunFolder.open(tmp_path / "x"))
     trainer = setup.trainer
+    per_example = not kind.endswith("sdpa")
     assert setup.speed.loss == ("fused" if kind.endswith("fused-head") else "plain")
+    assert setup.speed.attention == (NAME if per_example else "sdpa")
     assert setup.speed.reasons["batching"].startswith("padding-free pairs")
     assert not trainer.length_grouped
     rows = uneven_rows(setup.data.train)
-    packed = trainer.data_collator(rows)
     padded = DataCollatorForPreference(pad_token_id=setup.tokenizer.pad_token_id)(rows)
-    assert torch.equal(packed["input_ids"], padded["input_ids"])
+    layouts = {"as trained": trainer.data_collator(rows)}
+    # per-example attention trains on one row per batch; several rows with filler slots must be exact under it too
+    rows_trained = layouts["as trained"]["packed_index"].shape[0]
+    assert rows_trained == 1 if per_example else rows_trained > 1
+    if per_example:
+        layouts["rows with fillers"] = make_packed_collator(setup.tokenizer.pad_token_id, False, 1.0)(rows)
+        assert layouts["rows with fillers"]["packed_index"].shape[0] > 1
     real = int(padded["attention_mask"].sum())
     assert real < 0.7 * padded["attention_mask"].numel()  # the padded batch is mostly padding...
-    assert packed["packed_index"].numel() < 0.8 * padded["attention_mask"].numel()  # ...the packed rows are not
-    assert packed["packed_index"].shape[0] > 1  # several rows, with filler slots: the layout under test
 
     perturb_policy(trainer.model)
     trainer.model.train()
-    # per-pair reference log-probs (what precompute_ref_log_probs stores) through both layouts
-    with torch.no_grad():
-        ref_packed = torch.cat(trainer.compute_ref_log_probs(trainer.model, packed))
-        ref_padded = torch.cat(trainer.compute_ref_log_probs(trainer.model, padded))
-    torch.testing.assert_close(ref_packed, ref_padded, rtol=tolerance, atol=tolerance * 10)
-
-    loss_p, metrics_p, grads_p = loss_metrics_grads(trainer, packed)
     loss_d, metrics_d, grads_d = loss_metrics_grads(trainer, padded)
-    torch.testing.assert_close(loss_p, loss_d, rtol=tolerance, atol=tolerance)
-    assert metrics_p.keys() == metrics_d.keys() >= {"rewards/chosen", "rewards/rejected", "rewards/accuracies",
-                                                    "rewards/margins", "logps/chosen", "logps/rejected"}
-    for key in metrics_d:
-        assert metrics_p[key] == pytest.approx(metrics_d[key], rel=tolerance, abs=tolerance * 10), key
     assert abs(metrics_d["rewards/margins"]) > 1e-3  # the policy really differs from the reference
-    assert grads_p.keys() == grads_d.keys() and len(grads_d) > 0
-    for name in grads_d:
-        scale = grads_d[name].abs().max().clamp(min=1e-8)
-        assert (grads_p[name] - grads_d[name]).abs().max() / scale < tolerance * 10, name
+    with torch.no_grad():
+        ref_padded = torch.cat(trainer.compute_ref_log_probs(trainer.model, padded))
+    for layout, packed in layouts.items():
+        assert torch.equal(packed["input_ids"], padded["input_ids"])
+        assert packed["packed_index"].numel() < 0.8 * padded["attention_mask"].numel()  # ...the packed rows are not
+        # per-pair reference log-probs (what precompute_ref_log_probs stores) through both layouts
+        with torch.no_grad():
+            ref_packed = torch.cat(trainer.compute_ref_log_probs(trainer.model, packed))
+        torch.testing.assert_close(ref_packed, ref_padded, rtol=tolerance, atol=tolerance * 10)
+        loss_p, metrics_p, grads_p = loss_metrics_grads(trainer, packed)
+        torch.testing.assert_close(loss_p, loss_d, rtol=tolerance, atol=tolerance)
+        assert metrics_p.keys() == metrics_d.keys() >= {"rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                                        "rewards/margins", "logps/chosen", "logps/rejected"}
+        for key in metrics_d:
+            assert metrics_p[key] == pytest.approx(metrics_d[key], rel=tolerance, abs=tolerance * 10), (layout, key)
+        assert grads_p.keys() == grads_d.keys() and len(grads_d) > 0
+        for name in grads_d:
+            scale = grads_d[name].abs().max().clamp(min=1e-8)
+            assert (grads_p[name] - grads_d[name]).abs().max() / scale < tolerance * 10, (layout, name)
 
 
-def test_short_packed_run_from_sft_starts_at_zero_rewards(sft_run, tmp_path):
-    result = run_dpo(dpo_recipe(tmp_path / "dpo", sft_run.path, "data.eval=null", max_steps=4))
+@pytest.mark.parametrize("precompute", [False, True])
+def test_short_packed_run_from_sft_starts_at_zero_rewards(sft_run, tmp_path, precompute):
+    # precomputed: TRL scores the reference inside its constructor, which must already use lorakit's plain head,
+    # or the first rewards are the rounding difference of two heads instead of exactly 0
+    result = run_dpo(dpo_recipe(tmp_path / "dpo", sft_run.path, "data.eval=null",
+                                f"dpo.precompute_ref_log_probs={str(precompute).lower()}", max_steps=4))
     manifest = read_run(result.path).manifest
-    assert manifest["speed"]["batching"].startswith("padding-free pairs")
+    assert manifest["speed"]["batching"].startswith("padding-free pairs, one row per batch")
+    assert manifest["speed"]["attention"] == NAME and manifest["speed"]["loss"] == "plain"
+    assert ("precomputed" in manifest["speed"]["reference"]) is precompute
     first = json.loads((result.path / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1
     assert first["rewards/margins"] == 0.0 and first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0

@@ -42,7 +42,8 @@ def test_adapter_run_carries_what_a_server_needs(sft_run, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(str(run))
     eot = end_of_turn_token(tokenizer)[0]
     generation = json.loads((run / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == [tokenizer.eos_token_id, eot]
+    # the end-of-turn token first (what a server reports as the stop reason), the base's EOS kept beside it
+    assert generation["eos_token_id"] == [eot, tokenizer.eos_token_id]
     adapter = json.loads((run / "adapter_config.json").read_text())
     assert os.path.isfile(os.path.join(adapter["base_model_name_or_path"], "config.json"))
     manifest = json.loads((run / "manifest.json").read_text())

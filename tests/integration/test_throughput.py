@@ -139,10 +139,12 @@ def token_weighted_loss(runs):
 def test_bench_sides_train_the_same_tokens_and_compute_the_same_loss(tiny_llama, tmp_path):
     bench = load_bench()
     report = bench.run_bench(bench_args(tiny_llama, tmp_path,
-                                        sides="lorakit,lorakit-varlen,trl,trl-padding-free,trl-bfd"))
+                                        sides="lorakit,lorakit-sdpa,trl,trl-padding-free,trl-bfd"))
     sft, dpo = report["sft_runs"], report["dpo_runs"]
-    assert set(sft) == {"lorakit", "lorakit-varlen", "trl", "trl-padding-free", "trl-bfd"}
-    assert set(dpo) == {"lorakit", "trl"}
+    assert set(sft) == {"lorakit", "lorakit-sdpa", "trl", "trl-padding-free", "trl-bfd"}
+    assert set(dpo) == {"lorakit", "lorakit-sdpa", "trl"}
+    for stage in (sft, dpo):  # lorakit runs its packed rows with per-example attention; the ablation does not
+        assert stage["lorakit"][0]["attention"] == "lorakit_sdpa_varlen" and stage["lorakit-sdpa"][0]["attention"] == "sdpa"
     for stage in (sft, dpo):
         trained = {name: runs[0]["tokens"]["trained"] for name, runs in stage.items()}
         assert len(set(trained.values())) == 1 and min(trained.values()) > 0, trained
@@ -155,15 +157,16 @@ def test_bench_sides_train_the_same_tokens_and_compute_the_same_loss(tiny_llama,
     assert sft["trl"][0]["padding_fraction"] > 0
     # Learning rate ~0: the token-weighted loss over the epoch is the base model's per-token loss on the data, whatever
     # the batching; a side whose packed examples saw each other, or that trained other tokens, would differ (this
-    # covers the per-example attention experiment, lorakit-varlen, too).
+    # covers lorakit's per-example attention against the block-diagonal mask of the lorakit-sdpa ablation too).
     reference = token_weighted_loss(sft["trl"])
     for name, runs in sft.items():
         assert token_weighted_loss(runs) == pytest.approx(reference, rel=tolerance()), name
     # DPO: policy == reference at learning rate ~0, so the loss is log 2; the summed log-probabilities of the chosen
     # and rejected completions, averaged over the same pairs, must agree between lorakit and TRL.
     for key in ("logps_chosen", "logps_rejected"):
-        lorakit, trl = (sum(dpo[name][0][key]) / len(dpo[name][0][key]) for name in ("lorakit", "trl"))
-        assert lorakit == pytest.approx(trl, rel=tolerance()), key
+        for side in ("lorakit", "lorakit-sdpa"):
+            lorakit, trl = (sum(dpo[name][0][key]) / len(dpo[name][0][key]) for name in (side, "trl"))
+            assert lorakit == pytest.approx(trl, rel=tolerance()), (side, key)
     for runs in dpo.values():
         assert runs[0]["token_mean_loss"] == pytest.approx(0.6931, abs=1e-3)
     assert {"sft_lorakit_over_best_peer", "dpo_lorakit_over_best_peer"} <= set(report)

@@ -359,3 +359,6 @@ def test_gpu_check_dry_run_goes_through_lorakit_and_plain_trl(tmp_path, capsys):
         assert r["optimizer"] and r["attention"] and r["head"]
         assert r["measured_allocated_gib"] is None  # no CUDA counters on the CPU
     assert any(r["trl_tokens_per_s"] for r in results)
+    # the GPU path's options are reported from each run's manifest; on the CPU asking for Liger changes nothing
+    assert any(r["case"]["liger"] is True for r in results)
+    assert all(r["liger"] is False and r["compile"] is False for r in results)

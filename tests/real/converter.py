@@ -19,6 +19,11 @@ EXPLAINED = {
     "general.name": "lorakit names the model after its folder; the converter title-cases the folder name",
     "general.basename": "the converter guesses basename/finetune/size label from the folder name; lorakit does not",
     "general.finetune": "(the converter's guess from the folder name)",
+    "general.base_model.count": "the converter copies the model card's base_model (a local GGUF path becomes a "
+                                "huggingface.co URL that does not exist) and tags; lorakit writes neither",
+    "general.base_model.0.name": "(same)",
+    "general.base_model.0.repo_url": "(same)",
+    "general.tags": "(same)",
     "{arch}.attention.key_length": "lorakit writes head sizes for every architecture (the value llama.cpp derives)",
     "{arch}.attention.value_length": "(same)",
     "{arch}.rope.dimension_count": "lorakit writes it for every architecture (the value llama.cpp derives)",
@@ -43,7 +48,8 @@ EXPLAINED_VALUES = {
 def unexplained(comparison: "Comparison", arch: str) -> list[str]:
     return [key for key, ours, official in comparison.fields
             if key.replace(f"{arch}.", "{arch}.", 1) not in EXPLAINED
-            and (key, ours, official) not in EXPLAINED_VALUES]
+            and not (isinstance(ours, str) and isinstance(official, str)
+                     and (key, ours, official) in EXPLAINED_VALUES)]
 
 
 def convert_official(folder: Path, outfile: Path, outtype: str) -> subprocess.CompletedProcess:

@@ -40,27 +40,42 @@ def _print_error(message: str, hint: str | None) -> None:
         err.print(f"[bold]hint:[/bold] {escape(hint)}", markup=True, highlight=False)
 
 
+def _fail(message: str, hint: str | None, code: int, kind: str) -> None:
+    """Print a failure, or, in a training process of `--num-processes`, leave it for the launching command to
+    report once (lorakit.train.launch)."""
+    from lorakit.train.launch import report_failure
+
+    if not report_failure(message, hint, code, kind):
+        _print_error(message, hint)
+
+
 def guarded(fn: Callable) -> Callable:
     """Turn LorakitError (and any unexpected crash) into a clean message and exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from lorakit.errors import RunInterrupted
+
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except LorakitError as exc:
+            kind = "interrupted" if isinstance(exc, RunInterrupted) else "error"
             if _state["debug"]:
+                _fail(exc.message, exc.hint, exc.exit_code, kind)
                 raise
-            _print_error(exc.message, exc.hint)
+            _fail(exc.message, exc.hint, exc.exit_code, kind)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            _print_error("interrupted", None)
+            _fail("interrupted", None, 130, "interrupted")
             raise typer.Exit(130) from None
         except Exception as exc:  # a bug, not bad input: say so, and how to get the traceback
+            message = f"unexpected {type(exc).__name__}: {exc}"
             if _state["debug"]:
+                _fail(message, "see the traceback above", 1, "unexpected")
                 raise
-            _print_error(f"unexpected {type(exc).__name__}: {exc}", "re-run with --debug for the full traceback")
+            _fail(message, "re-run with --debug for the full traceback", 1, "unexpected")
             raise typer.Exit(1) from None
 
     return wrapper
@@ -112,8 +127,10 @@ def _root(
     warnings.filterwarnings("ignore", category=FutureWarning, append=True)
     warnings.filterwarnings("ignore", category=DeprecationWarning, append=True)
     from lorakit.compat import quiet_bitsandbytes_cpu_kernel_advice
+    from lorakit.train.launch import join_launch
 
     quiet_bitsandbytes_cpu_kernel_advice()
+    join_launch()  # a training process of several: only rank 0 talks to the terminal
 
 
 def main() -> None:
@@ -140,6 +157,14 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupt
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved recipe and exit.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 NoPreflightOpt = Annotated[bool, typer.Option("--no-preflight", help="Skip the GPU-memory check before loading.")]
+NumProcessesOpt = Annotated[Optional[int], typer.Option(
+    "--num-processes", "-n", min=1, help="Train on N processes (one per GPU) through accelerate; global batch = "
+    "micro-batch x accumulation x N.")]
+StrategyOpt = Annotated[Optional[str], typer.Option(
+    "--strategy", help="With --num-processes: ddp (default), fsdp, zero2 or zero3.")]
+AccelerateConfigOpt = Annotated[Optional[Path], typer.Option(
+    "--accelerate-config", help="An accelerate config file to launch with (several machines, your own FSDP/DeepSpeed "
+    "settings) instead of the one lorakit writes.")]
 
 
 def _resolve_training_recipe(stage, recipe, set_, no_preflight, **flags):
@@ -155,8 +180,10 @@ def _resume_hint() -> str:
     import shlex
     import sys
 
+    from lorakit.train.launch import resume_hint
+
     args = [a for a in sys.argv[1:] if a not in ("--resume", "--force")]
-    return "lorakit " + shlex.join(args) + " --resume"
+    return resume_hint("lorakit " + shlex.join(args) + " --resume")
 
 
 def _print_config(resolved) -> None:
@@ -168,7 +195,10 @@ def _print_config(resolved) -> None:
 
 def _print_run_summary(title: str, summary: dict, as_json: bool) -> None:
     from lorakit.console import key_value_table, out, print_json
+    from lorakit.train.launch import quiet_child
 
+    if quiet_child():  # one of several training processes: the command that launched them prints the result
+        return
     if as_json:
         print_json(summary)
     else:
@@ -181,7 +211,9 @@ def _print_run_summary(title: str, summary: dict, as_json: bool) -> None:
     "Examples:\n\n"
     "  lorakit sft --recipe recipes/tiny-cpu-sft.yaml\n\n"
     "  lorakit sft --model ./my-model --data chats.jsonl --output-dir out/sft\n\n"
-    "  lorakit sft -r recipes/qwen2.5-7b-qlora-sft.yaml --set lora.r=32 --max-steps 200",
+    "  lorakit sft -r recipes/qwen2.5-7b-qlora-sft.yaml --set lora.r=32 --max-steps 200\n\n"
+    "  lorakit sft -r recipes/tiny-cpu-sft.yaml --num-processes 2          # 2 processes (DDP)\n\n"
+    "  lorakit sft -r recipes/llama3.1-8b-qlora-sft.yaml -n 4 --strategy fsdp",
 )
 def sft(
     recipe: RecipeOpt = None,
@@ -197,17 +229,22 @@ def sft(
     resume: ResumeOpt = False,
     print_config: PrintConfigOpt = False,
     no_preflight: NoPreflightOpt = False,
+    num_processes: NumProcessesOpt = None,
+    strategy: StrategyOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     resolved = _resolve_training_recipe(
         "sft", recipe, set_, no_preflight, model=model, data=data, output_dir=output_dir, max_steps=max_steps,
-        epochs=epochs, learning_rate=learning_rate, seed=seed,
+        epochs=epochs, learning_rate=learning_rate, seed=seed, num_processes=num_processes, strategy=strategy,
+        accelerate_config=str(accelerate_config) if accelerate_config else None,
     )
     if print_config:
         return _print_config(resolved)
-    from lorakit.train.sft import run_sft
+    from lorakit.train.launch import run_training
 
-    result = run_sft(resolved, force=force, resume=resume, resume_hint=_resume_hint())
+    result = run_training("sft", resolved, force=force, resume=resume, resume_hint=_resume_hint(),
+                          debug=_state["debug"])
     _print_run_summary("SFT run", result.summary, json_out)
 
 
@@ -328,7 +365,8 @@ def env(json_out: JsonOpt = False) -> None:
     "whose inputs did not change and resume interrupted ones.\n\n"
     "Examples:\n\n  lorakit run recipes/tiny-cpu-pipeline.yaml\n\n"
     "  lorakit run recipes/qwen2.5-7b-qlora-pipeline.yaml --only sft,dpo\n\n"
-    "  lorakit run recipes/tiny-cpu-pipeline.yaml --from-stage merge",
+    "  lorakit run recipes/tiny-cpu-pipeline.yaml --from-stage merge\n\n"
+    "  lorakit run recipes/tiny-cpu-pipeline.yaml --num-processes 2     # sft and dpo on 2 processes",
 )
 def run(
     recipe: Annotated[Path, typer.Argument(help="Pipeline recipe (stage: pipeline).")],
@@ -336,13 +374,23 @@ def run(
     from_stage: Annotated[Optional[str], typer.Option("--from-stage", help="Run this stage and the ones after.")] = None,
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run every selected stage, even if up to date.")] = False,
+    num_processes: NumProcessesOpt = None,
+    strategy: StrategyOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
     print_config: PrintConfigOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    from lorakit.config import load_recipe
+    from lorakit.config import load_recipe, read_yaml
     from lorakit.console import out, print_json
 
-    resolved = load_recipe("pipeline", recipe, list(set_ or []))
+    overrides = list(set_ or [])
+    # the training stages' distributed sections, for those the pipeline has
+    for section in [name for name in ("sft", "dpo") if isinstance(read_yaml(recipe).get(name), dict)]:
+        for key, value in (("num_processes", num_processes), ("strategy", strategy),
+                           ("accelerate_config", accelerate_config)):
+            if value is not None:
+                overrides.append(f"{section}.distributed.{key}={value}")
+    resolved = load_recipe("pipeline", recipe, overrides)
     if print_config:
         return _print_config(resolved)
     from lorakit.pipeline import Pipeline, pipeline_table
@@ -418,7 +466,8 @@ def eval_(
     "Examples:\n\n"
     "  lorakit dpo --from out/sft --data prefs.jsonl --output-dir out/dpo\n\n"
     "  lorakit dpo --recipe recipes/tiny-cpu-dpo.yaml\n\n"
-    "  lorakit dpo --model ./base --data prefs.jsonl --output-dir out/dpo-from-base",
+    "  lorakit dpo --model ./base --data prefs.jsonl --output-dir out/dpo-from-base\n\n"
+    "  lorakit dpo --from out/sft --data prefs.jsonl -o out/dpo --num-processes 2",
 )
 def dpo(
     recipe: RecipeOpt = None,
@@ -435,17 +484,22 @@ def dpo(
     resume: ResumeOpt = False,
     print_config: PrintConfigOpt = False,
     no_preflight: NoPreflightOpt = False,
+    num_processes: NumProcessesOpt = None,
+    strategy: StrategyOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     resolved = _resolve_training_recipe(
         "dpo", recipe, set_, no_preflight, from_run=from_run, model=model, data=data, output_dir=output_dir,
-        max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, seed=seed,
+        max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, seed=seed, num_processes=num_processes,
+        strategy=strategy, accelerate_config=str(accelerate_config) if accelerate_config else None,
     )
     if print_config:
         return _print_config(resolved)
-    from lorakit.train.dpo import run_dpo
+    from lorakit.train.launch import run_training
 
-    result = run_dpo(resolved, force=force, resume=resume, resume_hint=_resume_hint())
+    result = run_training("dpo", resolved, force=force, resume=resume, resume_hint=_resume_hint(),
+                          debug=_state["debug"])
     _print_run_summary("DPO run", result.summary, json_out)
 
 

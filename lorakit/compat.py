@@ -4,7 +4,8 @@ Each hook says which library versions it was checked against and fails loudly, n
 when the detail it relies on is gone: an upgrade then announces itself with a clear message instead of training
 silently wrong. `tests/unit/test_compat.py` checks every hook against the installed libraries.
 
-Checked against: transformers 5.20-5.24, trl 1.16, peft 0.21, bitsandbytes 0.50, datasets 4.x-5.2, gguf 0.19.
+Checked against: transformers 5.20-5.24, trl 1.16, peft 0.21, bitsandbytes 0.50, datasets 4.x-5.2, torch 2.13,
+gguf 0.19.
 """
 
 from __future__ import annotations
@@ -121,6 +122,33 @@ def match_reference_adapter_dtype(model) -> None:
     for ref, policy in reference_adapter_pairs(model):
         if ref.dtype != policy.dtype:
             ref.data = ref.data.to(policy.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# transformers Trainer checkpoints and torch elastic
+
+
+def checkpoint_rng_files(processes: int) -> list[str]:
+    """The RNG-state files a checkpoint written by `processes` training processes holds, one per process.
+    (transformers 5.x: Trainer._save_rng_state writes rng_state_{process_index}.pth when world_size > 1)"""
+    return [f"rng_state_{rank}.pth" for rank in range(processes)]
+
+
+def elastic_failures(log: str) -> list[tuple[int, int]]:
+    """(rank, exit code) of every training process that failed, from the failure report torch's elastic launcher
+    (under accelerate launch) prints; [] when there is none. A negative exit code is the signal that killed the
+    process. (torch 2.13: ChildFailedError's report, one block per failure with `rank : N (local_rank: M)` and
+    `exitcode : C (pid: P)` lines)"""
+    import re
+
+    _, found, report = log.rpartition("ChildFailedError")
+    if not found:
+        return []
+    pairs = re.findall(r"rank\s*:\s*(\d+)[^\n]*\n[^\n]*exitcode\s*:\s*(-?\d+)", report)
+    seen: dict[int, int] = {}
+    for rank, code in pairs:
+        seen.setdefault(int(rank), int(code))
+    return list(seen.items())
 
 
 # ---------------------------------------------------------------------------------------------------------------

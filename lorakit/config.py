@@ -192,6 +192,27 @@ class DPOSection(Section):
     )
 
 
+Strategy = Literal["ddp", "fsdp", "zero2", "zero3"]
+
+
+class DistributedSection(Section):
+    """Training on several processes (one per GPU) through accelerate; 1 process = no distribution.
+
+    The global batch is micro_batch_size x gradient_accumulation_steps x num_processes; steps, epochs, the learning
+    rate schedule and logging count optimizer steps of that global batch, as in one process.
+    """
+
+    num_processes: int = Field(1, ge=1, le=4096, description="Processes in all (one per GPU); >1 relaunches lorakit "
+                               "under accelerate.")
+    strategy: Strategy = Field(
+        "ddp", description="ddp = every GPU holds the whole model; fsdp = weights, gradients and optimizer states "
+        "sharded (PyTorch FSDP, QLoRA included); zero2 / zero3 = DeepSpeed ZeRO (optimizer states and gradients / "
+        "also weights sharded).")
+    accelerate_config: str | None = Field(
+        None, description="An accelerate config file (from `accelerate config`) used instead of the one lorakit "
+        "writes: several machines, offloading, your own FSDP/DeepSpeed settings.")
+
+
 class BaseRecipe(Section):
     stage: str
     output_dir: str = "out/run"
@@ -201,6 +222,7 @@ class BaseRecipe(Section):
     qlora: QLoraSection = QLoraSection()
     data: DataSection = DataSection()
     preflight: bool = Field(True, description="Estimate GPU memory before loading weights; stop if it cannot fit.")
+    distributed: DistributedSection = DistributedSection()
 
 
 class SFTRecipe(BaseRecipe):
@@ -273,6 +295,9 @@ FLAG_FIELDS = {
     "learning_rate": "train.learning_rate",
     "seed": "train.seed",
     "from_run": "from_run",
+    "num_processes": "distributed.num_processes",
+    "strategy": "distributed.strategy",
+    "accelerate_config": "distributed.accelerate_config",
 }
 
 
@@ -422,6 +447,8 @@ ALIASES = {
     "batch_size": "micro_batch_size", "optimizer": "optim", "model_name_or_path": "name_or_path",
     "base_model": "name_or_path", "max_seq_length": "max_length", "sequence_len": "max_length",
     "gradient_accumulation": "gradient_accumulation_steps", "path": "train", "dataset": "train",
+    "nproc_per_node": "num_processes", "world_size": "num_processes", "num_gpus": "num_processes",
+    "distributed_type": "strategy", "config_file": "accelerate_config",
 }
 
 

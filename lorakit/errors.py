@@ -37,3 +37,9 @@ class RunError(LorakitError):
 
 class ResourceError(LorakitError):
     """Not enough GPU memory, disk, or an optional dependency is missing."""
+
+
+class RunInterrupted(LorakitError):
+    """Training stopped on Ctrl-C (or a polite kill) after saving a checkpoint: `--resume` continues it."""
+
+    exit_code = 130

@@ -216,16 +216,20 @@ def ensure_pad_token(tokenizer) -> None:
     tokenizer.pad_token = tokenizer.eos_token
 
 
-def quantization_config(method: str, qlora, compute_dtype):
+def quantization_config(method: str, qlora, compute_dtype, quant_storage=None):
+    """bitsandbytes 4-bit NF4. `quant_storage`: the float dtype the packed 4-bit weights are stored in, so FSDP can
+    shard them with the other weights (None: uint8, bitsandbytes' default)."""
     if method != "qlora":
         return None
     from transformers import BitsAndBytesConfig
 
+    extra = {"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=qlora.quant_type,
         bnb_4bit_use_double_quant=qlora.double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        **extra,
     )
 
 
@@ -237,22 +241,34 @@ def load_base_model(
     device: str,
     attn: str = "auto",
     trust_remote_code: bool = False,
+    strategy: str = "ddp",
 ):
-    """The frozen base model in the run's dtype; 4-bit NF4 (bitsandbytes) when method is qlora."""
+    """The frozen base model in the run's dtype; 4-bit NF4 (bitsandbytes) when method is qlora.
+
+    Each training process loads its own copy onto its own GPU. Under FSDP the copy stays where accelerate wants it
+    (FSDP places and shards it), and QLoRA stores its 4-bit weights in a float dtype FSDP can shard, loading the
+    model in that dtype (PEFT's FSDP-QLoRA guide).
+    """
     from transformers import AutoModelForCausalLM
 
+    from lorakit.train.distributed import device_map
+    from lorakit.train.strategies import quant_storage_dtype
+
     dtype = torch_dtype(precision)
+    storage = None
+    if strategy == "fsdp" and method == "qlora":
+        storage = torch_dtype(quant_storage_dtype(precision))
     kwargs: dict[str, Any] = dict(
-        dtype=dtype,
+        dtype=storage or dtype,
         attn_implementation=resolve_attn(attn, device),
         trust_remote_code=trust_remote_code,
         use_safetensors=True,
         revision=source.revision,
-        quantization_config=quantization_config(method, qlora, dtype),
+        quantization_config=quantization_config(method, qlora, dtype, storage),
     )
-    if method == "qlora" or device == "cuda":
+    if (method == "qlora" or device == "cuda") and strategy not in ("fsdp", "zero3"):
         # bitsandbytes quantizes while placing weights, so the device must be known at load time.
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        kwargs["device_map"] = device_map(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     except ImportError as exc:
@@ -304,7 +320,8 @@ def check_lora_targets(model, lora) -> None:
                              hint=f"module names in this model: {', '.join(leaves[:20])}")
 
 
-def load_policy(source: ModelSource, recipe, precision: str, device: str, parent_adapter: Path | None = None):
+def load_policy(source: ModelSource, recipe, precision: str, device: str, parent_adapter: Path | None = None,
+                strategy: str = "ddp"):
     """The model a run trains and the LoRA config its TRL trainer attaches: one path for SFT and DPO.
 
     The base loads in the run's dtype (4-bit NF4 for QLoRA, then prepared for k-bit training). Continuing a run, its
@@ -315,8 +332,10 @@ def load_policy(source: ModelSource, recipe, precision: str, device: str, parent
     from peft import PeftModel, prepare_model_for_kbit_training
 
     model = load_base_model(source, recipe.method, recipe.qlora, precision, device,
-                            recipe.model.attn_implementation, recipe.model.trust_remote_code)
-    if recipe.method == "qlora":
+                            recipe.model.attn_implementation, recipe.model.trust_remote_code, strategy)
+    # Under FSDP the k-bit preparation is skipped, as in PEFT's FSDP-QLoRA guide: its fp32 upcast of the norms would
+    # mix dtypes inside the units FSDP flattens (the trainer's gradient checkpointing still applies).
+    if recipe.method == "qlora" and strategy != "fsdp":
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=recipe.train.gradient_checkpointing,

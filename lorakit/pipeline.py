@@ -183,23 +183,23 @@ def _pick(summary: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
-    from lorakit.train.sft import run_sft
+    from lorakit.train.launch import run_training
 
     recipe = pipeline.recipe.sft.model_copy(update={"output_dir": str(folder)})
-    result = run_sft(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
-                     callbacks=pipeline.callbacks)
+    result = run_training("sft", recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
+                          callbacks=pipeline.callbacks)
     return _pick(result.summary, "steps", "final_loss", "final_eval_loss", "warnings")
 
 
 def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
-    from lorakit.train.dpo import run_dpo
+    from lorakit.train.launch import run_training
 
     update: dict[str, Any] = {"output_dir": str(folder)}
     if "sft" in pipeline.recipe.stages:
         update["from_run"] = str(pipeline.folder("sft"))
     recipe = pipeline.recipe.dpo.model_copy(update=update)
-    result = run_dpo(recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
-                     callbacks=pipeline.callbacks)
+    result = run_training("dpo", recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
+                          callbacks=pipeline.callbacks)
     return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps")) or k == "warnings"}
 
 

@@ -211,12 +211,18 @@ class RunFolder:
         if self.staging.exists() and self.latest_checkpoint() is None and self.mode == "fresh":
             shutil.rmtree(self.staging, ignore_errors=True)
 
-    def latest_checkpoint(self) -> Path | None:
+    def latest_checkpoint(self, processes: int = 1) -> Path | None:
+        """The newest complete checkpoint: the trainer writes trainer_state.json last, and each of `processes`
+        training processes its own RNG state (a process killed while saving leaves its file missing)."""
+        from lorakit.compat import checkpoint_rng_files
+
         if not self.checkpoints.is_dir():
             return None
+        rng_files = checkpoint_rng_files(processes) if processes > 1 else ()
         candidates = [
             p for p in self.checkpoints.glob("checkpoint-*")
             if p.is_dir() and (p / "trainer_state.json").exists() and p.name.split("-")[-1].isdigit()
+            and all((p / name).is_file() for name in rng_files)
         ]
         return max(candidates, key=lambda p: int(p.name.split("-")[-1])) if candidates else None
 

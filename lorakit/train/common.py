@@ -18,20 +18,19 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lorakit.console import err, warn
-from lorakit.errors import LorakitError
+from lorakit.errors import RunInterrupted  # noqa: F401  (raised here; tests and callers import it from here)
 from lorakit.runs import RunFolder
 
 BNB_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
 
 
-class RunInterrupted(LorakitError):
-    exit_code = 130
-
-
-def resolve_optim(optim: str, method: str, device: str) -> str:
-    """auto -> paged 8-bit AdamW for QLoRA on CUDA (what QLoRA was designed with), plain AdamW otherwise."""
+def resolve_optim(optim: str, method: str, device: str, strategy: str = "ddp") -> str:
+    """auto -> paged 8-bit AdamW for QLoRA on CUDA (what QLoRA was designed with), plain AdamW otherwise and under
+    FSDP/ZeRO, which shard a torch optimizer's states but not bitsandbytes' (explicit choices there are refused by
+    lorakit.train.strategies.check_plan)."""
     if optim == "auto":
-        return "paged_adamw_8bit" if method == "qlora" and device == "cuda" else "adamw_torch"
+        sharded = strategy in ("fsdp", "zero2", "zero3")
+        return "paged_adamw_8bit" if method == "qlora" and device == "cuda" and not sharded else "adamw_torch"
     if optim in BNB_OPTIMIZERS and device != "cuda":
         warn(f"train.optim {optim} needs a CUDA GPU; using adamw_torch on the {device}")
         return "adamw_torch"
@@ -52,7 +51,12 @@ def check_report_to(report_to) -> None:
 
 
 def training_kwargs(train, run: RunFolder, device: str, precision: str, method: str, has_eval: bool) -> dict[str, Any]:
-    """TrainingArguments fields shared by SFTConfig and DPOConfig."""
+    """TrainingArguments fields shared by SFTConfig and DPOConfig. Under several processes each takes
+    micro_batch_size rows per step: the trainer's accelerator shards the data and averages the gradients."""
+    from lorakit.train.distributed import world
+    from lorakit.train.strategies import launched_plan
+
+    strategy = launched_plan(world().size).strategy if world().distributed else "ddp"
     if train.activation_offloading and device != "cuda":
         # TRL's offloading needs an accelerator stream (it fails at start on a CPU-only torch); on the CPU the
         # activations are already in host memory, so there is nothing to move.
@@ -72,7 +76,7 @@ def training_kwargs(train, run: RunFolder, device: str, precision: str, method: 
         warmup_steps=train.warmup_ratio,  # a float < 1 is a ratio of the total steps
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
-        optim=resolve_optim(train.optim, method, device),
+        optim=resolve_optim(train.optim, method, device, strategy),
         adam_beta1=train.adam_beta1,
         adam_beta2=train.adam_beta2,
         bf16=precision == "bf16",
@@ -95,6 +99,9 @@ def training_kwargs(train, run: RunFolder, device: str, precision: str, method: 
         project="lorakit",  # trackio's project (its local database is TRACKIO_DIR/lorakit.db)
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # every LoRA weight takes part in every step (the frozen DPO reference is not trained): no search for unused
+        # parameters under DDP (transformers turns it on without gradient checkpointing, and warns every step)
+        ddp_find_unused_parameters=False,
         torch_compile=train.compile,
     )
 
@@ -120,7 +127,8 @@ class MetricsLog(TrainerCallback):
             control.should_log = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
+        # every process gets the same (already averaged) logs; one writes them
+        if not logs or not state.is_world_process_zero:
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "time": round(time.time(), 3)}
         record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
@@ -223,13 +231,16 @@ class InterruptFlag:
 
 
 class SaveOnInterrupt(TrainerCallback):
-    """After Ctrl-C, finish the current step, save a checkpoint and stop."""
+    """After Ctrl-C, finish the current step, save a checkpoint and stop: every process at the same step."""
 
     def __init__(self, flag: InterruptFlag):
         self.flag = flag
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.flag.raised:
+        from lorakit.train.distributed import stop_requested
+
+        if stop_requested(self.flag.raised):
+            self.flag.raised = True
             control.should_save = True
             control.should_training_stop = True
 
@@ -266,15 +277,21 @@ class TrainOutcome:
 def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], resume_hint: str,
             estimate=None) -> TrainOutcome:
     """Train inside the run folder with progress, metrics, Ctrl-C checkpointing and resume."""
+    from lorakit.train.distributed import on_main, world
+
+    me = world()
     flag = InterruptFlag()
     metrics = MetricsLog(run, estimate.metrics() if estimate is not None else None)
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
-    for callback in (metrics, RichProgress(label, show_keys), SaveOnInterrupt(flag)):
+    progress = (RichProgress(label, show_keys),) if me.is_main else ()
+    for callback in (metrics, *progress, SaveOnInterrupt(flag)):
         trainer.add_callback(callback)
-    checkpoint = run.latest_checkpoint() if run.mode == "resume" else None
+    # Every process resumes from the checkpoint rank 0 found (each restores its own RNG state from it).
+    checkpoint = on_main(lambda: run.latest_checkpoint(me.size) if run.mode == "resume" else None)
     if checkpoint is not None:
-        run.trim_metrics(int(checkpoint.name.split("-")[-1]))
+        if me.is_main:
+            run.trim_metrics(int(checkpoint.name.split("-")[-1]))
         err.print(f"Resuming from {checkpoint.name}")
     elif run.mode == "resume":
         err.print("No checkpoint to resume from yet: starting from step 0")

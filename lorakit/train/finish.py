@@ -11,13 +11,16 @@ from lorakit.model_card import write_model_card
 from lorakit.runs import RunFolder, write_json_atomic
 
 
-def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: dict[str, Any]) -> None:
+def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: dict[str, Any],
+                      state_dict: dict[str, Any] | None = None) -> None:
     from lorakit.export.generation_config import write_generation_config
 
     # Only the adapter: PEFT writes adapter_config.json + adapter_model.safetensors, loadable with
     # PeftModel.from_pretrained(base, run_folder).
     # DPO adds a frozen "ref" adapter beside the policy; only the policy ("default") belongs in the run.
-    model.save_pretrained(str(run.staging), safe_serialization=True, selected_adapters=["default"])
+    # `state_dict`: the gathered weights when FSDP / ZeRO-3 sharded them (PEFT picks the adapter's out of it).
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(str(run.staging), safe_serialization=True, selected_adapters=["default"], **extra)
     name_base(run.staging, manifest["base_model"]["location"])
     tokenizer.save_pretrained(str(run.staging))
     # A server stops on generation_config.json's eos list: the base's lists only EOS, not the end-of-turn token.

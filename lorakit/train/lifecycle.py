@@ -4,7 +4,11 @@ SFT and DPO differ only in their data and their TRL trainer (`lorakit.train.sft`
 as a `Stage`); everything else happens here, once: the parent run is read and inherited, the run folder is opened
 (refusing anything that would lose work), the model is loaded and prepared through one path, the loss choice takes
 effect, the manifest is written, training runs with progress/metrics/Ctrl-C/resume, and the finished run is renamed
-into place. Multi-process training plugs in here too.
+into place.
+
+Several processes (`lorakit.train.launch` starts them under accelerate) run this same lifecycle: each checks, loads
+and trains; rank 0 alone opens, writes and finishes the run folder, and decides what all must agree on
+(`lorakit.train.distributed`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class TrainerSetup:
     trainable: int
     total: int
     estimate: Any  # lorakit.train.preflight.PreflightResult | None
+    plan: Any = None  # lorakit.train.strategies.Plan: processes and strategy
 
 
 @dataclass(frozen=True)
@@ -91,12 +96,13 @@ def input_paths(recipe, parent: Run | None) -> list[Path]:
 
 
 def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), parent: Run | None = None,
-                parent_resolved: bool = False) -> TrainerSetup:
+                parent_resolved: bool = False, plan=None) -> TrainerSetup:
     """Every check, then tokenizer, data, model and trainer: everything up to (not including) training."""
     from transformers import set_seed
 
     from lorakit.model import (ModelSource, load_policy, load_tokenizer, resolve_device, resolve_model_source,
                                resolve_precision)
+    from lorakit.train import distributed
     from lorakit.train.kernels import plan_kernels
     from lorakit.train.preflight import preflight
     from lorakit.train.speed import apply_loss_choice
@@ -104,22 +110,26 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     if not parent_resolved:
         check_report_to(recipe.train.report_to)
         recipe, parent = with_parent(recipe)
-    if parent is not None:
-        source = base_source_of(parent)
-        # the SFT run's tokenizer, with the chat template it trained with
-        tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True), model=source)
-    else:
-        source = resolve_model_source(recipe.model.name_or_path, recipe.model.revision,
-                                      recipe.model.trust_remote_code)
-        tokenizer = load_tokenizer(source, recipe.model.trust_remote_code, recipe.model.chat_template)
     device = resolve_device()
-    precision = resolve_precision(recipe.train.precision, device)
-    data = stage.prepare_data(recipe, tokenizer)
-    estimate = preflight(recipe, device, enabled=recipe.preflight, model=source.location)
+    plan = plan or checked_plan(recipe, device)
+    distributed.start(device)
+    # Rank 0 first: building the built-in model and the tokenization cache once, the other processes read them.
+    with distributed.main_first():
+        if parent is not None:
+            source = base_source_of(parent)
+            # the SFT run's tokenizer, with the chat template it trained with
+            tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True), model=source)
+        else:
+            source = resolve_model_source(recipe.model.name_or_path, recipe.model.revision,
+                                          recipe.model.trust_remote_code)
+            tokenizer = load_tokenizer(source, recipe.model.trust_remote_code, recipe.model.chat_template)
+        precision = resolve_precision(recipe.train.precision, device)
+        data = stage.prepare_data(recipe, tokenizer)
+    estimate = preflight(recipe, device, enabled=recipe.preflight, model=source.location, plan=plan)
 
     with err.status(f"Loading {source.name} ({recipe.method}, {precision}, {device})..."):
         model, peft_config = load_policy(source, recipe, precision, device,
-                                         parent.path if parent is not None else None)
+                                         parent.path if parent is not None else None, plan.strategy)
     kernels = plan_kernels(recipe.train, device, model)  # Liger (CUDA) before the trainer wraps the model
     # A fresh adapter's A matrices are drawn from the global RNG when the trainer applies the LoRA config: seed it,
     # or the same recipe trains a different model.
@@ -133,12 +143,67 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     info(f"Model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
          + (f"; reference: {speed.reference}" if speed.reference else "")
          + f"; {speed.loss} loss ({speed.reasons['loss']})")
+    info(batch_line(trainer.args, plan, stage.rows))
     return TrainerSetup(trainer, tokenizer, data, source, parent, recipe, device, precision, speed, trainable, total,
-                        estimate)
+                        estimate, plan)
 
 
-def check_resumable(run: RunFolder, recipe) -> None:
-    """A resumed run must train the same model on the same data; length and learning knobs may change."""
+def checked_plan(recipe, device: str):
+    """The processes and strategy this run trains with, refused before any weights load if they cannot work.
+
+    In a process accelerate started, its environment says the strategy (so `accelerate launch -m lorakit` with
+    any accelerate config is checked too); otherwise the recipe does (one process: the launcher never ran).
+    """
+    from importlib.util import find_spec
+
+    from lorakit.train.distributed import world
+    from lorakit.train.strategies import check_plan, launched_plan, plan_from_recipe
+
+    me = world()
+    plan = launched_plan(me.size) if me.distributed else plan_from_recipe(recipe)
+    if not me.distributed and plan.distributed:
+        plan = type(plan)(1, plan.strategy)  # called in-process (a test, a benchmark): one process trains
+    asked = recipe.distributed.num_processes
+    if me.distributed and me.is_main and asked > 1 and asked != me.size:
+        from lorakit.console import warn
+
+        warn(f"distributed.num_processes is {asked}, but the launcher started {me.size} processes: training on "
+             f"{me.size}")
+    gpus = 0
+    if device == "cuda":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    check_plan(recipe, plan, device, gpus, find_spec("deepspeed") is not None)
+    return plan
+
+
+def batch_line(args, plan, rows: str = "examples") -> str:
+    """The global batch, as the trainer's accelerator sees the world (a mismatch with the launch is refused: a
+    process that trains alone would silently change what max_steps and the learning rate mean)."""
+    from lorakit.train.distributed import world
+
+    size = world().size
+    if args.world_size != size:
+        raise RunError(f"accelerate set up {args.world_size} training process(es), but {size} were launched "
+                       f"({plan.strategy}): each would train on its own", hint="launch with `lorakit sft ... "
+                       "--num-processes N`, or check the accelerate config (distributed_type, use_cpu)")
+    micro, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    line = f"Batch: {micro * accumulation * size} {rows} per optimizer step = micro-batch {micro} x accumulation "
+    line += f"{accumulation}"
+    if size > 1:
+        line += f" x {size} processes ({plan.strategy}, {args.parallel_mode.value})"
+    return line
+
+
+def distributed_record(args, plan) -> dict[str, Any]:
+    return {"processes": args.world_size, "strategy": plan.strategy if args.world_size > 1 else None,
+            "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size}
+
+
+def check_resumable(run: RunFolder, recipe, processes: int = 1) -> None:
+    """A resumed run must train the same model on the same data, with the same number of processes (the global
+    batch, and with it every later step, depends on it); length and learning knobs may change."""
     if run.mode != "resume":
         return
     staged = run.read_staged_recipe()
@@ -151,6 +216,16 @@ def check_resumable(run: RunFolder, recipe) -> None:
             f"cannot resume {run.path}: the recipe's {', '.join(changed)} section(s) differ from the interrupted run",
             hint="resume with the same recipe, or pass --force to start over",
         )
+    before = (run.read_staged_manifest().get("distributed") or {}).get("processes") or 1
+    if before != processes:
+        raise RunError(f"cannot resume {run.path}: it trained with {before} process(es), this run has {processes}",
+                       hint=f"resume with --num-processes {before}, or pass --force to start over")
+
+
+def open_run(recipe, parent: Run | None, force: bool, resume: bool, processes: int) -> RunFolder:
+    run = RunFolder.open(recipe.output_dir, force=force, resume=resume, inputs=input_paths(recipe, parent))
+    check_resumable(run, recipe, processes)
+    return run
 
 
 def serving_warnings(recipe) -> list[str]:
@@ -178,16 +253,24 @@ def parent_record(parent: Run | None) -> dict[str, Any] | None:
 def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = False, resume_hint: str = "",
                   callbacks: Sequence = ()) -> RunResult:
     """Train an adapter into the run folder `recipe.output_dir`. `callbacks` are extra TrainerCallbacks."""
+    from lorakit.model import resolve_device
+    from lorakit.train import distributed
+
     check_report_to(recipe.train.report_to)
     recipe, parent = with_parent(recipe)
-    warnings = serving_warnings(recipe)
-    run = RunFolder.open(recipe.output_dir, force=force, resume=resume, inputs=input_paths(recipe, parent))
-    check_resumable(run, recipe)
-    setup = build_setup(stage, recipe, run, callbacks, parent=parent, parent_resolved=True)
+    device = resolve_device()
+    plan = checked_plan(recipe, device)  # before the processes wait for each other: a refusal is one clean error
+    warnings = serving_warnings(recipe)  # said by rank 0 only: the other processes' consoles are quiet
+    distributed.start(device)
+    me = distributed.world()
+    # Rank 0 decides fresh or resume (and refuses what would lose work); everyone trains in the folder it chose.
+    run = distributed.on_main(lambda: open_run(recipe, parent, force, resume, me.size))
+    setup = build_setup(stage, recipe, run, callbacks, parent=parent, parent_resolved=True, plan=plan)
 
-    run.begin()
+    if me.is_main:
+        run.begin()
+    distributed.barrier()  # the staging folder exists before any process saves a checkpoint into it
     started = run.read_staged_manifest().get("started_at") or now()
-    run.write_recipe(recipe)
     data, source = setup.data, setup.source
     manifest = {
         "stage": stage.name,
@@ -205,15 +288,23 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
         "trainable_parameters": setup.trainable,
         "total_parameters": setup.total,
         "vram_estimate": setup.estimate.metrics() if setup.estimate else None,
+        "distributed": distributed_record(setup.trainer.args, setup.plan),
         "warnings": warnings,
     }
-    run.write_manifest(manifest)
+    if me.is_main:
+        run.write_recipe(recipe)
+        run.write_manifest(manifest)
     try:
         outcome = execute(setup.trainer, run, stage.label, stage.show_keys,
                           resume_hint or f"lorakit {stage.name} ... --resume", estimate=setup.estimate)
     except BaseException:
-        run.abandon()
+        if me.is_main:
+            run.abandon()
         raise
+    # FSDP / ZeRO-3 hold shards of the adapter: every process takes part in gathering it, rank 0 writes it.
+    state_dict = distributed.full_state_dict(setup.trainer)
+    if not me.is_main:
+        return RunResult(run.path, {})
     summary: dict[str, Any] = {"run": str(run.path), "base_model": source.name}
     if stage.takes_parent:
         summary["parent"] = manifest["parent"]["path"] if parent else None
@@ -224,7 +315,7 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     if warnings:
         summary["warnings"] = warnings
     manifest.update(status="complete", finished_at=now(), summary=summary)
-    write_adapter_run(run, setup.trainer.model, setup.tokenizer, recipe, manifest)
+    write_adapter_run(run, setup.trainer.model, setup.tokenizer, recipe, manifest, state_dict)
     write_run_report_safely(run.staging, display=run.path)  # lands with the run; a drawing failure only warns
     run.finish()
     return RunResult(run.path, summary)

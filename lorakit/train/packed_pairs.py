@@ -196,7 +196,14 @@ def unpack(packed, packed_index, batch: int, length: int):
 
 
 def layout_is_exact(model, vocab_size: int, one_row: bool, tolerance: float = 2e-2) -> bool:
-    """The packed path against the padded one on a small uneven batch (two pairs, several rows, fillers)."""
+    """The packed path against the padded one on a small uneven batch (two pairs, several rows, fillers).
+    Several processes get rank 0's answer, as with `speed.packing_is_exact` (one batching for all)."""
+    from lorakit.train.distributed import on_main
+
+    return on_main(lambda: _layout_is_exact(model, vocab_size, one_row, tolerance))
+
+
+def _layout_is_exact(model, vocab_size: int, one_row: bool, tolerance: float) -> bool:
     import torch
 
     generator = torch.Generator().manual_seed(1)

@@ -49,8 +49,17 @@ def choose_precompute(device_gib: float | None, with_reference_gib: float, preco
                   f"{device_gib:.1f} GiB; {precomputed_gib:.1f} GiB without it")
 
 
-def preflight(recipe, device: str, enabled: bool = True, model: str | None = None) -> PreflightResult | None:
-    """The vram-estimate of this recipe; on CUDA, a ResourceError with the fixes when it cannot fit."""
+def per_gpu(setup) -> str:
+    return f", per GPU of {setup.num_gpus} with {setup.strategy}" if setup.num_gpus > 1 else ""
+
+
+def preflight(recipe, device: str, enabled: bool = True, model: str | None = None,
+              plan=None) -> PreflightResult | None:
+    """The vram-estimate of this recipe; on CUDA, a ResourceError with the fixes when it cannot fit.
+
+    `plan` (lorakit.train.strategies.Plan): the processes and strategy the run trains with; each process checks its
+    own GPU.
+    """
     from dataclasses import replace
 
     from lorakit.vram.catalog import GPU
@@ -59,6 +68,9 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
     from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
     name, setup = setup_from_recipe(recipe)
+    if plan is not None:
+        # per GPU, as the run is actually launched (an accelerate config may say another strategy than the recipe)
+        setup = replace(setup, num_gpus=plan.num_processes, strategy=plan.strategy)
     try:
         shape = resolve_shape(model or name)
     except LorakitError:
@@ -68,7 +80,7 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
     result = PreflightResult(est.total / GIB, est.allocated / GIB, None)
     if device != "cuda":
         info(f"GPU memory estimate: {result.total_gib:.2f} GiB on a CUDA GPU ({setup.method}, seq "
-             f"{setup.seq_len} x {setup.batch_size}); running on the {device}, so not checked")
+             f"{setup.seq_len} x {setup.batch_size}{per_gpu(setup)}); running on the {device}, so not checked")
         return result
     result.device_gib = _cuda_memory_gib()
     if recipe.stage == "dpo" and recipe.dpo.precompute_ref_log_probs == "auto":
@@ -78,7 +90,7 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
             info(f"Reference log-probs precomputed before training ({why})")
             setup, est = replace(setup, stage="dpo-precomputed"), precomputed
             result = PreflightResult(est.total / GIB, est.allocated / GIB, result.device_gib, True)
-    info(f"GPU memory estimate: {result.total_gib:.2f} GiB of {result.device_gib:.1f} GiB "
+    info(f"GPU memory estimate{per_gpu(setup)}: {result.total_gib:.2f} GiB of {result.device_gib:.1f} GiB "
          f"(allocated peak {result.allocated_gib:.2f} GiB; `lorakit vram-estimate --recipe` shows every term)")
     if enabled and result.device_gib is not None and result.total_gib > result.device_gib:
         gpu = GPU("this", "this GPU", result.device_gib, 1.0)

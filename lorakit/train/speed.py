@@ -65,7 +65,14 @@ def packing_is_exact(model, vocab_size: int, tolerance: float = 2e-2) -> bool:
 
     A model whose attention ignores the per-example position ids would let later examples attend to earlier ones,
     which shows up as large differences. Cheap: about 30 tokens through the real (possibly 4-bit) model.
+    Several processes get rank 0's answer: they must batch alike, and under FSDP only rank 0 holds real weights yet.
     """
+    from lorakit.train.distributed import on_main
+
+    return on_main(lambda: _packing_is_exact(model, vocab_size, tolerance))
+
+
+def _packing_is_exact(model, vocab_size: int, tolerance: float) -> bool:
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -110,7 +117,7 @@ def plan_speed(train, device: str, model, vocab_size: int, attention_setting: st
     if train.padding_free is False:
         padding_free, reasons["batching"] = False, "padding_free: false in the recipe; length-grouped batches"
     else:
-        exact = packing_is_exact(model, vocab_size)
+        exact = packing_is_exact(model, vocab_size)  # rank 0's answer for every process
         if exact:
             padding_free, reasons["batching"] = True, "padding-free (probe: packed == unpacked logits)"
         else:

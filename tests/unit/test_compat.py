@@ -42,3 +42,24 @@ def test_dataset_fingerprint_is_read_from_a_real_dataset():
     import datasets
 
     assert compat.dataset_fingerprint(datasets.Dataset.from_dict({"a": [1]}))
+
+
+def test_elastic_failure_reports_are_read_from_torchs_own_format():
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    failures = {0: ProcessFailure(local_rank=0, pid=10, exitcode=1, error_file="/nonexistent"),
+                1: ProcessFailure(local_rank=1, pid=11, exitcode=-9, error_file="/nonexistent")}
+    log = "W... noise\nTraceback (most recent call last):\n" + \
+        f"torch.distributed.elastic.multiprocessing.errors.ChildFailedError: {ChildFailedError('lorakit', failures)}"
+    assert sorted(compat.elastic_failures(log)) == [(0, 1), (1, -9)]
+    assert compat.elastic_failures("no report here") == []
+
+
+def test_checkpoints_of_several_processes_hold_one_rng_state_each():
+    import inspect
+
+    from transformers import Trainer
+
+    source = inspect.getsource(Trainer._save_rng_state)
+    assert 'f"rng_state_{self.args.process_index}.pth"' in source  # what compat.checkpoint_rng_files names
+    assert compat.checkpoint_rng_files(2) == ["rng_state_0.pth", "rng_state_1.pth"]

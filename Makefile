@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 LLAMA_CPP_CMAKE ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
-.PHONY: setup demo demo-smollm2 real-artifacts real-assets llama-cpp test test-fast test-browser test-loggers
+.PHONY: setup demo demo-smollm2 real-artifacts real-assets llama-cpp test test-real test-fast test-browser test-loggers
 
 # The test extras: lm-eval runs the benchmark tests on local question sets (offline); tensorboard the logger test.
 $(BIN)/.installed: pyproject.toml
@@ -43,6 +43,10 @@ real-assets: real-artifacts
 test: setup
 	-$(BIN)/python -m tests.real.artifacts || echo "released test artifacts unavailable: tests/real and the real-vocabulary tests will skip"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra
+
+# tests/real/ with its heavy cases too (the Gemma vocabulary, the official converter on every vocabulary): ~10 min.
+test-real: real-artifacts
+	LORAKIT_REAL_FULL=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests/real
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not real"

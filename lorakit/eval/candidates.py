@@ -69,7 +69,15 @@ def load_candidate(candidate: Candidate, base_location: str | None):
     if candidate.kind == "gguf":
         folder, name = candidate.path.parent, candidate.path.name
         model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name)
-        with tempfile.TemporaryDirectory() as unpacked:  # the file's tokenizer as llama.cpp cuts text
+        source = Path(candidate.parent) if candidate.parent else None
+        if source is not None and (source / "tokenizer_config.json").is_file():
+            # a lorakit export: score it with the tokenizer it was trained and merged with, so the comparison with
+            # its source measures the weights. The file's add_bos flag is written for llama.cpp's chat path (no BOS
+            # a ChatML run never saw) and would otherwise drop the BOS plain-text benchmarks put in front.
+            from transformers import AutoTokenizer
+
+            return model.eval(), AutoTokenizer.from_pretrained(str(source))
+        with tempfile.TemporaryDirectory() as unpacked:  # a foreign GGUF: its tokenizer as llama.cpp cuts text
             tokenizer, _ = import_tokenizer(candidate.path, Path(unpacked))
         return model.eval(), tokenizer
     return load_for_inference(candidate.path)

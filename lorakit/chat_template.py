@@ -74,7 +74,9 @@ def resolve_chat_template(tokenizer, override: str | None) -> str:
         if "{" not in override and path.suffix in (".jinja", ".j2", ".txt", ".jinja2"):
             if not path.is_file():
                 raise ConfigError(f"model.chat_template file {path} not found", hint="give a .jinja file or inline Jinja")
-            template = path.read_text()
+            from lorakit.safe_io import read_text
+
+            template = read_text(path, ConfigError, hint="save the template as UTF-8 text")
         elif override == "chatml":
             template = default_template(tokenizer)
         else:
@@ -288,7 +290,7 @@ def generation_eos_ids(location: str | Path | None, revision: str | None = None)
         path = Path(cached)
     try:
         eos = json.loads(path.read_text()).get("eos_token_id")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # unreadable, or not a JSON object: no stops
         return []
     if isinstance(eos, int):
         return [eos]

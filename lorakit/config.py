@@ -10,18 +10,39 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from lorakit.errors import ConfigError
+from lorakit.errors import ConfigError, LorakitError
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # strict: `r: true` is not the integer 1, `r: "8"` is not 8; YAML and --set give real types already (Float below
+    # takes the one YAML quirk).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False)
+
+
+def _not_blank(value, what: str = "a name"):
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"must be {what}, not an empty string")
+    return value
+
+
+def _yaml_float(value):
+    # YAML 1.1 (PyYAML) reads 2e-4 as the string "2e-4": a number in scientific notation is still a number here.
+    if isinstance(value, str) and _looks_like_float(value.strip()):
+        return float(value)
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_yaml_float)]
+
+# Seeds go to numpy, which takes 0 <= seed < 2**32 (torch and random take more; numpy is the narrowest).
+SEED_RANGE = dict(ge=0, lt=2**32)
 
 
 class ModelSection(Section):
@@ -37,11 +58,16 @@ class ModelSection(Section):
         description="A .jinja file or inline Jinja template. Default: the tokenizer's own, else ChatML.",
     )
 
+    @field_validator("name_or_path")
+    @classmethod
+    def _a_model(cls, value):
+        return _not_blank(value, "a hub id, a folder or builtin:tiny-llama")
+
 
 class LoraSection(Section):
     r: int = Field(16, gt=0, le=4096)
-    alpha: float = Field(32, gt=0, description="Scaling is alpha/r (alpha/sqrt(r) with use_rslora).")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    alpha: Float = Field(32, gt=0, description="Scaling is alpha/r (alpha/sqrt(r) with use_rslora).")
+    dropout: Float = Field(0.05, ge=0, lt=1)
     target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
     use_rslora: bool = False
     use_dora: bool = False
@@ -92,7 +118,7 @@ class DataSection(Section):
         None, description="Tool specs offered in every row without its own `tools`: a JSON file or an inline list "
                           "of OpenAI-style functions.")
     train_on: Literal["assistant", "all"] = Field("assistant", description="Which tokens carry the loss.")
-    val_size: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for eval loss.")
+    val_size: Float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for eval loss.")
     eval: str | None = Field(None, description="A separate eval file (instead of val_size).")
     max_length: int = Field(2048, gt=8, description="Tokens per example; longer examples are truncated.")
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows (quick experiments).")
@@ -101,7 +127,7 @@ class DataSection(Section):
     @model_validator(mode="after")
     def _one_eval_source(self):
         if self.val_size and self.eval:
-            raise ValueError("set either val_size or eval, not both")
+            raise ValueError("data.val_size and data.eval: set one of them, not both")
         return self
 
 
@@ -117,18 +143,18 @@ Optim = Literal[
 
 
 class TrainSection(Section):
-    epochs: float = Field(1.0, gt=0, le=100)
+    epochs: Float = Field(1.0, gt=0, le=100)
     max_steps: int = Field(-1, ge=-1, description="Overrides epochs when > 0.")
     micro_batch_size: int = Field(1, gt=0)
     gradient_accumulation_steps: int = Field(8, gt=0)
-    learning_rate: float = Field(2.0e-4, gt=0, lt=1)
+    learning_rate: Float = Field(2.0e-4, gt=0, lt=1)
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
+    warmup_ratio: Float = Field(0.03, ge=0, lt=1)
+    weight_decay: Float = Field(0.0, ge=0)
+    max_grad_norm: Float = Field(1.0, ge=0)
     optim: Optim = Field("auto", description="auto = paged_adamw_8bit for QLoRA on CUDA, else adamw_torch.")
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_beta1: Float = Field(0.9, ge=0, lt=1)
+    adam_beta2: Float = Field(0.999, ge=0, lt=1)
     precision: Precision = Field("auto", description="auto = bf16 where supported, fp16 on older GPUs, fp32 on CPU.")
     gradient_checkpointing: bool = True
     activation_offloading: bool = Field(
@@ -154,7 +180,7 @@ class TrainSection(Section):
         False, description="torch.compile the model (transformers' torch_compile). Off by default: the first steps "
         "pay the compilation, and packed rows of new lengths recompile.",
     )
-    seed: int = 42
+    seed: int = Field(42, **SEED_RANGE)
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(100, gt=0, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, gt=0)
@@ -174,17 +200,17 @@ class TrainSection(Section):
 class DPOTrainSection(TrainSection):
     # DPO moves a LoRA policy away from a reference it starts equal to: a far smaller step than SFT's 2e-4 keeps it
     # from collapsing (full fine-tunes use 5e-7..5e-6; LoRA tolerates about 10x more).
-    learning_rate: float = Field(5.0e-5, gt=0, lt=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    learning_rate: Float = Field(5.0e-5, gt=0, lt=1)
+    warmup_ratio: Float = Field(0.1, ge=0, lt=1)
 
 
 class DPOSection(Section):
-    beta: float = Field(0.1, gt=0, description="Strength of the pull toward the reference model.")
+    beta: Float = Field(0.1, gt=0, description="Strength of the pull toward the reference model.")
     loss_type: Literal[
         "sigmoid", "hinge", "ipo", "robust", "bco_pair", "exo_pair", "nca_pair", "sppo_hard", "aot", "aot_pair",
         "apo_zero", "apo_down", "discopop", "sft",
     ] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO / robust loss noise rate.")
+    label_smoothing: Float = Field(0.0, ge=0, lt=0.5, description="Conservative DPO / robust loss noise rate.")
     max_prompt_length: int | None = Field(512, gt=0)
     precompute_ref_log_probs: bool | Literal["auto"] = Field(
         "auto", description="Score the reference once up front, so training needs no reference forward pass; "
@@ -216,6 +242,13 @@ class DistributedSection(Section):
 class BaseRecipe(Section):
     stage: str
     output_dir: str = "out/run"
+    # The recipe file this was loaded from (not a field: never saved); --force never replaces a folder holding it.
+    _file: Path | None = PrivateAttr(None)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _a_folder(cls, value):
+        return _not_blank(value, "a folder")
     method: Literal["lora", "qlora"] = Field("lora", description="qlora = 4-bit NF4 base via bitsandbytes.")
     model: ModelSection = ModelSection()
     lora: LoraSection = LoraSection()
@@ -248,11 +281,37 @@ class MergeSection(Section):
     )
     max_shard_size: str = "2GB"
 
+    @field_validator("max_shard_size")
+    @classmethod
+    def _a_size(cls, value):
+        if shard_size_bytes(value) is None:
+            raise ValueError("must be a positive size such as 2GB or 500MB")
+        return value
+
+
+def shard_size_bytes(text: str) -> int | None:
+    """'2GB' -> 2e9 (the units huggingface_hub's sharding reads); None for anything else."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)\s*", str(text), re.IGNORECASE)
+    if match is None or float(match.group(1)) <= 0:
+        return None
+    return int(float(match.group(1)) * 1000 ** ("KMGT".index(match.group(2)[0].upper()) + 1))
+
 
 class QuantizeSection(Section):
     format: Literal["gguf", "bnb-4bit", "bnb-8bit"] = "gguf"
     type: str = Field("q8_0", description="GGUF type: f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k.")
     verify: bool = True
+
+    @field_validator("type")
+    @classmethod
+    def _a_gguf_type(cls, value):
+        from lorakit.export.gguf_export import K_TYPES, PYTHON_TYPES
+
+        if value.lower() not in PYTHON_TYPES + K_TYPES:
+            raise ValueError(f"is not a GGUF type: one of {', '.join(PYTHON_TYPES + K_TYPES)}")
+        return value
 
 
 STAGE_ORDER = ("sft", "dpo", "merge", "quantize")
@@ -263,6 +322,12 @@ class PipelineRecipe(Section):
 
     stage: Literal["pipeline"] = "pipeline"
     root: str = Field("out/pipeline", description="Each stage writes its own folder under this one.")
+    _file: Path | None = PrivateAttr(None)
+
+    @field_validator("root")
+    @classmethod
+    def _a_folder(cls, value):
+        return _not_blank(value, "a folder")
     stages: list[Literal["sft", "dpo", "merge", "quantize"]] = Field(default_factory=lambda: list(STAGE_ORDER))
     sft: SFTRecipe | None = None
     dpo: DPORecipe | None = None
@@ -279,7 +344,7 @@ class PipelineRecipe(Section):
             if name in self.stages and getattr(self, name) is None:
                 raise ValueError(f"stage '{name}' is listed but the recipe has no '{name}' section")
         if self.stages[0] in ("merge", "quantize"):
-            raise ValueError("a pipeline starts with sft or dpo; merge and quantize single runs with their commands")
+            raise ValueError("stages must start with sft or dpo; merge and quantize single runs with their commands")
         return self
 
 
@@ -330,19 +395,43 @@ def find_recipe(path: str | Path) -> Path:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    from lorakit.safe_io import read_text
+
     path = find_recipe(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}{where}: invalid YAML: {problem}", hint="fix the YAML syntax") from None
+    data = parse_yaml(read_text(path, ConfigError), path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections", hint="see recipes/tiny-cpu-sft.yaml")
     return data
+
+
+def parse_yaml(text: str, where: str | Path) -> Any:
+    """yaml.safe_load with every failure one ConfigError naming `where`: syntax (with its line), nesting too deep
+    for the parser or a later walk, integers too long to convert."""
+    from lorakit.safe_io import MAX_DEPTH, too_deep
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise _yaml_problem(where, line, f"invalid YAML: {problem}", "fix the YAML syntax") from None
+    except RecursionError:
+        raise _yaml_problem(where, "", f"nested too deeply (more than {MAX_DEPTH} levels)", "flatten it") from None
+    except ValueError as exc:  # int("9" * 5000): "Exceeds the limit (4300 digits)"
+        problem = "an integer too long to read (more than 4300 digits)" if "digits" in str(exc) else str(exc)
+        raise _yaml_problem(where, "", problem, "fix the value") from None
+    if text.count("[") + text.count("{") + text.count(":") + text.count("-") > MAX_DEPTH and too_deep(data):
+        raise _yaml_problem(where, "", f"nested too deeply (more than {MAX_DEPTH} levels)", "flatten it")
+    return data
+
+
+def _yaml_problem(where, line: str, what: str, hint: str) -> ConfigError:
+    exc = ConfigError(f"{where}{line}: {what}", hint=hint)
+    exc.what = f"{what}{' at' + line if line else ''}"  # type: ignore[attr-defined]
+    return exc
 
 
 def parse_set(assignment: str) -> tuple[list[str], Any]:
@@ -357,6 +446,9 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    except (RecursionError, ValueError):
+        raise ConfigError(f"--set {key.strip()}: the value is nested too deeply or holds a number too long to read",
+                          hint="e.g. --set lora.r=32") from None
     if isinstance(value, str) and _looks_like_float(value):
         value = float(value)  # YAML 1.1 reads 2e-4 as a string; a user typing it on a command line means a number
     return parts, value
@@ -364,10 +456,11 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
 
 def _looks_like_float(text: str) -> bool:
     try:
-        float(text)
+        number = float(text)
     except ValueError:
         return False
-    return any(c in text for c in "eE.")
+    # "inf"/"nan" are words, not numbers a user means; 1e400 overflows to inf
+    return any(c in text for c in "eE.") and number == number and abs(number) != float("inf")
 
 
 def set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
@@ -394,6 +487,9 @@ def load_recipe(
     if path is not None:
         _deep_merge(data, read_yaml(path))
     file_stage = data.get("stage")
+    if file_stage is not None and not isinstance(file_stage, str):
+        raise ConfigError(f"{source}: stage must be one word ({', '.join(RECIPES)}), got {file_stage!r}"[:300],
+                          hint=f"stage: {stage}")
     if file_stage is not None and file_stage != stage:
         raise ConfigError(
             f"{source}: this is a '{file_stage}' recipe, not '{stage}'",
@@ -407,7 +503,10 @@ def load_recipe(
     for flag, value in (flags or {}).items():
         if value is not None:
             set_path(data, FLAG_FIELDS[flag].split("."), value)
-    return validate_recipe(RECIPES[stage], data, source)
+    recipe = validate_recipe(RECIPES[stage], data, source)
+    if path is not None:
+        recipe._file = find_recipe(path)
+    return recipe
 
 
 def validate_recipe(cls: type[BaseRecipe], data: dict[str, Any], source: str) -> BaseRecipe:
@@ -415,9 +514,11 @@ def validate_recipe(cls: type[BaseRecipe], data: dict[str, Any], source: str) ->
         return cls.model_validate(data)
     except ValidationError as exc:
         problems = [describe_error(cls, err) for err in exc.errors()]
+        if len(problems) == 1:
+            raise ConfigError(f"{source}: {problems[0]}",
+                              hint="fix that field; `--print-config` shows the resolved recipe") from None
         raise ConfigError(
-            f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the recipe:\n  - "
-            + "\n  - ".join(problems),
+            f"{source}: {len(problems)} problems in the recipe:\n  - " + "\n  - ".join(problems),
             hint="fix the fields above; `--print-config` shows the resolved recipe",
         ) from None
 
@@ -436,7 +537,8 @@ def describe_error(cls: type[BaseModel], err: dict[str, Any]) -> str:
         message = message[len("Value error, "):]
     given = err.get("input")
     if err["type"] not in ("missing",) and not isinstance(given, (dict, list)):
-        message += f" (got {given!r})"
+        shown = repr(given)
+        message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
     return f"{field}: {message}"
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lorakit.errors import RunError
 from lorakit.model import load_base_model, resolve_device, resolve_model_source
-from lorakit.runs import MANIFEST_FILE, base_source_of, read_run
+from lorakit.runs import RECIPE_FILE, base_source_of, read_run
 from lorakit.chat_template import stop_token_ids
 
 
@@ -17,15 +17,20 @@ def load_for_inference(path: str | Path, base_override: str | None = None, devic
     path = Path(path)
     device = device or resolve_device()
     precision = "bf16" if device == "cuda" else "fp32"
-    if (path / MANIFEST_FILE).exists() and (path / "adapter_config.json").exists():
-        from peft import PeftModel
+    # a run, whole or damaged (read_run names what is wrong); a merged model has a manifest but no recipe or adapter
+    if any((path / name).exists() or (path / name).is_symlink()
+           for name in (RECIPE_FILE, "adapter_config.json", "adapter_model.safetensors")):
+        from lorakit.integrity import load_adapter
 
         run = read_run(path)
         source = base_source_of(run, base_override)
         base = load_base_model(source, run.method, run.recipe.qlora, precision, device,
                                trust_remote_code=run.recipe.model.trust_remote_code)
-        model = PeftModel.from_pretrained(base, str(path))
+        model = load_adapter(base, path, f"run {path}")
     elif (path / "config.json").exists():
+        from lorakit.integrity import check_model_files
+
+        check_model_files(path, f"model {path}")
         source = resolve_model_source(str(path))
         model = load_base_model(source, "lora", None, precision, device)
     else:

@@ -16,8 +16,6 @@ written one at a time.
 from __future__ import annotations
 
 import gc
-import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from lorakit.console import err, info
 from lorakit.errors import ModelError, RunError
-from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, Run, atomic_dir, base_source_of, check_can_write,
-                          lineage_of, merged_folder, now, package_versions, read_run, write_json_atomic)
+from lorakit.integrity import load_adapter
+from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, RECIPE_FILE, Run, atomic_dir, base_source_of, check_can_write,
+                          check_output_path, lineage_of, merged_folder, now, package_versions, read_run, staging_path,
+                          write_json_atomic)
 
 if TYPE_CHECKING:
     from lorakit.model import ModelSource
@@ -64,25 +64,35 @@ class MergeResult:
 def open_source(source: str | Path, model: str | None) -> MergeSource:
     from lorakit.model import resolve_model_source
 
+    from lorakit.integrity import check_adapter, check_files
+
     folder = Path(source)
+    if not folder.is_dir() and staging_path(folder).is_dir():
+        raise RunError(f"run {folder} did not finish (an interrupted run is in {staging_path(folder).name})",
+                       hint="finish it with the same training command plus --resume")
     if not folder.is_dir():
         raise RunError(f"{folder} not found", hint="pass a run folder written by lorakit sft or lorakit dpo")
-    missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-    if (folder / MANIFEST_FILE).is_file():
+    missing = [name for name in ADAPTER_FILES if not (folder / name).exists()]
+    if (folder / MANIFEST_FILE).exists() or (folder / RECIPE_FILE).exists():  # a run, whole or damaged
         run = read_run(folder)
         if run.stage not in ("sft", "dpo"):
             raise RunError(f"{folder} is a '{run.stage}' folder, not an adapter run",
                            hint="merge takes the folder of an sft or dpo run")
         if missing:
             raise RunError(f"{folder} is missing adapter file(s): {', '.join(missing)}", hint="re-run that stage")
+        check_adapter(folder, f"run {folder}", finite=True)  # NaN weights would merge into a NaN model
         return MergeSource(folder, base_source_of(run, model), run.method, run.recipe.qlora,
                            run.manifest.get("precision", "fp32"), run, lineage_of(run))
     if missing:
         raise RunError(f"{folder} is not a lorakit run or a PEFT adapter folder (missing {', '.join(missing)})",
                        hint="pass a run folder, or an adapter folder with adapter_config.json and "
                             "adapter_model.safetensors plus --model")
-    config = json.loads((folder / "adapter_config.json").read_text())
+    check_files(folder, f"adapter {folder}")
+    config = check_adapter(folder, f"adapter {folder}", finite=True)
     base = model or config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise RunError(f"adapter {folder} is damaged: adapter_config.json: base_model_name_or_path is not a name",
+                       hint="pass --model with the base model")
     if not base:
         raise ModelError(f"{folder} does not name its base model", hint="pass --model with the base model")
     return MergeSource(folder, resolve_model_source(base), "lora", None, "fp32", None,
@@ -113,31 +123,35 @@ def check_adapter_shapes(adapter_dir: Path, base: ModelSource, trust_remote_code
             module = modules.get(module_name)
             shape = handle.get_slice(key).get_shape()
             if module is None or not hasattr(module, "in_features"):
-                raise ModelError(f"the adapter targets {module_name}, which the base model {base_location} lacks",
+                raise ModelError(f"{adapter_dir} does not fit the base: the adapter targets {module_name}, which the "
+                                 f"base model {base_location} lacks",
                                  hint="merge the adapter into the base it was trained on (--model)")
             expected = module.in_features if ".lora_A." in key else module.out_features
             got = shape[1] if ".lora_A." in key else shape[0]
             if got != expected:
                 raise ModelError(
-                    f"adapter module {module_name} does not fit the base: its {'input' if '.lora_A.' in key else 'output'}"
+                    f"{adapter_dir}: adapter module {module_name} does not fit the base: its "
+                    f"{'input' if '.lora_A.' in key else 'output'}"
                     f" size is {got}, the base layer's is {expected}",
                     hint="merge the adapter into the base it was trained on (--model)")
 
 
+def _owner(src: MergeSource) -> str:
+    return f"{'run' if src.run is not None else 'adapter'} {src.adapter_dir}"
+
+
 def trained_model(src: MergeSource):
     """The model exactly as trained: base (4-bit for QLoRA) + adapter, in the training precision, on the CPU."""
-    from peft import PeftModel
 
     from lorakit.model import load_base_model
 
     base = load_base_model(src.base, src.method, src.qlora, src.trained_precision, "cpu")
-    return PeftModel.from_pretrained(base, str(src.adapter_dir)).eval()
+    return load_adapter(base, src.adapter_dir, _owner(src)).eval()
 
 
 def merged_model(src: MergeSource, dtype: str, mode: str):
     """Base + adapter folded into plain weights, in `dtype`."""
     import torch
-    from peft import PeftModel
 
     from lorakit.model import load_base_model, torch_dtype
 
@@ -146,7 +160,7 @@ def merged_model(src: MergeSource, dtype: str, mode: str):
         base = load_base_model(src.base, "qlora", src.qlora, src.trained_precision, "cpu").dequantize()
     else:
         base = load_base_model(src.base, "lora", None, DTYPES[dtype], "cpu")
-    model = PeftModel.from_pretrained(base, str(src.adapter_dir))
+    model = load_adapter(base, src.adapter_dir, _owner(src))
     merged = model.merge_and_unload(safe_merge=True)
     merged.config.dtype = torch_dtype(dtype)
     if getattr(merged.config, "quantization_config", None) is not None:
@@ -246,15 +260,21 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
         raise ConfigError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}", hint="bfloat16 is the default")
     if base_mode not in ("dequantized", "original"):
         raise ConfigError(f"--base {base_mode} is not dequantized or original", hint="dequantized is the default")
-    size = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)\s*", str(max_shard_size), re.IGNORECASE)
-    if size is None or float(size.group(1)) <= 0:
+    from lorakit.config import shard_size_bytes
+
+    if model is not None and not model.strip():
+        raise ModelError("--model is empty", hint="give the base model's hub id or folder, or leave --model out")
+    if shard_size_bytes(max_shard_size) is None:
         raise ConfigError(f"--max-shard-size {max_shard_size!r} is not a positive size", hint="e.g. 2GB or 500MB")
     source = Path(source)
-    target = Path(output_dir) if output_dir else merged_folder(source)
-    check_can_write(target, force, what="output", inputs=[source])
+    target = Path(output_dir) if output_dir is not None else merged_folder(source)
+    check_output_path(target)
     src = open_source(source, model)
     if dtype is None:
         dtype = "float32" if src.base.gguf else "bfloat16"
+    # whatever --force says, never the run, the adapter or the base model being merged (nor a folder holding them)
+    inputs = [source] + ([Path(src.base.location)] if src.base.is_local else [])
+    check_can_write(target, force, what="output", inputs=inputs)
     mode = base_mode if src.method == "qlora" else "lora"
     check_adapter_shapes(src.adapter_dir, src.base)
 
@@ -273,7 +293,7 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
             del trained
             gc.collect()
 
-    with atomic_dir(target, force=force, inputs=[source]) as staging:
+    with atomic_dir(target, force=force, inputs=inputs) as staging:
         with err.status(f"Merging ({mode}, {dtype})..."):
             merged = merged_model(src, dtype, mode)
         shards = write_shards(merged, staging, max_shard_size)

@@ -8,7 +8,6 @@ chosen from the hardware (`resolve_device`, `resolve_precision`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,8 @@ class ModelSource:
 
 
 def resolve_model_source(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelSource:
+    if not str(name_or_path).strip():  # Path("") is "." : an empty name would mean the current folder
+        raise ModelError("the model name is empty", hint="give a hub id, a model folder or builtin:tiny-llama")
     if name_or_path.startswith(BUILTIN_PREFIX):
         return ModelSource(name_or_path, str(resolve_builtin(name_or_path)), True)
     path = Path(name_or_path).expanduser()
@@ -69,10 +70,9 @@ def check_model_folder(path: Path, trust_remote_code: bool) -> None:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelError(f"{path} has no config.json", hint="a model folder needs config.json and *.safetensors")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{config_file} line {exc.lineno}: malformed JSON", hint="re-download the model") from None
+    from lorakit.safe_io import read_json
+
+    config = read_json(config_file, ModelError, hint="re-download the model, or fix config.json")
     weights = list(path.glob("*.safetensors"))
     if not weights:
         pickles = [p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
@@ -146,6 +146,12 @@ def resolve_device() -> str:
 
 def resolve_precision(precision: str, device: str) -> str:
     """auto -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU (bf16 there is slow)."""
+    if precision == "fp16" and device == "cpu":
+        from lorakit.errors import ConfigError
+
+        # the Trainer's fp16 mixed precision needs a CUDA GradScaler; on the CPU it fails or trains in fp32 anyway
+        raise ConfigError("train.precision fp16 needs a CUDA GPU, and this machine has none",
+                          hint="use train.precision auto (fp32 on the CPU), fp32 or bf16")
     if precision != "auto":
         return precision
     if device == "cuda":
@@ -329,7 +335,7 @@ def load_policy(source: ModelSource, recipe, precision: str, device: str, parent
     itself, so TRL's own PEFT handling (QLoRA's bf16 adapter weights, DeepSpeed ZeRO-3's adapter dtype) applies the
     same way to both stages.
     """
-    from peft import PeftModel, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
 
     model = load_base_model(source, recipe.method, recipe.qlora, precision, device,
                             recipe.model.attn_implementation, recipe.model.trust_remote_code, strategy)
@@ -342,6 +348,8 @@ def load_policy(source: ModelSource, recipe, precision: str, device: str, parent
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     if parent_adapter is not None:
-        return PeftModel.from_pretrained(model, str(parent_adapter), is_trainable=True), None
+        from lorakit.integrity import load_adapter
+
+        return load_adapter(model, parent_adapter, f"run {parent_adapter}", is_trainable=True), None
     check_lora_targets(model, recipe.lora)
     return model, lora_config(recipe.lora)

@@ -19,7 +19,9 @@ from typing import Any, Callable
 from lorakit.config import STAGE_ORDER, PipelineRecipe, recipe_to_dict
 from lorakit.console import err
 from lorakit.errors import ConfigError, LorakitError
+from lorakit.pipeline_checks import check_root, check_stages, read_state
 from lorakit.runs import ADAPTER_FILES, read_manifest, staging_path, write_json_atomic
+from lorakit.safe_io import read_json
 
 STATE_FILE = "pipeline.json"
 FOLDERS = {"sft": "sft", "dpo": "dpo", "merge": "merged", "quantize": "export"}
@@ -51,7 +53,7 @@ class Pipeline:
         self.callbacks = tuple(callbacks)  # extra TrainerCallbacks for the training stages
         self.root = Path(recipe.root)
         self.state_file = self.root / STATE_FILE
-        self.state: dict[str, Any] = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        self.state: dict[str, Any] = read_state(self.state_file)
 
     def folder(self, stage: str) -> Path:
         return self.root / FOLDERS[stage]
@@ -112,6 +114,11 @@ class Pipeline:
             if name not in stages:
                 raise ConfigError(f"stage '{name}' is not in this pipeline (stages: {', '.join(stages)})",
                                   hint="use one of the recipe's stages")
+        selected_stages = [s for i, s in enumerate(stages)
+                           if (not only or s in only) and (not from_stage or i >= stages.index(from_stage))]
+        check_root(self.root)
+        check_stages(self, selected_stages)
+        root_was_there = self.root.exists()
         outcomes: list[StageOutcome] = []
         parent_key: str | None = None
         failure: LorakitError | None = None
@@ -158,9 +165,19 @@ class Pipeline:
             self.save_state()
             outcomes.append(StageOutcome(stage, "resumed" if resume else "ran", str(folder), seconds, metrics))
             parent_key = key
+        if failure is not None and not root_was_there:
+            self.remove_if_nothing_ran()
         from lorakit.eval.report import write_pipeline_report
 
         return PipelineResult(outcomes, failure, write_pipeline_report(self.root, [self.folder(s) for s in stages]))
+
+    def remove_if_nothing_ran(self) -> None:
+        """A first run that failed before any stage wrote anything leaves no root folder behind."""
+        import shutil
+
+        left = [p for p in self.root.iterdir() if p.name != STATE_FILE and not p.name.startswith(f".{STATE_FILE}")]
+        if not left:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,7 +190,11 @@ def output_files(stage: str, folder: Path, manifest: dict[str, Any]) -> list[str
     if stage == "merge":
         index = folder / "model.safetensors.index.json"
         if index.is_file():
-            return ["config.json", *sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+            try:
+                weight_map = read_json(index, LorakitError)["weight_map"]
+                return ["config.json", *sorted(set(weight_map.values()))]
+            except (LorakitError, KeyError, TypeError, AttributeError):
+                return ["model.safetensors.index.json (unreadable)"]  # never complete: the merge runs again
         return ["config.json", "model.safetensors"]
     return list(manifest.get("files") or [])
 
@@ -186,6 +207,7 @@ def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     from lorakit.train.launch import run_training
 
     recipe = pipeline.recipe.sft.model_copy(update={"output_dir": str(folder)})
+    recipe._file = pipeline.recipe._file  # --force inside the pipeline never replaces a folder holding the recipe
     result = run_training("sft", recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
                           callbacks=pipeline.callbacks)
     return _pick(result.summary, "steps", "final_loss", "final_eval_loss", "warnings")
@@ -198,6 +220,7 @@ def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     if "sft" in pipeline.recipe.stages:
         update["from_run"] = str(pipeline.folder("sft"))
     recipe = pipeline.recipe.dpo.model_copy(update=update)
+    recipe._file = pipeline.recipe._file
     result = run_training("dpo", recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
                           callbacks=pipeline.callbacks)
     return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps")) or k == "warnings"}

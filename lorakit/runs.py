@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import json
 import os
 import platform
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from lorakit.errors import LorakitError, ModelError, RunError
+from lorakit.safe_io import parse_json, read_json, read_text
 
 if TYPE_CHECKING:
     from lorakit.config import DPORecipe, SFTRecipe
@@ -78,27 +80,57 @@ def is_nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
+def check_output_path(target: str | Path, what: str = "output") -> Path:
+    """Refuse an output path that names no folder of its own ('', '.', '..', '/') or one the user works in: replacing
+    it would first rename the current folder, the home folder or the whole disk out of the way."""
+    raw = str(target)
+    target = Path(target)
+    if not raw.strip() or target.name in ("", ".", ".."):
+        raise RunError(f"{what} path {raw!r} names no folder of its own",
+                       hint="give a new folder's name, e.g. --output-dir out/run")
+    try:
+        resolved, cwd = target.resolve(), Path.cwd().resolve()
+    except (OSError, RuntimeError) as exc:  # a symbolic link loop in the path (RuntimeError before Python 3.13)
+        raise RunError(f"{what} path {raw!r} cannot be resolved: {getattr(exc, 'strerror', None) or exc}",
+                       hint="choose another output path") from None
+    if resolved == cwd or resolved in cwd.parents:
+        raise RunError(f"{what} {raw!r} is the current folder or one that holds it", hint="choose a new folder below it")
+    if resolved == Path.home().resolve() or resolved == Path(resolved.anchor):
+        raise RunError(f"{what} {raw!r} is the home folder or the root of the disk", hint="choose a new folder below it")
+    return target
+
+
+def _refuse_unsafe(path: Path) -> None:
+    """Last guard before a rename or delete: never the current folder, an ancestor of it, home or /."""
+    check_output_path(path, "folder")
+
+
 def check_can_write(target: Path, force: bool, what: str = "output", inputs: Iterable[str | Path] = (),
                     ours_only: bool = True) -> None:
     """Refuse an output that would lose work: an existing one without --force; whatever --force says, one that is or
     holds an input of the command, or (with `ours_only`) a folder lorakit did not write, such as `out/` itself."""
-    target = Path(target)
+    target = check_output_path(target, what)
+    if target.is_symlink() and not target.exists():
+        raise RunError(f"{what} {target} is a broken symbolic link or a link loop", hint="choose another output path")
     if target.exists() and not target.is_dir():
         raise RunError(f"{what} {target} exists and is a file", hint="choose another output path")
     ancestor = target.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
+        if ancestor.is_symlink():
+            raise RunError(f"{what} {target} cannot be created: {ancestor} is a broken symbolic link or a link loop",
+                           hint="choose another output path")
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise RunError(f"{what} {target} cannot be created: {ancestor} is a file", hint="choose another output path")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise RunError(f"{what} {target} cannot be created: {ancestor} is not writable",
                        hint="check its permissions, or choose another output path")
-    resolved = target.resolve()
-    for source in inputs:
-        source_path = Path(source).resolve()
-        if source_path == resolved or resolved in source_path.parents:
-            raise RunError(f"{what} {target} would replace {source}, which this command reads",
-                           hint="choose another --output-dir")
+    try:  # permissions do not tell everything (/sys, /proc, read-only mounts): try, before anything loads
+        os.rmdir(tempfile.mkdtemp(prefix=".lorakit-probe-", dir=ancestor))
+    except OSError as exc:
+        raise RunError(f"{what} {target} cannot be created in {ancestor}: {exc.strerror or exc}",
+                       hint="choose an output path on a writable disk") from None
+    check_inputs(target, inputs, what)
     if not is_nonempty_dir(target):
         return
     if not force:
@@ -112,31 +144,77 @@ def check_can_write(target: Path, force: bool, what: str = "output", inputs: Ite
 
 
 def replace_dir(staging: Path, target: Path) -> None:
-    """Move a finished staging folder onto `target`, replacing what was there only once the new one is whole."""
-    old = None
+    """Move a finished staging folder onto `target`, replacing what was there only once the new one is whole.
+
+    Two renames (target aside, staging in): a process killed between them leaves no `target`, the old copy in a
+    hidden `.NAME.old-*` and the new one still staged, so nothing half-written ever sits at `target`. Once the new
+    one is in place, old copies (this one, or one a killed replacement left behind) are removed."""
+    _refuse_unsafe(target)
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
         os.replace(target, old / "x")
     os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.old-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _lock(folder: Path) -> int | None:
+    """Hold an exclusive lock on a staging folder while it is written (released by the kernel if the process dies,
+    so a staging folder nobody holds is one a killed command left behind)."""
+    try:
+        import fcntl
+    except ImportError:  # not on Linux/macOS: abandoned staging folders are simply not collected
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_abandoned_staging(target: Path) -> None:
+    """Delete `.NAME.tmp-*` folders that a killed merge, export or cache write left beside `target` (a 7B merge is
+    15 GB of dead weight): only those no live process holds locked."""
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+        fd = _lock(stale) if stale.is_dir() and not stale.is_symlink() else None
+        if fd is not None:
+            try:
+                shutil.rmtree(stale, ignore_errors=True)
+            finally:
+                _unlock(fd)
 
 
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, force: bool = False, what: str = "output",
                inputs: Iterable[str | Path] = (), ours_only: bool = True) -> Iterator[Path]:
-    """Yield a staging folder; on success it becomes `target`, on any error it is removed."""
+    """Yield a staging folder; on success it becomes `target`, on any error it is removed (and if the process is
+    killed, the next atomic_dir for the same target removes it)."""
     target = Path(target)
     check_can_write(target, force, what, inputs, ours_only)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    os.chmod(staging, 0o755)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_staging(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        os.chmod(staging, 0o755)
+    except OSError as exc:
+        raise RunError(f"{what} {target} cannot be created: {exc.strerror or exc}",
+                       hint="choose an output path on a writable disk") from None
+    lock = _lock(staging)
     try:
         yield staging
         replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _unlock(lock)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -151,6 +229,22 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_bytes_atomic(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(content)
+    os.replace(tmp, path)
+
+
+def check_inputs(target: Path, inputs: Iterable[str | Path], what: str = "output") -> None:
+    """Whatever --force says, an output must not be or hold a file or folder the command reads."""
+    resolved = Path(target).resolve()
+    for source in inputs:
+        source_path = Path(source).resolve()
+        if source_path == resolved or resolved in source_path.parents:
+            raise RunError(f"{what} {target} would replace {source}, which this command reads",
+                           hint="choose another --output-dir")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A run being written
 
@@ -161,6 +255,9 @@ class RunFolder:
 
     path: Path
     mode: str = "fresh"  # fresh | resume
+    # resume: the staged files as they were before this attempt, put back if it fails before saving a new checkpoint
+    _saved: dict[str, bytes | None] = field(default_factory=dict, repr=False)
+    _resume_step: int | None = field(default=None, repr=False)
 
     @property
     def staging(self) -> Path:
@@ -170,17 +267,29 @@ class RunFolder:
     def checkpoints(self) -> Path:
         return self.staging / CHECKPOINTS_DIR
 
+    @property
+    def owner(self) -> str:
+        """How errors name this run."""
+        return f"interrupted run {self.path}"
+
+    def _staged(self, name: str) -> str:
+        return f"{self.staging.name}/{name}"
+
     @classmethod
     def open(cls, path: str | Path, force: bool = False, resume: bool = False,
              inputs: Iterable[str | Path] = ()) -> "RunFolder":
         """Decide between a fresh start and a resume, refusing anything that would lose work silently.
 
-        Nothing is written yet: a run that fails its data or model checks leaves no trace.
+        Nothing is written yet: a run that fails its data or model checks leaves no trace. A resume checks every
+        staged file it will read (recipe, manifest, metrics, the checkpoint) first, so a damaged one is reported
+        before anything loads or changes.
         """
-        run = cls(Path(path))
+        run = cls(check_output_path(path, "run folder"))
         staging_exists = run.staging.is_dir()
         if resume and staging_exists:
+            check_inputs(run.path, inputs, "run folder")
             run.mode = "resume"
+            run.check_resumable_files()
             return run
         if resume and not force and (run.path / MANIFEST_FILE).is_file():
             raise RunError(f"{run.path} is a finished run: there is nothing to resume",
@@ -199,32 +308,81 @@ class RunFolder:
         check_can_write(run.path, force, what="run folder", inputs=inputs)
         return run
 
+    def check_resumable_files(self) -> None:
+        """Everything a resume reads from the staging folder, read once now: a damaged file is named here."""
+        from lorakit.console import info
+        from lorakit.integrity import check_checkpoint
+
+        self.read_staged_recipe()
+        self.read_staged_manifest()
+        self.read_metrics(torn_tail_ok=True)
+        incomplete = self.incomplete_checkpoints()
+        checkpoint = self.latest_checkpoint()
+        if incomplete:
+            info(f"Skipping {', '.join(p.name for p in incomplete)}: not completely saved (the run stopped while "
+                 f"saving it)" + (f"; resuming from {checkpoint.name}" if checkpoint else "; no earlier checkpoint"))
+        if checkpoint is not None:
+            check_checkpoint(checkpoint, self.owner)
+        self._resume_step = self.latest_step()
+
     def begin(self) -> None:
-        """Create the staging folder (a fresh run replaces any stale one, which open() allowed only with --force)."""
-        if self.mode == "fresh":
-            if self.staging.exists():
-                shutil.rmtree(self.staging)
-            self.staging.mkdir(parents=True)
+        """Create the staging folder (a fresh run replaces any stale one, which open() allowed only with --force).
+        A resume keeps it, remembering the files this attempt rewrites, so a failed attempt changes nothing."""
+        _refuse_unsafe(self.path)
+        try:
+            if self.mode == "fresh":
+                if self.staging.exists():
+                    shutil.rmtree(self.staging)
+                self.staging.mkdir(parents=True)
+            else:
+                self._saved = {name: (self.staging / name).read_bytes() if (self.staging / name).is_file() else None
+                               for name in (RECIPE_FILE, MANIFEST_FILE, METRICS_FILE)}
+        except OSError as exc:
+            raise RunError(f"run folder {self.path} cannot be written: {exc.strerror or exc}",
+                           hint="choose an output path on a writable disk") from None
 
     def abandon(self) -> None:
-        """After a failure: keep the staging folder only if it holds a checkpoint worth resuming."""
-        if self.staging.exists() and self.latest_checkpoint() is None and self.mode == "fresh":
-            shutil.rmtree(self.staging, ignore_errors=True)
+        """After a failure: keep the staging folder only if it holds a checkpoint worth resuming; a resume that
+        failed before saving a new checkpoint puts back the recipe, manifest and metrics it found."""
+        if not self.staging.exists():
+            return
+        if self.mode == "fresh":
+            if self.latest_checkpoint() is None:
+                _refuse_unsafe(self.staging)
+                shutil.rmtree(self.staging, ignore_errors=True)
+            return
+        if self._saved and self.latest_step() == self._resume_step:
+            for name, content in self._saved.items():
+                file = self.staging / name
+                if content is None:
+                    file.unlink(missing_ok=True)
+                else:
+                    write_bytes_atomic(file, content)
+
+    def _numbered_checkpoints(self) -> list[Path]:
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.glob("checkpoint-*")
+                 if p.is_dir() and p.name.split("-")[-1].isdigit()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
     def latest_checkpoint(self, processes: int = 1) -> Path | None:
-        """The newest complete checkpoint: the trainer writes trainer_state.json last, and each of `processes`
-        training processes its own RNG state (a process killed while saving leaves its file missing)."""
+        """The newest checkpoint saved completely: marked by lorakit once the Trainer finished saving it (or, from a
+        run before the marks, one whose files all read back), with the RNG state of each of `processes` training
+        processes (a process killed while saving leaves its file missing)."""
         from lorakit.compat import checkpoint_rng_files
+        from lorakit.integrity import checkpoint_is_complete
 
-        if not self.checkpoints.is_dir():
-            return None
         rng_files = checkpoint_rng_files(processes) if processes > 1 else ()
-        candidates = [
-            p for p in self.checkpoints.glob("checkpoint-*")
-            if p.is_dir() and (p / "trainer_state.json").exists() and p.name.split("-")[-1].isdigit()
-            and all((p / name).is_file() for name in rng_files)
-        ]
-        return max(candidates, key=lambda p: int(p.name.split("-")[-1])) if candidates else None
+        complete = [p for p in self._numbered_checkpoints()
+                    if checkpoint_is_complete(p) and all((p / name).is_file() for name in rng_files)]
+        return complete[-1] if complete else None
+
+    def incomplete_checkpoints(self, processes: int = 1) -> list[Path]:
+        """Checkpoints newer than the latest complete one: a crash while saving (kill -9, out of memory)."""
+        latest = self.latest_checkpoint(processes)
+        step = int(latest.name.split("-")[-1]) if latest else -1
+        return [p for p in self._numbered_checkpoints() if int(p.name.split("-")[-1]) > step]
 
     def latest_step(self) -> int | None:
         checkpoint = self.latest_checkpoint()
@@ -237,30 +395,44 @@ class RunFolder:
 
     def read_staged_recipe(self) -> dict[str, Any] | None:
         """The interrupted run's recipe as saved (a dict: it is compared section by section with the new one)."""
-        import yaml
+        from lorakit.config import parse_yaml
 
         file = self.staging / RECIPE_FILE
-        return yaml.safe_load(file.read_text()) if file.exists() else None
+        if not (file.exists() or file.is_symlink()):
+            return None
+        try:
+            data = parse_yaml(read_text(file, RunError), self._staged(RECIPE_FILE))
+        except LorakitError as exc:
+            raise damaged(self.owner, self._staged(RECIPE_FILE), exc) from None
+        if not isinstance(data, dict):
+            raise damaged(self.owner, self._staged(RECIPE_FILE), "not a mapping of recipe sections")
+        return data
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json_atomic(self.staging / MANIFEST_FILE, manifest)
 
     def read_staged_manifest(self) -> dict[str, Any]:
         file = self.staging / MANIFEST_FILE
-        return json.loads(file.read_text()) if file.exists() else {}
+        if not (file.exists() or file.is_symlink()):
+            return {}
+        try:
+            return read_json(file, RunError)
+        except LorakitError as exc:
+            raise damaged(self.owner, self._staged(MANIFEST_FILE), exc) from None
 
     @property
     def metrics_file(self) -> Path:
         return self.staging / METRICS_FILE
 
-    def read_metrics(self) -> list[dict[str, Any]]:
-        return read_metrics(self.metrics_file)
+    def read_metrics(self, torn_tail_ok: bool = False) -> list[dict[str, Any]]:
+        return read_metrics(self.metrics_file, self.owner, self._staged(METRICS_FILE), torn_tail_ok)
 
     def trim_metrics(self, step: int) -> None:
-        """On resume, drop log lines from after the checkpoint: those steps are trained again."""
+        """On resume, drop log lines from after the checkpoint: those steps are trained again (and a last line cut
+        short by a crash goes with them)."""
         if not self.metrics_file.exists():
             return
-        kept = [json.dumps(r) for r in self.read_metrics() if r.get("step", 0) <= step]
+        kept = [json.dumps(r) for r in self.read_metrics(torn_tail_ok=True) if r.get("step", 0) <= step]
         write_text_atomic(self.metrics_file, "".join(line + "\n" for line in kept))
 
     def finish(self) -> Path:
@@ -269,10 +441,36 @@ class RunFolder:
         return self.path
 
 
-def read_metrics(file: Path) -> list[dict[str, Any]]:
-    if not file.exists():
+def damaged(owner: str, file: str, problem: "LorakitError | str", hint: str | None = None) -> RunError:
+    """'OWNER is damaged: FILE: WHAT' (lorakit.integrity.Damaged), from a read error or a description."""
+    from lorakit.integrity import Damaged
+
+    what = problem if isinstance(problem, str) else getattr(problem, "what", None) or problem.message
+    return Damaged(owner, file, what, hint)
+
+
+def read_metrics(file: Path, owner: str | None = None, name: str = METRICS_FILE,
+                 torn_tail_ok: bool = False) -> list[dict[str, Any]]:
+    """The run's log, one JSON object per line. A last line cut short by a crash is dropped when `torn_tail_ok` (a
+    resume trains those steps again); any other unreadable line means the file is damaged."""
+    if not (file.exists() or file.is_symlink()):
         return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    owner = owner or f"run {file.parent}"
+    try:
+        lines = read_text(file, RunError).splitlines()
+    except LorakitError as exc:
+        raise damaged(owner, name, exc) from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(parse_json(line, name, RunError, expect=dict, line=number))
+        except LorakitError as exc:
+            if torn_tail_ok and number == len(lines):
+                break
+            raise damaged(owner, f"{name} line {number}", exc) from None
+    return records
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -316,46 +514,71 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
     try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError):
+        return read_json(file, RunError)
+    except LorakitError:
         return {}
-    return data if isinstance(data, dict) else {}
+
+
+def check_manifest(manifest: dict[str, Any], owner: str) -> None:
+    """The fields later commands read from a training run's manifest are there, with the right types."""
+    base = manifest.get("base_model")
+    if not isinstance(base, dict) or not all(isinstance(base.get(k), str) and base.get(k) for k in ("name", "location")):
+        raise damaged(owner, MANIFEST_FILE, "base_model has no name and location")
+    parent = manifest.get("parent")
+    if parent is not None and not (isinstance(parent, dict) and isinstance(parent.get("path"), (str, type(None)))):
+        raise damaged(owner, MANIFEST_FILE, "parent is not a record of the parent run")
+    for key in ("dataset", "summary", "speed"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise damaged(owner, MANIFEST_FILE, f"{key} is not an object")
 
 
 def read_run(path: str | Path, expect_stage: tuple[str, ...] | None = None) -> Run:
-    """Open a finished run folder, with errors that say what is wrong with it."""
+    """Open a finished run folder, with errors that say what is wrong with it: a file cut short, overwritten or
+    edited into something else is 'run X is damaged: FILE: WHAT' (lorakit.integrity), never a library's traceback."""
     from lorakit.config import load_recipe
+    from lorakit.integrity import check_run_files
 
     path = Path(path)
     staging = staging_path(path)
+    owner = f"run {path}"
+    if path.is_symlink() and not path.exists():
+        raise RunError(f"run folder {path} is a broken symbolic link or a link loop", hint="check the path")
     if not path.exists():
         if staging.is_dir():
             raise RunError(f"run {path} did not finish (an interrupted run is in {staging.name})",
                            hint="finish it with the same command plus --resume")
         raise RunError(f"run folder {path} not found", hint="check the path")
     manifest_file, recipe_file = path / MANIFEST_FILE, path / RECIPE_FILE
-    if not path.is_dir() or not manifest_file.is_file() or not recipe_file.is_file():
+    present = [f for f in (manifest_file, recipe_file) if f.exists() or f.is_symlink()]
+    if not path.is_dir() or not present:
         raise RunError(f"{path} is not a lorakit run folder (no {MANIFEST_FILE} / {RECIPE_FILE})",
                        hint="pass a folder written by lorakit sft or lorakit dpo")
+    if manifest_file not in present:
+        raise damaged(owner, MANIFEST_FILE, "missing")
     try:
-        manifest = json.loads(manifest_file.read_text())
-    except ValueError:
-        raise RunError(f"{path}: the run's manifest or recipe is corrupt", hint="re-run that stage") from None
+        manifest = read_json(manifest_file, RunError)
+    except LorakitError as exc:
+        raise damaged(owner, MANIFEST_FILE, exc) from None
     if manifest.get("status") != "complete":
-        raise RunError(f"run {path} is not complete (status: {manifest.get('status')})",
+        raise RunError(f"run {path} is not complete (status: {manifest.get('status')!r})",
                        hint="finish it with --resume, or re-run it")
     stage = manifest.get("stage")
     if stage not in ("sft", "dpo"):
         raise RunError(f"{path} is a '{stage}' folder, not a training run", hint="pass the folder of an sft or dpo run")
+    if recipe_file not in present:
+        raise damaged(owner, RECIPE_FILE, "missing")
+    check_manifest(manifest, owner)
     try:
         recipe = load_recipe(stage, recipe_file)
-    except LorakitError:
-        raise RunError(f"{path}: the run's manifest or recipe is corrupt", hint="re-run that stage") from None
+    except LorakitError as exc:
+        what = getattr(exc, "what", None) or exc.message.removeprefix(f"{recipe_file}: ")
+        raise damaged(owner, RECIPE_FILE, f"not a valid {stage} recipe ({what})") from None
     run = Run(path=path, recipe=recipe, manifest=manifest)
     if expect_stage and run.stage not in expect_stage:
         raise RunError(f"{path} is a '{run.stage}' run, expected {' or '.join(expect_stage)}",
                        hint="pass the folder of the matching stage")
-    run.metrics = read_metrics(path / METRICS_FILE)
+    check_run_files(path, owner)
+    run.metrics = read_metrics(path / METRICS_FILE, owner)
     return run
 
 
@@ -393,6 +616,8 @@ def base_source_of(run: Run, override: str | None = None) -> "ModelSource":
     from lorakit.model import ModelSource, check_model_folder, resolve_model_source
 
     trust = run.recipe.model.trust_remote_code
+    if override is not None and not override.strip():
+        raise ModelError("--model is empty", hint="give the base model's hub id or folder, or leave --model out")
     if override:
         return resolve_model_source(override, None, trust)
     base = run.manifest["base_model"]

@@ -77,6 +77,19 @@ def _refusal_hint(message: str) -> str:
     return "fix or remove those rows, or set model.chat_template to a template that renders them"
 
 
+def truncation_warning(tokenized, source: str, max_length: int) -> str | None:
+    """Examples cut at max_length that still train: the part of the reply past the cut (and its end-of-turn token)
+    is never learned. Not an error (long replies are often cut on purpose), but counted, with the rows."""
+    rows = tokenized["row"] if "row" in tokenized.column_names else list(range(len(tokenized)))
+    cut = [i for i, (truncated, trained) in enumerate(zip(tokenized["truncated"], tokenized["num_trained"]))
+           if truncated and trained > 0]
+    if not cut:
+        return None
+    return (f"{source}: {len(cut)} example(s) are longer than data.max_length={max_length} and are cut there (rows "
+            f"{_rows(_unique_rows(rows, cut))}): an assistant turn past the cut is trained only up to it; raise "
+            "data.max_length to train them whole")
+
+
 def lint_collated(collator, tokenized, pad_token_id: int | None, eos_token_id: int | None) -> list[tuple[str, str]]:
     """Run the trainer's collator on a few real examples and check no trained label was dropped."""
     if len(tokenized) == 0:

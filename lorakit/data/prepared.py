@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,6 +41,10 @@ def tokenize_with_eval(data: DataSection, seed: int, what: str, tokenize: Callab
     elif data.val_size:
         if len(train) < 2:
             raise ConfigError("data.val_size needs at least 2 rows", hint="set data.val_size: 0 or add rows")
+        # the split's own rule (datasets: floor((1 - size) * n) train rows), checked here so it names the field
+        if math.floor((1 - data.val_size) * len(train)) < 1:
+            raise ConfigError(f"data.val_size {data.val_size} of {len(train)} rows in {data.train} leaves no row to "
+                              "train on", hint="lower data.val_size, or add rows")
         train, evaluation = split_by_row(train, data.val_size, seed)
     return train, evaluation, fmt, fingerprint, cached
 

@@ -18,11 +18,11 @@ def check_data(path: str, model: str | None, stage: str, fmt: str, max_length: i
         parts, value = parse_set(assignment)
         if parts[0] == "data":
             parts = parts[1:]
+        if not parts:
+            raise ConfigError(f"--set {assignment!r}: name a data field, e.g. --set data.max_length=512",
+                              hint="data check takes data.KEY=VALUE")
         set_path(raw, parts, value)
-    try:
-        data = DataSection(**raw)
-    except Exception as exc:
-        raise ConfigError(f"invalid data settings: {exc}", hint="see `lorakit data check --help`") from None
+    data = validate_data_settings(raw)
     if stage == "sft":
         return check_sft(data, model)
     if stage == "dpo":
@@ -30,6 +30,30 @@ def check_data(path: str, model: str | None, stage: str, fmt: str, max_length: i
 
         return check_preference_data(data, model)
     raise ConfigError(f"--stage {stage!r} is not sft or dpo", hint="use --stage sft or --stage dpo")
+
+
+FLAGS = {"format": "--format", "max_length": "--max-length", "train": "PATH"}
+
+
+def validate_data_settings(raw: dict[str, Any]) -> DataSection:
+    """The data section `data check` checks with: each problem one line naming the field (and its flag) and what
+    it allows, as recipes report it (lorakit.config.describe_error)."""
+    from pydantic import ValidationError
+
+    from lorakit.config import describe_error
+
+    try:
+        return DataSection.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            text = "data." + describe_error(DataSection, error)
+            name = str(error["loc"][0]) if error["loc"] else ""
+            if name in FLAGS:
+                text = text.replace(f"data.{name}:", f"data.{name} ({FLAGS[name]}):", 1)
+            problems.append(text)
+        raise ConfigError("data check: " + "; ".join(problems),
+                          hint="see `lorakit data check --help`; --set takes data.KEY=VALUE") from None
 
 
 def check_sft(data: DataSection, model: str | None) -> dict[str, Any]:

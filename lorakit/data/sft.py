@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from lorakit.config import DataSection
 from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
-from lorakit.data.checks import lint_problems, raise_if_problems
+from lorakit.console import warn
+from lorakit.data.checks import lint_problems, raise_if_problems, truncation_warning
 from lorakit.data.formats import load_sft_examples, load_tools
 from lorakit.data.load import load_rows
 from lorakit.data.prepared import PreparedData, tokenize_with_eval
@@ -42,6 +43,9 @@ def tokenize_source(source: str, data: DataSection, tokenizer, max_rows: int | N
     stop = stop_convention(tokenizer).describe() if meta.get("chat") else repr(tokenizer.eos_token)
     problems = lint_problems(tokenized, source, stop, data.max_length)
     raise_if_problems(problems)
+    cut = truncation_warning(tokenized, source, data.max_length)
+    if cut:
+        warn(cut)
     return tokenized, fmt, loaded.fingerprint, was_cached
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import RunError
-from lorakit.runs import base_source_of, read_manifest, read_run
+from lorakit.runs import RECIPE_FILE, base_source_of, read_manifest, read_run
 
 KIND_ORDER = {"base": 0, "sft": 1, "dpo": 2, "merged": 3, "gguf": 4}  # parents before the candidates built on them
 
@@ -37,12 +37,15 @@ def describe(path: Path) -> Candidate:
     """What a path given to `lorakit eval` is, and which candidate it should be compared with."""
     gguf = gguf_file_of(path)
     if gguf is not None:
+        from lorakit.integrity import check_gguf
+
+        check_gguf(gguf.parent, gguf.name, f"export {gguf.parent}")  # a cut file fails in transformers' struct reads
         manifest = read_manifest(gguf.parent)
         parent = manifest.get("source")
         return Candidate(str(path), "gguf", gguf, str(parent) if parent else None)
     manifest = read_manifest(path)
     stage = manifest.get("stage")
-    if stage in ("sft", "dpo"):
+    if stage in ("sft", "dpo") or (path / RECIPE_FILE).exists():  # a run, whole or damaged (read_run names it)
         run = read_run(path)
         return Candidate(str(path), stage, path, str(run.parent_path) if run.parent_path else "base", run=run)
     if stage == "merge" or (path / "config.json").is_file():

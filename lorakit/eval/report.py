@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from lorakit.runs import METRICS_FILE, read_manifest, read_metrics, write_text_atomic
+from lorakit.errors import LorakitError, RunError
+from lorakit.runs import METRICS_FILE, read_metrics, write_text_atomic
 
 REPORT_FILE = "report.html"
 EVAL_FILE = "eval.json"
@@ -84,20 +85,80 @@ class Output:
         return name == str(me) or (name.endswith(".gguf") and Path(name).parent == me)
 
 
-def read_eval(folder: Path) -> dict[str, Any] | None:
+# The manifest fields a page reads, by the type it reads them as: one edited or damaged by hand is named here
+# ("run X is damaged: manifest.json: ..."), not met as an AttributeError while drawing.
+MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("base_model", "parent", "summary", "vram_estimate", "dataset", "gap", "verification", "sizes"),
+                    dict),
+    **dict.fromkeys(("stage", "source", "device", "precision", "method", "format", "type", "dtype", "finished_at",
+                     "created_at"), str),
+    **dict.fromkeys(("trainable_parameters", "total_parameters"), int),
+}
+EVAL_ROW_KEYS = {"candidates": ("name",), "regressions": ("metric", "candidate", "parent", "value", "parent_value",
+                                                          "change", "worse")}
+
+
+def _owner(folder: Path, manifest: dict[str, Any]) -> str:
+    return f"run {folder}" if manifest.get("stage") in ("sft", "dpo") else f"output {folder}"
+
+
+def read_checked_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest ({} when there is none); present but unreadable or of the wrong shape is `Damaged`."""
+    from lorakit.integrity import Damaged
+    from lorakit.runs import MANIFEST_FILE
+    from lorakit.safe_io import read_json
+
+    file = folder / MANIFEST_FILE
+    if not (file.exists() or file.is_symlink()):
+        return {}
     try:
-        data = json.loads((folder / EVAL_FILE).read_text())
-    except (OSError, ValueError):
+        manifest = read_json(file, RunError)
+    except LorakitError as exc:
+        raise Damaged(f"output {folder}", MANIFEST_FILE, getattr(exc, "what", exc.message)) from None
+    for key, kind in MANIFEST_TYPES.items():
+        value = manifest.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise Damaged(_owner(folder, manifest), MANIFEST_FILE, f"{key} is {type(value).__name__}, not "
+                          f"{'an object' if kind is dict else 'a string' if kind is str else 'an integer'}")
+    if not all(isinstance(v, (int, float)) for v in (manifest.get("sizes") or {}).values()):
+        raise Damaged(_owner(folder, manifest), MANIFEST_FILE, "sizes holds a value that is not a number")
+    for key, field_ in (("base_model", "name"), ("parent", "path")):
+        value = (manifest.get(key) or {}).get(field_)
+        if value is not None and not isinstance(value, str):
+            raise Damaged(_owner(folder, manifest), MANIFEST_FILE, f"{key}.{field_} is not a string")
+    return manifest
+
+
+def read_eval(folder: Path, owner: str) -> dict[str, Any] | None:
+    """The folder's latest eval.json (None when it has none); one that is unreadable or of the wrong shape is
+    `Damaged` (a page that silently said "not evaluated yet" would hide the damage)."""
+    from lorakit.integrity import Damaged
+    from lorakit.safe_io import read_json
+
+    file = folder / EVAL_FILE
+    if not (file.exists() or file.is_symlink()):
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        data = read_json(file, RunError)
+    except LorakitError as exc:
+        raise Damaged(owner, EVAL_FILE, getattr(exc, "what", exc.message),
+                      hint=f"run lorakit eval again, or delete {file}") from None
+    for key, needed in EVAL_ROW_KEYS.items():
+        rows = data.get(key, [])
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in needed)
+                                                 and isinstance(r[needed[0]], str) for r in rows):
+            raise Damaged(owner, EVAL_FILE, f"{key} is not a list of records with {', '.join(needed)}",
+                          hint=f"run lorakit eval again, or delete {file}")
+    return data
 
 
 def read_output(folder: Path, display: Path | None = None) -> Output:
     folder = Path(folder)
     if folder.is_file():  # a GGUF file given for its export folder
         folder = folder.parent
-    return Output(Path(display or folder), read_manifest(folder), read_metrics(folder / METRICS_FILE),
-                  read_eval(folder))
+    manifest = read_checked_manifest(folder)
+    return Output(Path(display or folder), manifest, read_metrics(folder / METRICS_FILE),
+                  read_eval(folder, _owner(Path(display or folder), manifest)))
 
 
 def thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

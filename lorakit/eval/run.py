@@ -69,7 +69,7 @@ def save_results(candidates: list[Candidate], report: dict[str, Any]) -> None:
         try:
             earlier = json.loads((folder / EVAL_FILE).read_text())
             previous = [{k: v for k, v in earlier.items() if k != "previous"}, *earlier.get("previous", [])]
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             pass  # none yet, or unreadable: start the history here
         write_json_atomic(folder / EVAL_FILE, {**report, "previous": previous[:KEEP_PREVIOUS]})
         refresh_report(folder)
@@ -87,7 +87,10 @@ def read_prompts(values: list[str]) -> list[str]:
     for value in values:
         path = Path(value)
         if path.is_file():
-            prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            from lorakit.errors import DataError
+            from lorakit.safe_io import read_text
+
+            prompts += [line.strip() for line in read_text(path, DataError).splitlines() if line.strip()]
         else:
             prompts.append(value)
     return prompts

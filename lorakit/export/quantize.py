@@ -6,7 +6,6 @@ transformers' loader (GGUF included), tokenization of sample chats, and llama.cp
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -16,7 +15,8 @@ from typing import Any
 
 from lorakit.console import err, info, warn
 from lorakit.errors import ConfigError, ModelError, ResourceError, RunError
-from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, atomic_dir, check_can_write, merged_folder, now,
+from lorakit.safe_io import read_json
+from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, RECIPE_FILE, atomic_dir, check_can_write, merged_folder, now,
                           package_versions, read_manifest, training_run_behind, write_json_atomic, write_text_atomic)
 
 FORMATS = ("gguf", "bnb-4bit", "bnb-8bit", "awq", "gptq")
@@ -38,7 +38,9 @@ def default_output(source: Path, fmt: str) -> Path:
 
 
 def is_adapter_run(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in ADAPTER_FILES)
+    """A training run (whole or damaged: merging it reads it through read_run, which names what is wrong)."""
+    return (folder / RECIPE_FILE).exists() or any((folder / name).exists() or (folder / name).is_symlink()
+                                                   for name in ADAPTER_FILES)
 
 
 def merged_source(source: Path, force: bool) -> Path:
@@ -70,7 +72,10 @@ def check_source(folder: Path) -> dict[str, Any]:
                          hint="run `lorakit merge` first, or give the sft/dpo run folder")
     if not (folder / "tokenizer.json").is_file():
         raise ModelError(f"{folder}: tokenizer.json is missing", hint="copy the tokenizer files next to the model")
-    return json.loads((folder / "config.json").read_text())
+    from lorakit.integrity import check_model_files
+
+    check_model_files(folder, f"model {folder}")  # JSON files parse, every safetensors file is whole
+    return read_json(folder / "config.json", ModelError)
 
 
 def check_disk(folder: Path, target: Path, factor: float) -> None:
@@ -146,12 +151,12 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
         check_type(qtype)
     inputs = [source]
     if source.is_dir() and is_adapter_run(source):
-        target = Path(output_dir) if output_dir else default_output(merged_folder(source), fmt)
+        target = Path(output_dir) if output_dir is not None else default_output(merged_folder(source), fmt)
         inputs.append(merged_folder(source))
         check_can_write(target, force, inputs=inputs)
         source = merged_source(source, force)
     else:
-        target = Path(output_dir) if output_dir else default_output(source, fmt)
+        target = Path(output_dir) if output_dir is not None else default_output(source, fmt)
     check_source(source)
     check_can_write(target, force, inputs=inputs)
     check_disk(source, target, 1.2 if fmt == "gguf" else 0.6)

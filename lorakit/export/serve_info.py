@@ -86,8 +86,13 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
             raise RunError(f"{path} not found", hint="pass a run folder, a merged model or an export folder")
     first = paths[0]
     manifest = read_manifest(first)
-    if (first / RECIPE_FILE).is_file() and all((first / n).is_file() for n in ADAPTER_FILES):
-        runs = [read_run(p) for p in paths]
+    if (first / RECIPE_FILE).exists() or manifest.get("stage") in ("sft", "dpo"):  # a run, whole or damaged
+        runs = [read_run(p) for p in paths]  # names a damaged file ("run X is damaged: FILE: WHAT")
+        for run in runs:
+            missing = [n for n in ADAPTER_FILES if not (run.path / n).is_file()]
+            if missing:
+                raise RunError(f"run {run.path} has no adapter: {', '.join(missing)} missing",
+                               hint="re-run the command that trained it (with --force)")
         bases = {run.base_model for run in runs}
         if len(bases) > 1:
             raise RunError(f"these runs have different bases ({', '.join(sorted(bases))}): one vLLM server serves "
@@ -107,6 +112,7 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
     if len(paths) > 1:
         raise RunError("several folders are served together only when they are adapter runs of one base",
                        hint="pass one merged model or export at a time")
+    check_output(first, manifest)
     stage = manifest.get("stage")
     if stage == "merge" or (not stage and (first / "config.json").is_file() and list(first.glob("*.safetensors"))):
         return Artifact("merged", first.resolve(), first.name, eos=eos_list(first))
@@ -126,6 +132,34 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
                        f"on it, with --base {first}")
     raise RunError(f"{first} is not a run, merged model or export lorakit wrote",
                    hint="pass an sft/dpo run folder, a merge output or a quantize output")
+
+
+def check_output(folder: Path, manifest: dict[str, Any]) -> None:
+    """A merged model or export whose files are damaged says so here, not in the server that is told to load it
+    (read_manifest reads a damaged manifest as none). Headers and JSON only: no torch, no weights."""
+    from lorakit.integrity import Damaged, check_gguf, check_model_files
+    from lorakit.runs import MANIFEST_FILE
+    from lorakit.safe_io import read_json
+
+    owner = f"output {folder}"
+    if (folder / MANIFEST_FILE).exists() or (folder / MANIFEST_FILE).is_symlink():
+        try:
+            read_json(folder / MANIFEST_FILE, RunError)
+        except RunError as exc:
+            raise Damaged(owner, MANIFEST_FILE, getattr(exc, "what", exc.message)) from None
+    stage = manifest.get("stage")
+    if stage == "quantize":
+        for key, kind in (("source", str), ("format", str), ("files", list), ("verified_runtimes", list)):
+            value = manifest.get(key)
+            wrong = value is not None and not isinstance(value, kind)
+            if wrong or (kind is list and value and not all(isinstance(v, str) for v in value)):
+                raise Damaged(owner, MANIFEST_FILE, f"{key} is not a {'list of names' if kind is list else 'string'}")
+        if manifest.get("format") == "gguf":
+            for name in [f for f in manifest.get("files") or [] if f.endswith(".gguf")]:
+                check_gguf(folder, name, owner)
+            return
+    if stage in ("merge", "quantize") or not stage:
+        check_model_files(folder, f"model {folder}" if stage != "quantize" else owner)
 
 
 def adapter_artifact(adapters: list[Adapter], base_model: dict[str, Any], method: str, eos: list[int],

@@ -18,7 +18,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lorakit.console import err, warn
-from lorakit.errors import RunInterrupted  # noqa: F401  (raised here; tests and callers import it from here)
+from lorakit.errors import LorakitError, RunInterrupted
+from lorakit.runs import CHECKPOINTS_DIR as CHECKPOINTS
 from lorakit.runs import RunFolder
 
 BNB_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
@@ -230,6 +231,29 @@ class InterruptFlag:
     raised: bool = False
 
 
+class MarkCheckpoints(TrainerCallback):
+    """Mark each checkpoint complete once the Trainer has saved all of it (on_save comes after the last file), so a
+    process killed mid-save leaves a checkpoint `--resume` knows to skip (lorakit.integrity.COMPLETE_MARK)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        from pathlib import Path
+
+        from lorakit.integrity import mark_checkpoint_complete
+
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            mark_checkpoint_complete(checkpoint, state.global_step)
+
+
+class FirstStep(TrainerCallback):
+    """Notes when the first training step begins: everything before it is setup, a resume's checkpoint loading too."""
+
+    reached = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.reached = True
+
+
 class SaveOnInterrupt(TrainerCallback):
     """After Ctrl-C, finish the current step, save a checkpoint and stop: every process at the same step."""
 
@@ -285,7 +309,7 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
     for callback in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(callback)
     progress = (RichProgress(label, show_keys),) if me.is_main else ()
-    for callback in (metrics, *progress, SaveOnInterrupt(flag)):
+    for callback in (metrics, *progress, SaveOnInterrupt(flag), MarkCheckpoints()):
         trainer.add_callback(callback)
     # Every process resumes from the checkpoint rank 0 found (each restores its own RNG state from it).
     checkpoint = on_main(lambda: run.latest_checkpoint(me.size) if run.mode == "resume" else None)
@@ -294,16 +318,30 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
             run.trim_metrics(int(checkpoint.name.split("-")[-1]))
         err.print(f"Resuming from {checkpoint.name}")
     elif run.mode == "resume":
+        if me.is_main:
+            run.trim_metrics(0)  # the steps logged before the interruption are trained again
         err.print("No checkpoint to resume from yet: starting from step 0")
     started = time.time()
+    first_step = FirstStep()
+    trainer.add_callback(first_step)
     with ctrl_c_saves(flag):
         try:
             trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except Exception as exc:
             mapped = logger_error(exc)
-            if mapped is None:
+            if mapped is not None:
+                raise mapped from None
+            if checkpoint is None or first_step.reached or isinstance(exc, LorakitError):
                 raise
-            raise mapped from None
+            # The Trainer loads the checkpoint (weights, optimizer, scheduler, state) before its first step; whatever
+            # it trips over there is the checkpoint's content, which lorakit.integrity cannot fully check.
+            from lorakit.integrity import Damaged
+
+            reason = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise Damaged(run.owner, f"{run.staging.name}/{CHECKPOINTS}/{checkpoint.name}",
+                          f"the Trainer cannot load it ({type(exc).__name__}: {reason})",
+                          hint=f"delete {run.staging.name}/{CHECKPOINTS}/{checkpoint.name} to resume from the "
+                               "checkpoint before it, or pass --force to start over") from None
         finally:
             close_loggers()
     if flag.raised:

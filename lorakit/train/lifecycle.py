@@ -21,7 +21,7 @@ from lorakit.config import recipe_to_dict
 from lorakit.console import err, info
 from lorakit.errors import ConfigError, RunError
 from lorakit.eval.report import write_run_report_safely
-from lorakit.runs import Run, RunFolder, base_source_of, now, package_versions, read_run
+from lorakit.runs import ADAPTER_FILES, Run, RunFolder, base_source_of, now, package_versions, read_run
 from lorakit.train.common import check_report_to, execute, summarize_losses
 from lorakit.train.finish import write_adapter_run
 
@@ -76,9 +76,13 @@ def with_parent(recipe) -> tuple[Any, Run | None]:
     from_run = getattr(recipe, "from_run", None)
     if not from_run:
         return recipe, None
+    from lorakit.integrity import check_adapter
+
     parent = read_run(from_run, expect_stage=("sft",))
     if not parent.has_adapter:
-        raise ConfigError(f"{parent.path} has no adapter files", hint="re-run the SFT stage")
+        missing = [name for name in ADAPTER_FILES if not (parent.path / name).is_file()]
+        raise ConfigError(f"run {parent.path} has no adapter: {', '.join(missing)} missing", hint="re-run the SFT stage")
+    check_adapter(parent.path, f"run {parent.path}", finite=True)  # a diverged (NaN) policy would train nothing
     return inherit_from_parent(recipe, parent), parent
 
 
@@ -92,6 +96,8 @@ def input_paths(recipe, parent: Run | None) -> list[Path]:
         paths.append(Path(recipe.model.name_or_path).expanduser())
     if parent is not None:
         paths.append(parent.path)
+    if getattr(recipe, "_file", None) is not None:
+        paths.append(recipe._file)  # the recipe file itself
     return paths
 
 

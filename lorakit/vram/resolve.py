@@ -36,6 +36,8 @@ def _parse_config(text: bytes, where: str, name: str) -> ModelShape:
                           hint=hint) from None
     except RecursionError:
         raise ConfigError(f"{where}: JSON nested too deeply", hint=hint) from None
+    except ValueError:  # int("9" * 5000): "Exceeds the limit (4300 digits) for integer string conversion"
+        raise ConfigError(f"{where}: an integer too long to read (more than 4300 digits)", hint=hint) from None
     try:
         return shape_from_config(config, name)
     except ShapeError as exc:

@@ -138,3 +138,14 @@ def test_chat_keeps_history_and_quits(sft_run):
     assert result.exit_code == 0, result.output
     assert "The capital of France is Paris." in result.output
     assert "4 plus 5 is 9." in result.output
+
+
+def test_an_assistant_turn_cut_at_max_length_is_a_counted_warning(tmp_path, tiny_llama):
+    long_reply = {"messages": [{"role": "user", "content": "Hi"},
+                               {"role": "assistant", "content": " ".join(["word"] * 120)}]}
+    short = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
+    data = write(tmp_path, "long.jsonl", "\n".join(json.dumps(r) for r in (short, long_reply, long_reply)) + "\n")
+    result = invoke("data", "check", data, "--model", tiny_llama, "--max-length", "32", "--json")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "2 example(s) are longer than data.max_length=32" in result.output
+    assert "long.jsonl" in result.output and "rows 2, 3" in result.output

@@ -117,6 +117,26 @@ def test_lint_fails_on_examples_with_no_trained_token(tokenizer, tmp_path):
     assert "cut at max_length=32" in info.value.message
 
 
+def test_a_reply_cut_at_max_length_is_a_counted_warning_naming_the_rows(tokenizer, tmp_path, monkeypatch):
+    """Issue 19: an assistant turn longer than max_length trained silently truncated; now it trains and says so."""
+    import lorakit.data.sft as sft
+
+    said = []
+    monkeypatch.setattr(sft, "warn", said.append)  # lorakit's console line, collected
+    rows = [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "word " * 200}]},
+    ]
+    data = write(tmp_path, rows)
+    prepared = prepare_sft_data(DataSection(train=data, max_length=32), tokenizer, seed=0)
+    assert len(prepared.train) == 2
+    assert len(said) == 1 and f"{data}" in said[0] and "1 example(s) are longer than data.max_length=32" in said[0]
+    assert "(rows 2)" in said[0]
+    said.clear()
+    prepare_sft_data(DataSection(train=data, max_length=1024), tokenizer, seed=0)
+    assert said == []
+
+
 def test_lint_fails_when_the_template_never_trains_a_stop_token(tokenizer, tmp_path):
     # A template that closes assistant turns with nothing the model can learn to emit.
     template = ("{%- for m in messages %}{{- m['role'] + ': ' + m['content'] + '\\n' }}{%- endfor %}"

@@ -63,3 +63,98 @@ def test_resume_says_what_there_is_to_resume(tmp_path):
     with pytest.raises(RunError, match="finished run: there is nothing to resume"):
         RunFolder.open(finished, resume=True)
     assert RunFolder.open(tmp_path / "new", resume=True).mode == "fresh"
+
+
+@pytest.mark.parametrize("target", ["", ".", "./", "..", "sub/..", "/"])
+def test_paths_that_name_no_folder_are_refused_before_anything_moves(tmp_path, monkeypatch, target):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(RunError, match="names no folder"):
+        with atomic_dir(target, force=True, ours_only=False):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_the_current_folder_and_its_parents_are_never_outputs(tmp_path, monkeypatch):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    for target in (work, tmp_path / "a"):
+        with pytest.raises(RunError, match="current folder"):
+            check_can_write(target, force=True, ours_only=False)
+
+
+def test_a_folder_that_cannot_be_created_is_refused_up_front():
+    with pytest.raises(RunError, match="cannot be created"):
+        check_can_write(__import__("pathlib").Path("/proc/lorakit-test/run"), force=False)
+
+
+def test_a_failed_resume_puts_back_what_it_rewrote(tmp_path):
+    from lorakit.runs import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    checkpoint = run.staging / "checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 4}')
+    (checkpoint / "lorakit-complete").write_text("4\n")
+    for name, text in (("lorakit.yaml", "stage: sft\n"), ("manifest.json", '{"status": "running"}'),
+                       ("metrics.jsonl", '{"step": 4, "loss": 1.0}\n{"step": 5, "loss": 0.9}\n')):
+        (run.staging / name).write_text(text)
+    before = {p.name: p.read_bytes() for p in run.staging.iterdir() if p.is_file()}
+    run.mode, run._resume_step = "resume", 4
+    run.begin()
+    run.write_recipe(__import__("lorakit.config", fromlist=["load_recipe"]).load_recipe("sft"))
+    run.write_manifest({"status": "running", "started_at": "later"})
+    run.trim_metrics(4)
+    run.abandon()  # failed before saving a new checkpoint
+    assert {p.name: p.read_bytes() for p in run.staging.iterdir() if p.is_file()} == before
+
+
+def test_resume_skips_a_checkpoint_the_trainer_did_not_finish_saving(tmp_path):
+    from lorakit.runs import RunFolder
+
+    run = RunFolder(tmp_path / "run")
+    for step, complete in ((2, True), (4, False)):
+        checkpoint = run.checkpoints / f"checkpoint-{step}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+        if complete:
+            (checkpoint / "lorakit-complete").write_text(f"{step}\n")
+    assert run.latest_step() == 2
+    assert [p.name for p in run.incomplete_checkpoints()] == ["checkpoint-4"]
+
+
+def test_metrics_cut_by_a_crash_lose_only_their_last_line(tmp_path):
+    from lorakit.runs import read_metrics
+
+    file = tmp_path / "metrics.jsonl"
+    file.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+    assert read_metrics(file, torn_tail_ok=True) == [{"step": 1, "loss": 2.0}]
+    with pytest.raises(RunError, match="metrics.jsonl line 2: malformed JSON"):
+        read_metrics(file)
+
+
+def test_staging_left_by_a_killed_command_is_collected_but_a_live_one_is_not(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / "merged"
+    abandoned = tmp_path / ".merged.tmp-dead"
+    abandoned.mkdir()
+    (abandoned / "model.safetensors").write_text("half")
+    live = tmp_path / ".merged.tmp-live"
+    live.mkdir()
+    # a live writer: another process holding the lock the way atomic_dir does
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY);"
+                               " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(live)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with atomic_dir(target) as staging:
+            (staging / "manifest.json").write_text("{}")
+        assert not abandoned.exists() and live.is_dir() and (target / "manifest.json").is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+    os.rmdir(live)

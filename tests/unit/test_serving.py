@@ -3,8 +3,10 @@
 import json
 import shlex
 
+import numpy as np
 import pytest
 import yaml
+from safetensors.numpy import save_file
 
 from lorakit.config import load_recipe, recipe_to_yaml
 from lorakit.export.servable import (VLLM_MAX_LORA_RANKS, servability_warning, vllm_lora_problems,
@@ -78,17 +80,26 @@ def write_run(folder, base="org/base-model", stage="sft", method="lora", eos=(0,
     (folder / "lorakit.yaml").write_text(recipe_to_yaml(recipe))
     (folder / "manifest.json").write_text(json.dumps({
         "stage": stage, "status": "complete", "base_model": {"name": base, "location": base, "revision": revision}}))
-    for name in ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja"):
-        (folder / name).write_text("{}")
+    write_adapter(folder, recipe.lora.r)
+    (folder / "chat_template.jinja").write_text("{{ messages }}")
     if eos is not None:
         (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": list(eos)}))
     return folder
 
 
+def write_adapter(folder, rank):
+    """A LoRA adapter as PEFT saves one (one q_proj pair of rank `rank`): read_run checks its header and ranks."""
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank,
+                                                            "target_modules": ["q_proj"]}))
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{prefix}.lora_A.weight": np.zeros((rank, 8), np.float32),
+               f"{prefix}.lora_B.weight": np.zeros((8, rank), np.float32)}, str(folder / "adapter_model.safetensors"))
+
+
 def write_model(folder, **manifest):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "hidden_size": 64}))
-    (folder / "model.safetensors").write_text("")
+    save_file({"lm_head.weight": np.zeros((4, 4), np.float32)}, str(folder / "model.safetensors"))
     (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [0, 2]}))
     if manifest:
         (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -195,11 +206,22 @@ def test_merged_model_needs_no_extra_flags(tmp_path):
     assert "--chat-template" not in argv and "--enable-lora" not in argv
 
 
+def write_gguf(file):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(file), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def test_gguf_export_serves_in_llama_cpp_and_ollama_and_needs_cuda_in_vllm(tmp_path):
     merged = write_model(tmp_path / "merged", stage="merge", status="complete")
     export = tmp_path / "export"
     export.mkdir()
-    (export / "model-q8_0.gguf").write_text("")
+    write_gguf(export / "model-q8_0.gguf")
     (export / "Modelfile").write_text("FROM ./model-q8_0.gguf\n")
     (export / "manifest.json").write_text(json.dumps({
         "stage": "quantize", "format": "gguf", "files": ["model-q8_0.gguf", "Modelfile"], "source": str(merged),
@@ -242,3 +264,37 @@ def test_serve_info_json_and_errors_on_the_command_line(tmp_path):
     assert_clean_error(invoke("serve-info", tmp_path / "missing"), "not found")
     (tmp_path / "random").mkdir()
     assert_clean_error(invoke("serve-info", tmp_path / "random"), "not a run, merged model or export")
+
+
+def test_damaged_merges_and_exports_are_named_not_served(tmp_path):
+    """serve-info reads a damaged manifest as a damaged output (not as "no manifest"), checks a merged model's JSON
+    files and safetensors headers and an export's GGUF tables, and never prints commands for a folder a server
+    would fail on."""
+    merged = write_model(tmp_path / "merged", stage="merge", status="complete")
+    (merged / "model.safetensors").write_bytes((merged / "model.safetensors").read_bytes()[:40])
+    assert_clean_error(invoke("serve-info", merged), "model", "is damaged", "model.safetensors")
+    garbled = write_model(tmp_path / "garbled", stage="merge", status="complete")
+    (garbled / "manifest.json").write_text('{"stage": "merge",')
+    assert_clean_error(invoke("serve-info", garbled), "is damaged", "manifest.json", "malformed JSON")
+    not_utf8 = write_model(tmp_path / "not-utf8")
+    (not_utf8 / "generation_config.json").write_bytes(b'{"eos_token_id": "\xff"}')
+    assert_clean_error(invoke("serve-info", not_utf8), "generation_config.json", "not UTF-8")
+
+    export = tmp_path / "export"
+    export.mkdir()
+    write_gguf(export / "model-q8_0.gguf")
+    manifest = {"stage": "quantize", "format": "gguf", "files": ["model-q8_0.gguf"], "source": str(merged)}
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    whole = (export / "model-q8_0.gguf").read_bytes()
+    (export / "model-q8_0.gguf").write_bytes(whole[: len(whole) // 3])
+    assert_clean_error(invoke("serve-info", export), "is damaged", "model-q8_0.gguf", "not a readable GGUF")
+    (export / "model-q8_0.gguf").unlink()
+    assert_clean_error(invoke("serve-info", export), "model-q8_0.gguf", "not found")
+    (export / "manifest.json").write_text(json.dumps({**manifest, "files": "model-q8_0.gguf"}))
+    assert_clean_error(invoke("serve-info", export), "manifest.json", "files is not a list")
+
+
+def test_a_run_without_its_adapter_says_which_file_is_missing(tmp_path):
+    run = write_run(tmp_path / "sft")
+    (run / "adapter_model.safetensors").unlink()
+    assert_clean_error(invoke("serve-info", run), "has no adapter", "adapter_model.safetensors missing")

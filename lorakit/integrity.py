@@ -1,0 +1,262 @@
+"""Is a folder lorakit reads whole? Run folders, adapters, checkpoints and model folders, checked before use.
+
+A file damaged on disk (cut short by a full disk or a killed copy, overwritten with other bytes, edited by hand)
+otherwise surfaces deep inside safetensors, PEFT or the Trainer as `SafetensorError`, `RuntimeError: Error(s) in
+loading state_dict`, `NoMatchingPeftModuleError` or `PytorchStreamReader failed`. Checked here first, it is one line:
+"run X is damaged: <file>: <what>", with what to do. The checks read headers and JSON, not weights (except
+`finite=True`, which reads an adapter's tensors: adapters are small).
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from lorakit.errors import LorakitError, ModelError, RunError
+from lorakit.safe_io import decode, file_kind, parse_json, read_bytes
+
+# JSON files a model, adapter or run folder may hold, all of which transformers or PEFT parse on load.
+JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "added_tokens.json", "adapter_config.json", "model.safetensors.index.json")
+TEXT_FILES = ("chat_template.jinja",)
+CHECKPOINT_STATE = ("optimizer.pt", "scheduler.pt", "rng_state.pth")
+# lora_A / lora_B (linear layers) and lora_embedding_A / _B: A is (r, in), B is (out, r) in both
+LORA_KEY = re.compile(r"\.lora_(?:embedding_)?([AB])(?:\.|$)")
+
+
+class Damaged(RunError):
+    """A file lorakit wrote (or a model folder it reads) is unreadable or inconsistent."""
+
+    def __init__(self, owner: str, file: str, what: str, hint: str | None = None):
+        super().__init__(f"{owner} is damaged: {file}: {what}", hint=hint or "re-create it (re-run the command that "
+                         "wrote it, with --force), or restore the file from a copy")
+        self.owner, self.file, self.what = owner, file, what
+
+
+def _relative(folder: Path, file: Path) -> str:
+    try:
+        return str(file.relative_to(folder))
+    except ValueError:
+        return str(file)
+
+
+def check_files(folder: Path, owner: str, names: tuple[str, ...] = JSON_FILES + TEXT_FILES,
+                hint: str | None = None) -> None:
+    """Every one of `names` that exists in `folder` is a regular file of UTF-8 text (and JSON objects parse)."""
+    for name in names:
+        file = folder / name
+        if not (file.exists() or file.is_symlink()):
+            continue
+        check_file(folder, file, owner, hint)
+
+
+def check_file(folder: Path, file: Path, owner: str, hint: str | None = None) -> Any:
+    rel = _relative(folder, file)
+    try:
+        raw = read_bytes(file, LorakitError)
+        text = decode(raw, rel, LorakitError)
+        if file.suffix == ".json":
+            return parse_json(text, rel, LorakitError, expect=dict)
+        return text
+    except LorakitError as exc:
+        raise Damaged(owner, rel, getattr(exc, "what", exc.message), hint) from None
+
+
+def tensor_shapes(file: Path, owner: str, folder: Path, hint: str | None = None) -> dict[str, list[int]]:
+    """Names and shapes of a safetensors file, from its header; a cut-short or foreign file is `Damaged`."""
+    from safetensors import SafetensorError, safe_open
+
+    rel = _relative(folder, file)
+    kind = file_kind(file)
+    if kind is not None:
+        raise Damaged(owner, rel, kind if kind.startswith(("not ", "a broken")) else f"is {kind}", hint)
+    if file.stat().st_size == 0:
+        raise Damaged(owner, rel, "is empty", hint)
+    try:
+        # numpy: the header is read the same, without importing torch (serve-info stays light); bf16 shapes read too
+        with safe_open(str(file), framework="np") as handle:
+            return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason.removeprefix("Error while deserializing header: ")
+        raise Damaged(owner, rel, f"not a readable safetensors file ({reason}; cut short or overwritten?)",
+                      hint) from None
+
+
+def check_adapter(folder: str | Path, owner: str, finite: bool = False, hint: str | None = None) -> dict[str, Any]:
+    """A PEFT LoRA adapter that PEFT can load: its config parses, its tensors are readable, hold LoRA pairs whose
+    ranks agree with each other and with the config, and (with `finite`) hold no NaN or inf. Returns the config."""
+    folder = Path(folder)
+    config = check_file(folder, folder / "adapter_config.json", owner, hint)
+    shapes = tensor_shapes(folder / "adapter_model.safetensors", owner, folder, hint)
+    lora = {key: shape for key, shape in shapes.items() if LORA_KEY.search(key)}
+    if not lora:
+        what = "holds no tensors" if not shapes else "holds no LoRA tensors (lora_A/lora_B)"
+        raise Damaged(owner, "adapter_model.safetensors", f"{what}: merging or continuing it would change nothing",
+                      hint)
+    peft_type = config.get("peft_type")
+    if not isinstance(peft_type, str):
+        raise Damaged(owner, "adapter_config.json", "no peft_type: not a PEFT adapter config", hint)
+    if peft_type.upper() != "LORA":
+        raise ModelError(f"{owner} is a {peft_type} adapter; lorakit trains and merges LoRA adapters",
+                         hint="merge it with PEFT itself")
+    rank = config.get("r")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise Damaged(owner, "adapter_config.json", f"'r' is {rank!r}, not a positive integer", hint)
+    patterned = bool(config.get("rank_pattern"))
+    ranks: dict[str, dict[str, int]] = {}
+    for key, shape in lora.items():
+        if len(shape) != 2:
+            if len(shape) < 2:
+                raise Damaged(owner, "adapter_model.safetensors", f"{key} has shape {shape}, not a matrix", hint)
+            continue  # convolution LoRA: PEFT checks these itself
+        match = LORA_KEY.search(key)
+        module, side = key[:match.start()], match.group(1)
+        ranks.setdefault(module, {})[side] = shape[0] if side == "A" else shape[1]
+    for module, sides in sorted(ranks.items()):
+        if len(set(sides.values())) > 1:
+            raise Damaged(owner, "adapter_model.safetensors",
+                          f"{module}: lora_A has rank {sides['A']} but lora_B has rank {sides['B']}", hint)
+        got = next(iter(sides.values()))
+        if not patterned and got != rank:
+            raise Damaged(owner, "adapter_model.safetensors",
+                          f"{module} has rank {got}, but adapter_config.json says r={rank}", hint)
+    if finite:
+        check_finite(folder / "adapter_model.safetensors", owner, folder, hint)
+    return config
+
+
+def check_finite(file: Path, owner: str, folder: Path, hint: str | None = None) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(file))
+    bad = sorted(name for name, tensor in tensors.items()
+                 if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()))
+    if bad:
+        raise Damaged(owner, _relative(folder, file), f"{len(bad)} of {len(tensors)} tensors hold NaN or inf "
+                      f"(e.g. {bad[0]})",
+                      hint="the run diverged or the file was overwritten: re-train it (a lower learning rate, "
+                           "train.max_grad_norm) or restore the file")
+
+
+def check_run_files(folder: str | Path, owner: str) -> None:
+    """The parts of a finished run that later commands read: text/JSON files, and the adapter when it has one."""
+    folder = Path(folder)
+    check_files(folder, owner)
+    present = [(folder / name).exists() or (folder / name).is_symlink()
+               for name in ("adapter_config.json", "adapter_model.safetensors")]
+    if all(present):  # one missing: the command that needs the adapter says so in its own words
+        check_adapter(folder, owner)
+
+
+def check_checkpoint(checkpoint: Path, owner: str) -> None:
+    """A Trainer checkpoint that `--resume` can load: trainer state, adapter, optimizer, scheduler and RNG state."""
+    folder = checkpoint.parent.parent.parent  # files are named from beside the staging folder: .RUN.partial/...
+    hint = (f"delete {_relative(folder, checkpoint)} to resume from the checkpoint before it, or pass --force to "
+            "start over")
+    state = check_file(folder, checkpoint / "trainer_state.json", owner, hint) \
+        if (checkpoint / "trainer_state.json").exists() else None
+    if state is None:
+        raise Damaged(owner, _relative(folder, checkpoint / "trainer_state.json"), "missing", hint)
+    step = state.get("global_step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise Damaged(owner, _relative(folder, checkpoint / "trainer_state.json"),
+                      f"global_step is {step!r}, not a step number", hint)
+    try:
+        check_files(checkpoint, owner, hint=hint)
+        if (checkpoint / "adapter_model.safetensors").exists() or (checkpoint / "adapter_config.json").exists():
+            check_adapter(checkpoint, owner, hint=hint)
+    except Damaged as exc:  # name the file inside the checkpoint
+        raise Damaged(owner, _relative(folder, checkpoint / exc.file), exc.what, hint) from None
+    for name in CHECKPOINT_STATE:
+        file = checkpoint / name
+        rel = _relative(folder, file)
+        if not file.exists():
+            if name == "rng_state.pth":
+                continue  # optional for the Trainer
+            raise Damaged(owner, rel, "missing", hint)
+        kind = file_kind(file)
+        if kind is not None:
+            raise Damaged(owner, rel, kind, hint)
+        # torch.save writes a zip archive: a cut-short or overwritten one fails its directory or a CRC here, instead
+        # of "PytorchStreamReader failed reading zip archive" inside the Trainer.
+        try:
+            with zipfile.ZipFile(file) as archive:
+                broken = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise Damaged(owner, rel, f"not a readable torch checkpoint ({exc}; cut short or overwritten?)",
+                          hint) from None
+        if broken is not None:
+            raise Damaged(owner, rel, f"corrupt entry {broken} (cut short or overwritten?)", hint)
+
+
+def check_model_files(folder: str | Path, owner: str) -> None:
+    """A transformers model folder (a merge, an export source): its JSON files parse and its weights are whole."""
+    folder = Path(folder)
+    check_files(folder, owner)
+    for file in sorted(folder.glob("*.safetensors")):
+        tensor_shapes(file, owner, folder)
+
+
+def check_gguf(folder: Path, name: str, owner: str) -> None:
+    """A GGUF file whose header and tensor table read whole (gguf's reader maps the file; it loads no weights)."""
+    file = folder / name
+    kind = file_kind(file)
+    if kind is not None:
+        raise Damaged(owner, name, kind if kind.startswith(("not ", "a broken")) else f"is {kind}")
+    try:
+        import gguf
+
+        gguf.GGUFReader(str(file))
+    except Exception:  # the reader fails in numpy's words (ValueError, IndexError...) on a cut or foreign file
+        raise Damaged(owner, name, "not a readable GGUF file: its header or tensor table is incomplete (cut short "
+                                   "or overwritten?)") from None
+
+
+def load_adapter(model, folder: str | Path, owner: str, **kwargs):
+    """`PeftModel.from_pretrained`, with its failures on a damaged or mismatched adapter mapped by type."""
+    from peft import PeftModel
+    from peft.utils.error import NoMatchingPeftModuleError
+    from safetensors import SafetensorError
+
+    try:
+        return PeftModel.from_pretrained(model, str(folder), **kwargs)
+    except NoMatchingPeftModuleError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelError(f"{owner} does not fit this base model: adapter_config.json's target modules match none "
+                         f"of its layers ({first})",
+                         hint="use the base model the adapter was trained on (--model), or re-train it") from None
+    except SafetensorError as exc:
+        raise Damaged(owner, "adapter_model.safetensors", f"not readable ({exc})") from None
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc) and "Error(s) in loading state_dict" not in str(exc):
+            raise
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shapes differ")
+        raise ModelError(f"{owner} does not fit this base model: {detail[:200]}",
+                         hint="use the base model the adapter was trained on (--model), or re-train it") from None
+
+
+# The Trainer writes a checkpoint's files one by one, trainer_state.json last, none of them atomically: a process
+# killed while saving leaves a folder that looks like a checkpoint. lorakit marks a checkpoint once the Trainer has
+# finished saving it (lorakit.train.common.MarkCheckpoints); `--resume` uses only marked ones.
+COMPLETE_MARK = "lorakit-complete"
+
+
+def mark_checkpoint_complete(checkpoint: Path, step: int) -> None:
+    (checkpoint / COMPLETE_MARK).write_text(f"{step}\n")
+
+
+def checkpoint_is_complete(checkpoint: Path) -> bool:
+    """Marked complete, or (a checkpoint from before lorakit marked them) whole when read back."""
+    if (checkpoint / COMPLETE_MARK).is_file():
+        return True
+    if not (checkpoint / "trainer_state.json").is_file():
+        return False
+    try:
+        check_checkpoint(checkpoint, "checkpoint")
+    except LorakitError:
+        return False
+    return True

@@ -76,8 +76,45 @@ def family_row(family: fam.Family, real: bool) -> dict:
         row["Ollama template"] = verdict
     except LorakitError as exc:
         row["Ollama template"] = f"no: {exc.message}"
-    row["llama.cpp tokens match"] = ""
+    row["llama.cpp tokens match"] = llama_cpp_tokens(family) if real else ""
     return row
+
+
+def llama_cpp_tokens(family: fam.Family) -> str:
+    """Does llama.cpp cut text as training does? For a family whose own vocabulary llama.cpp ships: the vocabulary
+    as lorakit unpacks a GGUF (tests/real/artifacts.py) against llama.cpp's own test vectors (.inp/.out), and
+    llama.cpp (vocab-only, special tokens parsed) against that tokenizer on the family's rendered chats."""
+    if not family.own_vocab:
+        return "n/a (closest vocabulary)"
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return "skipped (llama-cpp-python not installed)"
+    from tests.real import artifacts
+    from tests.real.vocabs import vectors
+
+    path = artifacts.models_dir() / f"ggml-vocab-{family.vocab}.gguf"
+    # the family's own vocabulary as unpacked, with only its template: dress_tokenizer re-adds the special tokens
+    # without their flags (Phi-3's rstrip), which is not how the release's tokenizer cuts text
+    tokenizer = artifacts.vocab_tokenizer(family.vocab)
+    tokenizer.chat_template = fam.template_text(family)
+    ours = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    pairs = vectors(family.vocab) if path.with_name(path.name + ".inp").is_file() else []
+    texts_ok = sum(ours(text) == ids for text, ids in pairs)
+    chats = []
+    for messages in (fam.chat(), fam.chat(system=False), fam.two_turns()):
+        try:
+            chats.append(tokenizer.apply_chat_template(messages, tokenize=False))
+        except Exception:  # a template that refuses a system turn: the others still count
+            continue
+    llama = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        chats_ok = sum(llama.tokenize(text.encode(), add_bos=False, special=True) == ours(text) for text in chats)
+    finally:
+        llama.close()
+    verdict = "yes" if texts_ok == len(pairs) and chats_ok == len(chats) else "NO"
+    rendered = f"{chats_ok}/{len(chats)} chats" if chats else "no plain chat renders"
+    return f"{verdict} ({texts_ok}/{len(pairs)} test texts, {rendered})"
 
 
 def data_check(tokenizer, path: Path, **data) -> str:

@@ -513,7 +513,9 @@ def dpo(
 def merge(
     source: Annotated[Path, typer.Argument(help="Run folder (sft or dpo), or a PEFT adapter folder with --model.")],
     output_dir: OutputOpt = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="bfloat16, float16 or float32.")] = "bfloat16",
+    dtype: Annotated[Optional[str], typer.Option(
+        "--dtype", help="bfloat16, float16 or float32 (default bfloat16; float32 for a base unpacked from a GGUF).")]
+    = None,
     base: Annotated[str, typer.Option("--base", help="QLoRA runs: dequantized (exact, default) or original.")]
     = "dequantized",
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="e.g. 2GB, 500MB.")] = "2GB",

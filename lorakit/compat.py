@@ -4,7 +4,8 @@ Each hook says which library versions it was checked against and fails loudly, n
 when the detail it relies on is gone: an upgrade then announces itself with a clear message instead of training
 silently wrong. `tests/unit/test_compat.py` checks every hook against the installed libraries.
 
-Checked against: transformers 5.20-5.24, trl 1.16, peft 0.21, bitsandbytes 0.50, datasets 4.x-5.2, torch 2.13.
+Checked against: transformers 5.20-5.24, trl 1.16, peft 0.21, bitsandbytes 0.50, datasets 4.x-5.2, torch 2.13,
+gguf 0.19.
 """
 
 from __future__ import annotations
@@ -225,6 +226,53 @@ def dataset_fingerprint(dataset) -> str:
     return fingerprint
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# GGUF files as model sources (transformers' GGUF loader, gguf-py)
+
+
+def gguf_loadable_architectures() -> list[str]:
+    """GGUF `general.architecture` values transformers' GGUF loader maps to a model class (a few keys of its table
+    are metadata groups, not architectures). (transformers 5.20-5.24:
+    modeling_gguf_pytorch_utils.GGUF_SUPPORTED_ARCHITECTURES)"""
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    except ImportError:
+        raise _changed("GGUF architectures", "transformers", ">=5.20,<5.25",
+                       "modeling_gguf_pytorch_utils.GGUF_SUPPORTED_ARCHITECTURES") from None
+    return [arch for arch in GGUF_SUPPORTED_ARCHITECTURES if arch not in ("general", "tokenizer")]
+
+
+def gguf_dequantizable_types() -> set[str]:
+    """GGML tensor types gguf-py can dequantize (besides F32/F16), which is what transformers' loader calls.
+    (gguf 0.17-0.19: gguf.quants._type_traits, keyed by GGMLQuantizationType)"""
+    import gguf.quants
+
+    traits = getattr(gguf.quants, "_type_traits", None)
+    if not isinstance(traits, dict) or not traits:
+        raise _changed("GGUF dequantizable types", "gguf", ">=0.17,<0.20", "gguf.quants._type_traits")
+    return {kind.name for kind in traits}
+
+
+def drop_gguf_quantizer(model) -> None:
+    """Make a model loaded from GGUF an ordinary one, so it can be saved, trained and merged.
+
+    transformers 5.24 attaches a `GgufHfQuantizer` to every GGUF-loaded model, even when every weight was
+    dequantized into a plain nn.Linear (the legacy path, or `GgufConfig(dequantize=True)`), and its
+    `is_serializable()` is always False: `save_pretrained` then raises "The model is quantized with gguf and is not
+    serializable". `remove_quantization_config` detaches it (quantizer, config.quantization_config, is_quantized).
+    transformers 5.20-5.23 attach none. (transformers 5.24: HfQuantizer.remove_quantization_config(model))
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    if type(quantizer).__name__ != "GgufHfQuantizer" or not hasattr(quantizer, "remove_quantization_config"):
+        raise _changed("GGUF import", "transformers", ">=5.20,<5.25",
+                       f"a removable GGUF quantizer on GGUF-loaded models (found {type(quantizer).__name__})")
+    quantizer.remove_quantization_config(model)
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
+        raise _changed("GGUF import", "transformers", ">=5.20,<5.25", "HfQuantizer.remove_quantization_config")
+
+
 def check_hooks() -> list[str]:
     """Exercise every hook that can be checked without a model; returns their names (the compat test calls it)."""
     from trl import DPOTrainer
@@ -232,4 +280,7 @@ def check_hooks() -> list[str]:
     check_trainer_hooks(DPOTrainer)
     fused_output_class()
     preference_collator_class()
-    return ["check_trainer_hooks", "fused_output_class", "preference_collator_class"]
+    gguf_loadable_architectures()
+    gguf_dequantizable_types()
+    return ["check_trainer_hooks", "fused_output_class", "preference_collator_class", "gguf_loadable_architectures",
+            "gguf_dequantizable_types"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import ModelError
+from lorakit.gguf_source import import_gguf, is_gguf_file, source_record
 from lorakit.tiny import BUILTIN_PREFIX, resolve_builtin
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -21,12 +22,21 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|pad|>", "<pad>", "[PAD]", "<|e
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a base model lives: a local folder (checked) or a hub id (checked when it is fetched)."""
+    """Where a base model lives: a local folder (checked), a hub id (checked when it is fetched), or the cached
+    folder a GGUF file was unpacked into (`gguf` then says which file, its hash, and that it was dequantized)."""
 
     name: str  # what the user wrote
     location: str  # local folder path or hub id
     is_local: bool
     revision: str | None = None
+    gguf: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        """How a run's manifest names its base, so merge, eval and quantize can find it (or rebuild it) later."""
+        record: dict[str, Any] = {"name": self.name, "location": self.location, "revision": self.revision}
+        if self.gguf:
+            record["gguf"] = self.gguf
+        return record
 
 
 def resolve_model_source(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelSource:
@@ -35,6 +45,8 @@ def resolve_model_source(name_or_path: str, revision: str | None = None, trust_r
     if name_or_path.startswith(BUILTIN_PREFIX):
         return ModelSource(name_or_path, str(resolve_builtin(name_or_path)), True)
     path = Path(name_or_path).expanduser()
+    if path.is_file() and (path.suffix.lower() == ".gguf" or is_gguf_file(path)):
+        return gguf_model_source(name_or_path, path)
     if path.exists():
         check_model_folder(path, trust_remote_code)
         return ModelSource(name_or_path, str(path.resolve()), True)
@@ -43,9 +55,18 @@ def resolve_model_source(name_or_path: str, revision: str | None = None, trust_r
     return ModelSource(name_or_path, name_or_path, False, revision)
 
 
+def gguf_model_source(name: str, path: Path) -> ModelSource:
+    if not is_gguf_file(path):
+        raise ModelError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
+                         hint="re-download it, or point --model at a model folder")
+    folder, _ = import_gguf(path)
+    return ModelSource(name, str(folder), True, gguf=source_record(folder))
+
+
 def check_model_folder(path: Path, trust_remote_code: bool) -> None:
     if not path.is_dir():
-        raise ModelError(f"{path} is not a model folder", hint="point --model at a folder with config.json")
+        raise ModelError(f"{path} is not a model folder or a GGUF file",
+                         hint="point --model at a folder with config.json, or at a .gguf file")
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelError(f"{path} has no config.json", hint="a model folder needs config.json and *.safetensors")

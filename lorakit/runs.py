@@ -621,6 +621,8 @@ def base_source_of(run: Run, override: str | None = None) -> "ModelSource":
     if override:
         return resolve_model_source(override, None, trust)
     base = run.manifest["base_model"]
+    if base.get("gguf"):
+        return gguf_base_source(run, base)
     if Path(base["location"]).is_dir():
         check_model_folder(Path(base["location"]), trust)
         return ModelSource(base["name"], base["location"], True, base.get("revision"))
@@ -629,3 +631,26 @@ def base_source_of(run: Run, override: str | None = None) -> "ModelSource":
         return resolve_model_source(name, base.get("revision"), trust)
     raise ModelError(f"the base model of {run.path} ({base['location']}) is gone",
                      hint="pass --model with the base model's folder or hub id")
+
+
+def gguf_base_source(run: Run, base: dict[str, Any]) -> "ModelSource":
+    """A base unpacked from a GGUF file: its cached folder, or the same file unpacked again (checked by its hash)."""
+    from lorakit.gguf_source import read_import_manifest
+    from lorakit.model import ModelSource, resolve_model_source
+
+    record = base["gguf"]
+    cached = read_import_manifest(base["location"])
+    if cached is not None and cached.get("sha256") == record.get("sha256"):
+        return ModelSource(base["name"], base["location"], True, gguf=record)
+    for candidate in dict.fromkeys((record.get("path"), base["name"])):
+        if candidate and Path(candidate).expanduser().is_file():
+            source = resolve_model_source(str(candidate))
+            if source.gguf and source.gguf.get("sha256") == record.get("sha256"):
+                return ModelSource(base["name"], source.location, True, gguf=source.gguf)
+            raise ModelError(f"the base of {run.path} was unpacked from {candidate}, which has changed since "
+                             f"(SHA-256 {str(source.gguf and source.gguf.get('sha256'))[:12]}, trained on "
+                             f"{str(record.get('sha256'))[:12]})",
+                             hint="put the original GGUF file back, or pass --model with it")
+    raise ModelError(f"the base of {run.path} was unpacked from {record.get('path')}, and neither that file nor "
+                     f"its unpacked copy ({base['location']}) is there any more",
+                     hint="pass --model with the same GGUF file (checked by its SHA-256)")

@@ -4,10 +4,11 @@ The hub is never used: `pip download` fetches the sdist of llama-cpp-python from
 `vendor/llama.cpp/models/` is extracted (ggml-vocab-*.gguf with their .inp/.out vectors, about 90 MB, and
 templates/*.jinja), into a cache outside the repository:
 
-    make real-assets                        # or: python -m tests.llama_cpp_assets
+    make real-artifacts                     # or: python -m tests.llama_cpp_assets (these parts only)
 
 Tests that need them skip, printing that command, when they are absent. LORAKIT_LLAMA_CPP_MODELS may point at an
-existing `models/` folder (e.g. a llama.cpp checkout) instead. Converting a GGUF vocabulary to a transformers
+existing `models/` folder (e.g. a llama.cpp checkout) instead. The cache is tests/real/artifacts.py's (one copy of
+the sdist's parts for the template tests and tests/real/; LORAKIT_TEST_ARTIFACTS moves both). Converting a GGUF vocabulary to a transformers
 tokenizer takes up to ~30 s for the 128k-150k vocabularies on 2 cores, so each is converted once and kept beside
 the assets.
 """
@@ -25,12 +26,13 @@ from pathlib import Path
 
 VERSION = "0.3.36"
 MEMBER = "vendor/llama.cpp/models/"
-FETCH = "make real-assets   (python -m tests.llama_cpp_assets: pip downloads the llama-cpp-python sdist, ~77 MB)"
+FETCH = "make real-artifacts   (python -m tests.llama_cpp_assets: pip downloads the llama-cpp-python sdist, ~77 MB)"
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lorakit" / f"llama-cpp-python-{VERSION}"
+    from tests.real import artifacts
+
+    return artifacts.sdist_root()
 
 
 def models_dir() -> Path | None:
@@ -46,7 +48,11 @@ def models_dir() -> Path | None:
 
 def fetch(root: Path | None = None) -> Path:
     """pip download the sdist and extract models/ (vocabularies and templates) under `root`."""
-    root = root or cache_root()
+    if root is None:
+        from tests.real import artifacts
+
+        artifacts.fetch_sdist_parts()
+        return artifacts.sdist_root() / "models"
     target = root / "models"
     if (target / "ggml-vocab-llama-bpe.gguf").is_file():
         return target

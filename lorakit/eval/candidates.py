@@ -56,8 +56,11 @@ def describe(path: Path) -> Candidate:
 
 def load_candidate(candidate: Candidate, base_location: str | None):
     """(model, tokenizer) for one candidate, on the best device, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import tempfile
 
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.gguf_source import import_tokenizer
     from lorakit.infer import load_for_inference
     from lorakit.model import resolve_device, resolve_model_source, load_base_model
 
@@ -69,7 +72,16 @@ def load_candidate(candidate: Candidate, base_location: str | None):
     if candidate.kind == "gguf":
         folder, name = candidate.path.parent, candidate.path.name
         model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
+        source = Path(candidate.parent) if candidate.parent else None
+        if source is not None and (source / "tokenizer_config.json").is_file():
+            # a lorakit export: score it with the tokenizer it was trained and merged with, so the comparison with
+            # its source measures the weights. The file's add_bos flag is written for llama.cpp's chat path (no BOS
+            # a ChatML run never saw) and would otherwise drop the BOS plain-text benchmarks put in front.
+            from transformers import AutoTokenizer
+
+            return model.eval(), AutoTokenizer.from_pretrained(str(source))
+        with tempfile.TemporaryDirectory() as unpacked:  # a foreign GGUF: its tokenizer as llama.cpp cuts text
+            tokenizer, _ = import_tokenizer(candidate.path, Path(unpacked))
         return model.eval(), tokenizer
     return load_for_inference(candidate.path)
 

@@ -2,31 +2,26 @@
 
 Conventions follow llama.cpp's converter: tensor names from gguf's name map, 1-D tensors in F32, llama-arch q/k
 weights permuted back to llama.cpp's rotary layout (Qwen2/3 keep HF's), Gemma norms stored as 1 + w, tied
-embeddings without an output tensor, added special tokens typed CONTROL (or llama.cpp splits <|im_start|> into
-text), the BPE pre-tokenizer named, the chat template and the end-of-turn id in the metadata.
+embeddings without an output tensor. The tokenizer part (lorakit/export/gguf_vocab.py) types added special tokens
+CONTROL (or llama.cpp splits <|im_start|> into text), names the BPE pre-tokenizer, gives SentencePiece vocabularies
+their scores, and writes the chat template, the end-of-turn id and the BOS flag training used.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from lorakit.errors import ModelError, ResourceError
+from lorakit.export.gguf_vocab import add_vocab, llama_cpp_name
 
 PYTHON_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 K_TYPES = ("q4_k_m", "q5_k_m", "q6_k")
 ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3", "gemma2": "GEMMA2",
          "phi3": "PHI3"}
 PERMUTED = {"llama", "mistral"}  # llama.cpp applies rotary in GPT-J layout for these; HF stores NeoX halves
-# Regexes of the byte-level BPE pre-tokenizers llama.cpp knows, as they appear in tokenizer.json
-PRE_TOKENIZERS = [
-    ("llama-bpe", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"),
-    ("qwen2", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"),
-]
-
-
 @dataclass
 class GGUFResult:
     path: Path
@@ -36,6 +31,7 @@ class GGUFResult:
     fallbacks: list[str]
     sources: dict[str, tuple[Path, str]]  # GGUF tensor name -> (safetensors file, HF name)
     config: dict[str, Any]
+    vocab: dict[str, Any] = field(default_factory=dict)  # what the tokenizer part says (gguf_vocab.add_vocab)
 
 
 def check_type(qtype: str) -> None:
@@ -88,77 +84,15 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def pre_tokenizer_name(tokenizer_json: dict[str, Any], model_type: str) -> str:
-    text = json.dumps(tokenizer_json.get("pre_tokenizer") or {})
-    for name, pattern in PRE_TOKENIZERS:
-        if json.dumps(pattern)[1:-1] in text:
-            return name
-    if model_type in ("qwen2", "qwen3"):
-        return "qwen2"
-    if '"ByteLevel"' in text and '"Split"' not in text:
-        return "gpt-2"
-    raise ModelError("the tokenizer's pre-tokenizer is not one llama.cpp knows by name (llama-bpe, qwen2, gpt-2)",
-                     hint="export a model whose tokenizer is one of those, or use --format bnb-4bit")
-
-
-def add_vocab(writer, folder: Path, config: dict[str, Any], tokenizer) -> None:
+def add_hparams(writer, config: dict[str, Any], qtype: str, name: str, parameters: int) -> None:
     import gguf
 
-    from lorakit.chat_template import end_of_turn_token
-
-    vocab_size = config["vocab_size"]
-    tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
-    model = tokenizer_json.get("model", {})
-    spm = model.get("type") == "BPE" and model.get("byte_fallback")
-    if spm:
-        vocab = gguf.LlamaHfVocab(folder)
-        tokens, scores, types = [], [], []
-        for text, score, kind in vocab.all_tokens():
-            tokens.append(text)
-            scores.append(score)
-            types.append(kind)
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-    else:
-        if model.get("type") != "BPE":
-            raise ModelError(f"{folder}/tokenizer.json: {model.get('type')} tokenizers have no GGUF mapping here",
-                             hint="byte-level BPE and SentencePiece-style BPE are supported")
-        special = {t["id"] for t in tokenizer_json.get("added_tokens", []) if t.get("special")}
-        added = {t["id"] for t in tokenizer_json.get("added_tokens", [])}
-        id_to_token = {i: t for t, i in tokenizer.get_vocab().items()}
-        tokens, types, scores = [], [], None
-        for i in range(vocab_size):
-            if i not in id_to_token:
-                tokens.append(f"[PAD{i}]")
-                types.append(gguf.TokenType.UNUSED)
-            else:
-                tokens.append(id_to_token[i])
-                types.append(gguf.TokenType.CONTROL if i in special else
-                             gguf.TokenType.USER_DEFINED if i in added else gguf.TokenType.NORMAL)
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre_tokenizer_name(tokenizer_json, config["model_type"]))
-    # llama.cpp needs exactly vocab_size entries
-    while len(tokens) < vocab_size:
-        tokens.append(f"[PAD{len(tokens)}]")
-        types.append(gguf.TokenType.UNUSED)
-        if scores is not None:
-            scores.append(-1000.0)
-    writer.add_token_list(tokens[:vocab_size])
-    writer.add_token_types(types[:vocab_size])
-    if scores is not None:
-        writer.add_token_scores(scores[:vocab_size])
-    special_vocab = gguf.SpecialVocab(folder, load_merges=not spm, n_vocab=vocab_size)
-    special_vocab.add_to_gguf(writer, quiet=True)
-    eot = end_of_turn_token(tokenizer) if tokenizer.chat_template else None
-    if eot is not None:
-        writer.add_eot_token_id(eot[0])
-
-
-def add_hparams(writer, config: dict[str, Any], qtype: str, name: str) -> None:
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // heads
+    writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
+    writer.add_size_label(gguf.size_label(parameters, 0, 0, 0))
     writer.add_context_length(config.get("max_position_embeddings", 2048))
     writer.add_embedding_length(hidden)
     writer.add_block_count(config["num_hidden_layers"])
@@ -169,9 +103,8 @@ def add_hparams(writer, config: dict[str, Any], qtype: str, name: str) -> None:
     writer.add_rope_freq_base(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta",
                                                                                                     10000.0))
     writer.add_rope_dimension_count(int(head_dim * config.get("partial_rotary_factor", 1.0)))
-    if head_dim != hidden // heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+    writer.add_key_length(head_dim)  # llama.cpp derives it from hidden/heads when absent; written as its converter does
+    writer.add_value_length(head_dim)
     writer.add_vocab_size(config["vocab_size"])
     if config["model_type"] == "gemma2":
         writer.add_attn_logit_softcapping(config.get("attn_logit_softcapping") or 50.0)
@@ -205,29 +138,30 @@ def write_gguf(folder: Path, target: Path, qtype: str, tokenizer, progress: Call
     arch = getattr(gguf.MODEL_ARCH, ARCHS[config["model_type"]])
     name_map = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
     ggml_type = _ggml_type(qtype)
-    writer = gguf.GGUFWriter(target, gguf.MODEL_ARCH_NAMES[arch])
-    add_hparams(writer, config, qtype, folder.name)
-    add_vocab(writer, folder, config, tokenizer)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelError(f"{folder}: no .safetensors weights", hint="give a merged model folder or a run folder")
-    names = []
+    tied = config.get("tie_word_embeddings", False)
+    names, parameters = [], 0
     for file in files:
         with safe_open(file, framework="pt") as handle:
-            names += [(file, key) for key in handle.keys()]
-    tied = config.get("tie_word_embeddings", False)
+            for key in handle.keys():
+                if (tied and key == "lm_head.weight") or "rotary_emb" in key:
+                    continue  # tied: llama.cpp reuses token_embd; rotary tables are recomputed
+                names.append((file, key))
+                parameters += int(np.prod(handle.get_slice(key).get_shape()))
+    writer = gguf.GGUFWriter(target, gguf.MODEL_ARCH_NAMES[arch])
+    name = llama_cpp_name(folder.name, json.loads((folder / "tokenizer.json").read_text()))
+    add_hparams(writer, config, qtype, name, parameters)
+    vocab = add_vocab(writer, folder, config, tokenizer)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
     fallbacks = []
     sources: dict[str, tuple[Path, str]] = {}
     total = 0
     for index, (file, key) in enumerate(names):
-        if tied and key == "lm_head.weight":
-            continue
         gguf_name = name_map.get_name(key, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            if "rotary_emb" in key:
-                continue
             raise ModelError(f"{folder}: tensor {key} has no GGUF name for {config['model_type']}",
                              hint="the model has layers lorakit's GGUF mapping does not know")
         with safe_open(file, framework="pt") as handle:
@@ -249,7 +183,7 @@ def write_gguf(folder: Path, target: Path, qtype: str, tokenizer, progress: Call
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return GGUFResult(target, qtype, len(sources), total, fallbacks, sources, config)
+    return GGUFResult(target, qtype, len(sources), total, fallbacks, sources, config, vocab)
 
 
 def k_quantize(f16_path: Path, target: Path, qtype: str) -> None:

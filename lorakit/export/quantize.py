@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,9 +249,10 @@ def _write_gguf(source: Path, staging: Path, name: str, qtype: str, tokenizer):
 
 
 def _verify(staging: Path, fmt: str, gguf_name: str | None, samples, source_logits, tokenizer, result) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from lorakit.compat import INT8_CAST_LOGGER
+    from lorakit.gguf_source import import_tokenizer
     from lorakit.export.verify import compare_models, llama_cpp_agreement, tensor_errors, tokenization_matches
     from lorakit.model import keep_4bit_layout_on_cpu
     from lorakit.logit_gap import logits_for
@@ -270,7 +272,9 @@ def _verify(staging: Path, fmt: str, gguf_name: str | None, samples, source_logi
     del exported
     if fmt == "gguf":
         figures.update(tensor_errors(result))
-        gguf_tokenizer = AutoTokenizer.from_pretrained(str(staging), gguf_file=gguf_name)
+        # read back as lorakit unpacks a GGUF: transformers' rebuild, edited where it cuts text unlike llama.cpp
+        with tempfile.TemporaryDirectory() as unpacked:
+            gguf_tokenizer, _ = import_tokenizer(staging / gguf_name, Path(unpacked))
         texts = [tokenizer.decode(ids) for ids in samples]
         figures["tokenization"] = tokenization_matches(tokenizer, gguf_tokenizer, texts)
         cpp = llama_cpp_agreement(staging / gguf_name, samples, source_logits)

@@ -61,6 +61,9 @@ def card_text(recipe, manifest: dict[str, Any], path: Path, eos: list[int]) -> s
         f"| data | {manifest['dataset']['source']} ({manifest['dataset'].get('format')}, "
         f"{manifest['dataset'].get('rows')} rows, {manifest['dataset']['fingerprint']}) |",
     ]
+    gguf = manifest["base_model"].get("gguf")
+    if gguf:
+        lines.append(f"| base weights | {gguf['note']} (SHA-256 {gguf['sha256'][:12]}) |")
     if manifest.get("parent"):
         lines.append(f"| parent run | {manifest['parent']['path']} |")
     for key in ("steps", "first_loss", "final_loss", "final_eval_loss", "train_seconds"):

@@ -283,7 +283,7 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
         "status": "running",
         "started_at": started,
         "versions": package_versions(),
-        "base_model": {"name": source.name, "location": source.location, "revision": source.revision},
+        "base_model": source.record(),
         "method": recipe.method,
         "device": setup.device,
         "precision": setup.precision,

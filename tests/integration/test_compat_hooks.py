@@ -1,4 +1,5 @@
-"""The hooks that need a real model: TRL's 'ref' adapter naming and bitsandbytes' CPU kernel switch (no training)."""
+"""The hooks that need a real model: TRL's 'ref' adapter naming, bitsandbytes' CPU kernel switch and the quantizer
+transformers attaches to GGUF-loaded models (no training)."""
 
 import pytest
 import torch
@@ -34,3 +35,24 @@ def test_the_4bit_cpu_kernel_switch_exists_on_real_bitsandbytes_layers():
     model = torch.nn.Sequential(layer)
     compat.keep_4bit_training_kernel(model)
     assert layer.support_avx512bf16_for_cpu is False
+
+
+def test_a_gguf_loaded_model_saves_only_once_its_gguf_quantizer_is_dropped(tiny_llama, tmp_path):
+    from importlib.metadata import version
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorakit.export.gguf_export import write_gguf
+
+    write_gguf(tiny_llama, tmp_path / "tiny.gguf", "f16", AutoTokenizer.from_pretrained(tiny_llama))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="tiny.gguf")
+    if getattr(model, "hf_quantizer", None) is not None:  # transformers 5.24 (5.20-5.23 attach none)
+        with pytest.raises(ValueError, match="not serializable"):
+            model.save_pretrained(tmp_path / "before")
+    else:
+        assert version("transformers") < "5.24"
+    compat.drop_gguf_quantizer(model)
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    assert getattr(reloaded.config, "quantization_config", None) is None
+    assert torch.equal(reloaded.model.embed_tokens.weight, model.model.embed_tokens.weight)

@@ -6,7 +6,9 @@ from lorakit import compat
 
 
 def test_every_hook_checkable_without_a_model_holds():
-    assert compat.check_hooks() == ["check_trainer_hooks", "fused_output_class", "preference_collator_class"]
+    assert compat.check_hooks() == ["check_trainer_hooks", "fused_output_class", "preference_collator_class",
+                                    "gguf_loadable_architectures", "gguf_dequantizable_types"]
+    assert "llama" in compat.gguf_loadable_architectures() and "Q4_K" in compat.gguf_dequantizable_types()
 
 
 def test_a_changed_trainer_method_fails_loudly_naming_the_hook():

@@ -84,5 +84,6 @@ def compare_logits(reference: list[Any], candidate: list[Any]) -> dict[str, floa
         kl_sum += (ref_logp.exp() * (ref_logp - cand_logp)).sum().item()
         agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
         positions += ref.shape[0]
-    return {"max_abs_logit_diff": max_delta, "mean_kl": kl_sum / max(positions, 1),
+    # KL is >= 0; float32 rounding of two near-equal distributions can give -1e-8, which reads as nonsense
+    return {"max_abs_logit_diff": max_delta, "mean_kl": max(kl_sum / max(positions, 1), 0.0),
             "top1_agreement": agree / max(positions, 1), "positions": positions}

@@ -14,20 +14,18 @@ def print_eval(report: dict) -> None:
     metrics = [m for m in ("loss", "perplexity", "reward_accuracy", "reward_margin", "logp_gap")
                if any(m in c for c in report["candidates"])]
     benchmark_metrics = sorted({k for c in report["candidates"] for k in c if "/" in k})
-    if metrics or not benchmark_metrics:
-        table = Table(title="eval", title_justify="left")
-        for column in ["candidate", "kind", *metrics]:
+    def candidate_table(title: str, columns: list[str]) -> Table:
+        table = Table(title=title, title_justify="left")
+        for column in ["candidate", "kind", *columns]:
             table.add_column(column)
         for c in report["candidates"]:
-            table.add_row(_short(c["name"]), c["kind"], *[format_value(c.get(m, "-")) for m in metrics])
-        out.print(table)
+            table.add_row(_short(c["name"]), c["kind"], *[format_value(c.get(m, "-")) for m in columns])
+        return table
+
+    if metrics or not benchmark_metrics:
+        out.print(candidate_table("eval", metrics))
     if benchmark_metrics:
-        bench = Table(title="benchmarks (lm-eval)", title_justify="left")
-        for column in ["candidate", "kind", *benchmark_metrics]:
-            bench.add_column(column)
-        for c in report["candidates"]:
-            bench.add_row(_short(c["name"]), c["kind"], *[format_value(c.get(m, "-")) for m in benchmark_metrics])
-        out.print(bench)
+        out.print(candidate_table("benchmarks (lm-eval)", benchmark_metrics))
     if report["regressions"]:
         reg = Table(title="each stage against its parent", title_justify="left")
         for column in ("stage", "parent", "metric", "change", "verdict"):

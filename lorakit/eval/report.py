@@ -303,15 +303,10 @@ def _e(value: Any) -> str:
 
 
 def fmt(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return "-" if value is None else str(value)
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        if abs(value) >= 1e4 or abs(value) < 1e-3:
-            return f"{value:.3e}"
-        return f"{value:.4f}"
-    return str(value)
+    """A value as the terminal tables show it (lorakit.console.format_value), '-' for a missing one."""
+    from lorakit.console import format_value
+
+    return "-" if value is None else format_value(value)
 
 
 def key_value_table(title: str, rows: dict[str, Any], css: str = "") -> str:

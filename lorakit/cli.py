@@ -678,13 +678,15 @@ def serve_info(
 
 @command(
     "export-base",
-    help="Write a built-in base model (builtin:tiny-llama) into a folder of your choice, so a server elsewhere can "
-    "load the adapters trained on it (the same files as lorakit's cached build).\n\n"
+    help="Write a base that exists only in lorakit's cache (a built-in model such as builtin:tiny-llama, or a GGUF "
+    "file unpacked for training) into a folder of your choice, so a server elsewhere can load the adapters trained "
+    "on it (the same files as the cached copy).\n\n"
     "Examples:\n\n  lorakit export-base builtin:tiny-llama bases/tiny-llama\n\n"
-    "  lorakit export-base out/tiny-pipeline/sft bases/tiny-llama      # the base of that run",
+    "  lorakit export-base out/tiny-pipeline/sft bases/tiny-llama      # the base of that run\n\n"
+    "  lorakit export-base out/smollm2-pipeline/sft bases/smollm2       # a run on a .gguf: its unpacked base",
 )
 def export_base(
-    source: Annotated[str, typer.Argument(help="builtin:NAME, or a run folder trained on one.")],
+    source: Annotated[str, typer.Argument(help="builtin:NAME, or a run folder trained on one or on a GGUF file.")],
     output_dir: Annotated[Path, typer.Argument(help="Folder to write.")],
     force: ForceOpt = False,
     json_out: JsonOpt = False,

@@ -1,8 +1,9 @@
-"""`lorakit export-base`: put a built-in base model (builtin:tiny-llama) in a folder of the user's choice.
+"""`lorakit export-base`: put a base that exists only in lorakit's cache in a folder of the user's choice.
 
 A run on a hub model or a local folder names that base in adapter_config.json, and any server loads it from there.
-A built-in base exists only as lorakit's build in its cache (LORAKIT_CACHE), which a server on another machine, or
-in another container, does not have: this command writes the same files anywhere, for `--base DIR`.
+A built-in base (builtin:tiny-llama) and a base unpacked from a GGUF file exist only in lorakit's cache
+(LORAKIT_CACHE), which a server on another machine, or in another container, does not have: this command writes
+the same files anywhere, for `--base DIR`.
 """
 
 from __future__ import annotations
@@ -15,34 +16,38 @@ from lorakit.runs import MANIFEST_FILE, RECIPE_FILE, atomic_dir, now, package_ve
 from lorakit.tiny import BUILTIN_PREFIX
 
 
-def builtin_of(source: str) -> str:
-    """`builtin:NAME` as given, or the built-in base of a run folder."""
+def cached_base_of(source: str) -> tuple[str, Path]:
+    """(name, cached folder) of `builtin:NAME` as given, or of the cache-only base of a run folder."""
+    from lorakit.tiny import resolve_builtin
+
     if source.startswith(BUILTIN_PREFIX):
-        return source
+        return source, resolve_builtin(source)
     path = Path(source)
     if (path / RECIPE_FILE).is_file():
-        name = read_run(path).manifest["base_model"]["name"]
-        if not name.startswith(BUILTIN_PREFIX):
-            raise RunError(f"the base of {path} is {name}, which a server loads as it is",
-                           hint=f"lorakit serve-info {path} prints the commands")
-        return name
+        run = read_run(path)
+        name = run.manifest["base_model"]["name"]
+        if name.startswith(BUILTIN_PREFIX):
+            return name, resolve_builtin(name)
+        if run.manifest["base_model"].get("gguf"):
+            from lorakit.runs import base_source_of
+
+            return name, Path(base_source_of(run).location)  # the unpacked folder (unpacked again if gone)
+        raise RunError(f"the base of {path} is {name}, which a server loads as it is",
+                       hint=f"lorakit serve-info {path} prints the commands")
     raise ConfigError(f"{source} is neither a built-in model (builtin:NAME) nor a run folder",
                       hint="e.g. lorakit export-base builtin:tiny-llama bases/tiny-llama")
 
 
 def export_base(source: str, target: str | Path, force: bool = False) -> tuple[str, Path]:
-    """Copy the built-in base (built on first use) into `target`; returns (name, target)."""
-    from lorakit.tiny import resolve_builtin
-
-    name = builtin_of(source)
-    built = resolve_builtin(name)
+    """Copy the cached base (built or unpacked on first use) into `target`; returns (name, target)."""
+    name, built = cached_base_of(source)
     target = Path(target)
     with atomic_dir(target, force=force, what="base folder", inputs=[built]) as staging:
-        for file in sorted(built.iterdir()):
-            if file.is_file():
-                shutil.copy2(file, staging / file.name)
+        files = sorted(f for f in built.iterdir() if f.is_file() and f.name != MANIFEST_FILE)
+        for file in files:
+            shutil.copy2(file, staging / file.name)
         write_json_atomic(staging / MANIFEST_FILE, {
             "stage": "base", "status": "complete", "created_at": now(), "name": name, "copied_from": str(built),
-            "files": sorted(f.name for f in built.iterdir() if f.is_file()), "versions": package_versions(),
+            "files": [f.name for f in files], "versions": package_versions(),
         })
     return name, target

@@ -5,6 +5,7 @@ converter, and run in llama.cpp when it is installed."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,22 @@ def test_the_base_is_the_release_unpacked_and_said_to_be_dequantized(pipeline, s
     unpacked = read_manifest(base["location"])
     assert unpacked["tokenizer_fixes"] == ["digits split one by one (smollm)"]
     assert read_manifest(pipeline / "merged")["base_model"]["gguf"]["sha256"] == base["gguf"]["sha256"]
+
+
+def test_export_base_writes_the_unpacked_base_where_a_server_can_load_it(pipeline, tmp_path):
+    """A GGUF-sourced run's base lives in lorakit's cache; export-base copies it, and serve-info --base uses it."""
+    from lorakit.export.serve_info import serve_info
+    from lorakit.runs import read_manifest
+    from tests.helpers import invoke
+
+    unpacked = Path(read_manifest(pipeline / "sft")["base_model"]["location"])
+    result = invoke("export-base", pipeline / "sft", tmp_path / "base")
+    assert result.exit_code == 0, result.output
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (tmp_path / "base" / name).read_bytes() == (unpacked / name).read_bytes(), name
+    assert read_manifest(tmp_path / "base")["stage"] == "base"
+    argv = serve_info([pipeline / "sft"], base=str(tmp_path / "base"))["vllm"]["argv"]
+    assert argv[argv.index("--model") + 1] == str((tmp_path / "base").resolve())
 
 
 def test_the_export_is_verified_and_names_the_tokenizer_as_the_release_did(pipeline, smollm2_gguf):

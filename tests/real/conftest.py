@@ -33,28 +33,26 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=f"a heavy real-artifact case: make test-real ({FULL}=1)"))
 
 
+def fetched(path: Path | None, what: str) -> Path:
+    """The artifact's path, or a skip that says how to fetch it."""
+    if path is None:
+        pytest.skip(f"{what} is not fetched: {artifacts.FETCH}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    folder = artifacts.models_dir()
-    if folder is None:
-        pytest.skip(f"llama.cpp's test vocabularies are not fetched: {artifacts.FETCH}")
-    return folder
+    return fetched(artifacts.models_dir(), "llama.cpp's test vocabularies")
 
 
 @pytest.fixture(scope="session")
 def converter_dir() -> Path:
-    folder = artifacts.converter_dir()
-    if folder is None:
-        pytest.skip(f"llama.cpp's convert_hf_to_gguf.py is not fetched: {artifacts.FETCH}")
-    return folder
+    return fetched(artifacts.converter_dir(), "llama.cpp's convert_hf_to_gguf.py")
 
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    path = artifacts.smollm2_gguf()
-    if path is None:
-        pytest.skip(f"SmolLM2's GGUF is not fetched: {artifacts.FETCH}")
-    return path
+    return fetched(artifacts.smollm2_gguf(), "SmolLM2's GGUF")
 
 
 def needs_llama_cpp():

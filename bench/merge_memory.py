@@ -23,7 +23,7 @@ CHILD = """
 import resource, sys
 sys.path.insert(0, {repo!r})
 import torch, transformers, peft, safetensors  # noqa
-from lorakit.merge import merge_run
+from lorakit.export.merge import merge_run
 import lorakit.cli  # noqa
 if {do_merge}:
     merge_run({adapter!r}, {out!r}, dtype="bfloat16", model={base!r}, max_shard_size="{shard}", verify={verify})

@@ -240,7 +240,7 @@ def lorakit_overrides(spec: dict) -> list[str]:
 
 def build_lorakit(spec: dict, stage: str):
     from lorakit.config import load_recipe
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
 
     overrides = lorakit_overrides(spec)
     if spec["side"] == "lorakit-sdpa":  # the ablation: transformers' block-diagonal mask over the packed rows

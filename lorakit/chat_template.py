@@ -74,7 +74,7 @@ def resolve_chat_template(tokenizer, override: str | None) -> str:
         if "{" not in override and path.suffix in (".jinja", ".j2", ".txt", ".jinja2"):
             if not path.is_file():
                 raise ConfigError(f"model.chat_template file {path} not found", hint="give a .jinja file or inline Jinja")
-            from lorakit.safe_io import read_text
+            from lorakit.io import read_text
 
             template = read_text(path, ConfigError, hint="save the template as UTF-8 text")
         elif override == "chatml":

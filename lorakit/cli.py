@@ -525,7 +525,7 @@ def merge(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    from lorakit.merge import merge_run
+    from lorakit.export.merge import merge_run
 
     result = merge_run(source, output_dir, dtype, base, max_shard_size, force, model, not no_verify)
     summary = {"output": str(result.path), "mode": result.mode, "dtype": result.dtype, **(result.gap or {})}
@@ -620,7 +620,7 @@ def quantize(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# report (lorakit.eval.report)
+# report (lorakit.report)
 
 
 @command(
@@ -637,7 +637,7 @@ def report(
                                                    "report.html in the folders' common parent).")] = None,
 ) -> None:
     from lorakit.console import info, out
-    from lorakit.eval.report import write_comparison_report
+    from lorakit.report import write_comparison_report
 
     target, skipped = write_comparison_report(paths, output)
     for item in skipped:

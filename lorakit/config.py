@@ -299,6 +299,12 @@ def shard_size_bytes(text: str) -> int | None:
     return int(float(match.group(1)) * 1000 ** ("KMGT".index(match.group(2)[0].upper()) + 1))
 
 
+# GGUF types lorakit writes: in Python (gguf-py), and the k-quants through llama.cpp's quantizer (lorakit[llama-cpp]).
+# lorakit.export.gguf_export writes them; they live here, in the recipe vocabulary, so the schema needs no exporter.
+PYTHON_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+K_TYPES = ("q4_k_m", "q5_k_m", "q6_k")
+
+
 class QuantizeSection(Section):
     format: Literal["gguf", "bnb-4bit", "bnb-8bit"] = "gguf"
     type: str = Field("q8_0", description="GGUF type: f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k.")
@@ -307,8 +313,6 @@ class QuantizeSection(Section):
     @field_validator("type")
     @classmethod
     def _a_gguf_type(cls, value):
-        from lorakit.export.gguf_export import K_TYPES, PYTHON_TYPES
-
         if value.lower() not in PYTHON_TYPES + K_TYPES:
             raise ValueError(f"is not a GGUF type: one of {', '.join(PYTHON_TYPES + K_TYPES)}")
         return value
@@ -395,7 +399,7 @@ def find_recipe(path: str | Path) -> Path:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    from lorakit.safe_io import read_text
+    from lorakit.io import read_text
 
     path = find_recipe(path)
     data = parse_yaml(read_text(path, ConfigError), path)
@@ -409,7 +413,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def parse_yaml(text: str, where: str | Path) -> Any:
     """yaml.safe_load with every failure one ConfigError naming `where`: syntax (with its line), nesting too deep
     for the parser or a later walk, integers too long to convert."""
-    from lorakit.safe_io import MAX_DEPTH, too_deep
+    from lorakit.io import MAX_DEPTH, too_deep
 
     try:
         data = yaml.safe_load(text)
@@ -594,7 +598,7 @@ INHERITED = ("method", "model", "lora", "qlora")
 
 
 def inherit_from_parent(recipe: DPORecipe, parent) -> DPORecipe:
-    """Take model, method, LoRA and quantization from the SFT run (`parent`: a `lorakit.runs.Run`, or anything with
+    """Take model, method, LoRA and quantization from the SFT run (`parent`: a `lorakit.outputs.Run`, or anything with
     its validated `.recipe` and `.path`); refuse a DPO recipe that says otherwise."""
     mine, theirs = recipe_to_dict(recipe), recipe_to_dict(parent.recipe)
     conflicts = [section for section in INHERITED

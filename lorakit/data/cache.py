@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from lorakit.runs import atomic_dir
+from lorakit.io import atomic_dir
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lorakit.compat import dataset_fingerprint
 from lorakit.errors import DataError
-from lorakit.safe_io import decode, json_type, parse_json, read_text, require_file
+from lorakit.io import decode, json_type, parse_json, read_text, require_file
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

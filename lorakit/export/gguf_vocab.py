@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lorakit.chat_template import PROBE, end_of_turn_token
 from lorakit.errors import ModelError
 
 # Pre-tokenizer regexes llama.cpp knows by name, as they appear in tokenizer.json (a distinctive part of each)
@@ -167,8 +168,6 @@ def adds_bos(tokenizer) -> bool:
     if not default or default[0] != bos:
         return False
     if tokenizer.chat_template:
-        from lorakit.chat_template import PROBE
-
         text = tokenizer.apply_chat_template(PROBE, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return bool(ids) and ids[0] == bos
@@ -178,8 +177,6 @@ def adds_bos(tokenizer) -> bool:
 def add_vocab(writer, folder: Path, config: dict[str, Any], tokenizer) -> dict[str, Any]:
     """Write the tokenizer metadata; returns what was decided (for the export manifest and tests)."""
     import gguf
-
-    from lorakit.chat_template import end_of_turn_token
 
     vocab_size = config["vocab_size"]
     tokenizer_json = json.loads((folder / "tokenizer.json").read_text())

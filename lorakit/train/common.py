@@ -19,8 +19,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lorakit.console import err, warn
 from lorakit.errors import LorakitError, RunInterrupted
-from lorakit.runs import CHECKPOINTS_DIR as CHECKPOINTS
-from lorakit.runs import RunFolder
+from lorakit.outputs import RunFolder
+from lorakit.outputs.layout import CHECKPOINTS_DIR as CHECKPOINTS
 
 BNB_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
 
@@ -233,12 +233,12 @@ class InterruptFlag:
 
 class MarkCheckpoints(TrainerCallback):
     """Mark each checkpoint complete once the Trainer has saved all of it (on_save comes after the last file), so a
-    process killed mid-save leaves a checkpoint `--resume` knows to skip (lorakit.integrity.COMPLETE_MARK)."""
+    process killed mid-save leaves a checkpoint `--resume` knows to skip (lorakit.outputs.layout.COMPLETE_MARK)."""
 
     def on_save(self, args, state, control, **kwargs):
         from pathlib import Path
 
-        from lorakit.integrity import mark_checkpoint_complete
+        from lorakit.outputs.integrity import mark_checkpoint_complete
 
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and checkpoint.is_dir():
@@ -334,8 +334,8 @@ def execute(trainer, run: RunFolder, label: str, show_keys: tuple[str, ...], res
             if checkpoint is None or first_step.reached or isinstance(exc, LorakitError):
                 raise
             # The Trainer loads the checkpoint (weights, optimizer, scheduler, state) before its first step; whatever
-            # it trips over there is the checkpoint's content, which lorakit.integrity cannot fully check.
-            from lorakit.integrity import Damaged
+            # it trips over there is the checkpoint's content, which lorakit.outputs.integrity cannot fully check.
+            from lorakit.outputs import Damaged
 
             reason = (str(exc).strip().splitlines() or [""])[0][:200]
             raise Damaged(run.owner, f"{run.staging.name}/{CHECKPOINTS}/{checkpoint.name}",

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from lorakit.config import DPORecipe
 from lorakit.console import err, info
-from lorakit.runs import RunFolder
+from lorakit.outputs import RunFolder
 from lorakit.train.lifecycle import RunResult, Stage, TrainerSetup, build_setup, train_adapter
 
 SHOW_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")

@@ -116,15 +116,19 @@ def run_training(stage: str, recipe, force: bool = False, resume: bool = False, 
                  callbacks: Sequence = (), debug: bool = False):
     """Train `recipe` (an SFT or DPO recipe) in this process, or on `recipe.distributed.num_processes` processes
     under accelerate. Extra TrainerCallbacks apply in-process only (they cannot cross into other processes)."""
-    if needs_launch(recipe):
-        return launch_training(stage, recipe, force, resume, resume_hint, debug)
-    if stage == "sft":
-        from lorakit.train.sft import run_sft
+    from lorakit.outputs import hold_output
 
-        return run_sft(recipe, force=force, resume=resume, resume_hint=resume_hint, callbacks=callbacks)
-    from lorakit.train.dpo import run_dpo
+    # one writer per run folder, for the whole command: the processes a launch starts inherit the lock
+    with hold_output(recipe.output_dir, f"lorakit {stage}"):
+        if needs_launch(recipe):
+            return launch_training(stage, recipe, force, resume, resume_hint, debug)
+        if stage == "sft":
+            from lorakit.train.sft import run_sft
 
-    return run_dpo(recipe, force=force, resume=resume, resume_hint=resume_hint, callbacks=callbacks)
+            return run_sft(recipe, force=force, resume=resume, resume_hint=resume_hint, callbacks=callbacks)
+        from lorakit.train.dpo import run_dpo
+
+        return run_dpo(recipe, force=force, resume=resume, resume_hint=resume_hint, callbacks=callbacks)
 
 
 def local_devices() -> tuple[str, int]:
@@ -191,7 +195,7 @@ def launch_training(stage: str, recipe, force: bool, resume: bool, resume_hint: 
     import yaml
 
     from lorakit.console import info
-    from lorakit.runs import read_manifest
+    from lorakit.outputs import read_run
     from lorakit.train.lifecycle import RunResult
     from lorakit.train.strategies import plan_from_recipe
 
@@ -212,7 +216,7 @@ def launch_training(stage: str, recipe, force: bool, resume: bool, resume_hint: 
     with forwarded_signals(process):
         code = process.wait()
     if code == 0:
-        summary = read_manifest(recipe.output_dir).get("summary", {})
+        summary = dict(read_run(recipe.output_dir).manifest.summary or {})
         shutil.rmtree(folder, ignore_errors=True)
         return RunResult(Path(recipe.output_dir), summary)
     failure, keep = explain_failure(folder, code, recipe, plan, resume_hint)
@@ -254,7 +258,7 @@ def explain_failure(folder: Path, code: int, recipe, plan, resume_hint: str) -> 
     """The one error that explains why the training processes stopped, and whether the launch folder's logs are
     worth keeping (they are for crashes, not for refused input)."""
     from lorakit import compat
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
 
     records = read_failures(folder)
     log = (folder / LAUNCHER_LOG).read_text(errors="replace") if (folder / LAUNCHER_LOG).exists() else ""

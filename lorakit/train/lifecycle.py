@@ -20,8 +20,11 @@ from typing import Any, Callable, Sequence
 from lorakit.config import recipe_to_dict
 from lorakit.console import err, info
 from lorakit.errors import ConfigError, RunError
-from lorakit.eval.report import write_run_report_safely
-from lorakit.runs import ADAPTER_FILES, Run, RunFolder, base_source_of, now, package_versions, read_run
+from lorakit.model import base_source_of
+from lorakit.outputs import Run, RunFolder, now, package_versions, read_run
+from lorakit.outputs.manifest import ParentRecord, training_manifest
+from lorakit.outputs.layout import ADAPTER_FILES
+from lorakit.report import write_run_report_safely
 from lorakit.train.common import check_report_to, execute, summarize_losses
 from lorakit.train.finish import write_adapter_run
 
@@ -76,7 +79,7 @@ def with_parent(recipe) -> tuple[Any, Run | None]:
     from_run = getattr(recipe, "from_run", None)
     if not from_run:
         return recipe, None
-    from lorakit.integrity import check_adapter
+    from lorakit.outputs.integrity import check_adapter
 
     parent = read_run(from_run, expect_stage=("sft",))
     if not parent.has_adapter:
@@ -222,7 +225,8 @@ def check_resumable(run: RunFolder, recipe, processes: int = 1) -> None:
             f"cannot resume {run.path}: the recipe's {', '.join(changed)} section(s) differ from the interrupted run",
             hint="resume with the same recipe, or pass --force to start over",
         )
-    before = (run.read_staged_manifest().get("distributed") or {}).get("processes") or 1
+    staged_manifest = run.read_staged_manifest()
+    before = staged_manifest.processes if staged_manifest is not None else 1
     if before != processes:
         raise RunError(f"cannot resume {run.path}: it trained with {before} process(es), this run has {processes}",
                        hint=f"resume with --num-processes {before}, or pass --force to start over")
@@ -248,12 +252,8 @@ def serving_warnings(recipe) -> list[str]:
     return [line]
 
 
-def parent_record(parent: Run | None) -> dict[str, Any] | None:
-    if parent is None:
-        return None
-    return {"path": str(Path(parent.path).resolve()), "stage": parent.stage,
-            "finished_at": parent.manifest.get("finished_at"),
-            "dataset": parent.manifest.get("dataset", {}).get("fingerprint")}
+def parent_record(parent: Run | None) -> ParentRecord | None:
+    return parent.parent_record() if parent is not None else None
 
 
 def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = False, resume_hint: str = "",
@@ -276,27 +276,28 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     if me.is_main:
         run.begin()
     distributed.barrier()  # the staging folder exists before any process saves a checkpoint into it
-    started = run.read_staged_manifest().get("started_at") or now()
+    staged = run.read_staged_manifest()
+    started = (staged.started_at if staged is not None else None) or now()
     data, source = setup.data, setup.source
-    manifest = {
-        "stage": stage.name,
-        "status": "running",
-        "started_at": started,
-        "versions": package_versions(),
-        "base_model": source.record(),
-        "method": recipe.method,
-        "device": setup.device,
-        "precision": setup.precision,
-        "optimizer": str(getattr(setup.trainer.args.optim, "value", setup.trainer.args.optim)),
-        "speed": setup.speed.to_manifest(),
-        "dataset": {"source": data.source, "format": data.format, "fingerprint": data.fingerprint, **data.stats},
-        "parent": parent_record(parent),
-        "trainable_parameters": setup.trainable,
-        "total_parameters": setup.total,
-        "vram_estimate": setup.estimate.metrics() if setup.estimate else None,
-        "distributed": distributed_record(setup.trainer.args, setup.plan),
-        "warnings": warnings,
-    }
+    manifest = training_manifest(stage.name)(
+        stage=stage.name,
+        status="running",
+        started_at=started,
+        versions=package_versions(),
+        base_model=source.record(),
+        method=recipe.method,
+        device=setup.device,
+        precision=setup.precision,
+        optimizer=str(getattr(setup.trainer.args.optim, "value", setup.trainer.args.optim)),
+        speed=setup.speed.to_manifest(),
+        dataset={"source": data.source, "format": data.format, "fingerprint": data.fingerprint, **data.stats},
+        parent=parent_record(parent),
+        trainable_parameters=setup.trainable,
+        total_parameters=setup.total,
+        vram_estimate=setup.estimate.metrics() if setup.estimate else None,
+        distributed=distributed_record(setup.trainer.args, setup.plan),
+        warnings=warnings,
+    )
     if me.is_main:
         run.write_recipe(recipe)
         run.write_manifest(manifest)
@@ -313,14 +314,14 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
         return RunResult(run.path, {})
     summary: dict[str, Any] = {"run": str(run.path), "base_model": source.name}
     if stage.takes_parent:
-        summary["parent"] = manifest["parent"]["path"] if parent else None
+        summary["parent"] = manifest.parent.path if manifest.parent is not None else None
     summary.update({"method": recipe.method, stage.rows: data.stats["rows"], "steps": outcome.global_step})
     for key in stage.summary_keys:
         summary.update({k.replace("rewards/", "reward_"): v for k, v in summarize_losses(outcome.records, key).items()})
     summary["train_seconds"] = round(outcome.seconds, 1)
     if warnings:
         summary["warnings"] = warnings
-    manifest.update(status="complete", finished_at=now(), summary=summary)
+    manifest = manifest.completed(finished_at=now(), summary=summary)
     write_adapter_run(run, setup.trainer.model, setup.tokenizer, recipe, manifest, state_dict)
     write_run_report_safely(run.staging, display=run.path)  # lands with the run; a drawing failure only warns
     run.finish()

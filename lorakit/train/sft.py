@@ -10,7 +10,7 @@ from typing import Sequence
 
 from lorakit.config import SFTRecipe
 from lorakit.console import err, info
-from lorakit.runs import RunFolder
+from lorakit.outputs import RunFolder
 from lorakit.train.lifecycle import RunResult, Stage, TrainerSetup, build_setup, train_adapter
 
 SFTSetup = TrainerSetup  # what build_sft_trainer returns (kept as a name for benchmarks and tests)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorakit.console import warn
+from lorakit.model import has_flash_attention  # noqa: F401  (moved to lorakit.model; read here too)
 
 
 @dataclass
@@ -45,13 +46,6 @@ def choose_loss(setting: str, device: str) -> tuple[str, str]:
     if device == "cuda":
         return "fused", "CUDA: the fused LM head never builds the full logits"
     return "plain", "CPU: plain cross-entropy is about 2x faster than the tiled fused head"
-
-
-def has_flash_attention() -> bool:
-    """flash-attn 2 installed in a usable version on a GPU that runs it (transformers' own check)."""
-    from transformers.utils import is_flash_attn_2_available
-
-    return is_flash_attn_2_available()
 
 
 def has_liger() -> bool:

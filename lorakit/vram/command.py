@@ -92,7 +92,7 @@ def recipe_for_estimate(path: Path, notes: list[str] | None = None):
     if stage != "dpo" or not recipe.from_run:
         return recipe
     if Path(recipe.from_run).is_dir():
-        from lorakit.runs import read_run
+        from lorakit.outputs import read_run
 
         return inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=("sft",)))
     # Planning before the SFT run exists: its recipe, beside this one, says what the DPO run will inherit.

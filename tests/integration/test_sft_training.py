@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from lorakit.errors import RunError
-from lorakit.runs import read_run
+from lorakit.outputs import read_run
 from lorakit.train.common import RunInterrupted
 from lorakit.train.sft import run_sft
 

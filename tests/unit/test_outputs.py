@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lorakit.errors import RunError
-from lorakit.runs import atomic_dir, check_can_write
+from lorakit.io import atomic_dir, check_can_write
 
 
 def lorakit_output(path, stage="sft"):
@@ -57,7 +57,7 @@ def test_an_output_under_a_file_is_refused_before_anything_runs(tmp_path):
 
 
 def test_resume_says_what_there_is_to_resume(tmp_path):
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
 
     finished = lorakit_output(tmp_path / "done")
     with pytest.raises(RunError, match="finished run: there is nothing to resume"):
@@ -90,7 +90,7 @@ def test_a_folder_that_cannot_be_created_is_refused_up_front():
 
 
 def test_a_failed_resume_puts_back_what_it_rewrote(tmp_path):
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder, SFTManifest
 
     run = RunFolder(tmp_path / "run")
     checkpoint = run.staging / "checkpoints" / "checkpoint-4"
@@ -104,14 +104,14 @@ def test_a_failed_resume_puts_back_what_it_rewrote(tmp_path):
     run.mode, run._resume_step = "resume", 4
     run.begin()
     run.write_recipe(__import__("lorakit.config", fromlist=["load_recipe"]).load_recipe("sft"))
-    run.write_manifest({"status": "running", "started_at": "later"})
+    run.write_manifest(SFTManifest(status="running", started_at="later"))
     run.trim_metrics(4)
     run.abandon()  # failed before saving a new checkpoint
     assert {p.name: p.read_bytes() for p in run.staging.iterdir() if p.is_file()} == before
 
 
 def test_resume_skips_a_checkpoint_the_trainer_did_not_finish_saving(tmp_path):
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
 
     run = RunFolder(tmp_path / "run")
     for step, complete in ((2, True), (4, False)):
@@ -125,7 +125,7 @@ def test_resume_skips_a_checkpoint_the_trainer_did_not_finish_saving(tmp_path):
 
 
 def test_metrics_cut_by_a_crash_lose_only_their_last_line(tmp_path):
-    from lorakit.runs import read_metrics
+    from lorakit.outputs import read_metrics
 
     file = tmp_path / "metrics.jsonl"
     file.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import LorakitError, ModelError, RunError
-from lorakit.safe_io import decode, file_kind, parse_json, read_bytes
+from lorakit.io import decode, file_kind, parse_json, read_bytes
+from lorakit.outputs.layout import COMPLETE_MARK
 
 # JSON files a model, adapter or run folder may hold, all of which transformers or PEFT parse on load.
 JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -242,7 +243,6 @@ def load_adapter(model, folder: str | Path, owner: str, **kwargs):
 # The Trainer writes a checkpoint's files one by one, trainer_state.json last, none of them atomically: a process
 # killed while saving leaves a folder that looks like a checkpoint. lorakit marks a checkpoint once the Trainer has
 # finished saving it (lorakit.train.common.MarkCheckpoints); `--resume` uses only marked ones.
-COMPLETE_MARK = "lorakit-complete"
 
 
 def mark_checkpoint_complete(checkpoint: Path, step: int) -> None:

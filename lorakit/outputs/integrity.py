@@ -194,12 +194,30 @@ def check_checkpoint(checkpoint: Path, owner: str) -> None:
             raise Damaged(owner, rel, f"corrupt entry {broken} (cut short or overwritten?)", hint)
 
 
+# Tensors whose first dimension is the vocabulary: the token embeddings and the output head, in the families lorakit
+# exports (Llama, Qwen, Mistral, Gemma, Phi: model.embed_tokens / lm_head) and GPT-2-style ones (wte).
+VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight", "wte.weight")
+
+
 def check_model_files(folder: str | Path, owner: str) -> None:
-    """A transformers model folder (a merge, an export source): its JSON files parse and its weights are whole."""
+    """A transformers model folder (a merge, an export source): its JSON files parse, its weights are whole, and
+    its config's vocabulary size is the one its weights hold (a config from another model otherwise fails deep in
+    from_pretrained, which suggests ignore_mismatched_sizes)."""
     folder = Path(folder)
     check_files(folder, owner)
+    shapes = {}
     for file in sorted(folder.glob("*.safetensors")):
-        tensor_shapes(file, owner, folder)
+        shapes.update({(file.name, key): shape for key, shape in tensor_shapes(file, owner, folder).items()})
+    config = check_file(folder, folder / "config.json", owner) if (folder / "config.json").is_file() else {}
+    vocab = config.get("vocab_size")  # multimodal configs keep it in a sub-config: those are not checked here
+    if not isinstance(vocab, int) or isinstance(vocab, bool):
+        return
+    for (file, key), shape in sorted(shapes.items()):
+        if key.endswith(VOCAB_TENSORS) and shape and shape[0] != vocab:
+            raise Damaged(owner, "config.json", f"vocab_size is {vocab}, but {file} holds {key} for {shape[0]} "
+                          "tokens: the config and the weights are of different models",
+                          hint="put back the config.json these weights came with, or write the model again "
+                               "(lorakit merge --force)")
 
 
 def check_gguf(folder: Path, name: str, owner: str) -> None:

@@ -6,6 +6,7 @@ transformers' loader (GGUF included), tokenization of sample chats, and llama.cp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -167,8 +168,10 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
     adapter_run = is_adapter_run(open_output(source))  # and a source another command is still writing is refused
     base = merged_folder(source) if adapter_run else source
     target = Path(output_dir) if output_dir is not None else default_output(base, fmt)
-    with hold_output(target, "lorakit quantize"), hold_output(merged_folder(source) if adapter_run else target,
-                                                              "lorakit quantize"):
+    with contextlib.ExitStack() as held:
+        held.enter_context(hold_output(target, "lorakit quantize"))
+        if adapter_run:  # the run is merged first, into its -merged folder: that one is written too
+            held.enter_context(hold_output(merged_folder(source), "lorakit quantize"))
         return _quantize(source, fmt, qtype, target, force, verify, modelfile, adapter_run)
 
 

@@ -327,7 +327,7 @@ def _ollama(art: Artifact) -> dict[str, Any]:
     name = art.name.lower().replace("_", "-")
     return {"supported": True, "command": f"ollama create {name} -f {shlex.quote(str(modelfile))} && "
                                           f"ollama run {name}",
-            "request": (f"curl -s http://localhost:11434/api/chat -d "
+            "request": ("curl -s http://localhost:11434/api/chat -d "
                         + shlex.quote(json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}],
                                                   "stream": False}))),
             "verified": None,

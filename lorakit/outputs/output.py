@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorakit.errors import LorakitError, RunError
-from lorakit.outputs.integrity import check_gguf
 from lorakit.outputs.layout import ADAPTER_FILES, MANIFEST_FILE, RECIPE_FILE
 from lorakit.outputs.lock import check_not_being_written
 from lorakit.outputs.manifest import (TRAINING_STAGES, BaseCopyManifest, ExportManifest, GGUFImportManifest,
@@ -187,12 +186,6 @@ def open_output(path: str | Path) -> Output:
     if gguf is not None and not looks_like_run:
         return Output(path, "gguf-file", gguf=gguf, **facts)
     return Output(path, "unknown", **facts)
-
-
-def check_gguf_file(output: Output) -> None:
-    """An export's (or a GGUF path's) file reads whole: header and tensor table."""
-    if output.gguf is not None:
-        check_gguf(output.gguf.parent, output.gguf.name, f"export {output.gguf.parent}")
 
 
 def training_run_behind(folder: str | Path) -> Run | None:

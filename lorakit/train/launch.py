@@ -195,7 +195,7 @@ def launch_training(stage: str, recipe, force: bool, resume: bool, resume_hint: 
     import yaml
 
     from lorakit.console import info
-    from lorakit.outputs import read_run
+    from lorakit.outputs import TrainingRunManifest, read_manifest
     from lorakit.train.lifecycle import RunResult
     from lorakit.train.strategies import plan_from_recipe
 
@@ -216,7 +216,8 @@ def launch_training(stage: str, recipe, force: bool, resume: bool, resume_hint: 
     with forwarded_signals(process):
         code = process.wait()
     if code == 0:
-        summary = dict(read_run(recipe.output_dir).manifest.summary or {})
+        manifest = read_manifest(recipe.output_dir)
+        summary = dict(manifest.summary or {}) if isinstance(manifest, TrainingRunManifest) else {}
         shutil.rmtree(folder, ignore_errors=True)
         return RunResult(Path(recipe.output_dir), summary)
     failure, keep = explain_failure(folder, code, recipe, plan, resume_hint)

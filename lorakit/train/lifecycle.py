@@ -22,8 +22,8 @@ from lorakit.console import err, info
 from lorakit.errors import ConfigError, RunError
 from lorakit.model import base_source_of
 from lorakit.outputs import Run, RunFolder, now, package_versions, read_run
-from lorakit.outputs.manifest import ParentRecord, training_manifest
 from lorakit.outputs.layout import ADAPTER_FILES
+from lorakit.outputs.manifest import ParentRecord, training_manifest
 from lorakit.report import write_run_report_safely
 from lorakit.train.common import check_report_to, execute, summarize_losses
 from lorakit.train.finish import write_adapter_run

@@ -6,7 +6,7 @@ from typing import Any
 
 from lorakit.model import resolve_attn, resolve_device, resolve_precision
 from lorakit.runs import package_versions
-from lorakit.train.common import resolve_optim
+from lorakit.train.args import resolve_optim
 from lorakit.train.kernels import choose_compile, choose_liger
 from lorakit.train.speed import choose_loss, has_flash_attention, has_liger
 

@@ -82,7 +82,7 @@ def make_trainer(recipe: DPORecipe, run: RunFolder, model, peft_config, tokenize
     from trl import DPOConfig
 
     from lorakit import compat
-    from lorakit.train.common import training_kwargs
+    from lorakit.train.args import training_kwargs
     from lorakit.train.packed_pairs import plan_packed_pairs
     from lorakit.train.speed import SpeedPlan, choose_loss
 

@@ -22,7 +22,8 @@ from lorakit.console import err, info
 from lorakit.errors import ConfigError, RunError
 from lorakit.eval.report import write_run_report_safely
 from lorakit.runs import ADAPTER_FILES, Run, RunFolder, base_source_of, now, package_versions, read_run
-from lorakit.train.common import check_report_to, execute, summarize_losses
+from lorakit.train.args import check_report_to
+from lorakit.train.loop import execute, summarize_losses
 from lorakit.train.finish import write_adapter_run
 
 

@@ -34,7 +34,7 @@ def make_trainer(recipe: SFTRecipe, run: RunFolder, model, peft_config, tokenize
     from trl import SFTConfig, SFTTrainer
 
     from lorakit.data.checks import lint_collated, raise_if_problems
-    from lorakit.train.common import training_kwargs
+    from lorakit.train.args import training_kwargs
     from lorakit.train.length_groups import length_grouped
     from lorakit.train.speed import plan_speed, trainer_speed_kwargs
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from lorakit.errors import RunError
 from lorakit.runs import read_run
-from lorakit.train.common import RunInterrupted
+from lorakit.errors import RunInterrupted
 from lorakit.train.sft import run_sft
 
 from ..conftest import REPO, sft_recipe

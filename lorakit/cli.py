@@ -43,7 +43,7 @@ def _print_error(message: str, hint: str | None) -> None:
 def _fail(message: str, hint: str | None, code: int, kind: str) -> None:
     """Print a failure, or, in a training process of `--num-processes`, leave it for the launching command to
     report once (lorakit.train.launch)."""
-    from lorakit.train.launch import report_failure
+    from lorakit.train.launched import report_failure
 
     if not report_failure(message, hint, code, kind):
         _print_error(message, hint)
@@ -127,7 +127,7 @@ def _root(
     warnings.filterwarnings("ignore", category=FutureWarning, append=True)
     warnings.filterwarnings("ignore", category=DeprecationWarning, append=True)
     from lorakit.compat import quiet_bitsandbytes_cpu_kernel_advice
-    from lorakit.train.launch import join_launch
+    from lorakit.train.launched import join_launch
 
     quiet_bitsandbytes_cpu_kernel_advice()
     join_launch()  # a training process of several: only rank 0 talks to the terminal
@@ -180,7 +180,7 @@ def _resume_hint() -> str:
     import shlex
     import sys
 
-    from lorakit.train.launch import resume_hint
+    from lorakit.train.launched import resume_hint
 
     args = [a for a in sys.argv[1:] if a not in ("--resume", "--force")]
     return resume_hint("lorakit " + shlex.join(args) + " --resume")
@@ -195,7 +195,7 @@ def _print_config(resolved) -> None:
 
 def _print_run_summary(title: str, summary: dict, as_json: bool) -> None:
     from lorakit.console import key_value_table, out, print_json
-    from lorakit.train.launch import quiet_child
+    from lorakit.train.launched import quiet_child
 
     if quiet_child():  # one of several training processes: the command that launched them prints the result
         return
@@ -335,7 +335,7 @@ def data_check(
     set_: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    from lorakit.data.report import check_data
+    from lorakit.data.inspect import check_data
 
     report = check_data(path, model=model, stage=stage, fmt=fmt, max_length=max_length, overrides=set_ or [])
     _print_run_summary(f"data check: {path}", report, json_out)

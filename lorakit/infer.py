@@ -7,7 +7,7 @@ from pathlib import Path
 from lorakit.errors import RunError
 from lorakit.model import load_base_model, resolve_device, resolve_model_source
 from lorakit.runs import RECIPE_FILE, base_source_of, read_run
-from lorakit.chat_template import stop_token_ids
+from lorakit.chat_template import Stops
 
 
 def load_for_inference(path: str | Path, base_override: str | None = None, device: str | None = None):
@@ -47,6 +47,8 @@ def generate_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tok
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(model.device)
     sampling = temperature > 0
+    # the model's generation config lists its own stops (a run's base, a merged model's full list)
+    stops = Stops.of(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
     with torch.no_grad():
         output = model.generate(
             **inputs,
@@ -55,7 +57,7 @@ def generate_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tok
             temperature=temperature if sampling else None,
             top_p=top_p if sampling else None,
             top_k=None,
-            eos_token_id=stop_token_ids(tokenizer),
+            eos_token_id=stops.ids,
             pad_token_id=tokenizer.pad_token_id,
         )
     new_tokens = output[0, inputs["input_ids"].shape[1]:]

@@ -185,13 +185,12 @@ def resolve_attn(attn: str, device: str) -> str:
 # Loading
 
 
-def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None,
-                   model: ModelSource | None = None):
-    """The tokenizer at `source`, with its chat template and a pad token, knowing the stop tokens of `model` (default:
-    the same folder; a run's tokenizer lives beside an adapter, its model's generation config with the base)."""
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The tokenizer at `source`, with its chat template and a pad token. Which tokens stop the model is a separate
+    value (lorakit.chat_template.Stops), computed from this tokenizer and the model's generation config."""
     from transformers import AutoTokenizer
 
-    from lorakit.chat_template import generation_eos_ids, resolve_chat_template, set_generation_eos
+    from lorakit.chat_template import resolve_chat_template
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -199,10 +198,6 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_te
         )
     except Exception as exc:
         raise hub_error(source, exc) from None
-    # The model's own list of stop tokens (GLM-4.x lists <|user|>, Llama 3.1 <|eom_id|>) decides, with the template,
-    # which token ends an assistant turn.
-    model = model or source
-    set_generation_eos(tokenizer, generation_eos_ids(model.location, model.revision))
     resolve_chat_template(tokenizer, chat_template)
     ensure_pad_token(tokenizer)
     return tokenizer

@@ -79,8 +79,7 @@ def check_stages(pipeline, selected: list[str]) -> None:
 
 def check_stage_data(stage: str, section) -> None:
     """The stage's data loads and converts to its format (the tokenized lint runs when the stage starts)."""
-    from lorakit.data.preference import check_preference_data
-    from lorakit.data.report import check_sft
+    from lorakit.data.inspect import check_preference_data, check_sft
 
     data = section.data
     if not data.train:

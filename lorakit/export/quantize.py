@@ -164,9 +164,12 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     modelfile_text = family = None
     if fmt == "gguf" and modelfile:
+        from lorakit.chat_template import read_stops
         from lorakit.export.modelfile import modelfile as make_modelfile
 
-        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", None, system_prompt_of(source), tokenizer)
+        # the source's generation_config.json lists every token that ends a reply (Llama 3.1's <|eom_id|> too)
+        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", None, system_prompt_of(source), tokenizer,
+                                                read_stops(tokenizer, source))
 
     files: list[str] = []
     verification: dict[str, Any] = {}

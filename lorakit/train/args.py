@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from lorakit.config import TrainSection
 from lorakit.console import info, warn
 from lorakit.errors import ConfigError
+from lorakit.runs import RunFolder
 from lorakit.train.distributed import world
 from lorakit.train.strategies import BNB_OPTIMIZERS, launched_plan
-
-if TYPE_CHECKING:
-    from lorakit.config import TrainSection
-    from lorakit.runs import RunFolder
 
 
 def resolve_optim(optim: str, method: str, device: str, strategy: str = "ddp") -> str:

@@ -7,16 +7,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import TrainerCallback
 
 from lorakit.console import err
 from lorakit.integrity import mark_checkpoint_complete
+from lorakit.runs import RunFolder
 from lorakit.train.distributed import stop_requested
-
-if TYPE_CHECKING:
-    from lorakit.runs import RunFolder
 
 
 class MetricsLog(TrainerCallback):

@@ -7,14 +7,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lorakit.chat_template import Stops
+from lorakit.export.generation_config import write_generation_config
+from lorakit.export.serve_info import Adapter, adapter_artifact, markdown, serve_commands
 from lorakit.model_card import write_model_card
 from lorakit.runs import RunFolder, write_json_atomic
 
 
 def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: dict[str, Any],
-                      state_dict: dict[str, Any] | None = None) -> None:
-    from lorakit.export.generation_config import write_generation_config
-
+                      state_dict: dict[str, Any] | None = None, stops: Stops | None = None) -> None:
+    """`stops`: the run's (lorakit.train.lifecycle computed them once); by default the tokenizer's on the model's
+    generation config."""
     # Only the adapter: PEFT writes adapter_config.json + adapter_model.safetensors, loadable with
     # PeftModel.from_pretrained(base, run_folder).
     # DPO adds a frozen "ref" adapter beside the policy; only the policy ("default") belongs in the run.
@@ -24,7 +27,7 @@ def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: dict[s
     name_base(run.staging, manifest["base_model"]["location"])
     tokenizer.save_pretrained(str(run.staging))
     # A server stops on generation_config.json's eos list: the base's lists only EOS, not the end-of-turn token.
-    eos = write_generation_config(model, tokenizer, run.staging)
+    eos = write_generation_config(model, tokenizer, run.staging, stops)
     write_model_card(run.staging / "README.md", manifest["base_model"]["name"],
                      ["lorakit", manifest["stage"], recipe.method, "lora"],
                      card_text(recipe, manifest, run.path, eos), library_name="peft")
@@ -42,8 +45,6 @@ def name_base(folder: Path, location: str) -> None:
 
 
 def card_text(recipe, manifest: dict[str, Any], path: Path, eos: list[int]) -> str:
-    from lorakit.export.serve_info import Adapter, adapter_artifact, markdown, serve_commands
-
     summary = manifest.get("summary", {})
     base = manifest["base_model"]["name"]
     lora = recipe.lora

@@ -18,16 +18,14 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from lorakit.console import err
 from lorakit.errors import ConfigError, LorakitError, RunInterrupted
 from lorakit.integrity import Damaged
-from lorakit.runs import CHECKPOINTS_DIR
+from lorakit.runs import CHECKPOINTS_DIR, RunFolder
 from lorakit.train.callbacks import (FirstStep, InterruptFlag, MarkCheckpoints, MetricsLog, RichProgress,
                                      SaveOnInterrupt)
 from lorakit.train.distributed import on_main, world
+from lorakit.train.preflight import PreflightResult
 
 if TYPE_CHECKING:
     from transformers import Trainer
-
-    from lorakit.runs import RunFolder
-    from lorakit.train.preflight import PreflightResult
 
 
 @dataclass

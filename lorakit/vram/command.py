@@ -83,7 +83,7 @@ class Flag:
         if key not in self.values:
             shown = self.shown or tuple(self.values)
             closest = difflib.get_close_matches(str(value), shown, n=1, cutoff=0.0)
-            raise ConfigError(f"{self.names[0]} {value!r} is not one of {', '.join(shown)}",
+            raise ConfigError(f"{self.label}: {value!r} is not one of {', '.join(shown)}",
                               hint=f"{self.names[0]} {closest[0]}" if closest else None)
         return self.values[key]
 

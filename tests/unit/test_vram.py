@@ -480,7 +480,7 @@ def test_each_setting_has_the_recipe_name_and_its_old_spellings(spellings):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--optim", "adamw_9bit"], "--optim 'adamw_9bit' is not one of auto, adamw_torch"),
+    (["--optimizer", "adamw_9bit"], "--optim/--optimizer (train.optim): 'adamw_9bit' is not one of auto, adamw_torch"),
     (["--set", "lora.rank=8"], "did you mean 'lora.r'"),
     (["--set", "train.optim=paged-adamw-8bit"], "train.optim"),  # recipes keep their one spelling
 ])

@@ -125,7 +125,7 @@ def make_trainer(inputs: TrainerInputs) -> tuple[Trainer, SpeedPlan]:
 
 
 DPO = Stage(name="dpo", label="DPO", rows="pairs", show_keys=SHOW_KEYS, summary_keys=SUMMARY_KEYS,
-            prepare_data=prepare_data, make_trainer=make_trainer, takes_parent=True)
+            prepare_data=prepare_data, make_trainer=make_trainer, continues=("sft",))
 
 
 def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = ()) -> TrainerSetup:

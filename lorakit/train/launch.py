@@ -73,10 +73,10 @@ def local_devices() -> tuple[str, int]:
     return "cpu", 0
 
 
-def precheck(recipe: BaseRecipe, plan: Plan, force: bool, resume: bool) -> BaseRecipe:
+def precheck(stage: str, recipe: BaseRecipe, plan: Plan, force: bool, resume: bool) -> BaseRecipe:
     """What a training process would refuse first, checked once here: N processes need not start to say it.
     Returns the recipe as it will train (a DPO run takes method and LoRA from its SFT run)."""
-    recipe, parent = with_parent(recipe)
+    recipe, parent = with_parent(recipe, STAGES[stage].continues)
     device, gpus = local_devices()
     check_plan(recipe, plan, device, gpus, find_spec("deepspeed") is not None)
     quiet, err.quiet = err.quiet, True  # rank 0 says "starting fresh" itself
@@ -114,7 +114,7 @@ def launch_training(stage: str, recipe: BaseRecipe, force: bool, resume: bool, r
                     debug: bool = False) -> RunResult:
     """Run the training on recipe.distributed.num_processes processes under accelerate; its RunResult."""
     plan = plan_from_recipe(recipe)
-    method = precheck(recipe, plan, force, resume).method
+    method = precheck(stage, recipe, plan, force, resume).method
     folder = Path(tempfile.mkdtemp(prefix="lorakit-launch-"))
     recipe_file = folder / "recipe.yaml"
     # what was set, not the defaults filled in: a DPO recipe that leaves lora to its SFT run must still leave it

@@ -91,7 +91,11 @@ class Stage:
     prepare_data: Callable[[BaseRecipe, PreTrainedTokenizerBase, Stops], PreparedData]
     # the trainer, and how it computes its loss and batches its rows
     make_trainer: Callable[[TrainerInputs], tuple[Trainer, SpeedPlan]]
-    takes_parent: bool = False  # the summary names the run it continued
+    continues: tuple[str, ...] = ()  # the stages whose runs its recipe's from_run may name (DPO: sft)
+
+    @property
+    def takes_parent(self) -> bool:
+        return bool(self.continues)
 
 
 @dataclass
@@ -128,21 +132,21 @@ class Prepared:
     plan: Plan
 
 
-def prepare(recipe: BaseRecipe) -> Prepared:
+def prepare(stage: Stage, recipe: BaseRecipe) -> Prepared:
     """Every check that needs no weights: loggers installed, the parent run readable, the plan possible here."""
     check_report_to(recipe.train.report_to)
-    recipe, parent = with_parent(recipe)
+    recipe, parent = with_parent(recipe, stage.continues)
     device = resolve_device()
     return Prepared(recipe, parent, device, checked_plan(recipe, device))
 
 
-def with_parent(recipe: BaseRecipe) -> tuple[BaseRecipe, Run | None]:
-    """The one place a run's parent is read: a DPO recipe with from_run takes model, method, LoRA and quantization
-    from that SFT run (lorakit.config.inherit_from_parent)."""
+def with_parent(recipe: BaseRecipe, continues: tuple[str, ...] = ("sft",)) -> tuple[BaseRecipe, Run | None]:
+    """The one place a run's parent is read: a recipe with from_run (a run of one of the `continues` stages) takes
+    model, method, LoRA and quantization from that run (lorakit.config.inherit_from_parent)."""
     from_run = getattr(recipe, "from_run", None)
     if not from_run:
         return recipe, None
-    parent = read_run(from_run, expect_stage=("sft",))
+    parent = read_run(from_run, expect_stage=continues)
     if not parent.has_adapter:
         missing = [name for name in ADAPTER_FILES if not (parent.path / name).is_file()]
         raise ConfigError(f"run {parent.path} has no adapter: {', '.join(missing)} missing", hint="re-run the SFT stage")
@@ -230,7 +234,7 @@ def serving_warnings(recipe: BaseRecipe) -> list[str]:
 
 def build_setup(stage: Stage, recipe: BaseRecipe, run: RunFolder, callbacks: Sequence = ()) -> TrainerSetup:
     """Every check, then tokenizer, data, model and trainer: everything up to (not including) training."""
-    return build(stage, prepare(recipe), run, callbacks)
+    return build(stage, prepare(stage, recipe), run, callbacks)
 
 
 def build(stage: Stage, prepared: Prepared, run: RunFolder, callbacks: Sequence = ()) -> TrainerSetup:
@@ -337,7 +341,7 @@ def running_manifest(stage: Stage, setup: TrainerSetup, started: str, warnings: 
 def train_adapter(stage: Stage, recipe: BaseRecipe, force: bool = False, resume: bool = False, resume_hint: str = "",
                   callbacks: Sequence = ()) -> RunResult:
     """Train an adapter into the run folder `recipe.output_dir`. `callbacks` are extra TrainerCallbacks."""
-    prepared = prepare(recipe)  # before the processes wait for each other: a refusal is one clean error
+    prepared = prepare(stage, recipe)  # before the processes wait for each other: a refusal is one clean error
     recipe, parent = prepared.recipe, prepared.parent
     warnings = serving_warnings(recipe)  # said by rank 0 only: the other processes' consoles are quiet
     distributed.start(prepared.device)

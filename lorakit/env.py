@@ -6,8 +6,8 @@ from typing import Any
 
 from lorakit.model import has_flash_attention, resolve_attn, resolve_device, resolve_precision
 from lorakit.outputs import package_versions
+from lorakit.train.args import resolve_optim
 from lorakit.train.attention import LABEL, NAME, VARLEN_KERNELS
-from lorakit.train.common import resolve_optim
 from lorakit.train.kernels import choose_compile, choose_liger
 from lorakit.train.speed import choose_loss, has_liger
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.chat_template import stop_token_ids
+from lorakit.chat_template import Stops
 from lorakit.errors import RunError
 from lorakit.model import base_source_of, load_base_model, resolve_device, resolve_model_source
 from lorakit.outputs import Damaged, open_output, read_run
@@ -47,6 +47,8 @@ def check_tokenizer(folder: Path, owner: str) -> None:
         raise Damaged(owner, TOKENIZER_LOAD_FILES[0], f"missing (no {' or '.join(TOKENIZER_LOAD_FILES)}: nothing to "
                       "tokenize with)", hint="copy the base model's tokenizer files into it, or re-run the command "
                                              "that wrote it (with --force)")
+
+
 def generate_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int = 128,
                    temperature: float = 0.0, top_p: float = 1.0) -> str:
     import torch
@@ -54,6 +56,8 @@ def generate_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tok
     prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").to(model.device)
     sampling = temperature > 0
+    # the model's generation config lists its own stops (a run's base, a merged model's full list)
+    stops = Stops.of(tokenizer, getattr(getattr(model, "generation_config", None), "eos_token_id", None))
     with torch.no_grad():
         output = model.generate(
             **inputs,
@@ -62,7 +66,7 @@ def generate_reply(model, tokenizer, messages: list[dict[str, str]], max_new_tok
             temperature=temperature if sampling else None,
             top_p=top_p if sampling else None,
             top_k=None,
-            eos_token_id=stop_token_ids(tokenizer),
+            eos_token_id=stops.ids,
             pad_token_id=tokenizer.pad_token_id,
         )
     new_tokens = output[0, inputs["input_ids"].shape[1]:]

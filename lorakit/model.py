@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.chat_template import generation_eos_ids, resolve_chat_template, set_generation_eos
+from lorakit.chat_template import resolve_chat_template
 from lorakit.compat import keep_4bit_training_kernel
 from lorakit.errors import ConfigError, ModelError
 from lorakit.gguf_source import import_gguf, is_gguf_file, read_import_manifest, source_record
@@ -206,10 +206,9 @@ def resolve_attn(attn: str, device: str) -> str:
 # Loading
 
 
-def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None,
-                   model: ModelSource | None = None):
-    """The tokenizer at `source`, with its chat template and a pad token, knowing the stop tokens of `model` (default:
-    the same folder; a run's tokenizer lives beside an adapter, its model's generation config with the base)."""
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The tokenizer at `source`, with its chat template and a pad token. Which tokens stop the model is a separate
+    value (lorakit.chat_template.Stops), computed from this tokenizer and the model's generation config."""
     from transformers import AutoTokenizer
 
     try:
@@ -218,10 +217,6 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_te
         )
     except Exception as exc:
         raise hub_error(source, exc) from None
-    # The model's own list of stop tokens (GLM-4.x lists <|user|>, Llama 3.1 <|eom_id|>) decides, with the template,
-    # which token ends an assistant turn.
-    model = model or source
-    set_generation_eos(tokenizer, generation_eos_ids(model.location, model.revision))
     resolve_chat_template(tokenizer, chat_template)
     ensure_pad_token(tokenizer)
     return tokenizer

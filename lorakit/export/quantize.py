@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from lorakit.chat_template import read_stops
 from lorakit.compat import INT8_CAST_LOGGER
 from lorakit.console import err, info, warn
 from lorakit.errors import ConfigError, LorakitError, ModelError, ResourceError, RunError
@@ -191,7 +192,9 @@ def _quantize(source: Path, fmt: str, qtype: str | None, target: Path, force: bo
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     modelfile_text = family = None
     if fmt == "gguf" and modelfile:
-        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", None, system_prompt_of(source), tokenizer)
+        # the source's generation_config.json lists every token that ends a reply (Llama 3.1's <|eom_id|> too)
+        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", None, system_prompt_of(source), tokenizer,
+                                                read_stops(tokenizer, source))
 
     files: list[str] = []
     verification: dict[str, Any] = {}

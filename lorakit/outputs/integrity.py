@@ -260,7 +260,7 @@ def load_adapter(model, folder: str | Path, owner: str, **kwargs):
 
 # The Trainer writes a checkpoint's files one by one, trainer_state.json last, none of them atomically: a process
 # killed while saving leaves a folder that looks like a checkpoint. lorakit marks a checkpoint once the Trainer has
-# finished saving it (lorakit.train.common.MarkCheckpoints); `--resume` uses only marked ones.
+# finished saving it (lorakit.train.callbacks.MarkCheckpoints); `--resume` uses only marked ones.
 
 
 def mark_checkpoint_complete(checkpoint: Path, step: int) -> None:

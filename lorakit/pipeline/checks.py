@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lorakit.data.preference import check_preference_data
-from lorakit.data.report import check_sft
+from lorakit.data.inspect import check_preference_data, check_sft
 from lorakit.errors import ConfigError, LorakitError, RunError
 from lorakit.export.gguf_export import check_type
 from lorakit.io import check_can_write, check_inputs, check_output_path, read_json

@@ -7,16 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lorakit.chat_template import Stops
+from lorakit.export.generation_config import write_generation_config
 from lorakit.export.model_card import write_model_card
+from lorakit.export.serve_info import Adapter, adapter_artifact, markdown, serve_commands
 from lorakit.io import write_json_atomic
 from lorakit.outputs import RunFolder, TrainingRunManifest
 from lorakit.outputs.layout import README_FILE
 
 
 def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: TrainingRunManifest,
-                      state_dict: dict[str, Any] | None = None) -> None:
-    from lorakit.export.generation_config import write_generation_config
-
+                      state_dict: dict[str, Any] | None = None, stops: Stops | None = None) -> None:
+    """`stops`: the run's (lorakit.train.lifecycle computed them once); by default the tokenizer's on the model's
+    generation config."""
     # Only the adapter: PEFT writes adapter_config.json + adapter_model.safetensors, loadable with
     # PeftModel.from_pretrained(base, run_folder).
     # DPO adds a frozen "ref" adapter beside the policy; only the policy ("default") belongs in the run.
@@ -28,7 +31,7 @@ def write_adapter_run(run: RunFolder, model, tokenizer, recipe, manifest: Traini
     name_base(run.staging, base.location)
     tokenizer.save_pretrained(str(run.staging))
     # A server stops on generation_config.json's eos list: the base's lists only EOS, not the end-of-turn token.
-    eos = write_generation_config(model, tokenizer, run.staging)
+    eos = write_generation_config(model, tokenizer, run.staging, stops)
     write_model_card(run.staging / README_FILE, base.name, ["lorakit", manifest.stage, recipe.method, "lora"],
                      card_text(recipe, manifest, run.path, eos), library_name="peft")
     run.write_manifest(manifest)
@@ -45,8 +48,6 @@ def name_base(folder: Path, location: str) -> None:
 
 
 def card_text(recipe, manifest: TrainingRunManifest, path: Path, eos: list[int]) -> str:
-    from lorakit.export.serve_info import Adapter, adapter_artifact, markdown, serve_commands
-
     summary = manifest.summary or {}
     record = manifest.base_model
     assert record is not None and manifest.dataset is not None

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from lorakit.errors import RunError
+from lorakit.errors import RunInterrupted
 from lorakit.outputs import read_run
-from lorakit.train.common import RunInterrupted
 from lorakit.train.sft import run_sft
 
 from ..conftest import REPO, sft_recipe

@@ -215,7 +215,7 @@ def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype():
 
 
 def test_auto_optimizer_is_a_torch_one_under_sharding():
-    from lorakit.train.common import resolve_optim
+    from lorakit.train.args import resolve_optim
 
     assert resolve_optim("auto", "qlora", "cuda") == "paged_adamw_8bit"
     for strategy in ("fsdp", "zero2", "zero3"):

@@ -38,19 +38,8 @@ LAYERS: list[tuple[str, set[str]]] = [
 LAYER_OF = {unit: index for index, (_, units) in enumerate(LAYERS) for unit in units}
 LAZY_ALLOWED = {"cli", "__main__"}
 
-# Modules another branch (i23-train-cli: train/, cli, vram/, data/, config.py, chat_template.py) is rewriting, which
-# keep their lorakit-internal function-local imports until that branch lands; the lead empties this set at merge.
-# export/modelfile.py and export/generation_config.py are edited there too (the stop convention, issue 23 item 5).
-PENDING = {
-    "lorakit.chat_template", "lorakit.config",
-    "lorakit.data.cache", "lorakit.data.load", "lorakit.data.preference", "lorakit.data.report", "lorakit.data.tokenize",
-    "lorakit.export.generation_config", "lorakit.export.modelfile",
-    "lorakit.train.attention", "lorakit.train.common", "lorakit.train.distributed", "lorakit.train.dpo",
-    "lorakit.train.finish", "lorakit.train.kernels", "lorakit.train.launch", "lorakit.train.length_groups",
-    "lorakit.train.lifecycle", "lorakit.train.packed_pairs", "lorakit.train.plain_head", "lorakit.train.preflight",
-    "lorakit.train.sft", "lorakit.train.speed", "lorakit.train.agent",
-    "lorakit.vram.command", "lorakit.vram.report", "lorakit.vram.resolve",
-}
+# Modules still allowed a lorakit-internal function-local import outside cli: none.
+PENDING: set[str] = set()
 
 
 def module_name(path: Path) -> str:

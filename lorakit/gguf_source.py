@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.cache import cache_dir
+from lorakit.compat import route_gguf_loading_bar
 from lorakit.errors import ModelError, ResourceError
 
 GGUF_MAGIC = b"GGUF"
@@ -203,6 +204,7 @@ def build_import(info: GGUFInfo, folder: Path) -> None:
         with err.status(f"Unpacking {source.name} ({info.describe()}) into {folder.name}..."):
             try:
                 _, tokenizer_fixes = import_tokenizer(source, staging)
+                route_gguf_loading_bar()
                 model = AutoModelForCausalLM.from_pretrained(
                     source.parent, gguf_file=source.name, dtype=getattr(torch, info.dtype),
                     # dense weights whatever kernels are installed: training needs plain nn.Linear layers

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorakit.compat import route_gguf_loading_bar
 from lorakit.console import err, info, warn
 from lorakit.errors import ConfigError, ModelError, ResourceError, RunError
 from lorakit.safe_io import read_json
@@ -258,6 +259,7 @@ def _verify(staging: Path, fmt: str, gguf_name: str | None, samples, source_logi
     from lorakit.logit_gap import logits_for
 
     if fmt == "gguf":
+        route_gguf_loading_bar()
         exported = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf_name, dtype="float32").eval()
     else:
         exported = keep_4bit_layout_on_cpu(AutoModelForCausalLM.from_pretrained(str(staging))).eval()

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.cache import cache_dir
-from lorakit.compat import drop_gguf_quantizer, gguf_dequantizable_types, gguf_loadable_architectures
+from lorakit.compat import (drop_gguf_quantizer, gguf_dequantizable_types, gguf_loadable_architectures,
+                            route_gguf_loading_bar)
 from lorakit.console import err
 from lorakit.console import info as say
 from lorakit.errors import LorakitError, ModelError, ResourceError
@@ -200,6 +201,7 @@ def build_import(info: GGUFInfo, folder: Path) -> None:
         with err.status(f"Unpacking {source.name} ({info.describe()}) into {folder.name}..."):
             try:
                 _, tokenizer_fixes = import_tokenizer(source, staging)
+                route_gguf_loading_bar()
                 model = AutoModelForCausalLM.from_pretrained(
                     source.parent, gguf_file=source.name, dtype=getattr(torch, info.dtype),
                     # dense weights whatever kernels are installed: training needs plain nn.Linear layers

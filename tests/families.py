@@ -35,7 +35,7 @@ REPLY = "Paris."
 
 @dataclass(frozen=True)
 class Family:
-    name: str                     # as in the issue and the README table
+    name: str                     # as in the issue and the table of docs/chat-templates.md
     template: str                 # file in tests/data/templates
     vocab: str                    # llama.cpp ggml-vocab-<vocab>.gguf: the family's own, or the closest one
     own_vocab: bool

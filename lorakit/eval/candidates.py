@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorakit.compat import route_gguf_loading_bar
 from lorakit.console import info
 from lorakit.errors import RunError
 from lorakit.gguf_source import import_tokenizer
@@ -60,6 +61,7 @@ def load_candidate(candidate: Candidate, base_location: str | None):
         return model.eval(), None
     if candidate.kind == "gguf":
         folder, name = candidate.path.parent, candidate.path.name
+        route_gguf_loading_bar()
         model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name)
         source = Path(candidate.parent) if candidate.parent else None
         if source is not None and (source / "tokenizer_config.json").is_file():

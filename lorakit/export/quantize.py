@@ -17,7 +17,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from lorakit.chat_template import read_stops
-from lorakit.compat import INT8_CAST_LOGGER
+from lorakit.compat import INT8_CAST_LOGGER, route_gguf_loading_bar
 from lorakit.console import err, info, warn
 from lorakit.errors import ConfigError, LorakitError, ModelError, ResourceError, RunError
 from lorakit.export.bnb import write_bnb
@@ -274,6 +274,7 @@ def _verify(staging: Path, fmt: str, gguf_name: str | None, samples, source_logi
     from transformers import AutoModelForCausalLM
 
     if fmt == "gguf":
+        route_gguf_loading_bar()
         exported = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf_name, dtype="float32").eval()
     else:
         exported = keep_4bit_layout_on_cpu(AutoModelForCausalLM.from_pretrained(str(staging))).eval()

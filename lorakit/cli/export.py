@@ -55,7 +55,7 @@ def merge(
 )
 def quantize(
     source: Annotated[Path, typer.Argument(help="A merged model folder, or an sft/dpo run folder (merged first).")],
-    format: Annotated[str, typer.Option("--format", help="gguf, bnb-4bit or bnb-8bit (awq/gptq: see README).")]
+    format: Annotated[str, typer.Option("--format", help="gguf, bnb-4bit or bnb-8bit (awq/gptq: see docs/quantize.md).")]
     = "gguf",
     type_: Annotated[str, typer.Option("--type", help="quantize.type, a GGUF type as llama.cpp names it: f16, bf16, "
                                                       "q8_0, q5_0, q5_1, q4_0, q4_1; q4_k_m, q5_k_m, q6_k with "

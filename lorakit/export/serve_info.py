@@ -32,7 +32,7 @@ VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 BNB_PLUGIN = ("vLLM 0.32 moved bitsandbytes to the separate vllm-bnb-plugin (PyPI 0.0.3: requires vllm and "
               "bitsandbytes>=0.48.1); without it vLLM says `Unknown quantization method: bitsandbytes`")
 # What `verified` means for vLLM: bench/serve_check.py served this kind of artifact with that build and compared its
-# greedy tokens, first-token log-probs and stop with transformers (README, "Serving").
+# greedy tokens, first-token log-probs and stop with transformers (docs/serving.md).
 VLLM_CHECKED = "vllm-cpu 0.32.0 (bench/serve_check.py: tokens, log-probs and stop equal to transformers)"
 GGUF_PLUGIN = ("vLLM 0.32 moved GGUF to the separate vllm-gguf-plugin, a CUDA/ROCm build (Triton kernels); the CPU "
                "build of vLLM cannot serve it")

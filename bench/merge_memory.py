@@ -10,7 +10,6 @@ The claim checked: peak ≈ one copy of the merged weights + one shard.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile

@@ -43,11 +43,11 @@ def check_trainer_hooks(trainer_class) -> None:
 
     trl 1.16: `DPOTrainer._prepare_dataset(dataset, processing_class, args, dataset_name)`,
     `DPOTrainer._precompute_ref_logps(dataset, name, batch_size)` (called in the constructor when
-    precompute_ref_log_probs is set; lorakit's plain head takes effect before it); transformers 5.x: `Trainer._get_train_sampler(train_dataset=None)` (lorakit's length grouping, SFT and DPO:
-    lorakit.train.length_groups).
+    precompute_ref_log_probs is set; lorakit's plain head takes effect before it); transformers 5.x:
+    `Trainer._get_train_sampler(train_dataset=None)` (lorakit's length grouping, SFT and DPO: lorakit.train.length_groups).
     """
-    from trl import DPOTrainer
     from transformers import Trainer
+    from trl import DPOTrainer
 
     expected = {(DPOTrainer, "_prepare_dataset", "trl", ">=1.16,<1.17"):
                 ["self", "dataset", "processing_class", "args", "dataset_name"],

@@ -14,9 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from lorakit.errors import ConfigError, LorakitError
+from lorakit.errors import ConfigError
 from lorakit.io import MAX_DEPTH, read_text, too_deep
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]

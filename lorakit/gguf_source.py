@@ -20,14 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.cache import cache_dir
-from lorakit.compat import (drop_gguf_quantizer, gguf_dequantizable_types, gguf_loadable_architectures,
-                            route_gguf_loading_bar)
+from lorakit.compat import (
+    drop_gguf_quantizer,
+    gguf_dequantizable_types,
+    gguf_loadable_architectures,
+    route_gguf_loading_bar,
+)
 from lorakit.console import err
 from lorakit.console import info as say
 from lorakit.errors import LorakitError, ModelError, ResourceError
 from lorakit.io import atomic_dir, write_json_atomic
-from lorakit.outputs.manifest import (GGUFImportManifest, GGUFSource, now, package_versions, read_manifest,
-                                      write_manifest)
+from lorakit.outputs.manifest import (
+    GGUFImportManifest,
+    GGUFSource,
+    now,
+    package_versions,
+    read_manifest,
+    write_manifest,
+)
 
 GGUF_MAGIC = b"GGUF"
 IMPORT_KIND = "gguf-import"

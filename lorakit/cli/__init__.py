@@ -5,7 +5,7 @@ concern, imported here in the order `lorakit --help` lists them. Heavy libraries
 imported inside the commands, so `lorakit --help` stays instant.
 """
 
+from lorakit.cli import chat, export, inspect, train  # noqa: E402,F401  (each registers its commands)
 from lorakit.cli.app import COMMANDS, app, main
-from lorakit.cli import train, export, chat, inspect  # noqa: E402,F401  (each registers its commands)
 
 __all__ = ["COMMANDS", "app", "main"]

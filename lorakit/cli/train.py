@@ -11,9 +11,25 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from lorakit.cli.app import command, state
-from lorakit.cli.options import (AccelerateConfigOpt, DataOpt, EpochsOpt, ForceOpt, JsonOpt, LrOpt, MaxStepsOpt,
-                                 ModelOpt, NoPreflightOpt, NumProcessesOpt, OutputOpt, PrintConfigOpt, RecipeOpt,
-                                 ResumeOpt, SeedOpt, SetOpt, StrategyOpt)
+from lorakit.cli.options import (
+    AccelerateConfigOpt,
+    DataOpt,
+    EpochsOpt,
+    ForceOpt,
+    JsonOpt,
+    LrOpt,
+    MaxStepsOpt,
+    ModelOpt,
+    NoPreflightOpt,
+    NumProcessesOpt,
+    OutputOpt,
+    PrintConfigOpt,
+    RecipeOpt,
+    ResumeOpt,
+    SeedOpt,
+    SetOpt,
+    StrategyOpt,
+)
 from lorakit.cli.output import print_config, print_run_summary
 
 

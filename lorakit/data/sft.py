@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from lorakit.chat_template import Stops
 from lorakit.config import DataSection
-from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
 from lorakit.console import warn
+from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
 from lorakit.data.checks import lint_problems, raise_if_problems, truncation_warning
 from lorakit.data.formats import load_sft_examples, load_tools
 from lorakit.data.load import load_rows
 from lorakit.data.prepared import PreparedData, tokenize_with_eval
 from lorakit.data.tokenize import tokenize_dataset
-from lorakit.chat_template import Stops
 
 LINT_COLUMNS = ("num_trained", "stop_trained", "truncated", "length", "row", "error")
 

@@ -18,6 +18,7 @@ from lorakit.config import GGUF_K_TYPES as K_TYPES
 from lorakit.config import GGUF_TYPES as PYTHON_TYPES
 from lorakit.errors import ModelError, ResourceError
 from lorakit.export.gguf_vocab import add_vocab, llama_cpp_name
+
 ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3", "gemma2": "GEMMA2",
          "phi3": "PHI3"}
 PERMUTED = {"llama", "mistral"}  # llama.cpp applies rotary in GPT-J layout for these; HF stores NeoX halves

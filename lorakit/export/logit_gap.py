@@ -1,7 +1,8 @@
 """How far apart two versions of a model are: their logits compared on a handful of chats from the run's own data.
 
-Merge (trained vs merged) and quantize (source vs export) both measure their gap here. The data file is found through the lineage: a run's recipe names it, a merged model's manifest names the run, an
-export's manifest names the merged model. When the data is gone, fixed prompts stand in (and the result says so).
+Merge (trained vs merged) and quantize (source vs export) both measure their gap here. The data file is found
+through the lineage: a run's recipe names it, a merged model's manifest names the run, an export's manifest names
+the merged model. When the data is gone, fixed prompts stand in (and the result says so).
 """
 
 from __future__ import annotations

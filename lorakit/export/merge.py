@@ -31,13 +31,35 @@ from lorakit.export.logit_gap import compare_logits, logits_for, sample_token_id
 from lorakit.export.model_card import write_model_card
 from lorakit.export.serve_info import Artifact, markdown, serve_commands
 from lorakit.io import atomic_dir, check_can_write, check_output_path, write_json_atomic
-from lorakit.model import (ModelSource, base_source_of, hub_error, load_base_model, load_tokenizer, resolve_model_source,
-                           torch_dtype)
-from lorakit.outputs import (LineageEntry, MergeManifest, Run, hold_output, now, open_output, package_versions,
-                             read_run, write_manifest)
+from lorakit.model import (
+    ModelSource,
+    base_source_of,
+    hub_error,
+    load_base_model,
+    load_tokenizer,
+    resolve_model_source,
+    torch_dtype,
+)
+from lorakit.outputs import (
+    LineageEntry,
+    MergeManifest,
+    Run,
+    hold_output,
+    now,
+    open_output,
+    package_versions,
+    read_run,
+    write_manifest,
+)
 from lorakit.outputs.integrity import check_adapter, check_files, load_adapter
-from lorakit.outputs.layout import (ADAPTER_FILES, README_FILE, TOKENIZER_FILES, WEIGHTS_INDEX, merged_folder,
-                                    staging_path)
+from lorakit.outputs.layout import (
+    ADAPTER_FILES,
+    README_FILE,
+    TOKENIZER_FILES,
+    WEIGHTS_INDEX,
+    merged_folder,
+    staging_path,
+)
 
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # mean KL(trained || merged) per token above which an exact merge is refused. fp32 merges reproduce the trained

@@ -26,13 +26,21 @@ from lorakit.export.logit_gap import logits_for, sample_token_ids
 from lorakit.export.merge import merge_run
 from lorakit.export.modelfile import modelfile as make_modelfile
 from lorakit.export.serve_info import Artifact, eos_list, markdown, serve_commands
-from lorakit.export.verify import (KL_TOLERANCE, compare_models, llama_cpp_agreement, tensor_errors,
-                                   tokenization_matches)
+from lorakit.export.verify import KL_TOLERANCE, compare_models, llama_cpp_agreement, tensor_errors, tokenization_matches
 from lorakit.gguf_source import import_tokenizer
 from lorakit.io import atomic_dir, check_can_write, read_json, write_text_atomic
 from lorakit.model import keep_4bit_layout_on_cpu
-from lorakit.outputs import (ExportManifest, MergeManifest, Output, hold_output, now, open_output, package_versions,
-                             training_run_behind, write_manifest)
+from lorakit.outputs import (
+    ExportManifest,
+    MergeManifest,
+    Output,
+    hold_output,
+    now,
+    open_output,
+    package_versions,
+    training_run_behind,
+    write_manifest,
+)
 from lorakit.outputs.integrity import check_model_files
 from lorakit.outputs.layout import README_FILE, export_folder, merged_folder
 

@@ -7,10 +7,25 @@ lineage), lock (one writer per output). Nothing outside this package parses a ma
 
 from lorakit.outputs.integrity import Damaged
 from lorakit.outputs.lock import OutputBusy, check_not_being_written, hold_output, writer_of
-from lorakit.outputs.manifest import (TRAINING_STAGES, BaseCopyManifest, BaseModelRecord, DPOManifest, ExportManifest,
-                                      GGUFImportManifest, LineageEntry, Manifest, MergeManifest, ParentRecord,
-                                      SFTManifest, TrainingRunManifest, manifest_json, now, package_versions,
-                                      read_manifest, write_manifest)
+from lorakit.outputs.manifest import (
+                                      TRAINING_STAGES,
+                                      BaseCopyManifest,
+                                      BaseModelRecord,
+                                      DPOManifest,
+                                      ExportManifest,
+                                      GGUFImportManifest,
+                                      LineageEntry,
+                                      Manifest,
+                                      MergeManifest,
+                                      ParentRecord,
+                                      SFTManifest,
+                                      TrainingRunManifest,
+                                      manifest_json,
+                                      now,
+                                      package_versions,
+                                      read_manifest,
+                                      write_manifest,
+)
 from lorakit.outputs.output import Lineage, Output, open_output, training_run_behind
 from lorakit.outputs.runs import Run, RunFolder, read_metrics, read_run
 

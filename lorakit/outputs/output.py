@@ -16,9 +16,19 @@ from pathlib import Path
 from lorakit.errors import LorakitError, RunError
 from lorakit.outputs.layout import ADAPTER_FILES, MANIFEST_FILE, RECIPE_FILE
 from lorakit.outputs.lock import check_not_being_written
-from lorakit.outputs.manifest import (TRAINING_STAGES, BaseCopyManifest, ExportManifest, GGUFImportManifest,
-                                      LineageEntry, Manifest, MergeManifest, TrainingRunManifest, UnknownStage,
-                                      parse_manifest, read_manifest_data)
+from lorakit.outputs.manifest import (
+    TRAINING_STAGES,
+    BaseCopyManifest,
+    ExportManifest,
+    GGUFImportManifest,
+    LineageEntry,
+    Manifest,
+    MergeManifest,
+    TrainingRunManifest,
+    UnknownStage,
+    parse_manifest,
+    read_manifest_data,
+)
 from lorakit.outputs.runs import Run, read_run
 
 KIND_OF = {MergeManifest: "merged", ExportManifest: "export", BaseCopyManifest: "base",

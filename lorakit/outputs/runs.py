@@ -21,15 +21,36 @@ from lorakit.compat import checkpoint_rng_files
 from lorakit.config import DPORecipe, SFTRecipe, load_recipe, parse_yaml, recipe_to_yaml
 from lorakit.console import info
 from lorakit.errors import LorakitError, RunError
-from lorakit.io import (check_can_write, check_inputs, check_output_path, parse_json, read_text, refuse_unsafe,
-                        replace_dir, write_bytes_atomic, write_text_atomic)
+from lorakit.io import (
+    check_can_write,
+    check_inputs,
+    check_output_path,
+    parse_json,
+    read_text,
+    refuse_unsafe,
+    replace_dir,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from lorakit.outputs.integrity import Damaged, check_checkpoint, check_run_files, checkpoint_is_complete
-from lorakit.outputs.layout import (ADAPTER_FILES, CHECKPOINTS_DIR, MANIFEST_FILE, METRICS_FILE, RECIPE_FILE,
-                                    staging_path)
+from lorakit.outputs.layout import (
+    ADAPTER_FILES,
+    CHECKPOINTS_DIR,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    staging_path,
+)
 from lorakit.outputs.lock import check_not_being_written
-from lorakit.outputs.manifest import (Manifest, ParentRecord, TrainingRunManifest, UnknownStage, parse_manifest,
-                                      read_manifest_data, write_manifest)
-
+from lorakit.outputs.manifest import (
+    Manifest,
+    ParentRecord,
+    TrainingRunManifest,
+    UnknownStage,
+    parse_manifest,
+    read_manifest_data,
+    write_manifest,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # A run being written

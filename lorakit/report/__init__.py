@@ -10,7 +10,11 @@ view (what a page shows of an output), plots (SVG charts), pages (tables and pag
 reads outputs through lorakit.outputs only: it knows nothing of training, export or pipelines.
 """
 
-from lorakit.report.write import (write_comparison_report, write_pipeline_report, write_run_report,
-                                  write_run_report_safely)
+from lorakit.report.write import (
+                                  write_comparison_report,
+                                  write_pipeline_report,
+                                  write_run_report,
+                                  write_run_report_safely,
+)
 
 __all__ = ["write_comparison_report", "write_pipeline_report", "write_run_report", "write_run_report_safely"]

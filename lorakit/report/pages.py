@@ -13,8 +13,16 @@ from lorakit.console import format_value
 from lorakit.outputs import ExportManifest, MergeManifest, TrainingRunManifest, now
 from lorakit.outputs.layout import REPORT_FILE
 from lorakit.report.plots import run_charts
-from lorakit.report.view import (EVAL_METRICS, STAGE_LABEL, OutputView, headline, lineage_chains, memory_rows,
-                                 run_totals, short)
+from lorakit.report.view import (
+    EVAL_METRICS,
+    STAGE_LABEL,
+    OutputView,
+    headline,
+    lineage_chains,
+    memory_rows,
+    run_totals,
+    short,
+)
 
 
 def _e(value: Any) -> str:
@@ -110,7 +118,8 @@ tr.worse td{background:#fdecec} .note{color:#5b6572;font-size:13px}
 .chain{display:flex;align-items:stretch;gap:6px;margin:6px 0;flex-wrap:wrap}
 .node{border:1px solid #c9ced6;border-radius:6px;padding:6px 10px;font-size:12px;display:flex;flex-direction:column;
 min-width:120px;background:#fafbfc} .node.given{border-color:#3b82f6;background:#eef6ff}
-.node b{font-size:13px} .node code{background:none;padding:0} .node span{color:#39424e} .arrow{align-self:center;color:#8a94a3;font-size:18px}
+.node b{font-size:13px} .node code{background:none;padding:0} .node span{color:#39424e}
+.arrow{align-self:center;color:#8a94a3;font-size:18px}
 footer{margin-top:28px;color:#8a94a3;font-size:12px}
 """
 

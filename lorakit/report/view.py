@@ -9,8 +9,15 @@ from typing import Any
 
 from lorakit.errors import LorakitError, RunError
 from lorakit.io import read_json
-from lorakit.outputs import (Damaged, ExportManifest, MergeManifest, Output, TrainingRunManifest, open_output,
-                             read_metrics)
+from lorakit.outputs import (
+    Damaged,
+    ExportManifest,
+    MergeManifest,
+    Output,
+    TrainingRunManifest,
+    open_output,
+    read_metrics,
+)
 from lorakit.outputs.layout import EVAL_FILE, METRICS_FILE
 
 MAX_POINTS = 2000  # per curve: a 100k-step run still draws a light SVG

@@ -31,8 +31,15 @@ from lorakit.console import err, info, warn
 from lorakit.data.prepared import PreparedData
 from lorakit.errors import ConfigError, RunError
 from lorakit.export.servable import servability_warning
-from lorakit.model import (ModelSource, base_source_of, load_policy, load_tokenizer, resolve_device,
-                           resolve_model_source, resolve_precision)
+from lorakit.model import (
+    ModelSource,
+    base_source_of,
+    load_policy,
+    load_tokenizer,
+    resolve_device,
+    resolve_model_source,
+    resolve_precision,
+)
 from lorakit.outputs import Run, RunFolder, now, package_versions, read_run
 from lorakit.outputs.integrity import check_adapter
 from lorakit.outputs.layout import ADAPTER_FILES

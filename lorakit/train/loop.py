@@ -17,11 +17,9 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lorakit.console import err
 from lorakit.errors import ConfigError, LorakitError, RunInterrupted
-from lorakit.outputs import Damaged
-from lorakit.outputs import RunFolder
+from lorakit.outputs import Damaged, RunFolder
 from lorakit.outputs.layout import CHECKPOINTS_DIR
-from lorakit.train.callbacks import (FirstStep, InterruptFlag, MarkCheckpoints, MetricsLog, RichProgress,
-                                     SaveOnInterrupt)
+from lorakit.train.callbacks import FirstStep, InterruptFlag, MarkCheckpoints, MetricsLog, RichProgress, SaveOnInterrupt
 from lorakit.train.distributed import on_main, world
 from lorakit.train.preflight import PreflightResult
 

@@ -12,7 +12,6 @@ from lorakit.vram.estimate import GIB, estimate
 from lorakit.vram.plan import suggestions
 from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
-
 # Above this share of the GPU's memory a run is "tight": fragmentation and the estimate's error eat the rest.
 TIGHT_SHARE = 0.9
 

@@ -20,6 +20,7 @@ from typing import Any
 from lorakit.errors import ConfigError
 from lorakit.model import quant_storage_dtype  # noqa: F401  (moved to lorakit.model, which loads the base)
 from lorakit.vram.sharding import STRATEGIES  # noqa: F401  (one list: the planner's per-GPU arithmetic covers each)
+
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 

@@ -18,8 +18,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from lorakit.config import (INHERITED, BaseRecipe, find_recipe, inherit_from_parent, load_recipe, precision_name,
-                            read_yaml)
+from lorakit.config import (
+    INHERITED,
+    BaseRecipe,
+    find_recipe,
+    inherit_from_parent,
+    load_recipe,
+    precision_name,
+    read_yaml,
+)
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.outputs import read_run
 from lorakit.vram import estimate as est_mod

@@ -683,8 +683,8 @@ def _pipeline_recipe_in_stage(ws):
 def _pipeline_data_in_stage(ws):
     finished_output(ws, "p/merged")
     ws.chats("p/merged/train.jsonl")
-    ws.write("pipe.yaml", f"stage: pipeline\nroot: p\nstages: [sft, merge]\nsft:\n  model:\n    name_or_path: {ws.model}\n  data:\n"
-             "    train: p/merged/train.jsonl\n")
+    ws.write("pipe.yaml", f"stage: pipeline\nroot: p\nstages: [sft, merge]\nsft:\n  model:\n    name_or_path: {ws.model}\n"
+             "  data:\n    train: p/merged/train.jsonl\n")
     return ["run", "pipe.yaml", "--force"]
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from lorakit.errors import LorakitError
 from lorakit.export.gguf_export import PYTHON_TYPES
-from lorakit.export.verify import KL_TOLERANCE
 from lorakit.export.quantize import run_quantize
+from lorakit.export.verify import KL_TOLERANCE
 
 from ..helpers import assert_clean_error, invoke
 

@@ -9,8 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from lorakit.errors import RunError
-from lorakit.errors import RunInterrupted
+from lorakit.errors import RunError, RunInterrupted
 from lorakit.outputs import read_run
 from lorakit.train.sft import run_sft
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from tests.real import artifacts
 
-
 # Every field where lorakit's GGUF and the official converter's differ on the same merged model, and why ({arch} is
 # the architecture prefix). docs/real-models.md (the official converter) gives the same reasons.
 EXPLAINED = {

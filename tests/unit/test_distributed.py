@@ -10,8 +10,14 @@ import yaml
 
 from lorakit.config import load_recipe
 from lorakit.errors import ConfigError
-from lorakit.train.strategies import (Plan, accelerate_config, check_plan, launched_plan, plan_from_recipe,
-                                      quant_storage_dtype)
+from lorakit.train.strategies import (
+    Plan,
+    accelerate_config,
+    check_plan,
+    launched_plan,
+    plan_from_recipe,
+    quant_storage_dtype,
+)
 
 from ..conftest import REPO
 from ..helpers import assert_clean_error, invoke
@@ -227,8 +233,8 @@ def test_auto_optimizer_is_a_torch_one_under_sharding():
 
 
 def test_a_checkpoint_is_complete_only_with_every_process_rng_state(tmp_path):
-    from lorakit.outputs.integrity import mark_checkpoint_complete
     from lorakit.outputs import RunFolder
+    from lorakit.outputs.integrity import mark_checkpoint_complete
 
     run = RunFolder(tmp_path / "run")
     for step, ranks in ((3, (0, 1)), (6, (0,))):  # at step 6 process 1 died while saving

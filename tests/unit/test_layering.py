@@ -82,10 +82,10 @@ def imports() -> list[tuple[str, str, bool, int]]:
     for name, path in modules().items():
         tree = ast.parse(path.read_text(), str(path))
 
-        def visit(node: ast.AST, in_function: bool) -> None:
+        def visit(node: ast.AST, in_function: bool, name: str = name) -> None:
             if isinstance(node, ast.If) and _type_checking_only(node):
                 for child in node.orelse:
-                    visit(child, in_function)
+                    visit(child, in_function, name)
                 return
             if isinstance(node, ast.Import):
                 for alias in node.names:
@@ -99,7 +99,7 @@ def imports() -> list[tuple[str, str, bool, int]]:
                         found.append((name, child if child in modules() else target, in_function, node.lineno))
             inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             for child in ast.iter_child_nodes(node):
-                visit(child, inner)
+                visit(child, inner, name)
 
         visit(tree, False)
     return found

@@ -7,8 +7,17 @@ import re
 import pytest
 
 from lorakit.errors import RunError
-from lorakit.outputs import (Damaged, DPOManifest, ExportManifest, GGUFImportManifest, MergeManifest, SFTManifest,
-                             open_output, read_manifest, write_manifest)
+from lorakit.outputs import (
+    Damaged,
+    DPOManifest,
+    ExportManifest,
+    GGUFImportManifest,
+    MergeManifest,
+    SFTManifest,
+    open_output,
+    read_manifest,
+    write_manifest,
+)
 
 # An SFT run as the first lorakit with run folders wrote it (no speed, optimizer, distributed or warnings records).
 OLD_SFT = {

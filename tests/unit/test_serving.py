@@ -9,8 +9,7 @@ import yaml
 from safetensors.numpy import save_file
 
 from lorakit.config import load_recipe, recipe_to_yaml
-from lorakit.export.servable import (VLLM_MAX_LORA_RANKS, servability_warning, vllm_lora_problems,
-                                     vllm_max_lora_rank)
+from lorakit.export.servable import VLLM_MAX_LORA_RANKS, servability_warning, vllm_lora_problems, vllm_max_lora_rank
 from lorakit.export.serve_info import markdown, serve_info
 
 from ..conftest import REPO

@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-from lorakit.cli import app
 from bench.vram_calibration import calibrate, summary
+from lorakit.cli import app
 from lorakit.vram.catalog import GPUS, MODELS, PUBLISHED_B, find_gpu, find_model
 from lorakit.vram.estimate import GIB, Setup, estimate
 from lorakit.vram.plan import fits, max_batch, max_seq_len, suggestions, verdict

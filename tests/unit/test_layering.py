@@ -20,7 +20,7 @@ PACKAGE = REPO / "lorakit"
 LAYERS: list[tuple[str, set[str]]] = [
     # Leaves: the errors a user acts on, the console, the fence around private library hooks, guarded reads and
     # atomic writes, where the cache lives, and the package root (__version__ only).
-    ("base", {"lorakit", "errors", "console", "compat", "io", "cache"}),
+    ("base", {"lorakit", "assets", "errors", "console", "compat", "io", "cache"}),
     # What every stage is configured and talks with: the recipe schema (config), the chat-template vocabulary, and
     # the built-in tiny model (built with tokenizers/transformers from io up, so model resolution can use it).
     ("vocabulary", {"config", "chat_template", "tiny"}),

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lorakit.errors import ConfigError, LorakitError
+from lorakit.export.targets import GGUF_TYPES, Target, make_target, parse_target, unique
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -300,18 +301,54 @@ def shard_size_bytes(text: str) -> int | None:
 
 
 class QuantizeSection(Section):
-    format: Literal["gguf", "bnb-4bit", "bnb-8bit"] = "gguf"
+    """One target (format + type or method), or several (`targets`), each written to its own verified folder."""
+
+    format: Literal["gguf", "bnb-4bit", "bnb-8bit", "w4a16", "w8a8", "fp8"] = "gguf"
     type: str = Field("q8_0", description="GGUF type: f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k.")
+    method: str | None = Field(None, description="compressed-tensors: rtn (default), gptq or awq (w4a16); rtn or "
+                               "gptq (w8a8); dynamic (fp8).")
+    targets: list[str] = Field(default_factory=list, description="Several targets instead of format/type/method, "
+                               "each FORMAT-TYPE/METHOD (gguf-q8_0, gguf-q4_k_m, w4a16-gptq): ROOT/export-LABEL each.")
+    calibration_data: str | None = Field(None, description="GPTQ/AWQ: chats to calibrate on (default: the training "
+                                         "data of the run being quantized).")
+    calibration_rows: int = Field(256, ge=16, description="GPTQ/AWQ: rows of calibration data.")
     verify: bool = True
 
     @field_validator("type")
     @classmethod
     def _a_gguf_type(cls, value):
-        from lorakit.export.gguf_export import K_TYPES, PYTHON_TYPES
-
-        if value.lower() not in PYTHON_TYPES + K_TYPES:
-            raise ValueError(f"is not a GGUF type: one of {', '.join(PYTHON_TYPES + K_TYPES)}")
+        if value.lower() not in GGUF_TYPES:
+            raise ValueError(f"is not a GGUF type: one of {', '.join(GGUF_TYPES)}")
         return value
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, value):
+        for label in value:
+            try:
+                parse_target(label, "target")
+            except LorakitError as exc:
+                raise ValueError(f"{exc.message} ({exc.hint})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_targets(self):
+        if self.targets and {"format", "type", "method"} & self.model_fields_set:
+            raise ValueError("give either targets or format/type/method, not both")
+        if not self.targets:
+            if "type" in self.model_fields_set and self.format != "gguf":
+                raise ValueError(f"type {self.type} is a GGUF type; format {self.format} takes method instead")
+            try:
+                make_target(self.format, self.type if self.format == "gguf" else None, self.method, "format")
+            except LorakitError as exc:
+                raise ValueError(exc.message) from None
+        return self
+
+    def resolved_targets(self) -> list[Target]:
+        """The lorakit.export.targets.Target list this section asks for."""
+        if self.targets:
+            return unique([parse_target(label, "quantize.targets") for label in self.targets])
+        return [make_target(self.format, self.type if self.format == "gguf" else None, self.method)]
 
 
 STAGE_ORDER = ("sft", "dpo", "merge", "quantize")

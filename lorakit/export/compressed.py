@@ -33,7 +33,7 @@ from lorakit.export import llmcompressor_env
 from lorakit.export.calibration import CalibrationRequest, CalibrationRows, calibration_rows
 from lorakit.export.gguf_target import checked_line
 from lorakit.export.serve_info import Artifact, eos_list, markdown, serve_commands
-from lorakit.export.targets import Target
+from lorakit.export.targets import GPUS, MIN_CAPABILITY, Target
 from lorakit.export.verify import compare_models
 from lorakit.export.writing import (ExportContext, QuantizeResult, copy_tokenizer_files, finish, refuse_if_off,
                                     written)
@@ -43,13 +43,6 @@ from lorakit.runs import atomic_dir
 SCHEMES = {"w4a16": "W4A16", "w8a8": "W8A8", "fp8": "FP8_DYNAMIC"}  # compressed-tensors preset names
 GROUP_SIZES = (128, 64, 32)  # W4A16 group sizes vLLM's Marlin kernels take, largest first
 ALIGNMENT = 16  # vLLM's CUTLASS scaled-mm kernels (INT8 and FP8) need both widths to be multiples of 16
-# The GPUs vLLM runs each on (its kernels' minimum compute capability).
-MIN_CAPABILITY = {"w4a16": "8.0", "w8a8": "8.0", "fp8": "8.9"}
-GPUS = {
-    "w4a16": "compute capability >= 8.0 (Ampere or newer: A100, A10/A40, RTX 30xx, L4, RTX 40xx, H100)",
-    "w8a8": "compute capability >= 8.0 (Ampere or newer: A100, A10/A40, RTX 30xx, L4, RTX 40xx, H100)",
-    "fp8": "compute capability >= 8.9 (Ada Lovelace or Hopper: RTX 40xx, L4, L40S, H100, H200)",
-}
 # mean KL(source || export) per token above which an export is refused. Measured on the trained tiny model
 # (bundled tiny-llama, the most quantization-sensitive kind: w4a16-rtn 0.06, w8a8-rtn 1.7e-3, fp8 9e-3) and on
 # SmolLM2-135M (docs/vllm-export.md), and kept ~3x above the worst; a broken export (wrong scales, a transposed
@@ -152,8 +145,9 @@ def choose_group_size(shapes: dict[str, tuple[int, int]], where: Path) -> int:
                 info(f"w4a16: group size {size} ({odd} takes {shapes[odd][0]} inputs, not a multiple of 128)")
             return size
     name, (fan_in, _) = next((n, s) for n, s in shapes.items() if s[0] % GROUP_SIZES[-1])
-    raise ModelError(f"w4a16 needs input widths divisible by a group size vLLM runs ({', '.join(map(str, GROUP_SIZES))}); "
-                     f"{name} takes {fan_in} inputs", hint="use --format w8a8 or gguf for this model")
+    sizes = ", ".join(map(str, GROUP_SIZES))
+    raise ModelError(f"w4a16 needs input widths divisible by a group size vLLM runs ({sizes}); {name} takes {fan_in} "
+                     "inputs", hint="use --format w8a8 or gguf for this model")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def describe() -> dict[str, Any]:
         return {"llm-compressor env": f"not created yet (created on the first GPTQ/AWQ quantize, in {folder})"}
     recorded = _read_marker(folder)
     return {"llm-compressor env": str(folder),
-            "llm-compressor env versions": ", ".join(f"{k} {v}" for k, v in sorted(recorded.get("versions", {}).items()))}
+            "llm-compressor env versions": ", ".join(f"{k} {v}" for k, v in
+                                                     sorted(recorded.get("versions", {}).items()))}
 
 
 def _read_marker(folder: Path) -> dict[str, Any]:

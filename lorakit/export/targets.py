@@ -24,6 +24,13 @@ CT_METHODS = {"w4a16": ("rtn", "gptq", "awq"), "w8a8": ("rtn", "gptq"), "fp8": (
 CT_FORMATS = tuple(CT_METHODS)
 FORMATS = ("gguf", *BNB_FORMATS, *CT_FORMATS)
 CALIBRATED = ("gptq", "awq")
+# The GPUs vLLM runs each compressed-tensors format on (the minimum compute capability of its kernels).
+MIN_CAPABILITY = {"w4a16": "8.0", "w8a8": "8.0", "fp8": "8.9"}
+GPUS = {
+    "w4a16": "compute capability >= 8.0 (Ampere or newer: A100, A10/A40, RTX 30xx, L4, RTX 40xx, H100)",
+    "w8a8": "compute capability >= 8.0 (Ampere or newer: A100, A10/A40, RTX 30xx, L4, RTX 40xx, H100)",
+    "fp8": "compute capability >= 8.9 (Ada Lovelace or Hopper: RTX 40xx, L4, L40S, H100, H200)",
+}
 # Formats that were once spelled as --format and are methods now (an old recipe or command gets a pointer).
 RENAMED = {"gptq": "--format w4a16 --method gptq", "awq": "--format w4a16 --method awq"}
 

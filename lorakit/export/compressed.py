@@ -140,9 +140,6 @@ def choose_group_size(shapes: dict[str, tuple[int, int]], where: Path) -> int:
     """128 where every input width is a multiple of it, else 64 or 32 (scales must tile each row exactly)."""
     for size in GROUP_SIZES:
         if all(fan_in % size == 0 for fan_in, _ in shapes.values()):
-            if size != GROUP_SIZES[0]:
-                odd = next(n for n, (fan_in, _) in shapes.items() if fan_in % GROUP_SIZES[0])
-                info(f"w4a16: group size {size} ({odd} takes {shapes[odd][0]} inputs, not a multiple of 128)")
             return size
     name, (fan_in, _) = next((n, s) for n, s in shapes.items() if s[0] % GROUP_SIZES[-1])
     sizes = ", ".join(map(str, GROUP_SIZES))
@@ -175,6 +172,9 @@ def export(ctx: ExportContext, jobs: list[tuple[Target, Path]]) -> list[Quantize
 def export_one(ctx: ExportContext, target: Target, folder: Path, rows: CalibrationRows | None) -> QuantizeResult:
     source = ctx.source
     layout = plan(source, target)
+    if layout.group_size and layout.group_size != GROUP_SIZES[0]:
+        info(f"{target.label}: group size {layout.group_size} (some input widths are not multiples of "
+             f"{GROUP_SIZES[0]})")
     verification: dict[str, Any] = {}
     with atomic_dir(folder, force=ctx.force, inputs=ctx.inputs) as staging:
         started = time.time()

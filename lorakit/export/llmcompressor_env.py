@@ -27,7 +27,7 @@ from lorakit.errors import ModelError, ResourceError
 # compressed-tensors==0.19.0, torch>=2.10,<=2.14).
 PINS = ("llmcompressor==0.14.0.1", "transformers==5.17.0", "compressed-tensors==0.19.0")
 TORCH_RANGE = ((2, 10), (2, 14))
-ENV_NAME = "llmcompressor-0.14.0.1"
+ENV_NAME = f"llmcompressor-0.14.0.1-py{sys.version_info.major}{sys.version_info.minor}"  # a venv is tied to its python
 READY = ".lorakit-ready"
 JOB_SCRIPT = Path(__file__).with_name("llmcompressor_job.py")
 
@@ -86,10 +86,11 @@ def ensure_env() -> Path:
     from filelock import FileLock
 
     folder = env_dir()
+    check_torch()
     if is_ready(folder):
+        relayer(folder)
         info(f"llm-compressor runs in lorakit's environment {folder}")
         return env_python(folder)
-    check_torch()
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if is_ready(folder):
@@ -109,14 +110,33 @@ def ensure_env() -> Path:
     return env_python(folder)
 
 
-def _build(folder: Path) -> None:
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(folder)], check=True, capture_output=True, text=True)
+def relayer(folder: Path) -> None:
+    """Point the environment at the lorakit that runs now (another venv, a moved install): the .pth is rewritten,
+    the pinned packages stay."""
+    marker = _read_marker(folder)
+    if marker.get("layered_over") == site_paths():
+        return
+    from filelock import FileLock
+
+    with FileLock(str(folder) + ".lock"):
+        _write_layer(folder)
+        marker["layered_over"] = site_paths()
+        (folder / READY).write_text(json.dumps(marker, indent=1))
+
+
+def _write_layer(folder: Path) -> None:
     python = env_python(folder)
     purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              check=True, capture_output=True, text=True).stdout.strip()
     # after the environment's own site-packages: the pinned copies win, everything else is lorakit's
     Path(purelib, "zz_lorakit_packages.pth").write_text("\n".join(site_paths()) + "\n")
+
+
+def _build(folder: Path) -> None:
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(folder)], check=True, capture_output=True, text=True)
+    python = env_python(folder)
+    _write_layer(folder)
     with err.status(f"pip install {' '.join(PINS)} ..."):
         subprocess.run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *PINS], check=True,
                        capture_output=True, text=True)

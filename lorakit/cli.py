@@ -610,7 +610,8 @@ def quantize(
     format: Annotated[Optional[str], typer.Option("--format", help="gguf (default), w4a16, w8a8, fp8, bnb-4bit or "
                                                   "bnb-8bit.")] = None,
     type_: Annotated[Optional[str], typer.Option("--type", help="GGUF type: f16, bf16, q8_0 (default), q5_0, q5_1, "
-                                                 "q4_0, q4_1; q4_k_m, q5_k_m, q6_k with lorakit\\[llama-cpp].")] = None,
+                                                 "q4_0, q4_1; q4_k_m, q5_k_m, q6_k with lorakit\\[llama-cpp]. "
+                                                 "Several, comma-separated: a folder each.")] = None,
     method: Annotated[Optional[str], typer.Option("--method", help="w4a16: rtn (default, no data), gptq or awq; "
                                                   "w8a8: rtn or gptq; fp8: dynamic. gptq/awq run llm-compressor in "
                                                   "an environment lorakit creates on first use.")] = None,

@@ -62,11 +62,7 @@ class Plan:
     quantized: list[str] = field(default_factory=list)  # nn.Linear module names
     kept: dict[str, str] = field(default_factory=dict)  # module or parameter -> why it stays 16-bit
     small_vectors: int = 0  # norms and biases (1-D): stay as they are
-
-    @property
-    def ignore(self) -> list[str]:
-        """The linear layers the compressed-tensors config names as left alone."""
-        return [name for name, why in self.kept.items() if why.startswith(("output head", "MoE router"))]
+    ignore: list[str] = field(default_factory=list)  # the nn.Linear layers the checkpoint's config names as left alone
 
     def record(self) -> dict[str, Any]:
         return {"scheme": self.scheme, "group_size": self.group_size, "dtype": self.dtype,
@@ -106,8 +102,10 @@ def plan(config_folder: Path, target: Target) -> Plan:
         linear_params.update(f"{name}.{p}" for p, _ in module.named_parameters(recurse=False))
         if module is output or name.endswith("lm_head"):
             result.kept[name] = "output head: stays 16-bit (as llm-compressor and vLLM leave it)"
+            result.ignore.append(name)
         elif name.endswith(ROUTER_SUFFIXES):
             result.kept[name] = "MoE router: tiny and precision-critical, stays 16-bit"
+            result.ignore.append(name)
         else:
             result.quantized.append(name)
     for name, param in model.named_parameters():
@@ -117,8 +115,10 @@ def plan(config_folder: Path, target: Target) -> Plan:
             result.small_vectors += 1
         elif "embed" in name:
             result.kept[name] = "embedding table: looked up, not multiplied; stays 16-bit"
+        elif name.removesuffix(".weight").endswith(ROUTER_SUFFIXES):
+            result.kept[name] = "MoE router: tiny and precision-critical, stays 16-bit"
         else:
-            result.kept[name] = f"{param.dim()}-D weight outside an nn.Linear (e.g. fused experts): stays 16-bit"
+            result.kept[name] = f"{param.dim()}-D weight outside an nn.Linear (fused MoE experts): stays 16-bit"
     if not result.quantized:
         raise ModelError(f"{config_folder}: no linear layer to quantize for {target.label}",
                          hint="use --format gguf for this architecture")

@@ -144,4 +144,5 @@ def requested_targets(labels: list[str] | None, fmt: str | None, qtype: str | No
     if qtype and fmt.strip().lower() != "gguf":
         raise ConfigError(f"--type {qtype} is a GGUF type; --format {fmt} does not take one",
                           hint="leave --type out, or use --method for compressed-tensors formats")
-    return [make_target(fmt, qtype, method)]
+    types = [t for t in (qtype or "").split(",") if t.strip()] or [None]  # --type q8_0,q4_k_m: one folder each
+    return unique([make_target(fmt, t, method) for t in types])

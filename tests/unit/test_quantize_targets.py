@@ -32,6 +32,7 @@ def test_flags_and_labels_name_the_same_targets(tmp_path):
     assert [t.label for t in several] == ["gguf-q8_0", "gguf-q4_k_m", "w4a16-rtn"]  # one folder per target
     assert target_folders(tmp_path / "m", several, tmp_path / "out") == [tmp_path / "out" / t.label for t in several]
     assert target_folders(tmp_path / "m", several[:1], tmp_path / "out") == [tmp_path / "out"]
+    assert requested_targets(None, "gguf", "q8_0,q4_k_m", None) == several[:2]
 
 
 @pytest.mark.parametrize("args, fragment", [

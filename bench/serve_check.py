@@ -5,8 +5,10 @@
     python bench/serve_check.py out/tiny-pipeline --llama-cpp --json results.json
 
 For a pipeline root (sft/, dpo/, merged/, export/ as `lorakit run` writes them) it starts one vLLM server for the
-SFT and DPO adapters together and one for the merged model, each with exactly the command `lorakit serve-info`
-prints (plus its CPU flags `--dtype float32 --enforce-eager` and VLLM_CPU_KVCACHE_SPACE, and this script's port),
+SFT and DPO adapters together, one for the merged model, and one per compressed-tensors export (ROOT/export-*,
+--exports DIR...; compared with that folder in transformers, first-token log-probs within --quant-tolerance),
+each with exactly the CPU command `lorakit serve-info` prints (its flags `--dtype float32 --enforce-eager`, bfloat16
+for compressed-tensors, and VLLM_CPU_KVCACHE_SPACE, and this script's port),
 sends a bounded number of greedy chat requests (--prompts per model) on 127.0.0.1, and checks against transformers
 in fp32, in this process:
 - the prompt tokens (vLLM's /tokenize of the chat) equal `apply_chat_template`'s;
@@ -184,6 +186,8 @@ def load_reference(kind: str, path: Path, base: str | None):
     import torch
     from transformers import AutoModelForCausalLM
 
+    if kind == "export":  # compressed-tensors: transformers decompresses the weights, quantizes activations
+        return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, device_map="cpu").eval()
     if kind == "merged":
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     from peft import PeftModel
@@ -254,7 +258,7 @@ def vllm_phase(label: str, info: dict, targets: list[tuple[str, str, Path]], pyt
     from lorakit.chat_template import end_of_turn_token
 
     vllm = info["vllm"]
-    argv = [str(python), *vllm["argv"][1:]] + vllm["cpu"]["extra_argv"]
+    argv = [str(python), *vllm["cpu"]["argv"][1:]] + vllm["cpu"]["extra_argv"]
     argv[argv.index("--port") + 1] = str(port)
     if args.max_model_len:
         argv += ["--max-model-len", str(args.max_model_len)]
@@ -277,7 +281,10 @@ def vllm_phase(label: str, info: dict, targets: list[tuple[str, str, Path]], pyt
                 got = vllm_reply(port, name, messages, args.max_tokens)
                 seconds = time.time() - started
                 ref = reference(model, tokenizer, messages, eos, args.max_tokens)
-                row = compare(name, prompt, ref, got, eot, tokenizer.eos_token_id, args.tolerance)
+                tolerance = args.quant_tolerance if kind == "export" else args.tolerance
+                row = compare(name, prompt, ref, got, eot, tokenizer.eos_token_id, tolerance)
+                if kind == "export":  # quantized kernels vs transformers' fake quantization: close, not equal
+                    row["ok"] = row["prompt_tokens_equal"] and row["first_logprob_delta"] <= tolerance
                 row["request_seconds"] = round(seconds, 2)
                 rows.append(row)
                 print(f"[{label}] {name}: {prompt!r} -> {got['text']!r} tokens_equal={row['tokens_equal']} "
@@ -374,7 +381,13 @@ def main() -> int:
     parser.add_argument("--startup-timeout", type=float, default=900)
     parser.add_argument("--kv-cache-gib", type=int, default=1)
     parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--skip", default="", help="Comma-separated phases to skip: adapters, merged.")
+    parser.add_argument("--skip", default="", help="Comma-separated phases to skip: adapters, merged, exports.")
+    parser.add_argument("--exports", type=Path, nargs="*", default=[],
+                        help="compressed-tensors folders to serve too (ROOT/export-w4a16-*, -w8a8-*, -fp8-* are "
+                             "found by themselves); compared with the same folder in transformers.")
+    parser.add_argument("--quant-tolerance", type=float, default=0.1,
+                        help="Largest first-token |log-prob difference| for compressed-tensors exports (vLLM's "
+                             "INT8/INT4 kernels vs transformers' fake quantization).")
     parser.add_argument("--llama-cpp", action="store_true", help="Also run the GGUF export through llama.cpp.")
     parser.add_argument("--llama-python", help="Python with llama-cpp-python[server] (default: this one).")
     parser.add_argument("--json", type=Path, help="Write every row here.")
@@ -382,6 +395,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from lorakit.export.serve_info import serve_info
+    from lorakit.export.targets import CT_FORMATS
+    from lorakit.runs import read_manifest
 
     root = args.root.resolve()
     sft, dpo, merged, export = (root / n for n in ("sft", "dpo", "merged", "export"))
@@ -391,7 +406,7 @@ def main() -> int:
     args.logs.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     phases = []
-    if python is None and not ({"adapters", "merged"} <= skip):
+    if python is None and not ({"adapters", "merged", "exports"} <= skip):
         print("no vLLM python: set LORAKIT_VLLM_PYTHON, pass --vllm-python, or --create-venv DIR", file=sys.stderr)
         return 2
     if "adapters" not in skip:
@@ -401,6 +416,10 @@ def main() -> int:
         phases.append(("adapters", info, [(n, "adapter", p) for n, p in zip(names, adapters)]))
     if "merged" not in skip and merged.is_dir():
         phases.append(("merged", serve_info([merged]), [(merged.name, "merged", merged)]))
+    if "exports" not in skip:
+        found = [p for p in sorted(root.glob("export*")) if p.is_dir() and read_manifest(p).get("format") in CT_FORMATS]
+        for folder in [*found, *[e.resolve() for e in args.exports if e.resolve() not in found]]:
+            phases.append((folder.name, serve_info([folder]), [(folder.name, "export", folder)]))
     for label, info, targets in phases:
         rows += vllm_phase(label, info, targets, python, args.port, args, args.logs)
     if args.llama_cpp and export.is_dir():

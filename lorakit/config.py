@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -25,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from lorakit.errors import ConfigError
+from lorakit.errors import ConfigError, LorakitError
 from lorakit.io import MAX_DEPTH, read_text, too_deep
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
@@ -57,6 +58,102 @@ def precision_name(value: str) -> str:
 def gguf_type(value: str) -> str:
     """A GGUF type by llama.cpp's name (bf16, f16), from torch's spelling too (bfloat16, float16)."""
     return GGUF_TYPE_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What `lorakit quantize` writes: a target is one output folder, a format plus, where the format has several, its type
+# (GGUF) or method (compressed-tensors). Its label is the one spelling everywhere: `--target LABEL`, a pipeline's
+# `quantize.targets`, the manifest's `target` and the suffix of the default folder (lorakit.export.targets):
+#     gguf-q8_0  gguf-q4_k_m  bnb-4bit  bnb-8bit  w4a16-rtn  w4a16-gptq  w4a16-awq  w8a8-rtn  w8a8-gptq  fp8-dynamic
+
+ALL_GGUF_TYPES = GGUF_TYPES + GGUF_K_TYPES
+BNB_FORMATS = ("bnb-4bit", "bnb-8bit")
+# compressed-tensors schemes (the checkpoints vLLM, SGLang and TGI load natively) and the methods each takes. RTN
+# (round to nearest) needs no data; GPTQ and AWQ calibrate on rows of the run's training data through llm-compressor.
+CT_METHODS = {"w4a16": ("rtn", "gptq", "awq"), "w8a8": ("rtn", "gptq"), "fp8": ("dynamic",)}
+CT_FORMATS = tuple(CT_METHODS)
+QUANTIZE_FORMATS = ("gguf", *BNB_FORMATS, *CT_FORMATS)
+CALIBRATED_METHODS = ("gptq", "awq")
+# Formats that were once spelled as --format and are methods now (an old recipe or command gets a pointer).
+RENAMED_FORMATS = {"gptq": "--format w4a16 --method gptq", "awq": "--format w4a16 --method awq"}
+
+
+@dataclass(frozen=True)
+class Target:
+    format: str  # one of QUANTIZE_FORMATS
+    type: str | None = None  # GGUF type
+    method: str | None = None  # compressed-tensors method
+
+    @property
+    def label(self) -> str:
+        if self.format == "gguf":
+            return f"gguf-{self.type}"
+        if self.format in CT_FORMATS:
+            return f"{self.format}-{self.method}"
+        return self.format
+
+    @property
+    def calibrated(self) -> bool:
+        return self.method in CALIBRATED_METHODS
+
+    @property
+    def family(self) -> str:
+        """Which exporter writes it: gguf, bnb or compressed-tensors."""
+        return "gguf" if self.format == "gguf" else "bnb" if self.format in BNB_FORMATS else "compressed-tensors"
+
+
+def make_target(fmt: str, qtype: str | None = None, method: str | None = None, where: str = "--format") -> Target:
+    """A target from the separate flags (`--format`, `--type`, `--method`), checked; ConfigError names the flag."""
+    fmt = (fmt or "").strip().lower()
+    if fmt in RENAMED_FORMATS:
+        raise ConfigError(f"{where} {fmt} is a method now, not a format: {fmt.upper()} runs with llm-compressor on "
+                          "w4a16 (or w8a8) checkpoints", hint=f"use {RENAMED_FORMATS[fmt]}")
+    if fmt not in QUANTIZE_FORMATS:
+        raise ConfigError(f"{where} {fmt!r} is not one of {', '.join(QUANTIZE_FORMATS)}",
+                          hint="e.g. --format gguf, w4a16")
+    if fmt == "gguf":
+        if method:
+            raise ConfigError(f"--method {method} does not apply to GGUF", hint="GGUF takes --type (q8_0, q4_k_m...)")
+        qtype = gguf_type((qtype or "q8_0").strip().lower())
+        if qtype not in ALL_GGUF_TYPES:
+            raise ConfigError(f"unknown GGUF type {qtype!r}", hint=f"one of {', '.join(ALL_GGUF_TYPES)}")
+        return Target("gguf", type=qtype)
+    if fmt in BNB_FORMATS:
+        if method:
+            raise ConfigError(f"--method {method} does not apply to {fmt}", hint="bitsandbytes quantizes on load")
+        return Target(fmt)
+    methods = CT_METHODS[fmt]
+    method = (method or methods[0]).strip().lower()
+    if fmt == "fp8" and method == "rtn":
+        method = "dynamic"  # FP8 weights are rounded to nearest too; "dynamic" names its per-token activation scales
+    if method not in methods:
+        raise ConfigError(f"--method {method!r} does not apply to {fmt}: it takes {', '.join(methods)}",
+                          hint="w4a16: rtn, gptq or awq; w8a8: rtn or gptq; fp8: dynamic (no calibration)")
+    return Target(fmt, method=method)
+
+
+def parse_target(label: str, where: str = "--target") -> Target:
+    """`gguf-q4_k_m`, `w4a16-gptq`, `w4a16` (its first method), `bnb-4bit`... -> Target."""
+    text = (label or "").strip().lower()
+    for fmt in sorted(QUANTIZE_FORMATS, key=len, reverse=True):  # bnb-4bit before a shorter prefix could claim it
+        if text == fmt:
+            return make_target(fmt, where=where)
+        if text.startswith(fmt + "-"):
+            rest = text[len(fmt) + 1:]
+            if fmt == "gguf":
+                return make_target(fmt, qtype=rest, where=where)
+            if fmt in CT_FORMATS:
+                return make_target(fmt, method=rest, where=where)
+    examples = "gguf-q8_0, gguf-q4_k_m, bnb-4bit, w4a16-rtn, w4a16-gptq, w8a8-rtn, fp8-dynamic"
+    raise ConfigError(f"{where} {label!r} is not a quantize target", hint=f"FORMAT or FORMAT-TYPE/METHOD: {examples}")
+
+
+def unique(targets: list[Target]) -> list[Target]:
+    """The targets in order, each once (two spellings of one target would write one folder twice)."""
+    seen: dict[str, Target] = {}
+    for target in targets:
+        seen.setdefault(target.label, target)
+    return list(seen.values())
 
 
 class Section(BaseModel):
@@ -338,18 +435,56 @@ def shard_size_bytes(text: str) -> int | None:
 
 
 class QuantizeSection(Section):
-    format: Literal["gguf", "bnb-4bit", "bnb-8bit"] = "gguf"
+    """One target (format + type or method), or several (`targets`), each written to its own verified folder."""
+
+    format: Literal["gguf", "bnb-4bit", "bnb-8bit", "w4a16", "w8a8", "fp8"] = "gguf"
     type: Annotated[str, BeforeValidator(gguf_type)] = Field(
         "q8_0", description="GGUF type: f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k (bfloat16 and "
                             "float16 are accepted for bf16 and f16).")
+    method: str | None = Field(None, description="compressed-tensors: rtn (default), gptq or awq (w4a16); rtn or "
+                               "gptq (w8a8); dynamic (fp8).")
+    targets: list[str] = Field(default_factory=list, description="Several targets instead of format/type/method, "
+                               "each FORMAT-TYPE/METHOD (gguf-q8_0, gguf-q4_k_m, w4a16-gptq): ROOT/export-LABEL each.")
+    calibration_data: str | None = Field(None, description="GPTQ/AWQ: chats to calibrate on (default: the training "
+                                         "data of the run being quantized).")
+    calibration_rows: int = Field(256, ge=16, description="GPTQ/AWQ: rows of calibration data.")
     verify: bool = True
 
     @field_validator("type")
     @classmethod
     def _a_gguf_type(cls, value):
-        if value.lower() not in GGUF_TYPES + GGUF_K_TYPES:
-            raise ValueError(f"is not a GGUF type: one of {', '.join(GGUF_TYPES + GGUF_K_TYPES)}")
+        if value.lower() not in ALL_GGUF_TYPES:
+            raise ValueError(f"is not a GGUF type: one of {', '.join(ALL_GGUF_TYPES)}")
         return value
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, value):
+        for label in value:
+            try:
+                parse_target(label, "target")
+            except LorakitError as exc:
+                raise ValueError(f"{exc.message} ({exc.hint})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_name_targets(self):
+        if self.targets and {"format", "type", "method"} & self.model_fields_set:
+            raise ValueError("give either targets or format/type/method, not both")
+        if not self.targets:
+            if "type" in self.model_fields_set and self.format != "gguf":
+                raise ValueError(f"type {self.type} is a GGUF type; format {self.format} takes method instead")
+            try:
+                make_target(self.format, self.type if self.format == "gguf" else None, self.method, "format")
+            except LorakitError as exc:
+                raise ValueError(exc.message) from None
+        return self
+
+    def resolved_targets(self) -> list[Target]:
+        """The quantize targets this section asks for, in order, each once."""
+        if self.targets:
+            return unique([parse_target(label, "quantize.targets") for label in self.targets])
+        return [make_target(self.format, self.type if self.format == "gguf" else None, self.method)]
 
 
 STAGE_ORDER = ("sft", "dpo", "merge", "quantize")

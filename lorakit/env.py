@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorakit.export import llmcompressor_env
 from lorakit.model import has_flash_attention, resolve_attn, resolve_device, resolve_precision
 from lorakit.outputs import package_versions
 from lorakit.train.args import resolve_optim
@@ -43,7 +44,8 @@ def describe_environment() -> dict[str, Any]:
         "optimizer (lora)": resolve_optim("auto", "lora", device),
         "optimizer (qlora)": resolve_optim("auto", "qlora", device),
     }
-    return {"detected": detected, "chosen": chosen, "versions": package_versions()}
+    return {"detected": detected, "chosen": chosen, "versions": package_versions(),
+            "environments": llmcompressor_env.describe()}
 
 
 def describe_attention(loaded: str) -> str:

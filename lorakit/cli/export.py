@@ -47,31 +47,56 @@ def merge(
 
 @command(
     "quantize",
-    help="Quantize for deployment: GGUF (+ Ollama Modelfile) for llama.cpp/Ollama/LM Studio, or serialized "
-    "bitsandbytes for transformers/vLLM; always verified against the source model.\n\n"
-    "Examples:\n\n  lorakit quantize out/dpo-merged --format gguf --type q8_0\n\n"
+    help="Quantize for deployment, verified against the source model: GGUF (+ Ollama Modelfile) for llama.cpp/"
+    "Ollama/LM Studio; compressed-tensors W4A16, W8A8 or FP8 that vLLM, SGLang and TGI load natively; or serialized "
+    "bitsandbytes. Several targets write several folders from one merge.\n\n"
+    "Examples:\n\n  lorakit quantize out/dpo-merged --format gguf --type q8_0      # -> out/dpo-merged-gguf-q8_0\n\n"
     "  lorakit quantize out/dpo --format gguf --type q4_0        # a run folder: merged first\n\n"
-    "  lorakit quantize out/dpo-merged --format bnb-4bit",
+    "  lorakit quantize out/dpo-merged --type q8_0,q4_k_m         # -> out/dpo-merged-gguf-q8_0, ...-gguf-q4_k_m\n\n"
+    "  lorakit quantize out/dpo-merged --format w4a16             # INT4 for vLLM, no calibration (rtn)\n\n"
+    "  lorakit quantize out/dpo --format w4a16 --method gptq      # calibrated on the run's own chats\n\n"
+    "  lorakit quantize out/dpo --target gguf-q8_0 --target gguf-q4_k_m --target w4a16-rtn",
 )
 def quantize(
     source: Annotated[Path, typer.Argument(help="A merged model folder, or an sft/dpo run folder (merged first).")],
-    format: Annotated[str, typer.Option("--format", help="gguf, bnb-4bit or bnb-8bit (awq/gptq: see docs/quantize.md).")]
-    = "gguf",
-    type_: Annotated[str, typer.Option("--type", help="quantize.type, a GGUF type as llama.cpp names it: f16, bf16, "
-                                                      "q8_0, q5_0, q5_1, q4_0, q4_1; q4_k_m, q5_k_m, q6_k with "
-                                                      "lorakit\\[llama-cpp]. float16 and bfloat16 are accepted as "
-                                                      "aliases.")] = "q8_0",
-    output_dir: OutputOpt = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="gguf (default), w4a16, w8a8, fp8, bnb-4bit or "
+                                                  "bnb-8bit.")] = None,
+    type_: Annotated[Optional[str], typer.Option("--type", help="quantize.type, a GGUF type as llama.cpp names it: "
+                                                 "f16, bf16, q8_0 (default), q5_0, q5_1, q4_0, q4_1; q4_k_m, q5_k_m, "
+                                                 "q6_k with lorakit\\[llama-cpp]. float16 and bfloat16 are accepted "
+                                                 "as aliases. Several, comma-separated: a folder each.")] = None,
+    method: Annotated[Optional[str], typer.Option("--method", help="w4a16: rtn (default, no data), gptq or awq; "
+                                                  "w8a8: rtn or gptq; fp8: dynamic. gptq/awq run llm-compressor in "
+                                                  "an environment lorakit creates on first use.")] = None,
+    target: Annotated[Optional[list[str]], typer.Option("--target", help="FORMAT-TYPE/METHOD, repeatable: "
+                                                         "gguf-q8_0, gguf-q4_k_m, w4a16-rtn, w4a16-gptq, w8a8-rtn, "
+                                                         "fp8-dynamic, bnb-4bit. Instead of --format/--type/--method."
+                                                         )] = None,
+    calibration_data: Annotated[Optional[str], typer.Option("--calibration-data", help="GPTQ/AWQ: chats to "
+                                                             "calibrate on (default: the run's training data).")] = None,
+    calibration_rows: Annotated[int, typer.Option("--calibration-rows", help="GPTQ/AWQ: rows to calibrate on.")]
+    = 256,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="The export folder (default "
+                                                      "MERGED-LABEL); with several targets, the folder that holds "
+                                                      "one per target.")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the checks against the source.")] = False,
     no_modelfile: Annotated[bool, typer.Option("--no-modelfile", help="Do not write an Ollama Modelfile.")] = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    from lorakit.config import gguf_type
-    from lorakit.export.quantize import run_quantize
+    from lorakit.export.calibration import CalibrationRequest
+    from lorakit.export.quantize import quantize_targets, summaries
+    from lorakit.export.targets import requested_targets
 
-    result = run_quantize(source, format, gguf_type(type_), output_dir, force, not no_verify, not no_modelfile)
-    print_run_summary("quantize", result.summary, json_out)
+    targets = requested_targets(target, format, type_, method)
+    results = quantize_targets(source, targets, output_dir, force, not no_verify, not no_modelfile,
+                               CalibrationRequest(calibration_data, calibration_rows))
+    summary = summaries(results)
+    if isinstance(summary, dict) or json_out:
+        print_run_summary("quantize", summary, json_out)
+    else:
+        for one in summary:
+            print_run_summary(f"quantize: {one['target']}", one, False)
 
 
 @command(

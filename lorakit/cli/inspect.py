@@ -127,3 +127,4 @@ def env(json_out: JsonOpt = False) -> None:
     out.print(key_value_table("detected", report["detected"]))
     out.print(key_value_table("chosen by default", report["chosen"]))
     out.print(key_value_table("versions", report["versions"]))
+    out.print(key_value_table("environments lorakit manages", report["environments"]))

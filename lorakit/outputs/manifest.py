@@ -189,23 +189,124 @@ class MergeManifest(Manifest):
     gap: dict[str, Any] | None = None
 
 
+class TokenizationCheck(Record):
+    """The export's tokenizer against the source's on the sample chats."""
+
+    texts: int | None = None
+    mismatches: int | None = None
+    first_mismatch: str | None = None
+
+
+class LlamaCppCheck(Record):
+    """llama.cpp itself (llama-cpp-python) running a GGUF export: its logits and tokenization against the source."""
+
+    mean_kl: Number | None = None
+    top1_agreement: Number | None = None
+    max_abs_logit_diff: Number | None = None
+    positions: int | None = None
+    tokenization: TokenizationCheck | None = None
+
+
+class Verification(Record):
+    """An export compared with its source (lorakit.export.verify, gguf_verify): the top-level figures are those of the
+    runtime that judged it (`judged_by`)."""
+
+    mean_kl: Number | None = None
+    top1_agreement: Number | None = None
+    max_abs_logit_diff: Number | None = None
+    positions: int | None = None
+    source_perplexity: Number | None = None
+    export_perplexity: Number | None = None
+    perplexity_delta: Number | None = None
+    samples: str | None = None  # where the sample chats came from
+    tolerance_kl: Number | None = None
+    judged_by: str | None = None  # transformers | llama.cpp (GGUF)
+    tokenization: TokenizationCheck | None = None
+    llama_cpp: LlamaCppCheck | None = None
+    transformers_error: str | None = None  # transformers' GGUF reader failed on the file; llama.cpp judged
+    tokenizer_rebuild_error: str | None = None
+    tensor_types: dict[str, int] = Field(default_factory=dict)
+    tensors: int | None = None
+    max_rel_rms_error: Number | None = None
+    worst_tensor: str | None = None
+    max_rel_rms_error_by_type: dict[str, Number] = Field(default_factory=dict)  # lorakit < 0.2's own GGUF writer
+
+
+class CalibrationRecord(Record):
+    """The rows a GPTQ/AWQ export calibrated on."""
+
+    rows: int | None = None
+    tokens: int | None = None
+    source: str | None = None
+    max_tokens_per_row: int | None = None
+
+
+class LLMCompressorRecord(Record):
+    """The managed llm-compressor environment a calibrated export ran in."""
+
+    environment: str | None = None
+    seconds: Number | None = None
+    device: str | None = None
+    versions: str | None = None
+
+
+class VLLMRecord(Record):
+    command: str | None = None
+    min_compute_capability: str | None = None
+    gpus: str | None = None
+
+
+class ConverterRecord(Record):
+    package: str | None = None
+    version: str | None = None
+    sha256: str | None = None
+
+
+class GGUFExportRecord(Record):
+    """How a GGUF export was written: the architecture llama.cpp's converter wrote, which converter, and what
+    lorakit's tokenizer part decided (pre-tokenizer, BOS flag, end-of-turn)."""
+
+    architecture: str | None = None
+    converter: ConverterRecord | None = None
+    tokenizer: dict[str, Any] = Field(default_factory=dict)
+    f16_fallbacks: list[str] = Field(default_factory=list)
+
+
 class ExportManifest(Manifest):
-    """A deploy export (`lorakit quantize`): GGUF or serialized bitsandbytes."""
+    """A deploy export (`lorakit quantize`): GGUF, compressed-tensors (W4A16/W8A8/FP8) or serialized bitsandbytes."""
 
     stage: Literal["quantize"] = "quantize"
     created_at: str | None = None
     source: str | None = None  # the merged model exported
+    target: str | None = None  # the label: gguf-q8_0, w4a16-rtn, fp8-dynamic, bnb-4bit (lorakit.config.Target)
     format: str | None = None
-    type: str | None = None
+    type: str | None = None  # GGUF type
+    method: str | None = None  # compressed-tensors: rtn, gptq, awq, dynamic
     files: list[str] = Field(default_factory=list)
     sizes: dict[str, Number] = Field(default_factory=dict)
     template_family: str | None = None
-    verification: dict[str, Any] | None = None
+    gguf: GGUFExportRecord | None = None
+    # compressed-tensors
+    scheme: str | None = None  # W4A16, W8A8, FP8_DYNAMIC
+    group_size: int | None = None
+    dtype: str | None = None  # of what stays unquantized
+    quantized_layers: int | None = None
+    unquantized: dict[str, str] = Field(default_factory=dict)  # module or parameter -> why it stays 16-bit
+    unquantized_vectors: int | None = None
+    seconds: Number | None = None
+    calibration: CalibrationRecord | None = None
+    llmcompressor: LLMCompressorRecord | None = None
+    vllm: VLLMRecord | None = None
+    verification: Verification | None = None
     verified_runtimes: list[str] = Field(default_factory=list)
 
     @property
     def gguf_file(self) -> str | None:
         return next((f for f in self.files if f.endswith(".gguf")), None)
+
+    @property
+    def calibration_rows(self) -> int | None:
+        return self.calibration.rows if self.calibration is not None else None
 
 
 class BaseCopyManifest(Manifest):

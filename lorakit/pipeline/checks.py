@@ -65,11 +65,14 @@ def check_stages(pipeline, selected: list[str]) -> None:
     recipe = pipeline.recipe
     inputs = pipeline_inputs(recipe)
     for stage in selected:
-        check_output_path(pipeline.folder(stage), f"{stage} stage folder")
-        check_inputs(pipeline.folder(stage), inputs, f"{stage} stage folder")
+        for folder in pipeline.folders(stage):
+            check_output_path(folder, f"{stage} stage folder")
+            check_inputs(folder, inputs, f"{stage} stage folder")
     check_inputs(pipeline.state_file, inputs, "pipeline state")
-    if "quantize" in selected and recipe.quantize.format == "gguf":
-        check_type(recipe.quantize.type.lower())
+    if "quantize" in selected:
+        for target in recipe.quantize.resolved_targets():
+            if target.format == "gguf":
+                check_type(target.type)
     for stage in ("sft", "dpo"):
         if stage in selected:
             check_stage_data(stage, getattr(recipe, stage))

@@ -25,8 +25,9 @@ from lorakit.config import STAGE_ORDER, PipelineRecipe, recipe_to_dict
 from lorakit.console import err, format_value
 from lorakit.data.load import fingerprint_source
 from lorakit.errors import ConfigError, LorakitError
+from lorakit.export.calibration import CalibrationRequest
 from lorakit.export.merge import merge_run
-from lorakit.export.quantize import run_quantize
+from lorakit.export.quantize import quantize_targets
 from lorakit.io import write_json_atomic
 from lorakit.outputs import ExportManifest, Manifest, hold_output, open_output
 from lorakit.outputs.layout import ADAPTER_FILES, PIPELINE_FOLDERS, STATE_FILE, merged_weight_files, staging_path
@@ -68,6 +69,18 @@ class Pipeline:
     def folder(self, stage: str) -> Path:
         return self.root / FOLDERS[stage]
 
+    def folders(self, stage: str) -> list[Path]:
+        """Every folder a stage writes: one, except a quantize stage with several targets (ROOT/export-LABEL each;
+        a single target keeps ROOT/export)."""
+        if stage == "quantize":
+            targets = self.recipe.quantize.resolved_targets()
+            if len(targets) > 1:
+                return [self.root / f"{FOLDERS[stage]}-{t.label}" for t in targets]
+        return [self.folder(stage)]
+
+    def shown(self, stage: str) -> str:
+        return ", ".join(str(f) for f in self.folders(stage))
+
     def previous(self, stage: str) -> str | None:
         """The stage before `stage` in this pipeline (whose output `stage` consumes)."""
         stages = self.recipe.stages
@@ -100,18 +113,20 @@ class Pipeline:
     def is_complete(self, stage: str) -> bool:
         """A finished manifest and every file the stage's output is used through (a deleted GGUF or adapter means
         the stage must run again, whatever its manifest says)."""
-        folder = self.folder(stage)
-        try:
-            manifest = open_output(folder).manifest
-        except LorakitError:  # unreadable, or being written by another command: not a finished stage
-            return False
-        if manifest is None or not manifest.complete:
-            return False
-        names = output_files(stage, folder, manifest)
-        return bool(names) and all((folder / name).is_file() for name in names)
+        for folder in self.folders(stage):
+            try:
+                manifest = open_output(folder).manifest
+            except LorakitError:  # unreadable, or being written by another command: not a finished stage
+                return False
+            if manifest is None or not manifest.complete:
+                return False
+            names = output_files(stage, folder, manifest)
+            if not names or not all((folder / name).is_file() for name in names):
+                return False
+        return True
 
     def has_partial(self, stage: str) -> bool:
-        return staging_path(self.folder(stage)).is_dir()
+        return any(staging_path(folder).is_dir() for folder in self.folders(stage))
 
     def save_state(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -142,7 +157,7 @@ class Pipeline:
         for index, stage in enumerate(stages):
             folder = self.folder(stage)
             if failure is not None:
-                outcomes.append(StageOutcome(stage, "not run", str(folder)))
+                outcomes.append(StageOutcome(stage, "not run", self.shown(stage)))
                 continue
             key = self.identity(stage, parent_key)
             selected = (not only or stage in only) and (not from_stage or index >= stages.index(from_stage))
@@ -150,19 +165,20 @@ class Pipeline:
             if not selected:
                 # Downstream identities build on what is actually there.
                 parent_key = recorded.get("key", key) if self.is_complete(stage) else key
-                outcomes.append(StageOutcome(stage, "not selected", str(folder), metrics=recorded.get("metrics", {})))
+                outcomes.append(StageOutcome(stage, "not selected", self.shown(stage),
+                                             metrics=recorded.get("metrics", {})))
                 continue
             if not force and recorded.get("key") == key and recorded.get("status") == "complete" \
                     and self.is_complete(stage):
                 err.print(f"[bold]{stage}[/bold]: up to date, skipped ({folder})")
-                outcomes.append(StageOutcome(stage, "skipped", str(folder), metrics=recorded.get("metrics", {})))
+                outcomes.append(StageOutcome(stage, "skipped", self.shown(stage), metrics=recorded.get("metrics", {})))
                 parent_key = key
                 continue
             resume = not force and recorded.get("key") == key and self.has_partial(stage)
             if index > 0 and not self.is_complete(self.previous(stage)):
                 failure = ConfigError(f"stage '{stage}' needs the output of '{self.previous(stage)}', which is missing",
                                       hint=f"run the pipeline from '{self.previous(stage)}' first")
-                outcomes.append(StageOutcome(stage, "failed", str(folder), error=failure.message))
+                outcomes.append(StageOutcome(stage, "failed", self.shown(stage), error=failure.message))
                 continue
             err.rule(f"{stage}{' (resuming)' if resume else ''}")
             self.state[stage] = {"key": key, "status": "running"}
@@ -174,17 +190,19 @@ class Pipeline:
                 failure = exc
                 self.state[stage] = {"key": key, "status": "interrupted" if self.has_partial(stage) else "failed"}
                 self.save_state()
-                outcomes.append(StageOutcome(stage, "failed", str(folder), time.time() - started, error=exc.message))
+                outcomes.append(StageOutcome(stage, "failed", self.shown(stage), time.time() - started,
+                                             error=exc.message))
                 continue
             seconds = time.time() - started
             self.state[stage] = {"key": key, "status": "complete", "metrics": metrics, "seconds": round(seconds, 1),
                                  "path": str(folder)}
             self.save_state()
-            outcomes.append(StageOutcome(stage, "resumed" if resume else "ran", str(folder), seconds, metrics))
+            outcomes.append(StageOutcome(stage, "resumed" if resume else "ran", self.shown(stage), seconds, metrics))
             parent_key = key
         if failure is not None and not root_was_there:
             self.remove_if_nothing_ran()
-        return PipelineResult(outcomes, failure, write_pipeline_report(self.root, [self.folder(s) for s in stages]))
+        return PipelineResult(outcomes, failure, write_pipeline_report(self.root, [f for s in stages
+                                                                                 for f in self.folders(s)]))
 
     def remove_if_nothing_ran(self) -> None:
         """A first run that failed before any stage wrote anything leaves no root folder behind."""
@@ -238,9 +256,12 @@ def run_merge_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str,
 
 def run_quantize_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
     section = pipeline.recipe.quantize
-    result = run_quantize(pipeline.source_of("quantize"), section.format, section.type, folder, force=True,
-                          verify=section.verify)
-    return dict(result.summary or {})
+    results = quantize_targets(pipeline.source_of("quantize"), section.resolved_targets(), force=True,
+                               verify=section.verify, folders=pipeline.folders("quantize"),
+                               calibration=CalibrationRequest(section.calibration_data, section.calibration_rows))
+    if len(results) == 1:
+        return dict(results[0].summary or {})
+    return {"targets": [r.summary for r in results]}
 
 
 STAGE_RUNNERS: dict[str, Callable[[Pipeline, Path, bool], dict[str, Any]]] = {
@@ -270,8 +291,11 @@ def pipeline_table(result: PipelineResult):
     styles = {"ran": "green", "resumed": "green", "skipped": "cyan", "failed": "red"}
     for o in result.outcomes:
         # the headline figures only; --json and each folder's manifest keep the rest
-        shown = {k: v for k, v in o.metrics.items() if k in KEY_METRICS}
-        metrics = "\n".join(f"{KEY_METRICS[k]} {format_value(v)}" for k, v in shown.items()) or (o.error or "")
+        lines = [f"{KEY_METRICS[k]} {format_value(v)}" for k, v in o.metrics.items() if k in KEY_METRICS]
+        for one in o.metrics.get("targets") or []:  # several quantize targets: a line each
+            lines.append(f"{one['target']}: " + ", ".join(f"{KEY_METRICS[k]} {format_value(v)}"
+                                                          for k, v in one.items() if k in KEY_METRICS))
+        metrics = "\n".join(lines) or (o.error or "")
         status = f"[{styles.get(o.status, 'dim')}]{o.status}[/]"
         table.add_row(o.stage, status, f"{o.seconds:.0f}s" if o.seconds else "-", metrics, o.path)
     return table

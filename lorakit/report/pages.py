@@ -153,7 +153,8 @@ def run_page(output: OutputView) -> str:
     if isinstance(m, MergeManifest):
         numbers.update({f"merge {k}": v for k, v in (m.gap or {}).items() if isinstance(v, (int, float))})
     if isinstance(m, ExportManifest):
-        numbers.update({f"export {k}": v for k, v in (m.verification or {}).items() if isinstance(v, (int, float))})
+        figures = m.verification.model_dump(exclude_none=True) if m.verification is not None else {}
+        numbers.update({f"export {k}": v for k, v in figures.items() if isinstance(v, (int, float))})
     charts = run_charts([output])
     sections = [
         lineage_html(lineage_chains([output])),

@@ -185,7 +185,7 @@ def headline(view: OutputView) -> dict[str, Any]:
         gap = m.gap or {}
         row.update({"dtype": m.dtype, "KL vs run": gap.get("mean_kl"), "top-1": gap.get("top1_agreement")})
     elif isinstance(m, ExportManifest):
-        verification = m.verification or {}
+        verification = m.verification.model_dump() if m.verification is not None else {}
         size = sum(v for k, v in m.sizes.items() if k.endswith((".gguf", ".safetensors")))
         row.update({"type": f"{m.format} {m.type or ''}".strip(), "MB": round(size / 1e6, 2) if size else None,
                     "KL vs merged": verification.get("mean_kl"), "top-1": verification.get("top1_agreement")})

@@ -43,7 +43,10 @@ OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "
 ATTENTION = ("eager", "sdpa", "flash")
 LOSSES = ("plain", "chunked", "fused")
 STAGES = ("sft", "dpo", "dpo-precomputed", "inference")
-QUANTS = ("nf4", "fp4", "int8")
+QUANTS = ("nf4", "fp4", "int8", "w4a16", "w8a8", "fp8")
+# compressed-tensors checkpoints as vLLM holds them (lorakit quantize --format ...): inference only.
+SERVED_QUANTS = ("w4a16", "w8a8", "fp8")
+W4A16_GROUP = 128  # one 16-bit scale per 128 weights of a row (symmetric: no zero point)
 FUSED_BUFFER = 64 * 1024**2
 OFFLOAD_KEPT_LAYERS = 2  # activation offloading: the layer in flight and the one prefetched stay on the GPU
 
@@ -217,6 +220,9 @@ def check_setup(setup: Setup) -> None:
             raise ValueError(f"lora_targets: unknown module {unknown[0]!r}; use all-linear or some of "
                              f"{','.join(LINEAR_NAMES)}")
     training = setup.stage != "inference"
+    if setup.quant in SERVED_QUANTS and training:
+        raise ValueError(f"quant: {setup.quant} is a deploy format (lorakit quantize --format {setup.quant}); use "
+                         "stage inference")
     if setup.quant is not None and training and setup.method != "qlora":
         raise ValueError(f"quant: a {setup.quant} base trains only LoRA adapters; use method qlora, or stage "
                          f"inference")
@@ -231,6 +237,13 @@ def check_setup(setup: Setup) -> None:
 
 def _quant_bytes(shape: ModelShape, s: Setup, params: int, tensors: int) -> float:
     """Bytes of `params` weights in `tensors` quantized matrices."""
+    if s.quant == "w4a16":
+        # two 4-bit weights per byte, one 16-bit scale per group of 128 inputs (Marlin keeps them so in vLLM)
+        return params * 0.5 + params / W4A16_GROUP * 2
+    if s.quant in ("w8a8", "fp8"):
+        # one byte per weight, one fp32 scale per output channel (vLLM's scaled-mm layout); the activations'
+        # per-token scales are transient
+        return params * 1.0 + params / max(shape.hidden, 1) * 4
     if s.quant == "int8":
         # LLM.int8: int8 weights plus one fp32 scale per output row (~1 row per 4096 weights in these models)
         return params * 1.0 + params / max(shape.hidden, 1) * 4
@@ -419,7 +432,11 @@ def assumptions(setup: Setup) -> dict[str, str]:
                  f"reserves {K.allocator_slack:.2f} x the allocated peak",
         "transformers": "causal-LM loss upcasts logits to fp32 (plain loss); RMSNorm computes in fp32",
     }
-    if s.quantized:
+    if s.quant in SERVED_QUANTS:
+        notes["vllm"] = (f"compressed-tensors {s.quant}: " + ("4-bit weights, a 16-bit scale per 128 (Marlin)"
+                         if s.quant == "w4a16" else "8-bit weights, fp32 per-channel scales (CUTLASS scaled-mm), "
+                         "activations quantized per token on the fly") + "; embeddings and head 16-bit")
+    elif s.quantized:
         notes["bitsandbytes"] = ("< 0.43.2: each 4-bit layer keeps its input for backward" if s.bnb_saves_inputs
                                  else ">= 0.43.2: 4-bit layers keep no input for backward; one matrix dequantized "
                                       "to 16-bit at a time")
@@ -480,7 +497,7 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
         qbytes = _quant_bytes(shape, s, quantized, _quantized_tensors(shape) + (1 if head_quantized else 0))
         add("base_weights", f"base weights ({s.quant.upper()} linears + constants)", qbytes / sh.weights, "persistent",
             f"{quantized / 1e9:.2f}B params at {qbytes / quantized:.3f} bytes/param"
-            f"{' (double quantization)' if s.double_quant and s.quant != 'int8' else ''}{split}")
+            f"{' (double quantization)' if s.double_quant and s.quant in ('nf4', 'fp4') else ''}{split}")
         small = shape.layers * shape.layer_other_params() + shape.final_norm_params  # norms, biases, routers
         large = total_params - quantized - small  # embeddings, head (unless quantized), frozen towers
         other = small * f.norm_weight + large * f.embed
@@ -621,7 +638,11 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
         add("prefill", "prefill activations (one layer, no grad)",
             tokens * (shape.hidden * 4 * b + shape.intermediate * 3 * b) + s.batch_size * shape.vocab * 4,
             "forward/backward")
-    if s.quantized:
+    if s.quant in SERVED_QUANTS:
+        if s.quant != "w4a16":  # W4A16 dequantizes inside the Marlin kernel: no buffer
+            add("act_quant", "quantized activations", tokens * max(shape.hidden, shape.intermediate) * 1.0,
+                "forward/backward", "the input of the widest layer, 1 byte per value with its per-token scales")
+    elif s.quantized:
         largest = max(_largest_matrix(shape), shape.head_params if head_quantized else 0)
         absmax = largest / 64 * 4 if s.double_quant and s.quant != "int8" else 0
         add("dequant", "dequantization buffer", largest * b + absmax, "forward/backward",

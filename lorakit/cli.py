@@ -599,6 +599,7 @@ def vram_estimate(
     "bitsandbytes for transformers/vLLM; always verified against the source model.\n\n"
     "Examples:\n\n  lorakit quantize out/dpo-merged --format gguf --type q8_0\n\n"
     "  lorakit quantize out/dpo --format gguf --type q4_0        # a run folder: merged first\n\n"
+    "  lorakit quantize out/dpo-merged --type q8_0,q4_k_m         # -> out/dpo-merged-gguf-q8_0, ...-q4_k_m\n\n"
     "  lorakit quantize out/dpo-merged --format bnb-4bit",
 )
 def quantize(
@@ -606,17 +607,24 @@ def quantize(
     format: Annotated[str, typer.Option("--format", help="gguf, bnb-4bit or bnb-8bit (awq/gptq: see README).")]
     = "gguf",
     type_: Annotated[str, typer.Option("--type", help="GGUF type: f16, bf16, q8_0, q5_0, q5_1, q4_0, q4_1; "
-                                                      "q4_k_m, q5_k_m, q6_k with lorakit\\[llama-cpp].")] = "q8_0",
+                                                      "q4_k_m, q5_k_m, q6_k with lorakit\\[llama-cpp]. Several, "
+                                                      "comma-separated (q8_0,q4_k_m): one folder each.")] = "q8_0",
     output_dir: OutputOpt = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the checks against the source.")] = False,
     no_modelfile: Annotated[bool, typer.Option("--no-modelfile", help="Do not write an Ollama Modelfile.")] = False,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    from lorakit.export.quantize import run_quantize
+    from lorakit.export.quantize import run_quantize_targets
 
-    result = run_quantize(source, format, type_, output_dir, force, not no_verify, not no_modelfile)
-    _print_run_summary("quantize", result.summary, json_out)
+    results = run_quantize_targets(source, format, type_, output_dir, force, not no_verify, not no_modelfile)
+    if json_out and len(results) > 1:
+        from lorakit.console import print_json
+
+        print_json([result.summary for result in results])  # several targets: one JSON document, a list
+        return
+    for result in results:
+        _print_run_summary("quantize", result.summary, json_out)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -171,10 +171,14 @@ def problems(figures: dict[str, Any], tolerance: float, qtype: str) -> list[str]
     if tok and tok["mismatches"]:
         found.append(f"tokenization differs on {tok['mismatches']} of {tok['texts']} sample chats")
     cpp = figures.get("llama_cpp")
-    if cpp:
-        # llama.cpp quantizes activations for quantized matmuls: judged on top-1 against transformers' reading
-        if figures["judged_by"] != "llama.cpp" and cpp["top1_agreement"] < 0.9 * figures["top1_agreement"]:
+    if cpp and figures["judged_by"] != "llama.cpp":
+        # the file must run right in the runtime it is for, too (a setting llama.cpp hard-codes, e.g. Qwen3-MoE's
+        # normalized router weights, shows only there)
+        if cpp["mean_kl"] > tolerance:
+            found.append(f"mean KL {cpp['mean_kl']:.3g} > {tolerance:g} for {qtype} in llama.cpp")
+        if cpp["top1_agreement"] < 0.9 * figures["top1_agreement"]:
             found.append(f"llama.cpp's predictions disagree (top-1 {cpp['top1_agreement']:.3f})")
+    if cpp:
         if cpp["tokenization"] is not tok and cpp["tokenization"]["mismatches"]:
             found.append(f"llama.cpp tokenizes {cpp['tokenization']['mismatches']} of "
                          f"{cpp['tokenization']['texts']} sample chats differently")

@@ -195,7 +195,7 @@ def test_quantize_killed_anywhere_leaves_no_half_export(setup, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(setup / "straight", run)
     assert invoke("merge", run).exit_code == 0
-    export = tmp_path / "run-merged-gguf"
+    export = tmp_path / "run-merged-gguf-q8_0"  # default folders carry the type (issue 27)
     for kill, delay in [({"at": "call", "target": "lorakit.export.quantize._write_gguf", "when": "after"}, None),
                         (None, seeded_delays("quantize", 1, 3.0, 12.0)[0])]:
         code, output = lorakit_killed(tmp_path, ["quantize", "run-merged", "--type", "q8_0", "--force"], kill, delay)

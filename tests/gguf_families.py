@@ -27,6 +27,7 @@ class Family:
     gguf_arch: str             # general.architecture the converter writes
     overrides: dict = field(default_factory=dict)
     ci: bool = False           # exported in the default test tier (the rest: LORAKIT_REAL_FULL=1)
+    transformers_judges: bool = True  # False: transformers' reader fails on (or misreads) the file; llama.cpp judges
 
 
 FAMILIES = [
@@ -49,9 +50,11 @@ FAMILIES = [
     Family("Granite 3", "GraniteConfig", "GraniteForCausalLM", "granite"),
     Family("OLMo-2", "Olmo2Config", "Olmo2ForCausalLM", "olmo2", ci=True),
     Family("Qwen2-MoE", "Qwen2MoeConfig", "Qwen2MoeForCausalLM", "qwen2moe",
-           dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)),
+           dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32),
+           transformers_judges=False),
     Family("Mixtral", "MixtralConfig", "MixtralForCausalLM", "llama", dict(num_local_experts=4,
-                                                                           num_experts_per_tok=2)),
+                                                                           num_experts_per_tok=2),
+           transformers_judges=False),
     Family("Granite MoE", "GraniteMoeConfig", "GraniteMoeForCausalLM", "granitemoe",
            dict(num_local_experts=4, num_experts_per_tok=2)),
     Family("OLMo", "OlmoConfig", "OlmoForCausalLM", "olmo"),

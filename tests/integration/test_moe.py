@@ -80,7 +80,10 @@ def test_a_damaged_expert_adapter_is_still_refused(moe_run, tmp_path):
     with safe_open(str(run.path / "adapter_model.safetensors"), framework="pt") as handle:
         everything = {key: handle.get_tensor(key) for key in handle.keys()}
     key = next(k for k in tensors if k.endswith("lora_A.weight"))
-    everything[key] = everything[key][:-1]  # one row short: no longer a whole number of rank-r pairs per expert
+    # one rank short on both sides: A and B still agree, but no longer hold a whole rank-r pair per expert
+    everything[key] = everything[key][:-1]
+    partner = key.replace("lora_A", "lora_B")
+    everything[partner] = everything[partner][:, :-1]
     save_file(everything, str(broken / "adapter_model.safetensors"))
     assert_clean_error(invoke("merge", broken), "is damaged", "not a multiple of r=16",
                        leftover=tmp_path / "broken-merged")

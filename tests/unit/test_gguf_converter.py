@@ -85,5 +85,5 @@ def test_the_docs_family_table_lists_exactly_the_families_the_tests_export():
 
 
 def test_the_docs_list_of_convertible_architectures_is_what_the_code_accepts(converter):
-    listed = set(re.findall(r"`(\w+)`", doc_section("Every architecture the converter converts")))
+    listed = set(re.findall(r"`([\w.]+)`", doc_section("Every architecture the converter converts")))
     assert listed == set(gguf_converter.architecture_table(converter))

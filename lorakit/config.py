@@ -205,6 +205,10 @@ class LoraSection(Section):
     alpha: Float = Field(32, gt=0, description="Scaling is alpha/r (alpha/sqrt(r) with use_rslora).")
     dropout: Float = Field(0.05, ge=0, lt=1)
     target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    target_parameters: list[str] = Field(
+        default_factory=list, description="Parameters that are not linear layers to adapt too (PEFT "
+        "target_parameters): a mixture-of-experts model's fused expert weights, e.g. [mlp.experts.gate_up_proj, "
+        "mlp.experts.down_proj] for Qwen3-MoE.")
     use_rslora: bool = False
     use_dora: bool = False
     modules_to_save: list[str] = Field(default_factory=list)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from lorakit.export import llmcompressor_env
+from lorakit.errors import ConfigError
+from lorakit.export import gguf_converter, llmcompressor_env
 from lorakit.model import has_flash_attention, resolve_attn, resolve_device, resolve_precision
 from lorakit.outputs import package_versions
 from lorakit.train.args import resolve_optim
@@ -44,8 +45,34 @@ def describe_environment() -> dict[str, Any]:
         "optimizer (lora)": resolve_optim("auto", "lora", device),
         "optimizer (qlora)": resolve_optim("auto", "qlora", device),
     }
-    return {"detected": detected, "chosen": chosen, "versions": package_versions(),
-            "environments": llmcompressor_env.describe()}
+    return {"detected": detected, "chosen": chosen, "tools": describe_tools(), "versions": package_versions()}
+
+
+# Tools lorakit fetches and manages itself (pinned, into LORAKIT_CACHE/tools), by the name `--prefetch` takes:
+# name -> (status: what `lorakit env` shows, fetch: download it now and return where it is).
+MANAGED_TOOLS: dict[str, tuple[Callable[[], dict[str, Any]], Callable[[], Any]]] = {
+    gguf_converter.TOOL_NAME: (gguf_converter.status, gguf_converter.fetch_converter),
+    llmcompressor_env.TOOL_NAME: (llmcompressor_env.status, llmcompressor_env.ensure_env),
+}
+
+
+def describe_tools() -> dict[str, str]:
+    """One line per managed tool: where it is (or the command that fetches it) and what it is."""
+    lines = {}
+    for name, (status, _) in MANAGED_TOOLS.items():
+        state = status()
+        where = state["location"] if state["installed"] else f"not fetched yet (`{state['fetch']}`, or on first use)"
+        lines[name] = f"{where}; {state['source']}" + (f"; installed: {state['versions']}" if state.get("versions")
+                                                         else "")
+    return lines
+
+
+def prefetch(name: str) -> Any:
+    """Fetch a managed tool now (for a machine that goes offline later); returns where it is."""
+    if name not in MANAGED_TOOLS:
+        raise ConfigError(f"--prefetch {name!r} is not a tool lorakit manages",
+                          hint=f"one of {', '.join(MANAGED_TOOLS)}")
+    return MANAGED_TOOLS[name][1]()
 
 
 def describe_attention(loaded: str) -> str:

@@ -310,6 +310,7 @@ def lora_config(lora, target_modules=None):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=target_modules or lora.target_modules,
+        target_parameters=list(lora.target_parameters) or None,
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,
         modules_to_save=list(lora.modules_to_save) or None,
@@ -333,6 +334,13 @@ def check_lora_targets(model, lora) -> None:
         if missing:
             raise ModelError(f"lora.{field_name} names module(s) {', '.join(missing)} that the model does not have",
                              hint=f"module names in this model: {', '.join(leaves[:20])}")
+    parameters = [name for name, _ in model.named_parameters()]
+    missing = [key for key in lora.target_parameters
+               if not any(name == key or name.endswith("." + key) for name in parameters)]
+    if missing:
+        shaped = sorted({name.split(".", 3)[-1] for name, p in model.named_parameters() if p.dim() >= 3})
+        raise ModelError(f"lora.target_parameters names parameter(s) {', '.join(missing)} that the model does not "
+                         "have", hint=f"3-D parameters (experts) in this model: {', '.join(shaped[:10]) or 'none'}")
 
 
 def load_policy(source: ModelSource, recipe, precision: str, device: str, parent_adapter: Path | None = None,

@@ -21,6 +21,12 @@ EXAMPLES = REPO / "examples" / "data"
 def _isolated_cache(tmp_path_factory):
     """Keep built-in models and tokenization caches out of the user's ~/.cache."""
     cache = tmp_path_factory.mktemp("lorakit-cache")
+    # lorakit's managed tools (llama.cpp's GGUF converter, fetched by `make real-artifacts`) are shared, not rebuilt:
+    # a test that finds none fetches it into the temporary cache on first use, as a user's first export does
+    from tests.real.artifacts import root as artifacts_root
+
+    if (artifacts_root() / "tools").is_dir():
+        (cache / "tools").symlink_to(artifacts_root() / "tools", target_is_directory=True)
     old = os.environ.get("LORAKIT_CACHE")
     os.environ["LORAKIT_CACHE"] = str(cache)
     yield cache

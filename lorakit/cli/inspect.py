@@ -114,17 +114,24 @@ def data_check(
 @command(
     "env",
     help="Show what this machine has (device, GPU, kernels, versions) and the defaults lorakit picks on it.\n\n"
-    "Example:\n\n  lorakit env --json",
+    "Examples:\n\n  lorakit env --json\n\n"
+    "  lorakit env --prefetch gguf-converter     # fetch llama.cpp's GGUF converter now, for offline use later",
 )
-def env(json_out: JsonOpt = False) -> None:
-    from lorakit.console import key_value_table, out, print_json
+def env(json_out: JsonOpt = False,
+        prefetch: Annotated[Optional[list[str]], typer.Option(
+            "--prefetch", help="Fetch a tool lorakit manages now (gguf-converter, llm-compressor), instead of on "
+            "first use.")] = None) -> None:
+    from lorakit.console import info, key_value_table, out, print_json
     from lorakit.env import describe_environment
+    from lorakit.env import prefetch as fetch_tool
 
+    for name in prefetch or []:
+        info(f"{name}: {fetch_tool(name)}")
     report = describe_environment()
     if json_out:
         print_json(report)
         return
     out.print(key_value_table("detected", report["detected"]))
     out.print(key_value_table("chosen by default", report["chosen"]))
+    out.print(key_value_table("tools lorakit manages", report["tools"]))
     out.print(key_value_table("versions", report["versions"]))
-    out.print(key_value_table("environments lorakit manages", report["environments"]))

@@ -52,7 +52,7 @@ def write_bnb(source: Path, staging: Path, fmt: str, tokenizer_files: tuple[str,
 DISK_FACTOR = 0.6
 
 
-def check(targets: list[Target], config_folder: Path | None) -> None:
+def check(targets: list[Target], config_folder: Path | None, verify: bool = True) -> None:
     """Nothing to check before work: bitsandbytes quantizes every linear layer on load."""
 
 

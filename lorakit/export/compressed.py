@@ -158,7 +158,7 @@ def choose_group_size(shapes: dict[str, tuple[int, int]], where: Path) -> int:
 # The dispatcher's interface
 
 
-def check(targets: list[Target], config_folder: Path | None) -> None:
+def check(targets: list[Target], config_folder: Path | None, verify: bool = True) -> None:
     """Before any work: shapes (when the config is at hand) and, for GPTQ/AWQ, lorakit's torch in llm-compressor's
     range."""
     if config_folder is not None:

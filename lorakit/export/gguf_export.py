@@ -1,15 +1,22 @@
-"""Write a merged transformers model as GGUF with llama.cpp's own Python package (`gguf`), no compiler needed.
+"""Write a merged transformers model as GGUF: llama.cpp's converter for the mapping, then the requested type.
 
-Conventions follow llama.cpp's converter: tensor names from gguf's name map, 1-D tensors in F32, llama-arch q/k
-weights permuted back to llama.cpp's rotary layout (Qwen2/3 keep HF's), Gemma norms stored as 1 + w, tied
-embeddings without an output tensor. The tokenizer part (lorakit/export/gguf_vocab.py) types added special tokens
-CONTROL (or llama.cpp splits <|im_start|> into text), names the BPE pre-tokenizer, gives SentencePiece vocabularies
-their scores, and writes the chat template, the end-of-turn id and the BOS flag training used.
+Where each type comes from:
+- f16, bf16, q8_0: written by llama.cpp's converter itself (lorakit.export.gguf_converter), with lorakit's
+  tokenizer part (lorakit.export.gguf_vocab);
+- q4_0, q4_1, q5_0, q5_1: the converter's f16 file re-quantized here with `gguf.quants` (no compiler needed; the
+  same tensors the converter quantizes at q8_0 are quantized, rows that do not split into blocks stay f16);
+- q4_k_m, q5_k_m, q6_k: llama.cpp's own quantizer (`llama_cpp.llama_model_quantize`, the lorakit[llama-cpp] extra)
+  from the converter's f16 file.
+Several types from one source share one f16 conversion (GGUFConversion).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -17,21 +24,21 @@ from typing import Any, Callable
 from lorakit.config import GGUF_K_TYPES as K_TYPES
 from lorakit.config import GGUF_TYPES as PYTHON_TYPES
 from lorakit.errors import ModelError, ResourceError
-from lorakit.export.gguf_vocab import add_vocab, llama_cpp_name
+from lorakit.export.gguf_converter import plan_conversion, run_converter
+from lorakit.export.gguf_vocab import llama_cpp_name
 
-ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3", "gemma2": "GEMMA2",
-         "phi3": "PHI3"}
-PERMUTED = {"llama", "mistral"}  # llama.cpp applies rotary in GPT-J layout for these; HF stores NeoX halves
+CONVERTER_TYPES = ("f16", "bf16", "q8_0")
+REQUANTIZED_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1")
+# CONVERTER_TYPES + REQUANTIZED_TYPES == PYTHON_TYPES (config.GGUF_TYPES): every type written without the extra
+
+
 @dataclass
 class GGUFResult:
     path: Path
     type: str
-    tensors: int
-    bytes: int
-    fallbacks: list[str]
-    sources: dict[str, tuple[Path, str]]  # GGUF tensor name -> (safetensors file, HF name)
-    config: dict[str, Any]
-    vocab: dict[str, Any] = field(default_factory=dict)  # what the tokenizer part says (gguf_vocab.add_vocab)
+    arch: str                     # general.architecture, as the converter wrote it
+    fallbacks: list[str] = field(default_factory=list)  # tensors kept in f16 (rows not divisible into blocks)
+    vocab: dict[str, Any] = field(default_factory=dict)  # what the tokenizer part decided (gguf_vocab.add_vocab)
 
 
 def check_type(qtype: str) -> None:
@@ -48,142 +55,98 @@ def check_type(qtype: str) -> None:
     raise ResourceError(f"unknown GGUF type {qtype!r}", hint=f"one of {', '.join(PYTHON_TYPES + K_TYPES)}")
 
 
+def read_config(folder: Path) -> dict[str, Any]:
+    """The source's config, refused when quantized or when the converter has no mapping for its architecture."""
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("quantization_config"):
+        raise ModelError(f"{folder}: the model is quantized; GGUF export needs merged 16/32-bit weights",
+                         hint="quantize the output of `lorakit merge` (or give the run folder)")
+    plan_conversion(folder, config)
+    return config
+
+
 def _ggml_type(qtype: str):
     import gguf
 
-    return {"f16": gguf.GGMLQuantizationType.F16, "bf16": gguf.GGMLQuantizationType.BF16,
-            "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0,
-            "q4_1": gguf.GGMLQuantizationType.Q4_1, "q5_0": gguf.GGMLQuantizationType.Q5_0,
-            "q5_1": gguf.GGMLQuantizationType.Q5_1}[qtype]
+    return getattr(gguf.GGMLQuantizationType, qtype.upper())
 
 
 def _file_type(qtype: str):
     import gguf
 
-    return {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-            "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1, "q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
-            "q5_1": gguf.LlamaFileType.MOSTLY_Q5_1}[qtype]
+    return getattr(gguf.LlamaFileType, f"MOSTLY_{qtype.upper()}")
 
 
-def permute(weight, heads: int):
-    """HF's rotary halves -> llama.cpp's interleaved pairs, per head (the inverse of transformers' GGUF loader)."""
-    return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+def requantize(source: Path, target: Path, qtype: str, progress: Callable[[int, int], None] | None = None
+               ) -> list[str]:
+    """Re-write an f16 GGUF with its 16-bit matrices in `qtype` (gguf.quants); returns the tensors kept in f16.
 
-
-def read_config(folder: Path) -> dict[str, Any]:
-    config = json.loads((folder / "config.json").read_text())
-    model_type = config.get("model_type")
-    if model_type not in ARCHS:
-        raise ModelError(f"{folder}: architecture {model_type!r} has no GGUF mapping in lorakit",
-                         hint=f"supported: {', '.join(sorted(ARCHS))}")
-    if config.get("quantization_config"):
-        raise ModelError(f"{folder}: the model is quantized; GGUF export needs merged 16/32-bit weights",
-                         hint="quantize the output of `lorakit merge` (or give the run folder)")
-    return config
-
-
-def add_hparams(writer, config: dict[str, Any], qtype: str, name: str, parameters: int) -> None:
-    import gguf
-
-    hidden = config["hidden_size"]
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or hidden // heads
-    writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(name)
-    writer.add_size_label(gguf.size_label(parameters, 0, 0, 0))
-    writer.add_context_length(config.get("max_position_embeddings", 2048))
-    writer.add_embedding_length(hidden)
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(config.get("num_key_value_heads") or heads)
-    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
-    writer.add_rope_freq_base(config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta",
-                                                                                                    10000.0))
-    writer.add_rope_dimension_count(int(head_dim * config.get("partial_rotary_factor", 1.0)))
-    writer.add_key_length(head_dim)  # llama.cpp derives it from hidden/heads when absent; written as its converter does
-    writer.add_value_length(head_dim)
-    writer.add_vocab_size(config["vocab_size"])
-    if config["model_type"] == "gemma2":
-        writer.add_attn_logit_softcapping(config.get("attn_logit_softcapping") or 50.0)
-        writer.add_final_logit_softcapping(config.get("final_logit_softcapping") or 30.0)
-        writer.add_sliding_window(config.get("sliding_window") or 4096)
-    writer.add_file_type(_file_type(qtype))
-
-
-def convert_tensor(name: str, data, config: dict[str, Any]):
-    """HF tensor -> llama.cpp layout (numpy float32)."""
-    model_type = config["model_type"]
-    if model_type in PERMUTED:
-        heads = config["num_attention_heads"]
-        if name.endswith("q_proj.weight"):
-            data = permute(data, heads)
-        elif name.endswith("k_proj.weight"):
-            data = permute(data, config.get("num_key_value_heads") or heads)
-    if model_type == "gemma2" and name.endswith("norm.weight"):
-        data = data + 1  # Gemma's RMSNorm scales by (1 + w)
-    return data
-
-
-def write_gguf(folder: Path, target: Path, qtype: str, tokenizer, progress: Callable[[int, int], None] | None = None
-               ) -> GGUFResult:
-    """Convert the safetensors in `folder` to `target` (Python-side types; K-quants go through f16 first)."""
+    Every key is copied as it is but the file type. Tensors are quantized one at a time, twice (sizes first, then the
+    bytes), so memory holds one tensor, whatever the model's size."""
     import gguf
     import numpy as np
-    from safetensors import safe_open
 
-    config = read_config(folder)
-    arch = getattr(gguf.MODEL_ARCH, ARCHS[config["model_type"]])
-    name_map = gguf.get_tensor_name_map(arch, config["num_hidden_layers"])
-    ggml_type = _ggml_type(qtype)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelError(f"{folder}: no .safetensors weights", hint="give a merged model folder or a run folder")
-    tied = config.get("tie_word_embeddings", False)
-    names, parameters = [], 0
-    for file in files:
-        with safe_open(file, framework="pt") as handle:
-            for key in handle.keys():
-                if (tied and key == "lm_head.weight") or "rotary_emb" in key:
-                    continue  # tied: llama.cpp reuses token_embd; rotary tables are recomputed
-                names.append((file, key))
-                parameters += int(np.prod(handle.get_slice(key).get_shape()))
-    writer = gguf.GGUFWriter(target, gguf.MODEL_ARCH_NAMES[arch])
-    name = llama_cpp_name(folder.name, json.loads((folder / "tokenizer.json").read_text()))
-    add_hparams(writer, config, qtype, name, parameters)
-    vocab = add_vocab(writer, folder, config, tokenizer)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    reader = gguf.GGUFReader(source)
+    kind = _ggml_type(qtype)
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    sixteen = (gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16)
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(target, arch)
+    for item in reader.fields.values():
+        if item.name == "general.architecture" or item.name.startswith("GGUF."):
+            continue
+        if item.name == "general.file_type":
+            writer.add_file_type(_file_type(qtype))
+            continue
+        sub_type = item.types[-1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(item.name, item.contents(), item.types[0], sub_type=sub_type)
 
-    fallbacks = []
-    sources: dict[str, tuple[Path, str]] = {}
-    total = 0
-    for index, (file, key) in enumerate(names):
-        gguf_name = name_map.get_name(key, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            raise ModelError(f"{folder}: tensor {key} has no GGUF name for {config['model_type']}",
-                             hint="the model has layers lorakit's GGUF mapping does not know")
-        with safe_open(file, framework="pt") as handle:
-            data = handle.get_tensor(key).float().numpy()
-        data = convert_tensor(key, data, config)
-        kind = ggml_type
-        if data.ndim <= 1:
-            kind = gguf.GGMLQuantizationType.F32
-        elif qtype not in ("f16", "bf16") and data.shape[-1] % gguf.GGML_QUANT_SIZES[ggml_type][0]:
-            kind = gguf.GGMLQuantizationType.F16  # rows that do not split into blocks stay 16-bit
-            fallbacks.append(gguf_name)
-        packed = gguf.quants.quantize(data.astype(np.float32), kind)
-        writer.add_tensor(gguf_name, packed, raw_dtype=kind)
-        sources[gguf_name] = (file, key)
-        total += packed.nbytes
-        if progress:
-            progress(index + 1, len(names))
+    def plan(tensor):
+        quantize = tensor.tensor_type in sixteen and len(tensor.data.shape) >= 2 and tensor.data.shape[-1] % block == 0
+        return kind if quantize else tensor.tensor_type
+
+    fallbacks = [t.name for t in reader.tensors if t.tensor_type in sixteen and len(t.data.shape) >= 2
+                 and t.data.shape[-1] % block]
+    for tensor in reader.tensors:
+        target_kind = plan(tensor)
+        shape = [int(n) for n in reversed(tensor.shape)]  # numpy order
+        if target_kind != tensor.tensor_type:
+            nbytes = gguf.quant_shape_to_byte_shape(shape, target_kind)
+            writer.add_tensor_info(tensor.name, nbytes, np.dtype(np.uint8), int(np.prod(nbytes)), target_kind)
+        else:
+            writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes,
+                                   tensor.tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    for index, tensor in enumerate(reader.tensors):
+        target_kind = plan(tensor)
+        data = tensor.data
+        if target_kind != tensor.tensor_type:
+            values = gguf.quants.dequantize(data, tensor.tensor_type).reshape([int(n) for n in reversed(tensor.shape)])
+            data = gguf.quants.quantize(values.astype(np.float32), target_kind)
+        writer.write_tensor_data(data, tensor_endianess=reader.endianess)
+        if progress:
+            progress(index + 1, len(reader.tensors))
     writer.close()
-    return GGUFResult(target, qtype, len(sources), total, fallbacks, sources, config, vocab)
+    return fallbacks
+
+
+@contextmanager
+def native_output_captured():
+    """llama.cpp's C code logs to the process's stderr (file descriptor 2), past Python and Rich: held in a
+    temporary file for the duration, and yielded as a list that receives the text (for an error message)."""
+    captured: list[str] = []
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", "replace"))
 
 
 def k_quantize(f16_path: Path, target: Path, qtype: str) -> None:
@@ -194,7 +157,73 @@ def k_quantize(f16_path: Path, target: Path, qtype: str) -> None:
              "q6_k": llama_cpp.LLAMA_FTYPE_MOSTLY_Q6_K}[qtype]
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
-    code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(target).encode(), params)
+    with native_output_captured() as log:
+        code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(target).encode(), params)
     if code != 0:
-        raise ModelError(f"llama.cpp's quantizer failed on {f16_path.name} (code {code})",
-                         hint="try a Python-side type such as q8_0 or q4_0")
+        last = next((line for line in reversed(log[0].splitlines()) if line.strip()), "")
+        raise ModelError(f"llama.cpp's quantizer failed on {f16_path.name} (code {code}): {last[:200]}",
+                         hint="try a type the converter writes itself: q8_0 or f16")
+
+
+def gguf_architecture(path: Path) -> str:
+    import gguf
+
+    return str(gguf.GGUFReader(path).fields["general.architecture"].contents())
+
+
+class GGUFConversion:
+    """One source, any number of GGUF types: the converter runs once per type it writes itself, and once at f16 for
+    every type derived from f16 (kept in a scratch folder next to the outputs, deleted on exit)."""
+
+    def __init__(self, folder: Path, scratch_parent: Path, progress: Callable[[str, int, int | None], None] = None):
+        self.folder = folder
+        self.config = read_config(folder)
+        tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
+        self.model_name = llama_cpp_name(folder.name, tokenizer_json)
+        self.scratch_parent = scratch_parent
+        self.progress = progress or (lambda label, done, total: None)
+        self._scratch: Path | None = None
+        self._f16: tuple[Path, dict[str, Any]] | None = None
+
+    def __enter__(self) -> GGUFConversion:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+    def _convert(self, outfile: Path, outtype: str) -> dict[str, Any]:
+        return run_converter(self.folder, outfile, outtype, self.model_name,
+                             lambda done: self.progress(f"Converting ({outtype}, llama.cpp's converter)", done, None))
+
+    def _f16_file(self) -> tuple[Path, dict[str, Any]]:
+        if self._f16 is None:
+            self.scratch_parent.mkdir(parents=True, exist_ok=True)
+            self._scratch = Path(tempfile.mkdtemp(dir=self.scratch_parent, prefix=".lorakit-gguf-"))
+            path = self._scratch / "model-f16.gguf"
+            self._f16 = (path, self._convert(path, "f16"))
+        return self._f16
+
+    def write(self, qtype: str, target: Path) -> GGUFResult:
+        if qtype in CONVERTER_TYPES:
+            decided = self._convert(target, qtype)
+            return GGUFResult(target, qtype, decided.get("arch") or gguf_architecture(target), [],
+                              decided.get("vocab", {}))
+        f16, decided = self._f16_file()
+        fallbacks: list[str] = []
+        if qtype in REQUANTIZED_TYPES:
+            fallbacks = requantize(f16, target, qtype,
+                                   lambda done, total: self.progress(f"Quantizing ({qtype})", done, total))
+        else:
+            self.progress(f"Quantizing ({qtype}, llama.cpp's quantizer)", 0, None)
+            k_quantize(f16, target, qtype)
+        return GGUFResult(target, qtype, decided.get("arch") or gguf_architecture(target), fallbacks,
+                          decided.get("vocab", {}))
+
+
+def write_gguf(folder: Path, target: Path, qtype: str, tokenizer=None,
+               progress: Callable[[str, int, int | None], None] | None = None) -> GGUFResult:
+    """One GGUF of `folder` at `qtype` (the tokenizer is read from the folder, as training saved it)."""
+    del tokenizer  # the converter's subprocess loads the folder's own
+    with GGUFConversion(folder, target.parent, progress) as conversion:
+        return conversion.write(qtype, target)

@@ -1,34 +1,30 @@
 """The GGUF quantize targets (gguf-q8_0, gguf-q4_k_m, ...): the file, its Ollama Modelfile, and the checks against
-the source (tensors read back, logits through transformers' GGUF loader, tokenization, llama.cpp when installed).
+the source.
 
-Called by the dispatcher (lorakit.export.quantize) with every GGUF target of one command, so a shared intermediate
-can serve several types.
+llama.cpp's official converter does the architecture mapping (lorakit.export.gguf_export, gguf_converter); every GGUF
+target of one command is written from one conversion (the f16 intermediate serves every type derived from it).
+Verification (lorakit.export.gguf_verify): transformers' GGUF reader where it reads the architecture, llama.cpp itself
+when llama-cpp-python is installed, and the tokenizer rebuilt from the file.
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from transformers import AutoModelForCausalLM
 
 from lorakit.chat_template import read_stops
 from lorakit.compat import route_gguf_loading_bar
 from lorakit.config import Target
 from lorakit.console import err, warn
-from lorakit.export.gguf_export import K_TYPES, check_type, k_quantize, write_gguf
-from lorakit.export.logit_gap import logits_for
+from lorakit.errors import ModelError
+from lorakit.export.gguf_converter import PACKAGE, SHA256, VERSION, plan_conversion
+from lorakit.export.gguf_export import GGUFConversion, GGUFResult, check_type
+from lorakit.export.gguf_verify import check_verifiable, problems, verify_gguf
 from lorakit.export.modelfile import modelfile as make_modelfile
 from lorakit.export.serve_info import Artifact, eos_list, markdown, serve_commands
-from lorakit.export.verify import (
-    KL_TOLERANCE,
-    compare_models,
-    llama_cpp_agreement,
-    tensor_errors,
-    tokenization_matches,
-)
+from lorakit.export.verify import KL_TOLERANCE
 from lorakit.export.writing import (
     ExportContext,
     QuantizeResult,
@@ -38,16 +34,21 @@ from lorakit.export.writing import (
     system_prompt_of,
     written,
 )
-from lorakit.gguf_source import import_tokenizer
-from lorakit.io import atomic_dir, write_text_atomic
+from lorakit.io import atomic_dir, read_json, write_text_atomic
 
 DISK_FACTOR = 1.2
 
 
-def check(targets: list[Target], config_folder: Path | None) -> None:
-    """Before any work: the types this machine can write (K-quants need llama.cpp's quantizer)."""
+def check(targets: list[Target], config_folder: Path | None, verify: bool = True) -> None:
+    """Before any work: the types this machine can write (K-quants need llama.cpp's quantizer), an architecture
+    llama.cpp's converter converts, and a runtime here that can load the export to verify it."""
     for target in targets:
         check_type(target.type)
+    if config_folder is None or not (config_folder / "config.json").is_file():
+        return  # the source check names what is missing
+    plan = plan_conversion(config_folder, read_json(config_folder / "config.json", ModelError))
+    if verify:
+        check_verifiable(plan.gguf_arch, plan.hf_arch)
 
 
 def prepare(ctx: ExportContext, targets: list[Target]) -> None:
@@ -63,47 +64,59 @@ def prepare(ctx: ExportContext, targets: list[Target]) -> None:
 
 
 def export(ctx: ExportContext, jobs: list[tuple[Target, Path]]) -> list[QuantizeResult]:
-    return [export_one(ctx, target, folder) for target, folder in jobs]
+    """Every GGUF target of the command from one conversion of the source (scratch files beside the first folder)."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
+                        transient=True)
+    with progress, GGUFConversion(ctx.source, jobs[0][1].parent, progress_callback(progress)) as conversion:
+        return [export_one(ctx, conversion, target, folder) for target, folder in jobs]
 
 
-def export_one(ctx: ExportContext, target: Target, folder: Path) -> QuantizeResult:
+def progress_callback(progress: Progress) -> Callable[[str, int, int | None], None]:
+    tasks: dict[str, Any] = {}
+
+    def update(label: str, done: int, total: int | None) -> None:
+        if label not in tasks:
+            tasks[label] = progress.add_task(label, total=total)
+        progress.update(tasks[label], completed=done, total=total)
+    return update
+
+
+def export_one(ctx: ExportContext, conversion: GGUFConversion, target: Target, folder: Path) -> QuantizeResult:
     qtype, source = target.type, ctx.source
     modelfile_text, family = ctx.prepared.get(target.label, (None, None))
-    files: list[str] = []
+    name = f"model-{qtype}.gguf"
+    files = [name]
     verification: dict[str, Any] = {}
     with atomic_dir(folder, force=ctx.force, inputs=ctx.inputs) as staging:
-        name = f"model-{qtype}.gguf"
-        result = _write_gguf(source, staging, name, qtype, ctx.tokenizer)
-        files.append(name)
+        result = _write_gguf(conversion, staging, name, qtype)
         if modelfile_text:
             write_text_atomic(staging / "Modelfile", modelfile_text)
             files.append("Modelfile")
         if ctx.verify:
             samples, origin, source_logits = ctx.reference()
-            with err.status("Verifying the export against its source..."):
-                verification = _verify(staging, name, samples, source_logits, ctx.tokenizer, result)
+            route_gguf_loading_bar()
+            with err.status(f"Verifying {name} against its source..."):
+                verification = verify_gguf(staging / name, source, samples, source_logits, ctx.tokenizer)
             verification.update(samples=origin, tolerance_kl=KL_TOLERANCE[qtype])
-            problems = []
-            tok = verification.get("tokenization")
-            if tok and tok["mismatches"]:
-                problems.append(f"tokenization differs on {tok['mismatches']} of {tok['texts']} sample chats")
-            cpp = verification.get("llama_cpp")
-            if cpp and cpp["top1_agreement"] < 0.9 * verification["top1_agreement"]:
-                problems.append(f"llama.cpp's predictions disagree (top-1 {cpp['top1_agreement']:.3f})")
-            refuse_if_off(target, verification, KL_TOLERANCE[qtype], problems)
+            found = problems(verification, KL_TOLERANCE[qtype], qtype)
+            refuse_if_off(target, verification, KL_TOLERANCE[qtype], found)
         runtimes = verified_runtimes(verification)
         readme = export_readme(folder, files, source, target, runtimes)
+        gguf = {"architecture": result.arch, "converter": {"package": PACKAGE, "version": VERSION, "sha256": SHA256},
+                "tokenizer": result.vocab, "f16_fallbacks": result.fallbacks}
         outcome = finish(staging, folder, target, ctx, files, verification, runtimes, readme,
-                         {"template_family": family})
+                         {"template_family": family, "gguf": gguf})
     written(folder)
     return outcome
 
 
 def verified_runtimes(verification: dict[str, Any]) -> list[str]:
-    """The runtimes that loaded this export and matched its source here (the manifest's record)."""
+    """The runtimes that loaded this export and matched its source here (the manifest's record): transformers when
+    its reader judged the file (not when it failed or cannot read the architecture), llama.cpp when it ran it."""
     if not verification:
         return []
-    return ["transformers"] + (["llama.cpp"] if verification.get("llama_cpp") else [])
+    return (["transformers"] if verification.get("judged_by") == "transformers" else []) + \
+        (["llama.cpp"] if verification.get("llama_cpp") else [])
 
 
 def export_readme(folder: Path, files: list[str], source: Path, target: Target, runtimes: list[str]) -> str:
@@ -116,38 +129,9 @@ def export_readme(folder: Path, files: list[str], source: Path, target: Target, 
     return head + checked_line(runtimes) + markdown(serve_commands(artifact)).lstrip("\n")
 
 
-def _write_gguf(source: Path, staging: Path, name: str, qtype: str, tokenizer):
-    python_type = "f16" if qtype in K_TYPES else qtype
-    first = staging / (".model-f16.gguf" if qtype in K_TYPES else name)
-    progress = Progress(TextColumn(f"Writing GGUF ({python_type})"), BarColumn(), MofNCompleteColumn(), console=err,
-                        transient=True)
-    with progress:
-        task = progress.add_task("tensors", total=None)
-        result = write_gguf(source, first, python_type, tokenizer,
-                            lambda done, total: progress.update(task, completed=done, total=total))
+def _write_gguf(conversion: GGUFConversion, staging: Path, name: str, qtype: str) -> GGUFResult:
+    """The GGUF file itself (a named step: the kill -9 tests stop the process right after it)."""
+    result = conversion.write(qtype, staging / name)
     if result.fallbacks:
         warn(f"{len(result.fallbacks)} tensor(s) kept in f16 (rows not divisible into {qtype} blocks)")
-    if qtype in K_TYPES:
-        with err.status(f"Quantizing to {qtype} with llama.cpp..."):
-            k_quantize(first, staging / name, qtype)
-        first.unlink()
-        result.path = staging / name
-        result.type = qtype
     return result
-
-
-def _verify(staging: Path, gguf_name: str, samples, source_logits, tokenizer, result) -> dict[str, Any]:
-    route_gguf_loading_bar()
-    exported = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf_name, dtype="float32").eval()
-    figures = compare_models(source_logits, logits_for(exported, samples), samples)
-    del exported
-    figures.update(tensor_errors(result))
-    # read back as lorakit unpacks a GGUF: transformers' rebuild, edited where it cuts text unlike llama.cpp
-    with tempfile.TemporaryDirectory() as unpacked:
-        gguf_tokenizer, _ = import_tokenizer(staging / gguf_name, Path(unpacked))
-    texts = [tokenizer.decode(ids) for ids in samples]
-    figures["tokenization"] = tokenization_matches(tokenizer, gguf_tokenizer, texts)
-    cpp = llama_cpp_agreement(staging / gguf_name, samples, source_logits)
-    if cpp is not None:
-        figures["llama_cpp"] = cpp
-    return figures

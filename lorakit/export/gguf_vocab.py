@@ -20,7 +20,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lorakit.chat_template import PROBE, end_of_turn_token
 from lorakit.errors import ModelError
@@ -62,8 +62,10 @@ def _pre_parts(pre: dict[str, Any] | None) -> list[dict[str, Any]]:
     return pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
 
 
-def pre_tokenizer_name(tokenizer_json: dict[str, Any], model_type: str) -> str:
-    """The name llama.cpp gives this byte-level BPE pre-tokenizer."""
+def pre_tokenizer_name(tokenizer_json: dict[str, Any], model_type: str,
+                       released_pre: Callable[[], str | None] | None = None) -> str:
+    """The name llama.cpp gives this byte-level BPE pre-tokenizer: from its structure, else (`released_pre`) from
+    llama.cpp's converter's table of released tokenizers."""
     pre = tokenizer_json.get("pre_tokenizer")
     text = json.dumps(pre or {})
     for name, pattern in PRE_TOKENIZERS:
@@ -79,9 +81,13 @@ def pre_tokenizer_name(tokenizer_json: dict[str, Any], model_type: str) -> str:
         return "gpt-2"
     if model_type in ("qwen2", "qwen3") and not kinds:
         return "qwen2"
+    released = released_pre() if released_pre is not None else None
+    if released:
+        return released
     raise ModelError(f"the tokenizer's pre-tokenizer ({', '.join(k or '?' for k in kinds) or 'none'}) is not one "
                      "lorakit can name for llama.cpp (llama-bpe, qwen2, qwen35, tekken, smollm, gpt-2)",
-                     hint="export with --format bnb-4bit instead, or convert with llama.cpp's convert_hf_to_gguf.py")
+                     hint="export with --format bnb-4bit instead (llama.cpp's converter does not know this tokenizer "
+                          "either)")
 
 
 PHI3_NAMES = ("phi-3", "phi3")
@@ -101,6 +107,10 @@ def llama_cpp_name(name: str, tokenizer_json: dict[str, Any]) -> str:
     if says_phi3 and not rstrip:
         return re.sub(r"(?i)phi-?3", "Phi 3", name)
     return name
+
+
+def is_bpe(tokenizer_json: dict[str, Any]) -> bool:
+    return tokenizer_json.get("model", {}).get("type") == "BPE"
 
 
 def is_sentencepiece_style(tokenizer_json: dict[str, Any]) -> bool:
@@ -196,7 +206,8 @@ def adds_bos(tokenizer) -> bool:
     return True
 
 
-def add_vocab(writer, folder: Path, config: dict[str, Any], tokenizer) -> dict[str, Any]:
+def add_vocab(writer, folder: Path, config: dict[str, Any], tokenizer,
+              released_pre: Callable[[], str | None] | None = None) -> dict[str, Any]:
     """Write the tokenizer metadata; returns what was decided (for the export manifest and tests)."""
     import gguf
 
@@ -215,7 +226,7 @@ def add_vocab(writer, folder: Path, config: dict[str, Any], tokenizer) -> dict[s
         writer.add_add_space_prefix(adds_space_prefix(tokenizer_json))
     else:
         writer.add_tokenizer_model("gpt2")
-        pre = pre_tokenizer_name(tokenizer_json, config["model_type"])
+        pre = pre_tokenizer_name(tokenizer_json, config.get("model_type", ""), released_pre)
         writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)

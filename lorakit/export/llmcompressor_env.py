@@ -45,15 +45,18 @@ def is_ready(folder: Path | None = None) -> bool:
     return (folder / READY).is_file() and env_python(folder).is_file()
 
 
-def describe() -> dict[str, Any]:
-    """What `lorakit env` shows about it."""
+TOOL_NAME = "llm-compressor"  # its name in `lorakit env` and `lorakit env --prefetch`
+
+
+def status() -> dict[str, Any]:
+    """What `lorakit env` reports about the environment (lorakit.env.MANAGED_TOOLS)."""
     folder = env_dir()
-    if not is_ready(folder):
-        return {"llm-compressor env": f"not created yet (created on the first GPTQ/AWQ quantize, in {folder})"}
-    recorded = _read_marker(folder)
-    return {"llm-compressor env": str(folder),
-            "llm-compressor env versions": ", ".join(f"{k} {v}" for k, v in
-                                                     sorted(recorded.get("versions", {}).items()))}
+    ready = is_ready(folder)
+    versions = _read_marker(folder).get("versions", {}) if ready else {}
+    return {"tool": TOOL_NAME, "source": f"{', '.join(PINS)} (PyPI), over lorakit's own torch",
+            "location": str(folder), "installed": ready,
+            "versions": ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or None,
+            "fetch": None if ready else f"lorakit env --prefetch {TOOL_NAME}"}
 
 
 def _read_marker(folder: Path) -> dict[str, Any]:

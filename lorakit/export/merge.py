@@ -30,7 +30,7 @@ from lorakit.export.generation_config import write_generation_config
 from lorakit.export.logit_gap import compare_logits, logits_for, sample_token_ids
 from lorakit.export.model_card import write_model_card
 from lorakit.export.serve_info import Artifact, markdown, serve_commands
-from lorakit.io import atomic_dir, check_can_write, check_output_path, write_json_atomic
+from lorakit.io import atomic_dir, check_can_write, check_output_path, read_json, write_json_atomic
 from lorakit.model import (
     ModelSource,
     base_source_of,
@@ -51,7 +51,13 @@ from lorakit.outputs import (
     read_run,
     write_manifest,
 )
-from lorakit.outputs.integrity import check_adapter, check_files, load_adapter
+from lorakit.outputs.integrity import (
+    check_adapter,
+    check_files,
+    is_parameter_module,
+    load_adapter,
+    parameter_modules,
+)
 from lorakit.outputs.layout import (
     ADAPTER_FILES,
     README_FILE,
@@ -135,11 +141,16 @@ def check_adapter_shapes(adapter_dir: Path, base: ModelSource, trust_remote_code
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     modules = dict(skeleton.named_modules())
+    adapter_config = read_json(adapter_dir / "adapter_config.json", ModelError)
+    wrapped = parameter_modules(adapter_config)
     with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as handle:
         for key in sorted(handle.keys()):
             if ".lora_A." not in key and ".lora_B." not in key:
                 continue
             module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+            if is_parameter_module(module_name, wrapped):
+                check_parameter_target(adapter_dir, module_name, modules, adapter_config, base_location)
+                continue
             module = modules.get(module_name)
             shape = handle.get_slice(key).get_shape()
             if module is None or not hasattr(module, "in_features"):
@@ -154,6 +165,28 @@ def check_adapter_shapes(adapter_dir: Path, base: ModelSource, trust_remote_code
                     f"{'input' if '.lora_A.' in key else 'output'}"
                     f" size is {got}, the base layer's is {expected}",
                     hint="merge the adapter into the base it was trained on (--model)")
+
+
+def check_parameter_target(adapter_dir: Path, module_name: str, modules: dict[str, Any], adapter_config: dict,
+                           base_location: str) -> None:
+    """A target_parameters LoRA (PEFT's ParamWrapper, nested as .base_layer per parameter): the module exists in the
+    base and holds a parameter the adapter names. Exact sizes are PEFT's to check when it loads the adapter (a
+    mismatch is then one line through integrity.load_adapter)."""
+    owner_name = module_name
+    while owner_name.endswith(".base_layer"):
+        owner_name = owner_name[: -len(".base_layer")]
+    module = modules.get(owner_name)
+    names = [entry.rpartition(".")[2] for entry in adapter_config.get("target_parameters") or []]
+    if module is None or not any(isinstance(getattr(module, name, None), torch_parameter()) for name in names):
+        raise ModelError(f"{adapter_dir} does not fit the base: the adapter targets parameters "
+                         f"{', '.join(names)} of {owner_name}, which the base model {base_location} lacks",
+                         hint="merge the adapter into the base it was trained on (--model)")
+
+
+def torch_parameter():
+    import torch
+
+    return torch.nn.Parameter
 
 
 def _owner(src: MergeSource) -> str:

@@ -3,13 +3,14 @@
 This module dispatches; each format family has its own exporter with the same interface:
 
     DISK_FACTOR                       disk needed per byte of the source's weights
-    check(targets, config_folder)     before any work: what the model's config allows (config_folder: the merged
-                                      model, or the run's base before merging)
+    check(targets, config_folder, verify)
+                                      before any work: what the model's config allows (config_folder: the merged
+                                      model, or the run's base before merging), and that it can be verified here
     prepare(ctx, targets)             after the merge, before any folder is written: what can still fail on the
                                       merged source itself (GGUF: the Ollama Modelfile; compressed-tensors: shapes)
     export(ctx, jobs)                 one verified folder per (target, folder)
 
-- GGUF + Ollama Modelfile for llama.cpp / Ollama / LM Studio (lorakit.export.gguf_target)
+- GGUF + Ollama Modelfile for llama.cpp / Ollama / LM Studio, through llama.cpp's converter (lorakit.export.gguf_target)
 - serialized bitsandbytes NF4 / LLM.int8 for transformers (lorakit.export.bnb)
 - compressed-tensors W4A16 / W8A8 / FP8 for vLLM, SGLang and TGI (lorakit.export.compressed)
 
@@ -178,7 +179,7 @@ def _quantize(source: Path, targets: list[Target], folders: list[Path], adapter_
     for target, folder in zip(targets, folders):
         groups.setdefault(target.family, []).append((target, folder))
     for family, jobs in groups.items():
-        EXPORTERS[family].check([t for t, _ in jobs], config_folder)
+        EXPORTERS[family].check([t for t, _ in jobs], config_folder, verify)
     rows = None
     if any(t.calibrated for t in targets):
         tokenizer = AutoTokenizer.from_pretrained(str(source))  # a run keeps its chat template
@@ -190,7 +191,7 @@ def _quantize(source: Path, targets: list[Target], folders: list[Path], adapter_
         check_source(source)
         if config_folder != source:
             for family, jobs in groups.items():
-                EXPORTERS[family].check([t for t, _ in jobs], source)
+                EXPORTERS[family].check([t for t, _ in jobs], source, verify)
     for folder in folders:
         check_can_write(folder, force, inputs=inputs)
     for family, jobs in groups.items():

@@ -107,6 +107,7 @@ def check_adapter(folder: str | Path, owner: str, finite: bool = False, hint: st
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise Damaged(owner, "adapter_config.json", f"'r' is {rank!r}, not a positive integer", hint)
     patterned = bool(config.get("rank_pattern"))
+    wrapped = parameter_modules(config)
     ranks: dict[str, dict[str, int]] = {}
     for key, shape in lora.items():
         if len(shape) != 2:
@@ -121,12 +122,34 @@ def check_adapter(folder: str | Path, owner: str, finite: bool = False, hint: st
             raise Damaged(owner, "adapter_model.safetensors",
                           f"{module}: lora_A has rank {sides['A']} but lora_B has rank {sides['B']}", hint)
         got = next(iter(sides.values()))
+        if is_parameter_module(module, wrapped):
+            # PEFT's target_parameters LoRA on a (experts, out, in) weight: one rank-r pair per expert, stacked
+            if got % rank:
+                raise Damaged(owner, "adapter_model.safetensors",
+                              f"{module} has rank {got}, not a multiple of r={rank} (one rank-r pair per expert)",
+                              hint)
+            continue
         if not patterned and got != rank:
             raise Damaged(owner, "adapter_model.safetensors",
                           f"{module} has rank {got}, but adapter_config.json says r={rank}", hint)
     if finite:
         check_finite(folder / "adapter_model.safetensors", owner, folder, hint)
     return config
+
+
+def parameter_modules(config: dict[str, Any]) -> list[str]:
+    """Module paths (suffixes) that hold the parameters an adapter's `target_parameters` names: mlp.experts for
+    mlp.experts.gate_up_proj."""
+    entries = config.get("target_parameters") or []
+    return sorted({entry.rpartition(".")[0] for entry in entries if isinstance(entry, str) and "." in entry})
+
+
+def is_parameter_module(module: str, wrapped: list[str]) -> bool:
+    """Whether an adapter key's module path is one of PEFT's parameter wrappers (nested as .base_layer, one per
+    targeted parameter of the same module)."""
+    while module.endswith(".base_layer"):
+        module = module[: -len(".base_layer")]
+    return any(module == suffix or module.endswith("." + suffix) for suffix in wrapped)
 
 
 def check_finite(file: Path, owner: str, folder: Path, hint: str | None = None) -> None:

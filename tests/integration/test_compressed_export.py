@@ -134,5 +134,5 @@ def test_gptq_calibrates_on_the_runs_own_chats_in_the_managed_environment(run_co
     assert result.summary["mean_kl"] <= CT_TOLERANCE["w4a16"]
     config = json.loads((result.path / "config.json").read_text())["quantization_config"]
     assert config["format"] == "pack-quantized" and config["ignore"] == ["lm_head"]
-    env = json.loads(invoke("env", "--json").stdout)["environments"]
-    assert env["llm-compressor env"] == str(llmcompressor_env.env_dir())
+    tools = json.loads(invoke("env", "--json").stdout)["tools"]
+    assert tools["llm-compressor"].startswith(str(llmcompressor_env.env_dir()))

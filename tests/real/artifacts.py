@@ -101,6 +101,22 @@ def fetch_sdist_parts() -> None:
             _publish(folder, sdist_root() / part)
 
 
+def fetch_gguf_converter() -> None:
+    """lorakit's own managed copy of llama.cpp's converter (lorakit.export.gguf_converter), into this cache's
+    tools/, where the test sessions' temporary caches link to it."""
+    from lorakit.export import gguf_converter
+
+    old = os.environ.get("LORAKIT_CACHE")
+    os.environ["LORAKIT_CACHE"] = str(root())
+    try:
+        gguf_converter.fetch_converter()
+    finally:
+        if old is None:
+            os.environ.pop("LORAKIT_CACHE", None)
+        else:
+            os.environ["LORAKIT_CACHE"] = old
+
+
 def fetch_smollm2() -> None:
     if smollm2_gguf():
         return
@@ -145,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     fetch_smollm2()
     fetch_sdist_parts()
+    fetch_gguf_converter()
     if args.print:
         print({"smollm2": smollm2_gguf, "models": models_dir, "converter": converter_dir}[args.print]())
         return 0

@@ -284,7 +284,7 @@ def card_text(manifest: MergeManifest, path: Path | None = None, eos: list[int] 
     return "\n".join(lines)
 
 
-def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: str | None = "bfloat16",
+def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: str | None = None,
               base_mode: str = "dequantized", max_shard_size: str = "2GB", force: bool = False,
               model: str | None = None, verify: bool = True) -> MergeResult:
     """Merge a run (or bare adapter) into a standalone model at `output_dir` (default `<source>-merged`).

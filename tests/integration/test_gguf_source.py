@@ -74,8 +74,9 @@ def test_a_run_on_a_gguf_names_it_and_merge_unpacks_it_again_when_the_cache_is_g
     assert "dequantized" in (run / "README.md").read_text()
 
     shutil.rmtree(base["location"])  # the cache was cleared: the same file (same SHA-256) is unpacked again
-    merged = merge_run(run, tmp_path / "merged")
+    merged = merge_run(run, tmp_path / "merged")  # no dtype: the one `lorakit quantize RUN` merges with too
     assert merged.manifest["base_model"]["gguf"]["sha256"] == base["gguf"]["sha256"]
+    assert merged.dtype == "float32"  # a GGUF base's own (dequantized) precision, not bf16 on top of its rounding
     assert Path(base["location"]).is_dir()
 
     shutil.rmtree(base["location"])

@@ -85,6 +85,14 @@ def test_shapes_the_kernels_cannot_take_are_refused_before_work(odd_model, tmp_p
                        leftover=out)
 
 
+def test_a_mixed_command_checks_every_target_before_it_writes_any(odd_model, tmp_path):
+    # the GGUF target is fine and comes first; the FP8 one cannot take the MLP's shapes: nothing at all is written
+    out = tmp_path / "out"
+    assert_clean_error(invoke("quantize", odd_model, "--target", "gguf-q8_0", "--target", "fp8-dynamic", "-o", out),
+                       "multiples of 16", leftover=out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_damaged_or_quantized_sources_and_thin_calibration_data_are_refused(tiny_llama, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_llama, damaged)

@@ -21,7 +21,7 @@ from lorakit.console import err, warn
 from lorakit.errors import ModelError
 from lorakit.export.gguf_converter import PACKAGE, SHA256, VERSION, plan_conversion
 from lorakit.export.gguf_export import GGUFConversion, GGUFResult, check_type
-from lorakit.export.gguf_verify import check_verifiable, problems, verify_gguf
+from lorakit.export.gguf_verify import check_verifiable, judged_tolerance, problems, verify_gguf
 from lorakit.export.modelfile import modelfile as make_modelfile
 from lorakit.export.serve_info import Artifact, eos_list, markdown, serve_commands
 from lorakit.export.verify import KL_TOLERANCE
@@ -97,9 +97,9 @@ def export_one(ctx: ExportContext, conversion: GGUFConversion, target: Target, f
             route_gguf_loading_bar()
             with err.status(f"Verifying {name} against its source..."):
                 verification = verify_gguf(staging / name, source, samples, source_logits, ctx.tokenizer)
-            verification.update(samples=origin, tolerance_kl=KL_TOLERANCE[qtype])
-            found = problems(verification, KL_TOLERANCE[qtype], qtype)
-            refuse_if_off(target, verification, KL_TOLERANCE[qtype], found)
+            tolerance = judged_tolerance(KL_TOLERANCE[qtype], verification["judged_by"])
+            verification.update(samples=origin, tolerance_kl=tolerance)
+            refuse_if_off(target, verification, tolerance, problems(verification, KL_TOLERANCE[qtype], qtype))
         runtimes = verified_runtimes(verification)
         readme = export_readme(folder, files, source, target, runtimes)
         gguf = {"architecture": result.arch, "converter": {"package": PACKAGE, "version": VERSION, "sha256": SHA256},

@@ -168,11 +168,25 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
 
 
+# llama.cpp's own arithmetic moves logits even where the weights are exact: its quantized matmuls round activations to
+# 8 bits and its KV cache is f16. So the figure llama.cpp gives is held to the type's tolerance or this floor, whichever
+# is larger. SmolLM2-135M-Instruct (its Q4_1 release, unpacked to float32) exported to q8_0 measured mean KL 7.7e-3 in
+# llama.cpp (above q8_0's 5e-3, which transformers' dequantized reading meets); a broken export (a wrong permutation or
+# vocabulary) measures above 0.1.
+LLAMA_CPP_KL_FLOOR = 0.02
+
+
+def judged_tolerance(tolerance: float, runtime: str | None) -> float:
+    """The mean-KL bound for the figures of `runtime` (transformers or llama.cpp)."""
+    return max(tolerance, LLAMA_CPP_KL_FLOOR) if runtime == "llama.cpp" else tolerance
+
+
 def problems(figures: dict[str, Any], tolerance: float, qtype: str) -> list[str]:
     """What makes the export differ from its source beyond the type's tolerance, one phrase each."""
     found = []
-    if figures["mean_kl"] > tolerance:
-        found.append(f"mean KL {figures['mean_kl']:.3g} > {tolerance:g} for {qtype} ({figures['judged_by']})")
+    judge = judged_tolerance(tolerance, figures["judged_by"])
+    if figures["mean_kl"] > judge:
+        found.append(f"mean KL {figures['mean_kl']:.3g} > {judge:g} for {qtype} ({figures['judged_by']})")
     tok = figures.get("tokenization")
     if tok and tok["mismatches"]:
         found.append(f"tokenization differs on {tok['mismatches']} of {tok['texts']} sample chats")
@@ -180,8 +194,9 @@ def problems(figures: dict[str, Any], tolerance: float, qtype: str) -> list[str]
     if cpp and figures["judged_by"] != "llama.cpp":
         # the file must run right in the runtime it is for, too (a setting llama.cpp hard-codes, e.g. Qwen3-MoE's
         # normalized router weights, shows only there)
-        if cpp["mean_kl"] > tolerance:
-            found.append(f"mean KL {cpp['mean_kl']:.3g} > {tolerance:g} for {qtype} in llama.cpp")
+        bound = judged_tolerance(tolerance, "llama.cpp")
+        if cpp["mean_kl"] > bound:
+            found.append(f"mean KL {cpp['mean_kl']:.3g} > {bound:g} for {qtype} in llama.cpp")
         if cpp["top1_agreement"] < 0.9 * figures["top1_agreement"]:
             found.append(f"llama.cpp's predictions disagree (top-1 {cpp['top1_agreement']:.3f})")
     if cpp:

@@ -144,3 +144,20 @@ def test_serve_info_gives_vllm_serve_without_a_quantization_flag_and_the_gpus(tm
     assert "compressed-tensors" in info["transformers"]["code"]
     shown = invoke("serve-info", folder)
     assert shown.exit_code == 0 and "vllm serve" in shown.output
+
+
+def test_llama_cpps_own_arithmetic_has_a_floor_a_broken_gguf_does_not_pass():
+    from lorakit.export.gguf_verify import LLAMA_CPP_KL_FLOOR, problems
+
+    tokens = {"texts": 4, "mismatches": 0}
+
+    def figures(cpp_kl, judge="transformers", kl=1e-3):
+        return {"mean_kl": kl, "top1_agreement": 0.99, "judged_by": judge, "tokenization": tokens,
+                "llama_cpp": {"mean_kl": cpp_kl, "top1_agreement": 0.98, "tokenization": tokens}}
+
+    # SmolLM2-135M q8_0: exact enough in transformers (1e-3), 7.7e-3 in llama.cpp (8-bit activations, f16 KV cache)
+    assert problems(figures(7.7e-3), 5e-3, "q8_0") == []
+    assert problems(figures(7.7e-3, "llama.cpp", 7.7e-3), 5e-3, "q8_0") == []
+    broken = problems(figures(0.12), 5e-3, "q8_0")
+    assert len(broken) == 1 and "in llama.cpp" in broken[0] and f"> {LLAMA_CPP_KL_FLOOR:g}" in broken[0]
+    assert problems(figures(1e-4, kl=6e-3), 5e-3, "q8_0")[0].startswith("mean KL 0.006 > 0.005")

@@ -83,7 +83,7 @@ def test_a_damaged_expert_adapter_is_still_refused(moe_run, tmp_path):
     # one rank short on both sides: A and B still agree, but no longer hold a whole rank-r pair per expert
     everything[key] = everything[key][:-1]
     partner = key.replace("lora_A", "lora_B")
-    everything[partner] = everything[partner][:, :-1]
+    everything[partner] = everything[partner][:, :-1].contiguous()
     save_file(everything, str(broken / "adapter_model.safetensors"))
     assert_clean_error(invoke("merge", broken), "is damaged", "not a multiple of r=16",
                        leftover=tmp_path / "broken-merged")

@@ -42,14 +42,37 @@ def plain_folder(gguf: Path, work: Path) -> Path:
     return folder
 
 
-def reply(path: Path) -> tuple[str, str]:
-    """llama.cpp's greedy reply to PROMPT through the file's own chat template, and why it stopped."""
+def reply(path: Path, chat: bool) -> tuple[str, str]:
+    """llama.cpp's greedy reply to PROMPT through the file's own chat template (a base model without one: PROMPT
+    continued as plain text), and why it stopped (`stop`: an end-of-turn or end-of-text token)."""
     from llama_cpp import Llama
 
     model = Llama(model_path=str(path), n_ctx=512, verbose=False)
-    out = model.create_chat_completion(messages=[{"role": "user", "content": PROMPT}], max_tokens=40, temperature=0)
-    choice = out["choices"][0]
-    return choice["message"]["content"].strip().replace("\n", " ")[:90], choice["finish_reason"]
+    if chat:
+        out = model.create_chat_completion(messages=[{"role": "user", "content": PROMPT}], max_tokens=40,
+                                           temperature=0)
+        text = out["choices"][0]["message"]["content"]
+    else:
+        out = model(PROMPT, max_tokens=40, temperature=0)
+        text = out["choices"][0]["text"]
+    return text.strip().replace("\n", " ")[:90], out["choices"][0]["finish_reason"]
+
+
+def transformers_reply(folder: Path, chat: bool) -> str:
+    """The source model's own greedy reply in transformers, for comparison (greedy decoding of a near-tie can differ
+    between runtimes at the first token)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    if chat:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=40, do_sample=False)
+    return tokenizer.decode(out[0][ids.shape[1]:], skip_special_tokens=True).strip().replace("\n", " ")[:90]
 
 
 def main() -> int:
@@ -70,8 +93,14 @@ def main() -> int:
                 print(f"| {name} | not fetched (python -m tests.real.artifacts) |||||||||", flush=True)
                 continue
             folder = plain_folder(gguf, Path(tmp))
+            chat = bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")) or \
+                (folder / "chat_template.jinja").is_file()
+            print(f"| {name}: transformers' own reply | | | | | | | | {transformers_reply(folder, chat)} | |",
+                  flush=True)
             started = time.monotonic()
-            results = quantize_targets(folder, requested_targets(None, "gguf", args.types, None), force=True)
+            # a base model without a chat template gets no Ollama Modelfile (there is no TEMPLATE to write)
+            results = quantize_targets(folder, requested_targets(None, "gguf", args.types, None), force=True,
+                                       modelfile=chat)
             seconds = (time.monotonic() - started) / len(results)
             for result in results:
                 manifest = json.loads((result.path / "manifest.json").read_text())
@@ -79,7 +108,7 @@ def main() -> int:
                 cpp = ver.get("llama_cpp") or {}
                 tok = ver.get("tokenization") or {}
                 kl_tf = f"{ver['mean_kl']:.2e}" if ver.get("judged_by") == "transformers" else "—"
-                text, stop = reply(result.path / manifest["files"][0])
+                text, stop = reply(result.path / manifest["files"][0], chat)
                 size = sum(v for k, v in manifest["sizes"].items() if k.endswith(".gguf")) / 1e6
                 print(f"| {name} ({manifest['gguf']['architecture']}) | {manifest['type']} | {size:.0f} | {kl_tf} | "
                       f"{cpp.get('mean_kl', float('nan')):.2e} | {cpp.get('top1_agreement', float('nan')):.3f} | "

@@ -8,7 +8,8 @@ import pytest
 
 from lorakit.errors import LorakitError
 from lorakit.export.gguf_export import PYTHON_TYPES
-from lorakit.export.quantize import run_quantize
+from lorakit.export.quantize import quantize_targets, run_quantize
+from lorakit.export.targets import make_target
 from lorakit.export.verify import KL_TOLERANCE
 
 from ..helpers import assert_clean_error, invoke
@@ -37,16 +38,26 @@ def gguf_fields(path):
     return reader, fields
 
 
+@pytest.fixture(scope="module")
+def every_python_type(merged, tmp_path_factory):
+    """Every type written without llama.cpp's quantizer, from one command: one scoring of the source, and one f16
+    conversion for the four types re-quantized from it (the converter's subprocess costs ~10 s a start)."""
+    out = tmp_path_factory.mktemp("types")
+    targets = [make_target("gguf", qtype) for qtype in PYTHON_TYPES]
+    results = quantize_targets(merged, targets, folders=[out / qtype for qtype in PYTHON_TYPES])
+    return {qtype: result for qtype, result in zip(PYTHON_TYPES, results)}
+
+
 @pytest.mark.parametrize("qtype", PYTHON_TYPES)
-def test_every_python_type_round_trips_through_transformers(merged, tmp_path, qtype):
-    result = run_quantize(merged, "gguf", qtype, tmp_path / "out")
+def test_every_python_type_round_trips_through_transformers(every_python_type, qtype):
+    result = every_python_type[qtype]
     summary = result.summary
     assert summary["mean_kl"] <= KL_TOLERANCE[qtype]
     assert summary["top1_agreement"] >= {"f16": 0.999, "bf16": 0.999, "q8_0": 0.97}.get(qtype, 0.75)
     assert summary["tokenization_mismatches"] == 0
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest = json.loads((result.path / "manifest.json").read_text())
     assert manifest["verification"]["tensors"] > 0 and manifest["type"] == qtype
-    assert (tmp_path / "out" / f"model-{qtype}.gguf").is_file()
+    assert (result.path / f"model-{qtype}.gguf").is_file()
 
 
 def test_gguf_metadata_carries_template_eos_eot_and_control_tokens(merged, tmp_path):

@@ -171,9 +171,9 @@ def _first_line(exc: Exception) -> str:
 # llama.cpp's own arithmetic moves logits even where the weights are exact: its quantized matmuls round activations to
 # 8 bits and its KV cache is f16. So the figure llama.cpp gives is held to the type's tolerance or this floor, whichever
 # is larger. SmolLM2-135M-Instruct (its Q4_1 release, unpacked to float32) exported to q8_0 measured mean KL 7.7e-3 in
-# llama.cpp (above q8_0's 5e-3, which transformers' dequantized reading meets); a broken export (a wrong permutation or
-# vocabulary) measures above 0.1.
-LLAMA_CPP_KL_FLOOR = 0.02
+# llama.cpp (2.9e-3 in transformers' dequantized reading); Gemma 3 270M q8_0 0.046 (0.021 in transformers, f16 6.3e-5
+# in llama.cpp: the file is right); a broken export (a wrong permutation or vocabulary) measures above 0.1.
+LLAMA_CPP_KL_FLOOR = 0.06
 
 
 def judged_tolerance(tolerance: float, runtime: str | None) -> float:

@@ -76,6 +76,7 @@ def transformers_reply(folder: Path, chat: bool) -> str:
 
 
 def main() -> int:
+    from lorakit.errors import LorakitError
     from lorakit.export.quantize import quantize_targets
     from lorakit.export.targets import requested_targets
 
@@ -99,8 +100,12 @@ def main() -> int:
                   flush=True)
             started = time.monotonic()
             # a base model without a chat template gets no Ollama Modelfile (there is no TEMPLATE to write)
-            results = quantize_targets(folder, requested_targets(None, "gguf", args.types, None), force=True,
-                                       modelfile=chat)
+            try:
+                results = quantize_targets(folder, requested_targets(None, "gguf", args.types, None), force=True,
+                                           modelfile=chat)
+            except LorakitError as exc:  # e.g. one type refused by the verification: the message has its figures
+                print(f"| {name} | {args.types} | refused: {exc.message} |||||||", flush=True)
+                continue
             seconds = (time.monotonic() - started) / len(results)
             for result in results:
                 manifest = json.loads((result.path / "manifest.json").read_text())

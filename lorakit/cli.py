@@ -19,7 +19,7 @@ from lorakit.errors import LorakitError
 
 app = typer.Typer(
     name="lorakit",
-    help="LoRA/QLoRA fine-tuning for one consumer GPU: sft -> dpo -> merge -> quantize.",
+    help="LoRA/QLoRA fine-tuning for one consumer GPU: sft -> dpo -> grpo -> merge -> quantize.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
@@ -503,6 +503,58 @@ def dpo(
     _print_run_summary("DPO run", result.summary, json_out)
 
 
+RewardOpt = Annotated[Optional[list[str]], typer.Option(
+    "--reward", help="What completions are scored by (repeatable, or comma-separated): a built-in (exact_answer, "
+    "math, regex, format, json, length), your own FILE.py:FUNCTION, or a reward-model folder. Replaces the recipe's "
+    "grpo.rewards (weights and options live there).")]
+
+
+@command(
+    "grpo",
+    help="Group Relative Policy Optimization of a LoRA/QLoRA adapter with verifiable rewards, continuing from an SFT "
+    "(or DPO) run.\n\n"
+    "Examples:\n\n"
+    "  lorakit grpo --from out/sft --data prompts.jsonl --reward exact_answer,format -o out/grpo\n\n"
+    "  lorakit grpo --recipe recipes/tiny-cpu-grpo.yaml\n\n"
+    "  lorakit grpo --model ./base --data prompts.jsonl --reward my_rewards.py:score -o out/grpo-from-base\n\n"
+    "  lorakit grpo -r recipes/smollm2-135m-cpu-grpo.yaml --set grpo.num_generations=4 --max-steps 20",
+)
+def grpo(
+    recipe: RecipeOpt = None,
+    from_run: Annotated[Optional[str], typer.Option("--from", help="SFT or DPO run folder to continue from.")] = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    reward: RewardOpt = None,
+    output_dir: OutputOpt = None,
+    max_steps: MaxStepsOpt = None,
+    epochs: EpochsOpt = None,
+    learning_rate: LrOpt = None,
+    seed: SeedOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    resume: ResumeOpt = False,
+    print_config: PrintConfigOpt = False,
+    no_preflight: NoPreflightOpt = False,
+    num_processes: NumProcessesOpt = None,
+    strategy: StrategyOpt = None,
+    accelerate_config: AccelerateConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    rewards = [name.strip() for value in reward or [] for name in value.split(",") if name.strip()] or None
+    resolved = _resolve_training_recipe(
+        "grpo", recipe, set_, no_preflight, from_run=from_run, model=model, data=data, output_dir=output_dir,
+        max_steps=max_steps, epochs=epochs, learning_rate=learning_rate, seed=seed, num_processes=num_processes,
+        strategy=strategy, accelerate_config=str(accelerate_config) if accelerate_config else None, rewards=rewards,
+    )
+    if print_config:
+        return _print_config(resolved)
+    from lorakit.train.launch import run_training
+
+    result = run_training("grpo", resolved, force=force, resume=resume, resume_hint=_resume_hint(),
+                          debug=_state["debug"])
+    _print_run_summary("GRPO run", result.summary, json_out)
+
+
 @command(
     "merge",
     help="Fold a run's adapter into its base and write a standalone model (measuring the merge gap).\n\n"
@@ -541,6 +593,8 @@ def merge(
     "  lorakit vram-estimate ./my-model --gpu all\n\n"
     "  lorakit vram-estimate --recipe recipes/llama3.1-8b-qlora-sft.yaml\n\n"
     "  lorakit vram-estimate mistralai/Mistral-7B-v0.1 --stage dpo --json\n\n"
+    "  lorakit vram-estimate Qwen/Qwen2.5-1.5B --stage grpo --seq-len 768 --completion-len 512 --batch-size 8 "
+    "--generation vllm --gpu rtx4090\n\n"
     "  lorakit vram-estimate Qwen/Qwen2.5-72B --method lora --num-gpus 4 --strategy fsdp --gpu a100-80gb\n\n"
     "  curl -sL https://huggingface.co/ORG/NAME/resolve/main/config.json | lorakit vram-estimate -",
 )
@@ -565,7 +619,13 @@ def vram_estimate(
     attn: Annotated[Optional[str], typer.Option(help="eager, sdpa or flash (default sdpa).")] = None,
     loss: Annotated[Optional[str], typer.Option(help="plain, chunked or fused (default fused, lorakit's CUDA choice).")]
     = None,
-    stage: Annotated[Optional[str], typer.Option(help="sft, dpo, dpo-precomputed or inference (default sft).")] = None,
+    stage: Annotated[Optional[str], typer.Option(help="sft, dpo, dpo-precomputed, grpo or inference (default sft).")]
+    = None,
+    completion_len: Annotated[Optional[int], typer.Option(
+        help="--stage grpo: tokens per completion (max_completion_length); --seq-len counts prompt + completion "
+             "(default 256).")] = None,
+    generation: Annotated[Optional[str], typer.Option(
+        help="--stage grpo: transformers (generate) or vllm (colocated, its share of the GPU).")] = None,
     double_quant: Annotated[Optional[bool], typer.Option("--double-quant/--no-double-quant", help="Default on.")]
     = None,
     quant: Annotated[Optional[str], typer.Option(
@@ -589,7 +649,7 @@ def vram_estimate(
         batch_size=batch_size, grad_checkpointing=grad_checkpointing, optimizer=optimizer, lora_r=lora_r,
         lora_targets=lora_targets, attn=attn, loss=loss, stage=stage, double_quant=double_quant, quant=quant,
         activation_offloading=activation_offloading, optimizer_in_backward=optimizer_in_backward, num_gpus=num_gpus,
-        strategy=strategy, gpu=gpu)
+        strategy=strategy, completion_len=completion_len, generation=generation, gpu=gpu)
     render(run_estimate(options), json_out)
 
 

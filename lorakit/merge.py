@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lorakit.config import TRAINING_STAGES
 from lorakit.console import err, info
 from lorakit.errors import ModelError, RunError
 from lorakit.integrity import load_adapter
@@ -75,7 +76,7 @@ def open_source(source: str | Path, model: str | None) -> MergeSource:
     missing = [name for name in ADAPTER_FILES if not (folder / name).exists()]
     if (folder / MANIFEST_FILE).exists() or (folder / RECIPE_FILE).exists():  # a run, whole or damaged
         run = read_run(folder)
-        if run.stage not in ("sft", "dpo"):
+        if run.stage not in TRAINING_STAGES:
             raise RunError(f"{folder} is a '{run.stage}' folder, not an adapter run",
                            hint="merge takes the folder of an sft or dpo run")
         if missing:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+from lorakit.config import TRAINING_STAGES
 from lorakit.errors import LorakitError, ModelError, RunError
 from lorakit.safe_io import parse_json, read_json, read_text
 
@@ -563,8 +564,9 @@ def read_run(path: str | Path, expect_stage: tuple[str, ...] | None = None) -> R
         raise RunError(f"run {path} is not complete (status: {manifest.get('status')!r})",
                        hint="finish it with --resume, or re-run it")
     stage = manifest.get("stage")
-    if stage not in ("sft", "dpo"):
-        raise RunError(f"{path} is a '{stage}' folder, not a training run", hint="pass the folder of an sft or dpo run")
+    if stage not in TRAINING_STAGES:
+        raise RunError(f"{path} is a '{stage}' folder, not a training run",
+                       hint="pass the folder of an sft, dpo or grpo run")
     if recipe_file not in present:
         raise damaged(owner, RECIPE_FILE, "missing")
     check_manifest(manifest, owner)

@@ -6,16 +6,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorakit.config import TRAINING_STAGES
 from lorakit.errors import RunError
 from lorakit.runs import RECIPE_FILE, base_source_of, read_manifest, read_run
 
-KIND_ORDER = {"base": 0, "sft": 1, "dpo": 2, "merged": 3, "gguf": 4}  # parents before the candidates built on them
+KIND_ORDER = {"base": 0, "sft": 1, "dpo": 2, "grpo": 3, "merged": 4, "gguf": 5}  # parents before the candidates built on them
 
 
 @dataclass
 class Candidate:
     name: str
-    kind: str  # base | sft | dpo | merged | gguf
+    kind: str  # base | sft | dpo | grpo | merged | gguf
     path: Path | None
     parent: str | None  # name of the candidate it is compared with
     run: Any = None  # lorakit Run for adapter runs
@@ -45,7 +46,7 @@ def describe(path: Path) -> Candidate:
         return Candidate(str(path), "gguf", gguf, str(parent) if parent else None)
     manifest = read_manifest(path)
     stage = manifest.get("stage")
-    if stage in ("sft", "dpo") or (path / RECIPE_FILE).exists():  # a run, whole or damaged (read_run names it)
+    if stage in TRAINING_STAGES or (path / RECIPE_FILE).exists():  # a run, whole or damaged (read_run names it)
         run = read_run(path)
         return Candidate(str(path), stage, path, str(run.parent_path) if run.parent_path else "base", run=run)
     if stage == "merge" or (path / "config.json").is_file():
@@ -87,15 +88,15 @@ def load_candidate(candidate: Candidate, base_location: str | None):
 
 
 def collect_candidates(paths: list[Path], with_base: bool) -> list[Candidate]:
-    """The candidates, each a DPO run's SFT parent added when it was not given (it is that run's reference), parents
-    first."""
+    """The candidates, each DPO or GRPO run's parent added when it was not given (a DPO run's reference, the run a
+    GRPO run must beat), parents first."""
     from lorakit.console import info
 
     candidates = [describe(p) for p in paths]
     given = {str(c.path.resolve()) for c in candidates if c.path}
     for candidate in list(candidates):
         parent = candidate.parent
-        if candidate.kind == "dpo" and parent not in (None, "base") and str(Path(parent).resolve()) not in given:
+        if candidate.kind in ("dpo", "grpo") and parent not in (None, "base") and str(Path(parent).resolve()) not in given:
             if Path(parent).is_dir():
                 info(f"Adding {parent}: the parent and reference of {candidate.name}")
                 candidates.append(describe(Path(parent)))

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from lorakit.config import TRAINING_STAGES
 from lorakit.errors import LorakitError, RunError
 from lorakit.runs import METRICS_FILE, read_metrics, write_text_atomic
 
 REPORT_FILE = "report.html"
 EVAL_FILE = "eval.json"
 MAX_POINTS = 2000  # per curve: a 100k-step run still draws a light SVG
-STAGE_ORDER = {"base": 0, "sft": 1, "dpo": 2, "merge": 3, "quantize": 4}
-STAGE_LABEL = {"base": "base", "sft": "sft", "dpo": "dpo", "merge": "merged", "quantize": "export"}
+STAGE_ORDER = {"base": 0, "sft": 1, "dpo": 2, "grpo": 3, "merge": 4, "quantize": 5}
+STAGE_LABEL = {"base": "base", "sft": "sft", "dpo": "dpo", "grpo": "grpo", "merge": "merged", "quantize": "export"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -56,7 +57,7 @@ class Output:
     @property
     def parent(self) -> str | None:
         """The folder this output was made from: a run's parent run, a merge's run, an export's merged model."""
-        if self.stage in ("sft", "dpo"):
+        if self.stage in TRAINING_STAGES:
             return (self.manifest.get("parent") or {}).get("path")
         source = self.manifest.get("source")
         return str(source) if source else None
@@ -99,7 +100,7 @@ EVAL_ROW_KEYS = {"candidates": ("name",), "regressions": ("metric", "candidate",
 
 
 def _owner(folder: Path, manifest: dict[str, Any]) -> str:
-    return f"run {folder}" if manifest.get("stage") in ("sft", "dpo") else f"output {folder}"
+    return f"run {folder}" if manifest.get("stage") in TRAINING_STAGES else f"output {folder}"
 
 
 def read_checked_manifest(folder: Path) -> dict[str, Any]:
@@ -376,7 +377,7 @@ def headline(output: Output) -> dict[str, Any]:
     """The few numbers that say how an output did, whatever its stage."""
     s, m = output.summary, output.manifest
     row: dict[str, Any] = {}
-    if output.stage in ("sft", "dpo"):
+    if output.stage in TRAINING_STAGES:
         row.update({"steps": s.get("steps"), "final loss": s.get("final_loss"),
                     "final eval loss": s.get("final_eval_loss"), "train s": s.get("train_seconds")})
         if output.stage == "dpo":
@@ -511,7 +512,7 @@ def run_page(output: Output) -> str:
         ('<section><h2>curves</h2><div class="plots">' + "".join(charts) + "</div></section>") if charts else "",
         "<section><h2>evaluation</h2>" + eval_tables(output) + "</section>",
     ]
-    kind = "run" if output.stage in ("sft", "dpo") else "model" if output.stage == "merge" else ""
+    kind = "run" if output.stage in TRAINING_STAGES else "model" if output.stage == "merge" else ""
     title = " ".join(w for w in (STAGE_LABEL.get(output.stage, output.stage), kind) if w) + f": {output.path.name}"
     return page(title, subtitle, sections)
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorakit.config import DataSection
+from lorakit.config import TRAINING_STAGES, DataSection
 from lorakit.eval.candidates import Candidate, base_location, collect_candidates, load_candidate
 from lorakit.eval.regression import regressions
 from lorakit.runs import write_json_atomic
@@ -61,7 +61,7 @@ def save_results(candidates: list[Candidate], report: dict[str, Any]) -> None:
     for candidate in candidates:
         if candidate.kind == "gguf" and candidate.path is not None:
             folder = candidate.path.parent
-        elif candidate.kind in ("sft", "dpo", "merged") and candidate.path is not None and candidate.path.is_dir():
+        elif candidate.kind in (*TRAINING_STAGES, "merged") and candidate.path is not None and candidate.path.is_dir():
             folder = candidate.path
         else:
             continue

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorakit.config import TRAINING_STAGES
 from lorakit.errors import RunError
 from lorakit.export.servable import vllm_lora_notes, vllm_lora_problems, vllm_max_lora_rank
 from lorakit.runs import ADAPTER_FILES, RECIPE_FILE, read_manifest
@@ -86,7 +87,7 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
             raise RunError(f"{path} not found", hint="pass a run folder, a merged model or an export folder")
     first = paths[0]
     manifest = read_manifest(first)
-    if (first / RECIPE_FILE).exists() or manifest.get("stage") in ("sft", "dpo"):  # a run, whole or damaged
+    if (first / RECIPE_FILE).exists() or manifest.get("stage") in TRAINING_STAGES:  # a run, whole or damaged
         runs = [read_run(p) for p in paths]  # names a damaged file ("run X is damaged: FILE: WHAT")
         for run in runs:
             missing = [n for n in ADAPTER_FILES if not (run.path / n).is_file()]

@@ -114,7 +114,7 @@ def needs_launch(recipe) -> bool:
 
 def run_training(stage: str, recipe, force: bool = False, resume: bool = False, resume_hint: str = "",
                  callbacks: Sequence = (), debug: bool = False):
-    """Train `recipe` (an SFT or DPO recipe) in this process, or on `recipe.distributed.num_processes` processes
+    """Train `recipe` (an SFT, DPO or GRPO recipe) in this process, or on `recipe.distributed.num_processes` processes
     under accelerate. Extra TrainerCallbacks apply in-process only (they cannot cross into other processes)."""
     if needs_launch(recipe):
         return launch_training(stage, recipe, force, resume, resume_hint, debug)
@@ -122,6 +122,10 @@ def run_training(stage: str, recipe, force: bool = False, resume: bool = False, 
         from lorakit.train.sft import run_sft
 
         return run_sft(recipe, force=force, resume=resume, resume_hint=resume_hint, callbacks=callbacks)
+    if stage == "grpo":
+        from lorakit.train.grpo import run_grpo
+
+        return run_grpo(recipe, force=force, resume=resume, resume_hint=resume_hint, callbacks=callbacks)
     from lorakit.train.dpo import run_dpo
 
     return run_dpo(recipe, force=force, resume=resume, resume_hint=resume_hint, callbacks=callbacks)

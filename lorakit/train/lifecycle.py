@@ -55,9 +55,9 @@ class TrainerSetup:
 class Stage:
     """What a training stage supplies to the lifecycle."""
 
-    name: str  # sft | dpo (the manifest's stage)
+    name: str  # sft | dpo | grpo (the manifest's stage)
     label: str  # for progress lines
-    rows: str  # what a data row is called in the summary: examples | pairs
+    rows: str  # what a data row is called in the summary: examples | pairs | prompts
     show_keys: tuple[str, ...]  # logged values shown in the progress line
     summary_keys: tuple[str, ...]  # logged values summarized as first_/final_
     # (recipe, tokenizer) -> PreparedData, after printing its one-line description
@@ -66,22 +66,24 @@ class Stage:
     #   -> (trainer, SpeedPlan)
     make_trainer: Callable[..., tuple[Any, Any]]
     takes_parent: bool = False
+    batch_unit: str = ""  # what micro_batch_size counts, when it is not `rows` (GRPO: completions)
 
 
 def with_parent(recipe) -> tuple[Any, Run | None]:
-    """The one place a run's parent is read: a DPO recipe with from_run takes model, method, LoRA and quantization
-    from that SFT run (lorakit.config.inherit_from_parent)."""
-    from lorakit.config import inherit_from_parent
+    """The one place a run's parent is read: a DPO or GRPO recipe with from_run takes model, method, LoRA and
+    quantization from that run (lorakit.config.inherit_from_parent)."""
+    from lorakit.config import PARENT_STAGES, inherit_from_parent
 
     from_run = getattr(recipe, "from_run", None)
     if not from_run:
         return recipe, None
     from lorakit.integrity import check_adapter
 
-    parent = read_run(from_run, expect_stage=("sft",))
+    parent = read_run(from_run, expect_stage=PARENT_STAGES[recipe.stage])
     if not parent.has_adapter:
         missing = [name for name in ADAPTER_FILES if not (parent.path / name).is_file()]
-        raise ConfigError(f"run {parent.path} has no adapter: {', '.join(missing)} missing", hint="re-run the SFT stage")
+        raise ConfigError(f"run {parent.path} has no adapter: {', '.join(missing)} missing",
+                          hint=f"re-run the {parent.stage.upper()} stage")
     check_adapter(parent.path, f"run {parent.path}", finite=True)  # a diverged (NaN) policy would train nothing
     return inherit_from_parent(recipe, parent), parent
 
@@ -98,7 +100,18 @@ def input_paths(recipe, parent: Run | None) -> list[Path]:
         paths.append(parent.path)
     if getattr(recipe, "_file", None) is not None:
         paths.append(recipe._file)  # the recipe file itself
+    paths += reward_inputs(recipe)
     return paths
+
+
+def reward_inputs(recipe) -> list[Path]:
+    """GRPO's reward files, reward-model folders and JSON Schemas: inputs like the data."""
+    found = []
+    for spec in getattr(getattr(recipe, "grpo", None), "rewards", ()):
+        for value in (spec.name.rpartition(":")[0] or spec.name, spec.schema_):
+            if isinstance(value, str) and Path(value).expanduser().exists():
+                found.append(Path(value).expanduser())
+    return found
 
 
 def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), parent: Run | None = None,
@@ -149,7 +162,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     info(f"Model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
          + (f"; reference: {speed.reference}" if speed.reference else "")
          + f"; {speed.loss} loss ({speed.reasons['loss']})")
-    info(batch_line(trainer.args, plan, stage.rows))
+    info(batch_line(trainer.args, plan, stage.batch_unit or stage.rows))
     return TrainerSetup(trainer, tokenizer, data, source, parent, recipe, device, precision, speed, trainable, total,
                         estimate, plan)
 

@@ -46,13 +46,15 @@ class EstimateOptions:
     optimizer_in_backward: bool | None = None
     num_gpus: int | None = None
     strategy: str | None = None
+    completion_len: int | None = None
+    generation: str | None = None
     gpu: str | None = None
 
 
 # flag name -> Setup field, for the options that map one to one
 _SETUP_FIELDS = ("method", "dtype", "mixed_precision", "seq_len", "batch_size", "grad_checkpointing", "optimizer",
                  "lora_r", "lora_targets", "attn", "loss", "stage", "double_quant", "quant", "activation_offloading",
-                 "optimizer_in_backward", "num_gpus", "strategy")
+                 "optimizer_in_backward", "num_gpus", "strategy", "completion_len", "generation")
 
 
 @dataclass
@@ -75,7 +77,8 @@ class EstimateReport:
 
 def recipe_for_estimate(path: Path, notes: list[str] | None = None):
     """A training recipe as it will run: pipelines give their SFT section; DPO recipes inherit from their SFT run."""
-    from lorakit.config import INHERITED, find_recipe, inherit_from_parent, load_recipe, read_yaml
+    from lorakit.config import (INHERITED, PARENT_STAGES, TRAINING_STAGES, find_recipe, inherit_from_parent,
+                                load_recipe, read_yaml)
 
     path = find_recipe(path)  # a file, or the name of a shipped recipe
     stage = read_yaml(path).get("stage", "sft")
@@ -86,30 +89,32 @@ def recipe_for_estimate(path: Path, notes: list[str] | None = None):
         if recipe.sft is None:
             raise LorakitError(f"{path}: the pipeline has no sft section to estimate")
         return recipe.sft
-    if stage not in ("sft", "dpo"):
-        raise LorakitError(f"{path}: a '{stage}' recipe trains nothing", hint="give an sft, dpo or pipeline recipe")
+    if stage not in TRAINING_STAGES:
+        raise LorakitError(f"{path}: a '{stage}' recipe trains nothing",
+                           hint="give an sft, dpo, grpo or pipeline recipe")
     recipe = load_recipe(stage, path)
-    if stage != "dpo" or not recipe.from_run:
+    if stage == "sft" or not recipe.from_run:
         return recipe
     if Path(recipe.from_run).is_dir():
         from lorakit.runs import read_run
 
-        return inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=("sft",)))
+        return inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=PARENT_STAGES[stage]))
     # Planning before the SFT run exists: its recipe, beside this one, says what the DPO run will inherit.
     for candidate in sorted(path.parent.glob("*.y*ml")):
         try:
             text = read_yaml(candidate)
         except LorakitError:
             continue
-        if text.get("stage") == "sft" and Path(str(text.get("output_dir", ""))) == Path(recipe.from_run):
-            parent = load_recipe("sft", candidate)
+        parent_stage = text.get("stage")
+        if parent_stage in PARENT_STAGES[stage] and Path(str(text.get("output_dir", ""))) == Path(recipe.from_run):
+            parent = load_recipe(parent_stage, candidate)
             if notes is not None:
                 notes.append(f"{recipe.from_run} does not exist yet: estimating with the settings of {candidate}, "
                              "which writes it")
             return recipe.model_copy(update={section: getattr(parent, section) for section in INHERITED})
-    raise LorakitError(f"{path}: from_run {recipe.from_run} does not exist yet, and no SFT recipe beside it writes it",
-                       hint="run the SFT stage first, or estimate the model directly: lorakit vram-estimate MODEL "
-                            "--stage dpo")
+    raise LorakitError(f"{path}: from_run {recipe.from_run} does not exist yet, and no recipe beside it writes it",
+                       hint="run the parent stage first, or estimate the model directly: lorakit vram-estimate MODEL "
+                            f"--stage {stage}")
 
 
 def check_choice(name: str, value, allowed) -> None:
@@ -150,6 +155,7 @@ def build_setup(options: EstimateOptions, notes: list[str]) -> tuple[str, est_mo
     check_choice("stage", options.stage, est_mod.STAGES)
     check_choice("quant", options.quant, est_mod.QUANTS)
     check_choice("strategy", options.strategy, STRATEGIES)
+    check_choice("generation", options.generation, est_mod.GENERATION)
     changes = {name: getattr(options, name) for name in _SETUP_FIELDS if getattr(options, name) is not None}
     setup = replace(setup, **changes)
     if setup.num_gpus > 1 and options.strategy is None and "strategy" not in changes:

@@ -123,7 +123,7 @@ def check_reward_columns(rewards: list[Reward], columns: list[str], source: str)
 
 
 def check_reward_values(rewards: list[Reward], table: dict[str, list[Any]], rows: list[int], source: str) -> None:
-    """A column a reward reads holds a value on every row (and, for math, one math-verify can read)."""
+    """A column a reward reads holds a value on every row."""
     from lorakit.data.checks import _rows
 
     for reward in rewards:
@@ -134,13 +134,6 @@ def check_reward_values(rewards: list[Reward], table: dict[str, list[Any]], rows
                 raise DataError(f"{source}: column '{column}' (read by reward {reward.source}) is empty in "
                                 f"{len(empty)} row(s): {_rows([r - 1 for r in empty])}",
                                 hint="fill those rows or remove them")
-        if reward.kind == "math":
-            column = reward.needs[0]
-            bad = builtin.unreadable_golds(table[column])
-            if bad:
-                raise DataError(f"{source}: math-verify cannot read the '{column}' of {len(bad)} row(s) (rows "
-                                f"{_rows([rows[i] - 1 for i in bad])}, e.g. {str(table[column][bad[0]])[:40]!r})",
-                                hint="write answers as numbers or LaTeX (\\frac{1}{2}), or use exact_answer")
 
 
 def check_rows_for(rewards: list[Reward]):

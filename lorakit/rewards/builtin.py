@@ -107,12 +107,6 @@ def parse_gold(parse_text, answer: Any):
     return parse_text(text) or parse_text(f"${text}$")
 
 
-def unreadable_golds(answers: list[Any]) -> list[int]:
-    """Indexes of reference answers math-verify cannot read (checked before any weights load)."""
-    parse_text, _ = _math_verify()
-    return [i for i, answer in enumerate(answers) if not parse_gold(parse_text, answer)]
-
-
 def math(column: str) -> Callable[..., list[float]]:
     parse_text, verify = _math_verify()
 

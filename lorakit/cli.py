@@ -166,6 +166,11 @@ AccelerateConfigOpt = Annotated[Optional[Path], typer.Option(
     "--accelerate-config", help="An accelerate config file to launch with (several machines, your own FSDP/DeepSpeed "
     "settings) instead of the one lorakit writes.")]
 
+RewardOpt = Annotated[Optional[list[str]], typer.Option(
+    "--reward", help="What replies are scored by (repeatable, or comma-separated): a built-in (exact_answer, math, "
+    "regex, format, json, length), your own FILE.py:FUNCTION, or a reward-model folder. For grpo it replaces the "
+    "recipe's grpo.rewards (weights and options live there).")]
+
 
 def _resolve_training_recipe(stage, recipe, set_, no_preflight, **flags):
     from lorakit.config import load_recipe
@@ -329,7 +334,7 @@ command_group("data", help="Inspect datasets before training.")
 def data_check(
     path: Annotated[str, typer.Argument(help="Data file, folder or hub dataset id.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Tokenizer to count tokens and lint masks with.")] = None,
-    stage: Annotated[str, typer.Option("--stage", help="sft or dpo (which formats to accept).")] = "sft",
+    stage: Annotated[str, typer.Option("--stage", help="sft, dpo or grpo (which formats to accept).")] = "sft",
     fmt: Annotated[str, typer.Option("--format", help="Force a format instead of detecting it.")] = "auto",
     max_length: Annotated[int, typer.Option("--max-length", help="Truncation length to check against.")] = 2048,
     set_: SetOpt = None,
@@ -361,7 +366,7 @@ def env(json_out: JsonOpt = False) -> None:
 
 @command(
     "run",
-    help="Run a whole pipeline (sft -> dpo -> merge -> quantize) from one recipe; re-runs skip finished stages "
+    help="Run a whole pipeline (sft -> dpo -> grpo -> merge -> quantize) from one recipe; re-runs skip finished stages "
     "whose inputs did not change and resume interrupted ones.\n\n"
     "Examples:\n\n  lorakit run recipes/tiny-cpu-pipeline.yaml\n\n"
     "  lorakit run recipes/qwen2.5-7b-qlora-pipeline.yaml --only sft,dpo\n\n"
@@ -385,7 +390,7 @@ def run(
 
     overrides = list(set_ or [])
     # the training stages' distributed sections, for those the pipeline has
-    for section in [name for name in ("sft", "dpo") if isinstance(read_yaml(recipe).get(name), dict)]:
+    for section in [name for name in ("sft", "dpo", "grpo") if isinstance(read_yaml(recipe).get(name), dict)]:
         for key, value in (("num_processes", num_processes), ("strategy", strategy),
                            ("accelerate_config", accelerate_config)):
             if value is not None:
@@ -415,7 +420,8 @@ def run(
     "  lorakit eval out/dpo --prefs held-out-prefs.jsonl --fail-on-regression\n\n"
     "  lorakit eval out/dpo-merged out/dpo-merged-gguf --data held-out.jsonl --prompts prompts.txt\n\n"
     "  lorakit eval out/sft out/dpo --tasks examples/data/mc-facts.jsonl      # your own questions, offline\n\n"
-    "  lorakit eval out/dpo --tasks hellaswag,arc_easy,mmlu --limit 200 --fail-on-regression   # lorakit\\[eval]",
+    "  lorakit eval out/dpo --tasks hellaswag,arc_easy,mmlu --limit 200 --fail-on-regression   # lorakit\\[eval]\n\n"
+    "  lorakit eval out/sft out/grpo --prompts held-out.jsonl --reward exact_answer --samples 8  # GRPO's rewards",
 )
 def eval_(
     paths: Annotated[list[Path], typer.Argument(help="Run folders, merged model folders or GGUF exports.")],
@@ -442,6 +448,17 @@ def eval_(
         "--chat-template", help="auto: on for your own sets and generation tasks, off for loglikelihood benchmarks; "
                                 "or on / off for every task.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="lm-eval batch size.")] = 8,
+    reward: RewardOpt = None,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="With --reward: also sample K replies per prompt "
+                                         "(pass@K, mean sampled reward).")] = 0,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="With --samples: sampling "
+                                               "temperature.")] = 1.0,
+    pass_threshold: Annotated[Optional[float], typer.Option(
+        "--pass-threshold", help="With --reward: a reply passes when its total reward is at least this (default: "
+                                 "full marks from every verifiable built-in).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(
+        "--max-new-tokens", min=1, help="With --reward: reply length (default: the GRPO run's "
+                                        "max_completion_length, else 128).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     from lorakit.console import print_json
@@ -449,9 +466,11 @@ def eval_(
     from lorakit.eval.render import print_eval
     from lorakit.eval.run import run_eval
 
+    rewards = [n.strip() for value in reward or [] for n in value.split(",") if n.strip()] or None
     report = run_eval(paths, data, prefs, prompts, not no_base, base_model, tolerance=tolerance, tasks=tasks,
                       task_files=task_file, limit=limit, num_fewshot=num_fewshot, chat_template=chat_template,
-                      batch_size=batch_size)
+                      batch_size=batch_size, rewards=rewards, samples=samples, temperature=temperature,
+                      pass_threshold=pass_threshold, reward_tokens=max_new_tokens)
     if json_out:
         print_json(report)
     else:
@@ -501,12 +520,6 @@ def dpo(
     result = run_training("dpo", resolved, force=force, resume=resume, resume_hint=_resume_hint(),
                           debug=_state["debug"])
     _print_run_summary("DPO run", result.summary, json_out)
-
-
-RewardOpt = Annotated[Optional[list[str]], typer.Option(
-    "--reward", help="What completions are scored by (repeatable, or comma-separated): a built-in (exact_answer, "
-    "math, regex, format, json, length), your own FILE.py:FUNCTION, or a reward-model folder. Replaces the recipe's "
-    "grpo.rewards (weights and options live there).")]
 
 
 @command(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lorakit.config import TRAINING_STAGES
 from lorakit.errors import ConfigError, LorakitError, RunError
 from lorakit.runs import check_can_write, check_inputs, check_output_path
 
@@ -22,13 +23,17 @@ def pipeline_inputs(recipe) -> list[Path]:
     paths: list[Path] = []
     if getattr(recipe, "_file", None) is not None:
         paths.append(Path(recipe._file))
-    for name in ("sft", "dpo"):
+    for name in TRAINING_STAGES:
         section = getattr(recipe, name)
         if section is None or name not in recipe.stages:
             continue
         for value in (section.data.train, section.data.eval, section.model.name_or_path, section.model.chat_template):
             if value and "{" not in value and Path(value).expanduser().exists():
                 paths.append(Path(value).expanduser())
+        if name == "grpo":
+            from lorakit.rewards import reward_files
+
+            paths += reward_files(section.grpo.rewards)
     return paths
 
 
@@ -72,14 +77,19 @@ def check_stages(pipeline, selected: list[str]) -> None:
         from lorakit.export.gguf_export import check_type
 
         check_type(recipe.quantize.type.lower())
-    for stage in ("sft", "dpo"):
+    for stage in TRAINING_STAGES:
         if stage in selected:
             check_stage_data(stage, getattr(recipe, stage))
+    if "grpo" in selected:  # a reward file that does not load fails the pipeline before its first stage trains
+        from lorakit.rewards import resolve_rewards
+
+        resolve_rewards(recipe.grpo.grpo.rewards, recipe.grpo.grpo.max_completion_length)
 
 
 def check_stage_data(stage: str, section) -> None:
     """The stage's data loads and converts to its format (the tokenized lint runs when the stage starts)."""
     from lorakit.data.preference import check_preference_data
+    from lorakit.data.prompts import check_prompt_data
     from lorakit.data.report import check_sft
 
     data = section.data
@@ -89,4 +99,4 @@ def check_stage_data(stage: str, section) -> None:
         if source:
             one = data.model_copy(update={"train": source, "eval": None, "val_size": 0.0,
                                           "max_rows": data.max_rows if source == data.train else None})
-            (check_sft if stage == "sft" else check_preference_data)(one, None)
+            {"sft": check_sft, "dpo": check_preference_data, "grpo": check_prompt_data}[stage](one, None)

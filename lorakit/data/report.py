@@ -29,7 +29,11 @@ def check_data(path: str, model: str | None, stage: str, fmt: str, max_length: i
         from lorakit.data.preference import check_preference_data
 
         return check_preference_data(data, model)
-    raise ConfigError(f"--stage {stage!r} is not sft or dpo", hint="use --stage sft or --stage dpo")
+    if stage == "grpo":
+        from lorakit.data.prompts import check_prompt_data
+
+        return check_prompt_data(data, model)
+    raise ConfigError(f"--stage {stage!r} is not sft, dpo or grpo", hint="use --stage sft, dpo or grpo")
 
 
 FLAGS = {"format": "--format", "max_length": "--max-length", "train": "PATH"}

@@ -23,6 +23,7 @@ class Candidate:
     scores: dict[str, float] = field(default_factory=dict)
     generations: list[str] = field(default_factory=list)
     benchmarks: dict[str, Any] = field(default_factory=dict)  # lm-eval results per task (lorakit.eval.benchmarks)
+    reward_examples: list[dict[str, Any]] = field(default_factory=list)  # greedy replies and their rewards
 
 
 def gguf_file_of(path: Path) -> Path | None:

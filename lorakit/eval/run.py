@@ -1,5 +1,8 @@
 """`lorakit eval`: did each stage help? Score the base model and each run on the same held-out data.
 
+Held-out prompts with `--reward` are scored by the rewards GRPO trains with (lorakit.eval.rewards): mean reward and
+pass rates of greedy and sampled replies.
+
 SFT-style data is scored by loss and perplexity on the tokens training would train (the same rendering and masks as
 `lorakit sft`). Preference data is scored by DPO's implicit reward: reward accuracy and mean margin of a policy
 against its reference, and the policy's own chosen-minus-rejected log-prob gap. Every candidate is compared with
@@ -23,7 +26,7 @@ EVAL_FILE = "eval.json"
 
 def score_candidate(candidate: Candidate, location: str | None, reference_tokenizer, candidates: list[Candidate],
                     data_section: DataSection | None, prefs: str | None, prompts: list[str],
-                    max_new_tokens: int, plan=None) -> None:
+                    max_new_tokens: int, plan=None, reward_eval=None) -> None:
     """Load one candidate, score it into `candidate.scores`, and let it go: only one model is resident at a time
     (the model is local to this call, so nothing keeps it alive once it returns)."""
     from lorakit.errors import ConfigError
@@ -41,6 +44,11 @@ def score_candidate(candidate: Candidate, location: str | None, reference_tokeni
         from lorakit.eval.preferences import preference_scores
 
         candidate.scores.update(preference_scores(candidate, model, tokenizer, prefs, candidates, location))
+    if reward_eval is not None:
+        from lorakit.eval.rewards import reward_scores
+
+        scores, candidate.reward_examples = reward_scores(model, tokenizer, reward_eval)
+        candidate.scores.update(scores)
     if prompts:
         from lorakit.infer import generate_reply
 
@@ -100,8 +108,10 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
              with_base: bool = True, base_model: str | None = None, max_new_tokens: int = 48,
              tolerance: float = 0.01, tasks: list[str] | None = None, task_files: list[str] | None = None,
              limit: float | None = None, num_fewshot: int | None = None, chat_template: str = "auto",
-             batch_size: int = 8) -> dict[str, Any]:
-    """Score every candidate; `tasks` / `task_files` add lm-eval benchmarks (lorakit.eval.benchmarks)."""
+             batch_size: int = 8, rewards: list[str] | None = None, samples: int = 0, temperature: float = 1.0,
+             pass_threshold: float | None = None, reward_tokens: int | None = None) -> dict[str, Any]:
+    """Score every candidate; `tasks` / `task_files` add lm-eval benchmarks (lorakit.eval.benchmarks); `rewards`
+    score replies to the `prompts` file (lorakit.eval.rewards)."""
     from lorakit.console import err
     from lorakit.errors import ConfigError
 
@@ -119,6 +129,11 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
 
         reference_tokenizer = AutoTokenizer.from_pretrained(str(runs[0].path))
     run_data = runs[0].recipe.data if runs else None
+    reward_eval = None
+    if rewards is not None or samples:
+        reward_eval = plan_reward_eval(candidates, prompts or [], rewards, samples, temperature, pass_threshold,
+                                       reward_tokens)
+        prompts = []  # the prompt file is the reward eval's, not a list of prompts to show side by side
     prompt_list = read_prompts(prompts or [])
     section = eval_section(run_data, data) if data else None
     plan = None
@@ -130,7 +145,7 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
     for candidate in candidates:
         with err.status(f"Evaluating {candidate.name}..."):
             score_candidate(candidate, location, reference_tokenizer, candidates, section, prefs, prompt_list,
-                            max_new_tokens, plan)
+                            max_new_tokens, plan, reward_eval)
         gc.collect()  # the candidate's model, before the next one loads
     report: dict[str, Any] = {
         "candidates": [{"name": c.name, "kind": c.kind, "parent": c.parent, **c.scores,
@@ -152,11 +167,44 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
         report["benchmarks"] = plan.describe()
         for metric, higher in directions([c.benchmarks for c in candidates]).items():
             report["regressions"] += regressions(candidates, metric, higher, tolerance)
+    if reward_eval is not None:
+        from lorakit.eval.rewards import metric_directions
+
+        report["rewards"] = {"prompts": reward_eval.source, "rewards": [r.describe() for r in reward_eval.rewards],
+                             "samples": reward_eval.samples, "temperature": reward_eval.temperature,
+                             "max_new_tokens": reward_eval.max_new_tokens, "pass_threshold": reward_eval.threshold,
+                             "examples": {c.name: c.reward_examples for c in candidates}}
+        for metric, higher in metric_directions(reward_eval).items():
+            report["regressions"] += regressions(candidates, metric, higher, tolerance)
     if prompt_list:
         report["generations"] = [{"prompt": p, **{c.name: c.generations[i] for c in candidates}}
                                  for i, p in enumerate(prompt_list)]
     save_results(candidates, report)
     return report
+
+
+def plan_reward_eval(candidates: list[Candidate], prompts: list[str], rewards: list[str] | None, samples: int,
+                     temperature: float, threshold: float | None, max_new_tokens: int | None):
+    """The held-out prompt file and the rewards: --reward's, or else those of the GRPO run being evaluated (with
+    their weights and options); replies as long as that run's completions unless --max-new-tokens says."""
+    from lorakit.config import RewardSpec
+    from lorakit.errors import ConfigError
+    from lorakit.eval.rewards import load_reward_eval
+    from lorakit.rewards import resolve_rewards
+
+    if len(prompts) != 1 or not Path(prompts[0]).is_file():
+        raise ConfigError("--reward scores replies to the prompts of one file: give --prompts FILE.jsonl",
+                          hint="the file's rows are prompts (prompt / messages / instruction) with the columns the "
+                               "rewards read, as for lorakit grpo")
+    grpo_runs = [c.run for c in candidates if c.kind == "grpo" and c.run is not None]
+    if rewards:
+        specs = [RewardSpec.model_validate(name) for name in rewards]
+    elif grpo_runs:
+        specs = list(grpo_runs[-1].recipe.grpo.rewards)
+    else:
+        raise ConfigError("--samples needs rewards to score the replies with", hint="add --reward exact_answer")
+    length = max_new_tokens or (grpo_runs[-1].recipe.grpo.max_completion_length if grpo_runs else 128)
+    return load_reward_eval(prompts[0], resolve_rewards(specs, length), samples, temperature, length, threshold)
 
 
 def end_of_turn_strings(reference_tokenizer, candidates: list[Candidate]) -> list[str]:

@@ -81,6 +81,16 @@ def resolve_reward(spec, max_completion_length: int, device: str) -> Reward:
               f"built-ins: {', '.join(REWARD_NAMES)}; your own: path/to/file.py:function; a reward model: its folder"))
 
 
+def reward_files(specs) -> list[Path]:
+    """The reward files, reward-model folders and JSON Schema files a run reads: inputs, like its data."""
+    found = []
+    for spec in specs:
+        for value in (spec.name.rpartition(":")[0] if is_user_reward(spec.name) else spec.name, spec.schema_):
+            if isinstance(value, str) and value not in REWARD_NAMES and Path(value).expanduser().exists():
+                found.append(Path(value).expanduser())
+    return found
+
+
 def load_schema(schema: str | dict[str, Any] | None) -> dict[str, Any] | None:
     """The json reward's JSON Schema: inline, or a .json file; checked as a schema before training."""
     if schema is None:

@@ -224,7 +224,11 @@ def make_trainer(recipe: GRPORecipe, run: RunFolder, model, peft_config, tokeniz
     # Every token that ends an assistant turn ends a completion (TRL reads the model's generation config).
     existing = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = stop_token_ids(tokenizer, existing)
+    if recipe.train.activation_offloading and device == "cuda":
+        raise ConfigError("train.activation_offloading is not available for GRPO (TRL 1.16's GRPOTrainer has none)",
+                          hint="set train.activation_offloading: false; gradient checkpointing saves activation memory")
     kwargs = training_kwargs(recipe.train, run, device, precision, recipe.method, data.eval is not None)
+    kwargs.pop("activation_offloading")  # an SFT/DPO setting GRPOConfig does not have
     kwargs["per_device_eval_batch_size"] = eval_batch_size(recipe.train.micro_batch_size, grpo.num_generations)
     args = GRPOConfig(
         **kwargs,

@@ -100,18 +100,11 @@ def input_paths(recipe, parent: Run | None) -> list[Path]:
         paths.append(parent.path)
     if getattr(recipe, "_file", None) is not None:
         paths.append(recipe._file)  # the recipe file itself
-    paths += reward_inputs(recipe)
+    if getattr(recipe, "grpo", None) is not None:
+        from lorakit.rewards import reward_files
+
+        paths += reward_files(recipe.grpo.rewards)
     return paths
-
-
-def reward_inputs(recipe) -> list[Path]:
-    """GRPO's reward files, reward-model folders and JSON Schemas: inputs like the data."""
-    found = []
-    for spec in getattr(getattr(recipe, "grpo", None), "rewards", ()):
-        for value in (spec.name.rpartition(":")[0] or spec.name, spec.schema_):
-            if isinstance(value, str) and Path(value).expanduser().exists():
-                found.append(Path(value).expanduser())
-    return found
 
 
 def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), parent: Run | None = None,

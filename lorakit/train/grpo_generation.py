@@ -10,7 +10,7 @@
 - One prefill per group. TRL repeats each prompt `num_generations` times before generating, so the prompt's tokens
   go through the model once per completion. Here each group's prompt is prefilled once into a KV cache, the cache is
   repeated for the group (transformers' `DynamicCache.batch_repeat_interleave`), and generation continues from it,
-  as transformers documents for re-using a prompt's cache.
+  as transformers documents for re-using a prompt's cache (the cache keyword's name: lorakit.compat.cache_keyword).
 
 TRL reaches generation through `model.generate(input_ids=..., attention_mask=..., generation_config=...)` on the
 unwrapped PeftModel (trl 1.16, `_generate_single_turn`); lorakit wraps that method on the model instance, so
@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator
+
+from lorakit.compat import cache_keyword
 
 
 def lora_linears(model) -> list[Any]:
@@ -82,8 +84,8 @@ def shared_prefill(model, input_ids, attention_mask, k: int):
     position_ids.masked_fill_(unique_mask == 0, 1)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=position_ids, past_key_values=cache,
-              use_cache=True)
+        model(input_ids=unique_ids, attention_mask=unique_mask, position_ids=position_ids, use_cache=True,
+              **{cache_keyword(model): cache})
     cache.batch_repeat_interleave(k)
     return cache
 
@@ -114,11 +116,12 @@ class FastGeneration:
             merging = merged_lora(model) if plan.merge else contextlib.nullcontext()
             with merging:
                 input_ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
-                if (plan.share_prefill and not args and input_ids is not None and mask is not None
-                        and kwargs.get("past_key_values") is None and input_ids.shape[1] > 1):
+                given = any(kwargs.get(name) is not None for name in ("cache", "past_key_values"))
+                if (plan.share_prefill and not args and input_ids is not None and mask is not None and not given
+                        and input_ids.shape[1] > 1):
                     k = group_size(input_ids, mask)
                     if k > 1:
-                        kwargs["past_key_values"] = shared_prefill(model, input_ids, mask, k)
+                        kwargs[cache_keyword(model)] = shared_prefill(model, input_ids, mask, k)
                 return original(*args, **kwargs)
 
         generate.lorakit_fast_generation = True

@@ -135,13 +135,16 @@ def test_a_reward_that_prefers_one_token_raises_its_probability(tiny_llama, tmp_
     before = first_token_probs(base, tokenizer, prompts, token)
     reward = write_reward(tmp_path, f"def score(completion_ids, **kwargs):\n"
                                     f"    return [float(sum(t == {token} for t in ids)) for ids in completion_ids]\n")
-    result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], "grpo.num_generations=8", "train.micro_batch_size=16",
-                                  "train.learning_rate=2.0e-2", model=str(tiny_llama), steps=6))
+    # the untrained model is close to uniform over its 623 tokens (p(token) ~0.3%): groups of 16 replies of 16
+    # tokens sample it often enough to see it, and big steps move a tiny random model within a few of them
+    result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], "grpo.num_generations=16", "train.micro_batch_size=32",
+                                  "grpo.max_completion_length=16", "train.learning_rate=3.0e-2",
+                                  model=str(tiny_llama), steps=8))
     trained = PeftModel.from_pretrained(base, str(result.path)).eval()
     after = first_token_probs(trained, tokenizer, prompts, token)
     assert after > 2 * before, (before, after)
     rewards = [r["reward"] for r in records(result.path) if "reward" in r]
-    assert sum(rewards[-2:]) > sum(rewards[:2]), rewards
+    assert sum(rewards[-3:]) > sum(rewards[:3]), rewards
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -277,7 +277,8 @@ def cache_keyword(model) -> str:
     """The name under which a transformers model takes a KV cache in `forward` and `generate`: transformers 5.25
     renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40 / 6.0); earlier 5.x have only the old
     name. (transformers 5.20-5.25: PreTrainedModel.forward's parameters)"""
-    forward = getattr(model, "get_base_model", lambda: model)().forward
+    # the class's forward: TRL's fused head and lorakit's plain head replace the instance's
+    forward = type(getattr(model, "get_base_model", lambda: model)()).forward
     parameters = inspect.signature(forward).parameters
     if "cache" in parameters:
         return "cache"

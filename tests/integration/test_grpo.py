@@ -116,35 +116,64 @@ def first_token_probs(model, tokenizer, prompts: list[str], token: int) -> float
     return total / len(prompts)
 
 
+def peaked_model(tiny_llama, folder: Path, prompt: str):
+    """The tiny model with its output layer scaled up until its first reply token is a real choice: the random
+    model is close to uniform over its 623 tokens (p ~0.3%, too rare for a group to ever sample twice), so the most
+    likely first token is brought to 5-50%. Returns (model folder, that token)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorakit.chat_template import render, resolve_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    resolve_chat_template(tokenizer, None)
+    ids = tokenizer(render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True),
+                    return_tensors="pt", add_special_tokens=False)
+    for scale in (4.0, 8.0, 16.0, 32.0, 64.0):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(scale)
+            probs = model(**ids).logits[0, -1].softmax(-1)
+        token, p = int(probs.argmax()), float(probs.max())
+        if 0.05 <= p <= 0.5:
+            model.save_pretrained(folder)
+            AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(folder)
+            return folder, token
+    raise AssertionError("no scale gives the tiny model a first token of 5-50%")
+
+
+def first_token_probs(model, tokenizer, prompts: list[str], token: int) -> float:
+    from lorakit.chat_template import render
+
+    total = 0.0
+    with torch.no_grad():
+        for prompt in prompts:
+            text = render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            total += model(**ids).logits[0, -1].softmax(-1)[token].item()
+    return total / len(prompts)
+
+
 def test_a_reward_that_prefers_one_token_raises_its_probability(tiny_llama, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from lorakit.chat_template import resolve_chat_template
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    resolve_chat_template(tokenizer, None)
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
     prompts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()]
-    # the token the untrained model most often starts with: sampled often enough for groups to differ
-    with torch.no_grad():
-        from lorakit.chat_template import render
-
-        text = render(tokenizer, [{"role": "user", "content": prompts[0]}], add_generation_prompt=True)
-        token = int(base(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits[0, -1].argmax())
+    folder, token = peaked_model(tiny_llama, tmp_path / "model", prompts[0])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    resolve_chat_template(tokenizer, None)
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     before = first_token_probs(base, tokenizer, prompts, token)
     reward = write_reward(tmp_path, f"def score(completion_ids, **kwargs):\n"
-                                    f"    return [float(sum(t == {token} for t in ids)) for ids in completion_ids]\n")
-    # the untrained model is close to uniform over its 623 tokens (p(token) ~0.3%): groups of 16 replies of 16
-    # tokens sample it often enough to see it, and big steps move a tiny random model within a few of them
-    result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], "grpo.num_generations=16", "train.micro_batch_size=32",
-                                  "grpo.max_completion_length=16", "train.learning_rate=3.0e-2",
-                                  model=str(tiny_llama), steps=8))
+                                    f"    return [float(ids[:1] == [{token}]) for ids in completion_ids]\n")
+    result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], "grpo.num_generations=8", "train.micro_batch_size=16",
+                                  "train.learning_rate=5.0e-3", model=str(folder), steps=5))
     trained = PeftModel.from_pretrained(base, str(result.path)).eval()
     after = first_token_probs(trained, tokenizer, prompts, token)
-    assert after > 2 * before, (before, after)
+    assert after > min(2 * before, before + 0.3), (before, after)
     rewards = [r["reward"] for r in records(result.path) if "reward" in r]
-    assert sum(rewards[-3:]) > sum(rewards[:3]), rewards
+    assert rewards[-1] > rewards[0], rewards
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,3 +304,34 @@ def test_data_problems_are_found_before_weights_load(tiny_llama, tmp_path):
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
                                              {"role": "assistant", "content": "hello"}], "answer": "x"}) + "\n")
     assert_clean_error(invoke(*common, "--reward", "exact_answer"), "a prompt ends with the user's turn")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Two processes
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="this torch build has no gloo backend")
+def test_two_processes_share_each_group_and_its_advantages(tiny_llama, tmp_path):
+    """DDP on gloo: 1 prompt x 8 completions per step, 4 on each process. A reward that is each process's rank makes
+    every group half 0, half 1: only if the rewards are gathered before the group statistics (as TRL does) is the
+    mean 0.5 with a non-zero std. Equality with one process cannot be asked of GRPO as of SFT/DPO: TRL seeds each
+    process's sampling with seed + rank, so the completions themselves differ."""
+    from .test_distributed import launch, finish
+
+    reward = write_reward(tmp_path, "import os\n"
+                                    "def score(completions, **kwargs):\n"
+                                    "    return [float(os.environ.get('RANK', '0'))] * len(completions)\n")
+    argv = ["grpo", "--model", str(tiny_llama), "--data", str(PROMPTS), "--reward", reward, "--max-steps", "2",
+            "-o", str(tmp_path / "grpo"), "--num-processes", "2"]
+    for assignment in [*TINY, "grpo.num_generations=8", "train.micro_batch_size=4"]:
+        argv += ["--set", assignment]
+    code, stdout, stderr = finish(launch(argv, tmp_path))
+    assert code == 0, stderr
+    assert "Batch: 8 completions per optimizer step = micro-batch 4 x accumulation 1 x 2 processes" in stderr
+    train = [r for r in records(tmp_path / "grpo") if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    for r in train:
+        assert r["reward"] == pytest.approx(0.5) and r["reward_std"] > 0.5 and r["frac_reward_zero_std"] == 0.0
+    assert stdout.count("GRPO run") == 1
+    assert read_run(tmp_path / "grpo").manifest["distributed"]["processes"] == 2

@@ -99,7 +99,8 @@ def collect_candidates(paths: list[Path], with_base: bool) -> list[Candidate]:
         parent = candidate.parent
         if candidate.kind in ("dpo", "grpo") and parent not in (None, "base") and str(Path(parent).resolve()) not in given:
             if Path(parent).is_dir():
-                info(f"Adding {parent}: the parent and reference of {candidate.name}")
+                role = "the parent and reference" if candidate.kind == "dpo" else "the parent"
+                info(f"Adding {parent}: {role} of {candidate.name}")
                 candidates.append(describe(Path(parent)))
                 given.add(str(Path(parent).resolve()))
     for candidate in candidates:

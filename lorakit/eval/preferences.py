@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorakit.config import TRAINING_STAGES
+
 
 def sequence_logps(model, pairs) -> tuple[list[float], list[float]]:
     """Summed log-probs of chosen and rejected responses given their prompt, pair by pair (no padding)."""
@@ -58,7 +60,7 @@ def preference_scores(candidate, model, tokenizer, prefs: str, candidates, locat
     reference = reference_of(candidate, by_name)
     if reference is not None and hasattr(reference, "logps"):
         (ref_chosen, ref_rejected), scores["reference"] = reference.logps, reference.name
-    elif candidate.kind in ("sft", "dpo") and candidate.parent == "base" and hasattr(model, "disable_adapter"):
+    elif candidate.kind in TRAINING_STAGES and candidate.parent == "base" and hasattr(model, "disable_adapter"):
         with model.disable_adapter():  # the base was not scored (--no-base): it is this model, adapter off
             ref_chosen, ref_rejected = sequence_logps(model, pairs)
         scores["reference"] = "base (adapter off)"
@@ -74,7 +76,7 @@ def reference_of(candidate, by_name):
     """The candidate a model's rewards are measured against: an adapter run's parent; for a merged model or a GGUF
     export, the reference of what it was made from."""
     parent = by_name.get(candidate.parent or "")
-    if candidate.kind in ("sft", "dpo"):
+    if candidate.kind in TRAINING_STAGES:
         return parent
     if candidate.kind in ("merged", "gguf") and parent is not None:
         return reference_of(parent, by_name)

@@ -119,12 +119,12 @@ class SampleRecorder(TrainerCallback):
         self.written_step = -1
 
     def collect(self, name: str, batch: dict[str, Any], values: list[float]) -> None:
-        if self.batch is None or self.batch["completions"] is not batch["completions"]:
-            if self.scores and len(self.scores) == len(self.rewards) and self.batch is not None and \
-                    self.batch.get("_step") is not None:
-                return  # keep the step's first batch (evaluation batches come later)
+        # TRL scores one generation batch per optimizer step, every reward on the same list of completions; a batch
+        # scored later in the step (evaluation) is not the step's
+        if self.batch is None:
             self.batch, self.scores = batch, {}
-        self.scores[name] = values
+        if batch["completions"] is self.batch["completions"]:
+            self.scores[name] = values
 
     def on_train_begin(self, args, state, control, **kwargs):
         # A resumed run trains again from its checkpoint: drop the samples of the steps after it.

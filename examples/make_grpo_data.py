@@ -4,8 +4,9 @@
   recipe), with the reply it should give as the `answer`; the tiny GRPO recipe sharpens a policy that gets them right
   only some of the time when sampling.
 - `data/smollm2/arith-train.jsonl` / `-test.jsonl`: one-digit arithmetic for SmolLM2-135M-Instruct, each reply asked
-  to end with `Answer: <number>`. SmolLM2 solves these sometimes (the point: GRPO needs groups whose completions differ
-  in reward). The held-out split shares no (a, op, b) triple with the training split.
+  to end with `Answer: <number>`, and `arith-sft.jsonl`, the first 40 training prompts answered in that format (the
+  SFT stage of recipes/smollm2-135m-cpu-grpo.yaml). GRPO needs a parent that solves these sometimes: groups whose
+  completions differ in reward. The held-out split shares no (a, op, b) triple with the training split.
 
 Deterministic (fixed seeds); re-run with `python examples/make_grpo_data.py` after editing; the outputs are
 committed.
@@ -56,6 +57,18 @@ def arithmetic(seed: int = 0) -> tuple[list[dict], list[dict]]:
     return rows[40:], rows[:40]
 
 
+def arithmetic_chats(train: list[dict], count: int = 40) -> list[dict]:
+    """A light SFT set for the SmolLM2 pipeline: the format (a short sum, then `Answer: N`) on the first `count`
+    training prompts only, so GRPO's held-out prompts stay unseen by both stages."""
+    chats = []
+    for row in train[:count]:
+        question = row["prompt"].split("?")[0].removeprefix("What is ")
+        chats.append({"messages": [{"role": "user", "content": row["prompt"]},
+                                   {"role": "assistant", "content": f"{question} is {row['answer']}.\n"
+                                                                     f"Answer: {row['answer']}"}]})
+    return chats
+
+
 def main() -> None:
     train, test = capitals()
     write_jsonl(DATA / "grpo-capitals.jsonl", train)
@@ -63,6 +76,7 @@ def main() -> None:
     train, test = arithmetic()
     write_jsonl(DATA / "smollm2" / "arith-train.jsonl", train)
     write_jsonl(DATA / "smollm2" / "arith-test.jsonl", test)
+    write_jsonl(DATA / "smollm2" / "arith-sft.jsonl", arithmetic_chats(train))
 
 
 if __name__ == "__main__":

@@ -176,6 +176,20 @@ def test_a_reward_that_prefers_one_token_raises_its_probability(tiny_llama, tmp_
     assert rewards[-1] > rewards[0], rewards
 
 
+def test_qlora_policy_trains_on_a_4bit_base(tiny_llama, tmp_path):
+    """NF4 base (bitsandbytes on the CPU), LoRA adapter: the prompts' groups still share one prefill, the weights are
+    not merged (a 4-bit base cannot take them), and the adapter trains."""
+    reward = write_reward(tmp_path, "def score(completion_ids, **kwargs):\n"
+                                    "    return [float(len(set(ids))) for ids in completion_ids]\n")
+    result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], "method=qlora", "train.learning_rate=1.0e-3",
+                                  model=str(tiny_llama), steps=2))
+    run = read_run(result.path)
+    assert run.method == "qlora"
+    assert run.manifest["speed"]["generation"] == "transformers generate (one prefill per group)"
+    adapter = load_file(str(result.path / "adapter_model.safetensors"))
+    assert any(torch.count_nonzero(t) for k, t in adapter.items() if "lora_B" in k)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The run folder
 

@@ -78,12 +78,18 @@ def choose_generation(grpo, device: str, method: str, estimate) -> tuple[str, bo
             raise ConfigError(f"grpo.generation is vllm, which needs {missing}",
                               hint="set grpo.generation: auto (vLLM where it can run, transformers otherwise)")
         backend, why = "vllm", "set in the recipe"
-    elif grpo.generation == "auto" and device == "cuda" and has_vllm:
+    elif grpo.generation == "auto" and device == "cuda" and has_vllm and method == "lora":
         backend, why = "vllm", "auto: CUDA GPU with vllm installed"
     else:
         backend = "transformers"
-        why = ("set in the recipe" if grpo.generation == "transformers" else
-               f"auto: {'vllm is not installed' if device == 'cuda' else 'no CUDA GPU'}")
+        if grpo.generation == "transformers":
+            why = "set in the recipe"
+        elif device != "cuda":
+            why = "auto: no CUDA GPU"
+        elif not has_vllm:
+            why = "auto: vllm is not installed"
+        else:  # vLLM loads a 4-bit base only through its bitsandbytes support, which recent vLLM moved to a plugin
+            why = "auto: QLoRA (vLLM would need its bitsandbytes plugin; generation: vllm to try it)"
     sleep = False
     if backend == "vllm":
         if grpo.vllm_enable_sleep_mode == "auto":

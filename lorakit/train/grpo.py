@@ -191,15 +191,6 @@ def prompt_text(prompt: Any) -> str:
 # Trainer
 
 
-def make_grpo_trainer_class():
-    from trl import GRPOTrainer
-
-    class LorakitGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer as TRL ships it; lorakit only adds callbacks and its generation wrapper (public API)."""
-
-    return LorakitGRPOTrainer
-
-
 def eval_batch_size(micro: int, generations: int) -> int:
     """TRL needs each process's eval batch to hold whole groups."""
     return generations * max(1, math.ceil(micro / generations))
@@ -207,7 +198,7 @@ def eval_batch_size(micro: int, generations: int) -> int:
 
 def make_trainer(recipe: GRPORecipe, run: RunFolder, model, peft_config, tokenizer, data: PromptData, device,
                  precision, estimate, parent, callbacks):
-    from trl import GRPOConfig
+    from trl import GRPOConfig, GRPOTrainer  # TRL's trainer as it ships: lorakit adds callbacks and a generate wrapper
 
     from lorakit import compat
     from lorakit.chat_template import stop_token_ids
@@ -259,7 +250,7 @@ def make_trainer(recipe: GRPORecipe, run: RunFolder, model, peft_config, tokeniz
         log_completions=False,  # lorakit writes samples.jsonl itself
     )
     recorder = SampleRecorder(run, data.rewards, grpo.samples_steps)
-    trainer = make_grpo_trainer_class()(
+    trainer = GRPOTrainer(
         model=model,
         reward_funcs=[TRLReward(reward, recorder.collect) for reward in data.rewards],
         args=args,

@@ -22,7 +22,7 @@ from lorakit.config import load_recipe
 from lorakit.runs import read_run
 from lorakit.train.grpo import run_grpo
 
-from ..conftest import EXAMPLES, REPO
+from ..conftest import EXAMPLES
 from ..helpers import assert_clean_error, invoke
 
 pytestmark = pytest.mark.slow
@@ -102,18 +102,6 @@ def test_constant_reward_gives_zero_advantages_and_zero_loss(tiny_llama, tmp_pat
     # no gradient, so AdamW never moved the fresh adapter: its B matrices are still zero
     adapter = load_file(str(result.path / "adapter_model.safetensors"))
     assert all(torch.count_nonzero(t) == 0 for k, t in adapter.items() if "lora_B" in k)
-
-
-def first_token_probs(model, tokenizer, prompts: list[str], token: int) -> float:
-    from lorakit.chat_template import render
-
-    total = 0.0
-    with torch.no_grad():
-        for prompt in prompts:
-            text = render(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
-            total += model(**ids).logits[0, -1].softmax(-1)[token].item()
-    return total / len(prompts)
 
 
 def peaked_model(tiny_llama, folder: Path, prompt: str):

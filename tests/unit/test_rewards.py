@@ -11,7 +11,6 @@ from lorakit.config import load_recipe
 from lorakit.errors import ConfigError, DataError, RewardError
 from lorakit.rewards import (TRLReward, check_reward_columns, check_reward_values, probe_user_rewards,
                              resolve_rewards, score_completions, total_reward)
-from lorakit.rewards import builtin
 
 
 def rewards(*specs, max_completion_length: int = 64):

@@ -167,8 +167,9 @@ def test_a_reward_that_prefers_one_token_raises_its_probability(tiny_llama, tmp_
 def test_qlora_policy_trains_on_a_4bit_base(tiny_llama, tmp_path):
     """NF4 base (bitsandbytes on the CPU), LoRA adapter: the prompts' groups still share one prefill, the weights are
     not merged (a 4-bit base cannot take them), and the adapter trains."""
-    reward = write_reward(tmp_path, "def score(completion_ids, **kwargs):\n"
-                                    "    return [float(len(set(ids))) for ids in completion_ids]\n")
+    # a reward that differs within every group (the completion's place in it): the advantages are never all zero
+    reward = write_reward(tmp_path, "def score(completions, **kwargs):\n"
+                                    "    return [float(i % 4) for i in range(len(completions))]\n")
     result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], "method=qlora", "train.learning_rate=1.0e-3",
                                   model=str(tiny_llama), steps=2))
     run = read_run(result.path)
@@ -225,8 +226,9 @@ def test_beta_logs_kl_against_the_parent(sft_run, tmp_path):
 def test_killed_between_steps_resumes_the_same_curve(tiny_llama, tmp_path):
     from .test_kill9 import lorakit_killed
 
+    # reply-dependent and never flat within a group: every step updates the adapter
     reward = write_reward(tmp_path, "def score(completion_ids, **kwargs):\n"
-                                    "    return [float(len(set(ids))) for ids in completion_ids]\n")
+                                    "    return [len(set(ids)) + i % 2 for i, ids in enumerate(completion_ids)]\n")
     argv = ["grpo", "--model", str(tiny_llama), "--data", str(PROMPTS), "--reward", reward, "--max-steps", "4",
             "--set", "train.save_steps=2", "--set", "train.learning_rate=1.0e-3"]
     for assignment in TINY:
@@ -242,6 +244,7 @@ def test_killed_between_steps_resumes_the_same_curve(tiny_llama, tmp_path):
     expected = {r["step"]: r for r in records(tmp_path / "straight") if "loss" in r}
     got = {r["step"]: r for r in records(tmp_path / "grpo") if "loss" in r}
     assert sorted(got) == sorted(expected) == [1, 2, 3, 4]
+    assert all(expected[step]["grad_norm"] > 0 for step in expected)
     for step in expected:
         for key in keys:
             assert got[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-7), (step, key)

@@ -209,11 +209,18 @@ def test_run_folder_samples_and_manifest(tiny_llama, tmp_path):
     assert (result.path / "report.html").is_file()
 
 
-def test_beta_logs_kl_against_the_parent(sft_run, tmp_path):
-    reward = write_reward(tmp_path, "def score(completion_ids, **kwargs):\n"
-                                    "    return [float(len(ids)) for ids in completion_ids]\n")
+def test_beta_logs_kl_against_the_parent(tmp_path, monkeypatch):
+    from lorakit.train.sft import run_sft
+
+    from ..conftest import REPO, sft_recipe
+
+    monkeypatch.chdir(REPO)  # the SFT recipe's data paths are relative to the repository
+    parent = run_sft(sft_recipe(tmp_path / "sft", max_steps=5)).path  # a short parent of its own: any adapter will do
+    # a reward that differs within every group, so step 1 moves the policy away from the reference
+    reward = write_reward(tmp_path, "def score(completions, **kwargs):\n"
+                                    "    return [float(i % 4) for i in range(len(completions))]\n")
     result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], "grpo.beta=0.1", "train.learning_rate=1.0e-3",
-                                  from_run=sft_run.path, steps=2))
+                                  from_run=parent, steps=2))
     kl = [r["kl"] for r in records(result.path) if "kl" in r]
     assert len(kl) == 2 and kl[0] == pytest.approx(0.0, abs=1e-6) and kl[1] > 0  # policy == reference at first
     assert "SFT model" in read_run(result.path).manifest["speed"]["reference"]

@@ -130,7 +130,10 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
         reference_tokenizer = AutoTokenizer.from_pretrained(str(runs[0].path))
     run_data = runs[0].recipe.data if runs else None
     reward_eval = None
-    if rewards is not None or samples:
+    # a prompt data file beside a GRPO run is scored with that run's rewards (a text file of prompts is shown)
+    data_file = bool(prompts) and len(prompts) == 1 and Path(prompts[0]).suffix in (".jsonl", ".json", ".parquet",
+                                                                                    ".csv")
+    if rewards is not None or samples or (data_file and any(c.kind == "grpo" for c in candidates)):
         reward_eval = plan_reward_eval(candidates, prompts or [], rewards, samples, temperature, pass_threshold,
                                        reward_tokens)
         prompts = []  # the prompt file is the reward eval's, not a list of prompts to show side by side

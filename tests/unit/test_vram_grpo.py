@@ -97,11 +97,11 @@ def test_recipe_settings_reach_the_estimate(tmp_path):
 
 def test_cli_stage_grpo():
     result = runner.invoke(app, ["vram-estimate", "Qwen/Qwen2.5-1.5B", "--stage", "grpo", "--method", "lora",
-                                 "--seq-len", "768", "--completion-len", "512", "--batch-size", "8", "--generation",
+                                 "--max-length", "768", "--max-completion-length", "512", "--batch-size", "8", "--generation",
                                  "vllm", "--gpu", "rtx4090", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     keys = {t["key"] for t in data["terms"]}
     assert "vllm_engine" in keys and data["setup"]["completion_len"] == 512
     bad = runner.invoke(app, ["vram-estimate", "Qwen/Qwen2.5-1.5B", "--stage", "grpo", "--generation", "tgi"])
-    assert bad.exit_code != 0 and "--generation 'tgi' is not one of transformers, vllm" in bad.output
+    assert bad.exit_code != 0 and "--generation (grpo.generation): 'tgi' is not one of transformers, vllm" in bad.output

@@ -102,6 +102,7 @@ class DatasetRecord(Record):
     trained_tokens: int | None = None
     truncated: int | None = None
     max_length: int | None = None
+    columns: list[str] | None = None  # GRPO: the data's columns besides the prompt (what the rewards may read)
 
 
 class DistributedRecord(Record):

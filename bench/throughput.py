@@ -3,6 +3,7 @@
     python bench/throughput.py                     # CPU: a ~50M-parameter Llama built locally, 48 chats / 48 pairs
     python bench/throughput.py --repeats 3 --epochs 2
     python bench/throughput.py --stage dpo --sides lorakit,trl
+    python bench/throughput.py --stage grpo        # lorakit grpo vs TRL GRPOTrainer (bench/grpo_throughput.py)
     python bench/throughput.py --model Qwen/Qwen2.5-0.5B   # a real model (on a GPU)
     bash bench/setup_llamafactory.sh               # once, to add the LLaMA-Factory side (its own venv)
 
@@ -416,6 +417,13 @@ def summarize_workdir(workdir: Path) -> None:
 
 
 def main() -> None:
+    if "--stage" in sys.argv and sys.argv[sys.argv.index("--stage") + 1:][:1] == ["grpo"]:
+        import grpo_throughput  # GRPO's sides and columns differ from SFT/DPO's: their own script
+
+        sys.argv = [sys.argv[0]] + [a for i, a in enumerate(sys.argv[1:], 1)
+                                    if a != "--stage" and sys.argv[i - 1] != "--stage"]
+        grpo_throughput.main()
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help="hub id or folder (default: a ~50M Llama built locally)")
@@ -430,7 +438,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, help="both stages (default: 1e-4 SFT, 5e-5 DPO)")
     parser.add_argument("--max-words", type=int, default=400, help="longest chat, in words")
     parser.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
-    parser.add_argument("--stage", choices=("sft", "dpo", "both"), default="both")
+    parser.add_argument("--stage", choices=("sft", "dpo", "both", "grpo"), default="both",
+                        help="grpo: bench/grpo_throughput.py (its own options: --steps, --num-generations, ...)")
     parser.add_argument("--sides", help="comma-separated subset, e.g. lorakit,trl-bfd")
     parser.add_argument("--profile", action="store_true",
                         help="also write a torch.profiler operator table per side (slows every side, and its "

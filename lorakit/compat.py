@@ -4,7 +4,7 @@ Each hook says which library versions it was checked against and fails loudly, n
 when the detail it relies on is gone: an upgrade then announces itself with a clear message instead of training
 silently wrong. `tests/unit/test_compat.py` checks every hook against the installed libraries.
 
-Checked against: transformers 5.20-5.24, trl 1.16, peft 0.21, bitsandbytes 0.50, datasets 4.x-5.2, torch 2.13,
+Checked against: transformers 5.20-5.25, trl 1.16, peft 0.21, bitsandbytes 0.50, datasets 4.x-5.2, torch 2.13,
 gguf 0.19.
 """
 
@@ -300,6 +300,21 @@ def drop_gguf_quantizer(model) -> None:
     quantizer.remove_quantization_config(model)
     if getattr(model, "hf_quantizer", None) is not None or getattr(model.config, "quantization_config", None):
         raise _changed("GGUF import", "transformers", ">=5.20,<5.25", "HfQuantizer.remove_quantization_config")
+
+
+def cache_keyword(model) -> str:
+    """The name under which a transformers model takes a KV cache in `forward` and `generate`: transformers 5.25
+    renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40 / 6.0); earlier 5.x have only the old
+    name. (transformers 5.20-5.25: PreTrainedModel.forward's parameters)"""
+    # the class's forward: TRL's fused head and lorakit's plain head replace the instance's
+    forward = type(getattr(model, "get_base_model", lambda: model)()).forward
+    parameters = inspect.signature(forward).parameters
+    if "cache" in parameters:
+        return "cache"
+    if "past_key_values" in parameters:
+        return "past_key_values"
+    raise _changed("GRPO shared prefill", "transformers", ">=5.20,<5.26",
+                   f"a cache argument (cache / past_key_values) of {type(model).__name__}.forward")
 
 
 def check_hooks() -> list[str]:

@@ -236,6 +236,7 @@ DataFormat = Literal[
     "sharegpt",
     "alpaca",
     "prompt_completion",
+    "prompt",  # prompts only (GRPO): a prompt column, text or messages
     "text",
     # preference
     "preference",
@@ -414,6 +415,148 @@ class DPORecipe(BaseRecipe):
     dpo: DPOSection = DPOSection()
 
 
+class GRPOTrainSection(TrainSection):
+    # micro_batch_size counts completions, as in TRL: with num_generations 8, micro-batch 8 x accumulation 1 is one
+    # prompt and its 8 completions per optimizer step.
+    micro_batch_size: int = Field(8, gt=0, description="Completions per micro-batch (TRL's per_device_train_batch_size"
+                                  "); micro_batch_size x gradient_accumulation_steps x processes must be a multiple of "
+                                  "grpo.num_generations.")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    # RL on a LoRA policy takes small steps (TRL's full fine-tune default is 1e-6; LoRA tolerates about 10x more than
+    # the step of a full model, and GRPO's clipped ratio keeps each update near the sampling policy).
+    learning_rate: Float = Field(1.0e-5, gt=0, lt=1)
+    warmup_ratio: Float = Field(0.0, ge=0, lt=1)
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "constant"
+    logging_steps: int = Field(1, gt=0, description="Every step costs a generation round: log each one.")
+    save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps.")
+
+
+REWARD_NAMES = ("exact_answer", "math", "regex", "format", "json", "length")
+
+
+class RewardSpec(Section):
+    """One reward function: a built-in name, `path/to/file.py:function` (your own Python), or a folder holding a
+    sequence-classification reward model. `weight` is its share of the total reward (TRL's reward_weights)."""
+
+    name: str = Field(description=f"Built-in ({', '.join(REWARD_NAMES)}), FILE.py:FUNCTION, or a reward-model folder.")
+    weight: Float = Field(1.0, description="Multiplies this reward in the sum GRPO normalizes per group.")
+    column: str | None = Field(None, description="exact_answer / math: the data column with the reference answer "
+                                                 "(default: answer).")
+    pattern: str | None = Field(None, description="regex: a pattern found anywhere in the reply; format: a pattern "
+                                                  "the whole reply must match (default: a <think>...</think> block "
+                                                  "then an answer).")
+    schema_: str | dict[str, Any] | None = Field(None, alias="schema", description="json: a JSON Schema (a .json file "
+                                                 "or an inline mapping) the reply must satisfy.")
+    soft_punish_cache: int | None = Field(None, gt=0, description="length: the last N tokens before "
+                                          "max_completion_length where the penalty ramps from 0 to -1 (default: a "
+                                          "quarter of max_completion_length).")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False,
+                              populate_by_name=True, serialize_by_alias=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_name_alone(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _a_reward(cls, value):
+        return _not_blank(value, f"a built-in reward ({', '.join(REWARD_NAMES)}), FILE.py:FUNCTION or a folder")
+
+    @model_validator(mode="after")
+    def _options_that_apply(self):
+        kind = self.name if self.name in REWARD_NAMES else "user"
+        allowed = {"exact_answer": {"column"}, "math": {"column"}, "regex": {"pattern"}, "format": {"pattern"},
+                   "json": {"schema_"}, "length": {"soft_punish_cache"}, "user": set()}[kind]
+        given = {name for name in ("column", "pattern", "schema_", "soft_punish_cache") if getattr(self, name) is not None}
+        extra = sorted(given - allowed)
+        if extra:
+            shown = ", ".join(e.rstrip("_") for e in extra)
+            raise ValueError(f"reward {self.name!r} takes no {shown} ({kind} rewards read "
+                             f"{', '.join(sorted(a.rstrip('_') for a in allowed)) or 'no option'})")
+        if self.name == "regex" and self.pattern is None:
+            raise ValueError("reward 'regex' needs a pattern, e.g. {name: regex, pattern: 'Answer: \\d+'}")
+        if self.pattern is not None:
+            import re
+
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {exc}") from None
+        return self
+
+
+class GRPOSection(Section):
+    """Group Relative Policy Optimization (TRL's GRPOTrainer); the names are TRL's."""
+
+    rewards: list[RewardSpec] = Field(default_factory=list, description="What a completion is scored by; the rewards "
+                                      "are summed with their weights.")
+    num_generations: int = Field(8, ge=2, le=1024, description="Completions sampled per prompt (the group whose "
+                                 "rewards are compared).")
+    max_completion_length: int = Field(256, gt=0, description="Tokens a completion may have; data.max_length bounds "
+                                       "prompt + completion.")
+    temperature: Float = Field(1.0, gt=0, le=10, description="Sampling temperature for the completions (and the "
+                               "log-probs GRPO scores them with).")
+    top_p: Float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 = off.")
+    beta: Float = Field(0.0, ge=0, description="KL pull toward the reference (the parent run, or the base); 0 skips "
+                        "the reference pass entirely.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"] = "dapo"
+    epsilon: Float = Field(0.2, gt=0, lt=1, description="Clip range of the probability ratio.")
+    epsilon_high: Float | None = Field(None, gt=0, description="Upper clip (DAPO's 0.28); default: epsilon.")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the group's reward std (group), the batch's (batch), or not "
+        "(none, Dr. GRPO).")
+    mask_truncated_completions: bool = Field(False, description="Leave completions cut at max_completion_length out "
+                                             "of the loss (DAPO).")
+    generation: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="auto = vLLM in the same process on a CUDA GPU when vllm is installed, transformers' "
+        "generate otherwise.")
+    vllm_gpu_memory_utilization: Float = Field(0.3, gt=0, lt=1, description="vLLM's share of the GPU (colocate mode).")
+    vllm_enable_sleep_mode: bool | Literal["auto"] = Field(
+        "auto", description="Offload vLLM's weights and cache during the optimizer step; auto = when the estimate is "
+        "tight on the GPU.")
+    samples_steps: int = Field(10, gt=0, description="Write the step's prompts, completions and rewards to "
+                               "samples.jsonl every N steps.")
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _one_reward_or_a_comma_list(cls, value):
+        # `--set grpo.rewards=exact_answer,format` and `--reward exact_answer,format --reward length` spell lists as
+        # text: each text item may name several rewards, comma-separated
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            return value
+        rewards: list[Any] = []
+        for item in value:
+            rewards += [n.strip() for n in item.split(",") if n.strip()] if isinstance(item, str) else [item]
+        return rewards
+
+
+class GRPORecipe(BaseRecipe):
+    stage: Literal["grpo"] = "grpo"
+    output_dir: str = "out/grpo"
+    from_run: str | None = Field(
+        None, description="SFT or DPO run folder to continue from; its model, method, LoRA and template are reused."
+    )
+    train: GRPOTrainSection = GRPOTrainSection()
+    grpo: GRPOSection = GRPOSection()
+
+    @model_validator(mode="after")
+    def _whole_groups(self):
+        batch = self.train.micro_batch_size * self.train.gradient_accumulation_steps * self.distributed.num_processes
+        if batch % self.grpo.num_generations:
+            raise ValueError(
+                f"train.micro_batch_size x gradient_accumulation_steps x processes = {batch} completions per step is "
+                f"not a multiple of grpo.num_generations ({self.grpo.num_generations}): every prompt's group must be "
+                "whole in a step")
+        if not self.grpo.rewards:
+            raise ValueError("grpo.rewards is empty: name at least one reward (e.g. --reward exact_answer)")
+        return self
+
+
 class MergeSection(Section):
     dtype: Annotated[Literal["bfloat16", "float16", "float32"], BeforeValidator(merge_dtype)] = Field(
         "bfloat16", description="bf16, fp16 and fp32 are accepted for bfloat16, float16 and float32.")
@@ -491,7 +634,7 @@ class QuantizeSection(Section):
         return [make_target(self.format, self.type if self.format == "gguf" else None, self.method)]
 
 
-STAGE_ORDER = ("sft", "dpo", "merge", "quantize")
+STAGE_ORDER = ("sft", "dpo", "grpo", "merge", "quantize")  # the pipeline's order
 
 
 class PipelineRecipe(Section):
@@ -505,9 +648,11 @@ class PipelineRecipe(Section):
     @classmethod
     def _a_folder(cls, value):
         return _not_blank(value, "a folder")
-    stages: list[Literal["sft", "dpo", "merge", "quantize"]] = Field(default_factory=lambda: list(STAGE_ORDER))
+    stages: list[Literal["sft", "dpo", "grpo", "merge", "quantize"]] = Field(
+        default_factory=lambda: ["sft", "dpo", "merge", "quantize"])
     sft: SFTRecipe | None = None
     dpo: DPORecipe | None = None
+    grpo: GRPORecipe | None = None
     merge: MergeSection = MergeSection()
     quantize: QuantizeSection = QuantizeSection()
 
@@ -517,15 +662,17 @@ class PipelineRecipe(Section):
             raise ValueError("stages is empty")
         if list(self.stages) != [s for s in STAGE_ORDER if s in self.stages]:
             raise ValueError(f"stages must be a subset of {list(STAGE_ORDER)} in that order")
-        for name in ("sft", "dpo"):
-            if name in self.stages and getattr(self, name) is None:
+        for name in self.stages:  # a training stage's section is optional; merge and quantize have defaults
+            if getattr(self, name) is None:
                 raise ValueError(f"stage '{name}' is listed but the recipe has no '{name}' section")
         if self.stages[0] in ("merge", "quantize"):
-            raise ValueError("stages must start with sft or dpo; merge and quantize single runs with their commands")
+            raise ValueError("stages must start with sft, dpo or grpo; merge and quantize single runs with their "
+                             "commands")
         return self
 
 
-RECIPES: dict[str, type[BaseModel]] = {"sft": SFTRecipe, "dpo": DPORecipe, "pipeline": PipelineRecipe}
+RECIPES: dict[str, type[BaseModel]] = {"sft": SFTRecipe, "dpo": DPORecipe, "grpo": GRPORecipe,
+                                       "pipeline": PipelineRecipe}
 
 # First-class CLI flags and the recipe field each one sets.
 FLAG_FIELDS = {
@@ -540,6 +687,7 @@ FLAG_FIELDS = {
     "num_processes": "distributed.num_processes",
     "strategy": "distributed.strategy",
     "accelerate_config": "distributed.accelerate_config",
+    "rewards": "grpo.rewards",
 }
 
 
@@ -762,20 +910,21 @@ def _deep_copy(data: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(yaml.safe_dump(data)) if data else {}
 
 
-# A DPO run that continues an SFT run takes these sections from it.
+# A DPO or GRPO run that continues an earlier run takes these sections from it.
 INHERITED = ("method", "model", "lora", "qlora")
 
 
-def inherit_from_parent(recipe: DPORecipe, parent) -> DPORecipe:
-    """Take model, method, LoRA and quantization from the SFT run (`parent`: a `lorakit.outputs.Run`, or anything with
-    its validated `.recipe` and `.path`); refuse a DPO recipe that says otherwise."""
+def inherit_from_parent(recipe, parent):
+    """Take model, method, LoRA and quantization from the parent run (`parent`: a `lorakit.outputs.Run`, or anything
+    with its validated `.recipe` and `.path`); refuse a DPO / GRPO recipe that says otherwise."""
     mine, theirs = recipe_to_dict(recipe), recipe_to_dict(parent.recipe)
     conflicts = [section for section in INHERITED
                  if section in recipe.model_fields_set and mine[section] != theirs[section]]
     if conflicts:
         raise ConfigError(
-            f"the DPO recipe sets {', '.join(conflicts)}, but `from_run` {parent.path} decides those "
-            "(the policy continues the SFT adapter on the same base)",
-            hint=f"remove {', '.join(conflicts)} from the DPO recipe, or drop from_run to start from a base model",
+            f"the {recipe.stage.upper()} recipe sets {', '.join(conflicts)}, but `from_run` {parent.path} decides "
+            f"those (the policy continues the {parent.recipe.stage.upper()} adapter on the same base)",
+            hint=f"remove {', '.join(conflicts)} from the {recipe.stage.upper()} recipe, or drop from_run to start "
+                 "from a base model",
         )
     return recipe.model_copy(update={section: getattr(parent.recipe, section) for section in INHERITED})

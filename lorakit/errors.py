@@ -43,3 +43,7 @@ class RunInterrupted(LorakitError):
     """Training stopped on Ctrl-C (or a polite kill) after saving a checkpoint: `--resume` continues it."""
 
     exit_code = 130
+
+
+class RewardError(LorakitError):
+    """A reward function cannot be loaded, raised, or returned something other than one number per completion."""

@@ -19,7 +19,7 @@ from lorakit.errors import LorakitError, RunInterrupted
 
 app = typer.Typer(
     name="lorakit",
-    help="LoRA/QLoRA fine-tuning for one consumer GPU: sft -> dpo -> merge -> quantize.",
+    help="LoRA/QLoRA fine-tuning for one consumer GPU: sft -> dpo -> grpo -> merge -> quantize.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,

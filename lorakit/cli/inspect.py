@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from lorakit.cli.app import command, command_group
-from lorakit.cli.options import JsonOpt, SetOpt
+from lorakit.cli.options import JsonOpt, RewardOpt, SetOpt
 from lorakit.cli.output import print_run_summary
 
 
@@ -19,7 +19,8 @@ from lorakit.cli.output import print_run_summary
     "  lorakit eval out/dpo --prefs held-out-prefs.jsonl --fail-on-regression\n\n"
     "  lorakit eval out/dpo-merged out/dpo-merged-gguf --data held-out.jsonl --prompts prompts.txt\n\n"
     "  lorakit eval out/sft out/dpo --tasks examples/data/mc-facts.jsonl      # your own questions, offline\n\n"
-    "  lorakit eval out/dpo --tasks hellaswag,arc_easy,mmlu --limit 200 --fail-on-regression   # lorakit\\[eval]",
+    "  lorakit eval out/dpo --tasks hellaswag,arc_easy,mmlu --limit 200 --fail-on-regression   # lorakit\\[eval]\n\n"
+    "  lorakit eval out/sft out/grpo --prompts held-out.jsonl --reward exact_answer --samples 8  # GRPO's rewards",
 )
 def eval_(
     paths: Annotated[list[Path], typer.Argument(help="Run folders, merged model folders or GGUF exports.")],
@@ -46,16 +47,30 @@ def eval_(
         "--chat-template", help="auto: on for your own sets and generation tasks, off for loglikelihood benchmarks; "
                                 "or on / off for every task.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="lm-eval batch size.")] = 8,
+    reward: RewardOpt = None,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="With --reward: also sample K replies per prompt "
+                                         "(pass@K, mean sampled reward).")] = 0,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="With --samples: sampling "
+                                               "temperature.")] = 1.0,
+    pass_threshold: Annotated[Optional[float], typer.Option(
+        "--pass-threshold", help="With --reward: a reply passes when its total reward is at least this (default: "
+                                 "full marks from every verifiable built-in).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(
+        "--max-new-tokens", min=1, help="With --reward: reply length (default: the GRPO run's "
+                                        "max_completion_length, else 128).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     from lorakit.console import print_json
     from lorakit.eval.regression import raise_on_regression
     from lorakit.eval.render import print_eval
+    from lorakit.eval.rewards import RewardOptions
     from lorakit.eval.run import run_eval
 
+    rewards = [n.strip() for value in reward or [] for n in value.split(",") if n.strip()] or None
     report = run_eval(paths, data, prefs, prompts, not no_base, base_model, tolerance=tolerance, tasks=tasks,
                       task_files=task_file, limit=limit, num_fewshot=num_fewshot, chat_template=chat_template,
-                      batch_size=batch_size)
+                      batch_size=batch_size, reward_options=RewardOptions(rewards, samples, temperature,
+                                                                          pass_threshold, max_new_tokens))
     if json_out:
         print_json(report)
     else:
@@ -94,12 +109,13 @@ command_group("data", help="Inspect datasets before training.")
     group="data",
     help="Check a dataset without training: format, bad rows, mask/EOS lint, lengths and duplicates.\n\n"
     "Examples:\n\n  lorakit data check examples/data/chat-messages.jsonl --model builtin:tiny-llama\n\n"
-    "  lorakit data check prefs.jsonl --stage dpo",
+    "  lorakit data check prefs.jsonl --stage dpo\n\n"
+    "  lorakit data check prompts.jsonl --stage grpo --model builtin:tiny-llama",
 )
 def data_check(
     path: Annotated[str, typer.Argument(help="Data file, folder or hub dataset id.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Tokenizer to count tokens and lint masks with.")] = None,
-    stage: Annotated[str, typer.Option("--stage", help="sft or dpo (which formats to accept).")] = "sft",
+    stage: Annotated[str, typer.Option("--stage", help="sft, dpo or grpo (which formats to accept).")] = "sft",
     fmt: Annotated[str, typer.Option("--format", help="Force a format instead of detecting it.")] = "auto",
     max_length: Annotated[int, typer.Option("--max-length", help="Truncation length to check against.")] = 2048,
     set_: SetOpt = None,

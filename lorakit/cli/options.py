@@ -32,3 +32,7 @@ StrategyOpt = Annotated[Optional[str], typer.Option(
 AccelerateConfigOpt = Annotated[Optional[Path], typer.Option(
     "--accelerate-config", help="An accelerate config file to launch with (several machines, your own FSDP/DeepSpeed "
     "settings) instead of the one lorakit writes.")]
+RewardOpt = Annotated[Optional[list[str]], typer.Option(
+    "--reward", help="What replies are scored by (repeatable, or comma-separated): a built-in (exact_answer, math, "
+    "regex, format, json, length), your own FILE.py:FUNCTION, or a reward-model folder. For grpo it replaces the "
+    "recipe's grpo.rewards (weights and options live there).")]

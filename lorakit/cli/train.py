@@ -1,4 +1,4 @@
-"""Training commands: one per stage (sft, dpo) from one definition of their options, the pipeline (`run`), and the
+"""Training commands: one per stage (sft, dpo, grpo) from one definition of their options, the pipeline (`run`), and the
 memory estimate of a run (`vram-estimate`)."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from lorakit.cli.options import (
     PrintConfigOpt,
     RecipeOpt,
     ResumeOpt,
+    RewardOpt,
     SeedOpt,
     SetOpt,
     StrategyOpt,
@@ -36,12 +37,15 @@ from lorakit.cli.output import print_config, print_run_summary
 @dataclass(frozen=True)
 class TrainingCommand:
     """A training stage's command. Every one takes TRAINING_OPTIONS; a stage that continues another run takes
-    --from too. A new stage (grpo) is one more entry in TRAINING_COMMANDS."""
+    --from too, and a stage's own options (grpo's --reward) come after --data. A new stage is one more entry in
+    TRAINING_COMMANDS."""
 
     stage: str  # the recipe's stage and the name in lorakit.train.stages
     title: str  # the summary table's
     help: str
     from_help: str | None = None  # --from: what the stage continues; None: it starts from a base model only
+    # (parameter, option, default) of the stage's own options; each names a recipe field in lorakit.config.FLAG_FIELDS
+    options: tuple[tuple[str, object, object], ...] = ()
 
 
 TRAINING_COMMANDS = (
@@ -63,6 +67,17 @@ TRAINING_COMMANDS = (
         "  lorakit dpo --model ./base --data prefs.jsonl --output-dir out/dpo-from-base\n\n"
         "  lorakit dpo --from out/sft --data prefs.jsonl -o out/dpo --num-processes 2",
         from_help="SFT run folder to continue from."),
+    TrainingCommand(
+        "grpo", "GRPO run",
+        help="Group Relative Policy Optimization of a LoRA/QLoRA adapter with verifiable rewards, continuing from an "
+        "SFT (or DPO) run.\n\n"
+        "Examples:\n\n"
+        "  lorakit grpo --from out/sft --data prompts.jsonl --reward exact_answer,format -o out/grpo\n\n"
+        "  lorakit grpo --recipe recipes/tiny-cpu-grpo.yaml\n\n"
+        "  lorakit grpo --model ./base --data prompts.jsonl --reward my_rewards.py:score -o out/grpo-from-base\n\n"
+        "  lorakit grpo -r recipes/smollm2-135m-cpu-grpo.yaml --set grpo.num_generations=4 --max-steps 20",
+        from_help="SFT or DPO run folder to continue from.",
+        options=(("rewards", RewardOpt, None),)),
 )
 
 # (parameter, option, default): the options of every training command, in the order --help lists them (--from, where
@@ -129,8 +144,9 @@ def training_command(spec: TrainingCommand) -> Callable[..., None]:
     if spec.from_help is not None:
         from_opt = Annotated[Optional[str], typer.Option("--from", help=spec.from_help)]
         parameters.append(inspect.Parameter("from_run", keyword, default=None, annotation=from_opt))
+    options = [*TRAINING_OPTIONS[:2], *spec.options, *TRAINING_OPTIONS[2:]]  # the stage's own after --model, --data
     parameters += [inspect.Parameter(name, keyword, default=default, annotation=option)
-                   for name, option, default in TRAINING_OPTIONS]
+                   for name, option, default in options]
     train.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
     train.__name__ = train.__qualname__ = spec.stage
     return train
@@ -142,8 +158,8 @@ for _spec in TRAINING_COMMANDS:
 
 @command(
     "run",
-    help="Run a whole pipeline (sft -> dpo -> merge -> quantize) from one recipe; re-runs skip finished stages "
-    "whose inputs did not change and resume interrupted ones.\n\n"
+    help="Run a whole pipeline (sft -> dpo -> grpo -> merge -> quantize) from one recipe; re-runs skip finished "
+    "stages whose inputs did not change and resume interrupted ones.\n\n"
     "Examples:\n\n  lorakit run recipes/tiny-cpu-pipeline.yaml\n\n"
     "  lorakit run recipes/qwen2.5-7b-qlora-pipeline.yaml --only sft,dpo\n\n"
     "  lorakit run recipes/tiny-cpu-pipeline.yaml --from-stage merge\n\n"
@@ -166,7 +182,8 @@ def run(
 
     overrides = list(set_ or [])
     # the training stages' distributed sections, for those the pipeline has
-    for section in [name for name in ("sft", "dpo") if isinstance(read_yaml(recipe).get(name), dict)]:
+    trained = [spec.stage for spec in TRAINING_COMMANDS]
+    for section in [name for name in trained if isinstance(read_yaml(recipe).get(name), dict)]:
         for key, value in (("num_processes", num_processes), ("strategy", strategy),
                            ("accelerate_config", accelerate_config)):
             if value is not None:
@@ -201,6 +218,8 @@ def run(
     "  lorakit vram-estimate ./my-model --gpu all\n\n"
     "  lorakit vram-estimate --recipe recipes/llama3.1-8b-qlora-sft.yaml --set lora.r=64\n\n"
     "  lorakit vram-estimate mistralai/Mistral-7B-v0.1 --stage dpo --json\n\n"
+    "  lorakit vram-estimate Qwen/Qwen2.5-1.5B --stage grpo --max-length 768 --max-completion-length 512 "
+    "--generation vllm --gpu rtx4090\n\n"
     "  lorakit vram-estimate Qwen/Qwen2.5-72B --num-processes 4 --strategy fsdp --gpu a100-80gb\n\n"
     "  curl -sL https://huggingface.co/ORG/NAME/resolve/main/config.json | lorakit vram-estimate -",
 )
@@ -245,8 +264,15 @@ def vram_estimate(
         "--loss", help="train.loss: plain or fused (auto: fused, lorakit's CUDA choice); or chunked (estimate "
                        "only).")] = None,
     stage: Annotated[Optional[str], typer.Option(
-        "--stage", help="sft, dpo, dpo-precomputed (dpo.precompute_ref_log_probs) or inference. Default: the "
+        "--stage", help="sft, dpo, dpo-precomputed (dpo.precompute_ref_log_probs), grpo or inference. Default: the "
                         "recipe's stage.")] = None,
+    max_completion_length: Annotated[Optional[int], typer.Option(
+        "--max-completion-length", "--completion-len", help="grpo.max_completion_length: tokens per completion; "
+                                                            "--max-length counts prompt + completion. Alias: "
+                                                            "--completion-len.")] = None,
+    generation: Annotated[Optional[str], typer.Option(
+        "--generation", help="grpo.generation: transformers (generate) or vllm (colocated: its share of the "
+                             "GPU).")] = None,
     double_quant: Annotated[Optional[bool], typer.Option(
         "--double-quant/--no-double-quant", help="qlora.double_quant (default on).")] = None,
     quant: Annotated[Optional[str], typer.Option(
@@ -275,5 +301,6 @@ def vram_estimate(
         gradient_checkpointing=gradient_checkpointing, optim=optim, lora_r=lora_r, target_modules=target_modules,
         attn_implementation=attn_implementation, loss=loss, stage=stage, double_quant=double_quant, quant=quant,
         activation_offloading=activation_offloading, optimizer_in_backward=optimizer_in_backward,
-        num_processes=num_processes, strategy=strategy, gpu=gpu)
+        num_processes=num_processes, strategy=strategy, max_completion_length=max_completion_length,
+        generation=generation, gpu=gpu)
     render(run_estimate(options), json_out)

@@ -436,8 +436,9 @@ def load_sft_examples(loaded, fmt: str, columns: dict[str, str], system_prompt: 
     if fmt == "auto":
         fmt = detect_format(dataset.column_names, SFT_SIGNATURES, loaded.source)
     elif fmt not in dict(SFT_SIGNATURES):
-        raise DataError(f"data.format '{fmt}' is a preference format, not a supervised one",
-                        hint="use it with `lorakit dpo`, or set data.format to auto")
+        stage = "grpo" if fmt == "prompt" else "dpo"
+        raise DataError(f"data.format '{fmt}' is a {'prompt' if stage == 'grpo' else 'preference'} format, not a "
+                        "supervised one", hint=f"use it with `lorakit {stage}`, or set data.format to auto")
     else:
         require_columns(dataset.column_names, fmt, SFT_SIGNATURES, loaded.source)
     converted = convert_rows(dataset, sft_converter(fmt, system_prompt, tools), loaded.source, "supervised")

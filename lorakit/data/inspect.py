@@ -12,6 +12,7 @@ from lorakit.data.checks import duplicate_count, length_stats
 from lorakit.data.formats import load_sft_examples
 from lorakit.data.load import load_rows
 from lorakit.data.preference import load_preference_examples, tokenize_preferences
+from lorakit.data.prompts import ROW_COLUMN, check_prompts, load_prompt_rows, prompt_lengths
 from lorakit.data.sft import tokenize_source
 from lorakit.errors import ConfigError
 from lorakit.model import load_tokenizer, resolve_model_source
@@ -33,7 +34,9 @@ def check_data(path: str, model: str | None, stage: str, fmt: str, max_length: i
         return check_sft(data, model)
     if stage == "dpo":
         return check_preference_data(data, model)
-    raise ConfigError(f"--stage {stage!r} is not sft or dpo", hint="use --stage sft or --stage dpo")
+    if stage == "grpo":
+        return check_prompt_data(data, model)
+    raise ConfigError(f"--stage {stage!r} is not sft, dpo or grpo", hint="use --stage sft, dpo or grpo")
 
 
 FLAGS = {"format": "--format", "max_length": "--max-length", "train": "PATH"}
@@ -94,6 +97,27 @@ def check_preference_data(data: DataSection, model: str | None) -> dict[str, Any
     report.update({f"tokens {k}": v for k, v in length_stats(tokenized["length"]).items() if k != "count"})
     report[f"truncated at {data.max_length}"] = sum(tokenized["truncated"])
     report["pair lint"] = "ok"
+    return report
+
+
+def check_prompt_data(data: DataSection, model: str | None, max_completion_length: int = 256) -> dict[str, Any]:
+    """`lorakit data check --stage grpo` (rewards are checked by `lorakit grpo` itself, which knows them)."""
+    loaded = load_rows(data.train, data.subset, data.split, data.max_rows)
+    dataset, fmt = load_prompt_rows(loaded, data.format, data.columns, data.system_prompt)
+    extra = [c for c in dataset.column_names if c not in ("prompt", ROW_COLUMN)]
+    report: dict[str, Any] = {"file": data.train, "format": fmt, "prompts": len(dataset),
+                              "columns for rewards": ", ".join(extra) or "(none)",
+                              "exact duplicates": duplicate_count(dataset.remove_columns(ROW_COLUMN))}
+    if model is None:
+        lengths = [sum(len(m["content"]) for m in row) for row in dataset["prompt"]]
+        report.update({f"chars {k}": v for k, v in length_stats(lengths).items() if k != "count"})
+        report["note"] = "pass --model to count tokens and check the room left for completions"
+        return report
+    tokenizer, _ = _tokenizer(model)
+    lengths, errors = prompt_lengths(dataset["prompt"], tokenizer)
+    check_prompts(dataset, lengths, errors, data.train, data.max_length, max_completion_length)
+    report.update({f"prompt tokens {k}": v for k, v in length_stats(lengths).items() if k != "count"})
+    report[f"room for {max_completion_length}-token completions"] = "ok"
     return report
 
 

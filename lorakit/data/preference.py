@@ -147,8 +147,9 @@ def load_preference_examples(loaded, fmt: str, columns: dict[str, str], system_p
         if fmt == "hh" and not looks_like_hh(dataset):
             fmt = "implicit_preference"
     elif fmt not in dict(PREFERENCE_SIGNATURES):
-        raise DataError(f"data.format '{fmt}' is a supervised format, not a preference one",
-                        hint="use it with `lorakit sft`, or set data.format to auto")
+        stage = "grpo" if fmt == "prompt" else "sft"
+        raise DataError(f"data.format '{fmt}' is a {'prompt' if stage == 'grpo' else 'supervised'} format, not a "
+                        "preference one", hint=f"use it with `lorakit {stage}`, or set data.format to auto")
     else:
         require_columns(dataset.column_names, fmt, PREFERENCE_SIGNATURES, loaded.source)
     return convert_rows(dataset, preference_converter(fmt, system_prompt), loaded.source, "preference"), fmt

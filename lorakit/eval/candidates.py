@@ -13,22 +13,24 @@ from lorakit.errors import RunError
 from lorakit.gguf_source import import_tokenizer
 from lorakit.infer import load_for_inference
 from lorakit.model import base_source_of, load_base_model, resolve_device, resolve_model_source
-from lorakit.outputs import open_output, read_run
+from lorakit.outputs import TRAINING_STAGES, open_output, read_run
 from lorakit.outputs.integrity import check_adapter, check_gguf
 
-KIND_ORDER = {"base": 0, "sft": 1, "dpo": 2, "merged": 3, "gguf": 4}  # parents before the candidates built on them
+# parents before the candidates built on them
+KIND_ORDER = {"base": 0, "sft": 1, "dpo": 2, "grpo": 3, "merged": 4, "gguf": 5}
 
 
 @dataclass
 class Candidate:
     name: str
-    kind: str  # base | sft | dpo | merged | gguf
+    kind: str  # base | sft | dpo | grpo | merged | gguf
     path: Path | None
     parent: str | None  # name of the candidate it is compared with
     run: Any = None  # lorakit Run for adapter runs
     scores: dict[str, float] = field(default_factory=dict)
     generations: list[str] = field(default_factory=list)
     benchmarks: dict[str, Any] = field(default_factory=dict)  # lm-eval results per task (lorakit.eval.benchmarks)
+    reward_examples: list[dict[str, Any]] = field(default_factory=list)  # greedy replies and their rewards
 
 
 def describe(path: Path) -> Candidate:
@@ -78,15 +80,16 @@ def load_candidate(candidate: Candidate, base_location: str | None):
 
 
 def collect_candidates(paths: list[Path], with_base: bool) -> list[Candidate]:
-    """The candidates, each a DPO run's SFT parent added when it was not given (it is that run's reference), parents
-    first."""
+    """The candidates, each run's parent run added when it was not given (a DPO run's reference, the run a GRPO run
+    must beat), parents first."""
     candidates = [describe(p) for p in paths]
     given = {str(c.path.resolve()) for c in candidates if c.path}
     for candidate in list(candidates):
         parent = candidate.parent
-        if candidate.kind == "dpo" and parent not in (None, "base") and str(Path(parent).resolve()) not in given:
+        if candidate.kind in TRAINING_STAGES and parent not in (None, "base") and str(Path(parent).resolve()) not in given:
             if Path(parent).is_dir():
-                info(f"Adding {parent}: the parent and reference of {candidate.name}")
+                role = "the parent and reference" if candidate.kind == "dpo" else "the parent"
+                info(f"Adding {parent}: {role} of {candidate.name}")
                 candidates.append(describe(Path(parent)))
                 given.add(str(Path(parent).resolve()))
     for candidate in candidates:

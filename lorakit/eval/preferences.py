@@ -11,7 +11,7 @@ from typing import Any
 
 from lorakit.config import DataSection, DPOSection
 from lorakit.data.preference import tokenize_preferences
-from lorakit.outputs import training_run_behind
+from lorakit.outputs import TRAINING_STAGES, training_run_behind
 
 
 def sequence_logps(model, pairs) -> tuple[list[float], list[float]]:
@@ -56,7 +56,7 @@ def preference_scores(candidate, model, tokenizer, prefs: str, candidates, locat
     reference = reference_of(candidate, by_name)
     if reference is not None and hasattr(reference, "logps"):
         (ref_chosen, ref_rejected), scores["reference"] = reference.logps, reference.name
-    elif candidate.kind in ("sft", "dpo") and candidate.parent == "base" and hasattr(model, "disable_adapter"):
+    elif candidate.kind in TRAINING_STAGES and candidate.parent == "base" and hasattr(model, "disable_adapter"):
         with model.disable_adapter():  # the base was not scored (--no-base): it is this model, adapter off
             ref_chosen, ref_rejected = sequence_logps(model, pairs)
         scores["reference"] = "base (adapter off)"
@@ -72,7 +72,7 @@ def reference_of(candidate, by_name):
     """The candidate a model's rewards are measured against: an adapter run's parent; for a merged model or a GGUF
     export, the reference of what it was made from."""
     parent = by_name.get(candidate.parent or "")
-    if candidate.kind in ("sft", "dpo"):
+    if candidate.kind in TRAINING_STAGES:
         return parent
     if candidate.kind in ("merged", "gguf") and parent is not None:
         return reference_of(parent, by_name)

@@ -13,7 +13,9 @@ def print_eval(report: dict) -> None:
 
     metrics = [m for m in ("loss", "perplexity", "reward_accuracy", "reward_margin", "logp_gap")
                if any(m in c for c in report["candidates"])]
-    benchmark_metrics = sorted({k for c in report["candidates"] for k in c if "/" in k})
+    rewards = [m for m in ("reward", "pass", "reward_sampled", "pass_sampled") if any(m in c for c in report["candidates"])]
+    rewards += sorted({k for c in report["candidates"] for k in c if k.startswith(("pass@", "reward/"))})
+    benchmark_metrics = sorted({k for c in report["candidates"] for k in c if "/" in k and not k.startswith("reward/")})
     def candidate_table(title: str, columns: list[str]) -> Table:
         table = Table(title=title, title_justify="left")
         for column in ["candidate", "kind", *columns]:
@@ -22,8 +24,12 @@ def print_eval(report: dict) -> None:
             table.add_row(_short(c["name"]), c["kind"], *[format_value(c.get(m, "-")) for m in columns])
         return table
 
-    if metrics or not benchmark_metrics:
+    if metrics or not (benchmark_metrics or rewards):
         out.print(candidate_table("eval", metrics))
+    if rewards:
+        settings = report.get("rewards") or {}
+        out.print(candidate_table(f"rewards on {settings.get('prompts', 'held-out prompts')} "
+                                  f"({', '.join(settings.get('rewards', []))})", rewards))
     if benchmark_metrics:
         out.print(candidate_table("benchmarks (lm-eval)", benchmark_metrics))
     if report["regressions"]:

@@ -1,5 +1,8 @@
 """`lorakit eval`: did each stage help? Score the base model and each run on the same held-out data.
 
+Held-out prompts with `--reward` are scored by the rewards GRPO trains with (lorakit.eval.rewards): mean reward and
+pass rates of greedy and sampled replies.
+
 SFT-style data is scored by loss and perplexity on the tokens training would train (the same rendering and masks as
 `lorakit sft`). Preference data is scored by DPO's implicit reward: reward accuracy and mean margin of a policy
 against its reference, and the policy's own chosen-minus-rejected log-prob gap. Every candidate is compared with
@@ -23,16 +26,17 @@ from lorakit.eval.candidates import Candidate, base_location, collect_candidates
 from lorakit.eval.loss import sft_scores
 from lorakit.eval.preferences import preference_scores
 from lorakit.eval.regression import regressions
+from lorakit.eval.rewards import RewardEval, RewardOptions, metric_directions, plan_reward_eval, reward_scores
 from lorakit.infer import check_tokenizer, generate_reply
 from lorakit.io import read_text, write_json_atomic
-from lorakit.outputs import hold_output
+from lorakit.outputs import TRAINING_STAGES, hold_output
 from lorakit.outputs.layout import EVAL_FILE, REPORT_FILE
 from lorakit.report import write_run_report_safely
 
 
 def score_candidate(candidate: Candidate, location: str | None, reference_tokenizer, candidates: list[Candidate],
                     data_section: DataSection | None, prefs: str | None, prompts: list[str],
-                    max_new_tokens: int, plan=None) -> None:
+                    max_new_tokens: int, plan=None, reward_eval: RewardEval | None = None) -> None:
     """Load one candidate, score it into `candidate.scores`, and let it go: only one model is resident at a time
     (the model is local to this call, so nothing keeps it alive once it returns)."""
     model, tokenizer = load_candidate(candidate, location)
@@ -44,6 +48,9 @@ def score_candidate(candidate: Candidate, location: str | None, reference_tokeni
         candidate.scores.update(sft_scores(model, tokenizer, data_section))
     if prefs:
         candidate.scores.update(preference_scores(candidate, model, tokenizer, prefs, candidates, location))
+    if reward_eval is not None:
+        scores, candidate.reward_examples = reward_scores(model, tokenizer, reward_eval)
+        candidate.scores.update(scores)
     if prompts:
         candidate.generations = [generate_reply(model, tokenizer, [{"role": "user", "content": p}], max_new_tokens)
                                  for p in prompts]
@@ -59,7 +66,7 @@ def result_folder(candidate: Candidate) -> Path | None:
     """The folder a candidate's eval.json goes into (none for the base model)."""
     if candidate.kind == "gguf" and candidate.path is not None:
         return candidate.path.parent
-    if candidate.kind in ("sft", "dpo", "merged") and candidate.path is not None and candidate.path.is_dir():
+    if candidate.kind in (*TRAINING_STAGES, "merged") and candidate.path is not None and candidate.path.is_dir():
         return candidate.path
     return None
 
@@ -101,8 +108,10 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
              with_base: bool = True, base_model: str | None = None, max_new_tokens: int = 48,
              tolerance: float = 0.01, tasks: list[str] | None = None, task_files: list[str] | None = None,
              limit: float | None = None, num_fewshot: int | None = None, chat_template: str = "auto",
-             batch_size: int = 8) -> dict[str, Any]:
-    """Score every candidate; `tasks` / `task_files` add lm-eval benchmarks (lorakit.eval.benchmarks)."""
+             batch_size: int = 8, reward_options: RewardOptions | None = None) -> dict[str, Any]:
+    """Score every candidate; `tasks` / `task_files` add lm-eval benchmarks (lorakit.eval.benchmarks); rewards
+    score replies to a `prompts` data file (lorakit.eval.rewards)."""
+    reward_options = reward_options or RewardOptions()
     if not data and not prefs and not prompts and not tasks and not task_files:
         raise ConfigError("nothing to evaluate", hint="give --data (SFT-style), --prefs (preference pairs), --prompts, "
                                                       "or --tasks (benchmarks)")
@@ -112,13 +121,13 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
         for folder in dict.fromkeys(f for f in map(result_folder, candidates) if f is not None):
             held.enter_context(hold_output(folder, "lorakit eval"))
         return evaluate(candidates, data, prefs, prompts, base_model, max_new_tokens, tolerance, tasks, task_files,
-                        limit, num_fewshot, chat_template, batch_size)
+                        limit, num_fewshot, chat_template, batch_size, reward_options)
 
 
 def evaluate(candidates: list[Candidate], data: str | None, prefs: str | None, prompts: list[str] | None,
              base_model: str | None, max_new_tokens: int, tolerance: float, tasks: list[str] | None,
              task_files: list[str] | None, limit: float | None, num_fewshot: int | None, chat_template: str,
-             batch_size: int) -> dict[str, Any]:
+             batch_size: int, reward_options: RewardOptions) -> dict[str, Any]:
     with_base = any(c.kind == "base" for c in candidates)
     location = base_location(candidates, base_model)
     if with_base and location is None:
@@ -131,6 +140,14 @@ def evaluate(candidates: list[Candidate], data: str | None, prefs: str | None, p
         check_tokenizer(runs[0].path, f"run {runs[0].path}")
         reference_tokenizer = AutoTokenizer.from_pretrained(str(runs[0].path))
     run_data = runs[0].recipe.data if runs else None
+    reward_eval = None
+    # a prompt data file beside a GRPO run is scored with that run's rewards (a text file of prompts is shown)
+    data_file = bool(prompts) and len(prompts) == 1 and Path(prompts[0]).suffix in (".jsonl", ".json", ".parquet",
+                                                                                    ".csv")
+    grpo_runs = [c.run for c in candidates if c.kind == "grpo" and c.run is not None]
+    if reward_options.asked or (data_file and grpo_runs):
+        reward_eval = plan_reward_eval(prompts or [], reward_options, grpo_runs)
+        prompts = []  # the prompt file is the reward eval's, not a list of prompts to show side by side
     prompt_list = read_prompts(prompts or [])
     section = eval_section(run_data, data) if data else None
     plan = None
@@ -140,7 +157,7 @@ def evaluate(candidates: list[Candidate], data: str | None, prefs: str | None, p
     for candidate in candidates:
         with err.status(f"Evaluating {candidate.name}..."):
             score_candidate(candidate, location, reference_tokenizer, candidates, section, prefs, prompt_list,
-                            max_new_tokens, plan)
+                            max_new_tokens, plan, reward_eval)
         gc.collect()  # the candidate's model, before the next one loads
     report: dict[str, Any] = {
         "candidates": [{"name": c.name, "kind": c.kind, "parent": c.parent, **c.scores,
@@ -159,6 +176,13 @@ def evaluate(candidates: list[Candidate], data: str | None, prefs: str | None, p
     if plan is not None:
         report["benchmarks"] = plan.describe()
         for metric, higher in directions([c.benchmarks for c in candidates]).items():
+            report["regressions"] += regressions(candidates, metric, higher, tolerance)
+    if reward_eval is not None:
+        report["rewards"] = {"prompts": reward_eval.source, "rewards": [r.describe() for r in reward_eval.rewards],
+                             "samples": reward_eval.samples, "temperature": reward_eval.temperature,
+                             "max_new_tokens": reward_eval.max_new_tokens, "pass_threshold": reward_eval.threshold,
+                             "examples": {c.name: c.reward_examples for c in candidates}}
+        for metric, higher in metric_directions(reward_eval).items():
             report["regressions"] += regressions(candidates, metric, higher, tolerance)
     if prompt_list:
         report["generations"] = [{"prompt": p, **{c.name: c.generations[i] for c in candidates}}

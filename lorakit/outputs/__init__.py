@@ -14,6 +14,7 @@ from lorakit.outputs.manifest import (
                                       DPOManifest,
                                       ExportManifest,
                                       GGUFImportManifest,
+                                      GRPOManifest,
                                       LineageEntry,
                                       Manifest,
                                       MergeManifest,
@@ -32,7 +33,7 @@ from lorakit.outputs.runs import Run, RunFolder, read_metrics, read_run
 __all__ = [
     "Damaged", "OutputBusy", "check_not_being_written", "hold_output", "writer_of", "TRAINING_STAGES",
     "BaseCopyManifest", "BaseModelRecord", "DPOManifest", "ExportManifest", "GGUFImportManifest", "LineageEntry",
-    "Manifest", "ParentRecord",
+    "GRPOManifest", "Manifest", "ParentRecord",
     "MergeManifest", "SFTManifest", "TrainingRunManifest", "manifest_json", "now", "package_versions",
     "read_manifest", "write_manifest", "Lineage", "Output", "open_output", "training_run_behind", "Run", "RunFolder",
     "read_metrics", "read_run",

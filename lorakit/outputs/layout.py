@@ -27,6 +27,8 @@ README_FILE = "README.md"
 # The Trainer writes a checkpoint's files one by one, trainer_state.json last, none of them atomically: lorakit marks
 # a checkpoint complete with this file once the Trainer has finished saving it (lorakit.outputs.integrity).
 COMPLETE_MARK = "lorakit-complete"
+# GRPO: a sample of prompts, completions and their rewards every grpo.samples_steps steps (lorakit.train.grpo)
+SAMPLES_FILE = "samples.jsonl"
 # A tokenizer a server or `from_pretrained` loads: at least one of these must sit beside a model or adapter.
 TOKENIZER_LOAD_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 # What a merge copies from the base and the run so the merged model loads and chats like the trained one.
@@ -37,7 +39,7 @@ SINGLE_WEIGHTS = "model.safetensors"
 
 # `lorakit run`: the pipeline's memory of finished stages, and each stage's folder under the root.
 STATE_FILE = "pipeline.json"
-PIPELINE_FOLDERS = {"sft": "sft", "dpo": "dpo", "merge": "merged", "quantize": "export"}
+PIPELINE_FOLDERS = {"sft": "sft", "dpo": "dpo", "grpo": "grpo", "merge": "merged", "quantize": "export"}
 
 
 def staging_path(path: str | Path) -> Path:

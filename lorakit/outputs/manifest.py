@@ -102,6 +102,7 @@ class DatasetRecord(Record):
     trained_tokens: int | None = None
     truncated: int | None = None
     max_length: int | None = None
+    columns: list[str] | None = None  # GRPO: the data's columns besides the prompt (what the rewards may read)
 
 
 class DistributedRecord(Record):
@@ -138,7 +139,7 @@ class Manifest(Record):
 
 
 class TrainingRunManifest(Manifest):
-    """An adapter run (`lorakit sft`, `lorakit dpo`): written as training starts, completed when it finishes."""
+    """An adapter run (`lorakit sft`, `lorakit dpo`, `lorakit grpo`): written as training starts, completed when it finishes."""
 
     started_at: str | None = None
     finished_at: str | None = None
@@ -172,6 +173,12 @@ class SFTManifest(TrainingRunManifest):
 
 class DPOManifest(TrainingRunManifest):
     stage: Literal["dpo"] = "dpo"
+
+
+class GRPOManifest(TrainingRunManifest):
+    """A GRPO run (`lorakit grpo`): its rewards are in its recipe, its sampled completions in samples.jsonl."""
+
+    stage: Literal["grpo"] = "grpo"
 
 
 class MergeManifest(Manifest):
@@ -343,7 +350,7 @@ class GGUFImportManifest(Manifest):
 
 
 MANIFEST_KINDS: tuple[type[Manifest], ...] = (SFTManifest, DPOManifest, MergeManifest, ExportManifest,
-                                               BaseCopyManifest, GGUFImportManifest)
+                                               BaseCopyManifest, GGUFImportManifest, GRPOManifest)
 STAGES = {kind.model_fields["stage"].default: kind for kind in MANIFEST_KINDS}
 TRAINING_STAGES = tuple(stage for stage, kind in STAGES.items() if issubclass(kind, TrainingRunManifest))
 

@@ -40,7 +40,7 @@ LINEAGE_DEPTH = 8  # sft -> dpo -> (grpo) -> merge -> export is five; a loop of 
 class Output:
     """One output as lorakit reads it back.
 
-    kind: sft | dpo (training runs) | merged | export | base | gguf-import | model (a plain transformers folder) |
+    kind: sft | dpo | grpo (training runs) | merged | export | base | gguf-import | model (a plain transformers folder) |
     gguf-file (a GGUF file lorakit did not write) | unknown.
     """
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lorakit.compat import checkpoint_rng_files
-from lorakit.config import DPORecipe, SFTRecipe, load_recipe, parse_yaml, recipe_to_yaml
+from lorakit.config import DPORecipe, GRPORecipe, SFTRecipe, load_recipe, parse_yaml, recipe_to_yaml
 from lorakit.console import info
 from lorakit.errors import LorakitError, RunError
 from lorakit.io import (
@@ -280,7 +280,7 @@ class Run:
     """A finished training run: its validated recipe, its manifest and its metrics."""
 
     path: Path
-    recipe: SFTRecipe | DPORecipe
+    recipe: SFTRecipe | DPORecipe | GRPORecipe
     manifest: TrainingRunManifest
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
@@ -352,7 +352,7 @@ def read_run(path: str | Path, expect_stage: tuple[str, ...] | None = None) -> R
     present = [f for f in (manifest_file, recipe_file) if f.exists() or f.is_symlink()]
     if not path.is_dir() or not present:
         raise RunError(f"{path} is not a lorakit run folder (no {MANIFEST_FILE} / {RECIPE_FILE})",
-                       hint="pass a folder written by lorakit sft or lorakit dpo")
+                       hint="pass a folder written by lorakit sft, dpo or grpo")
     if manifest_file not in present:
         raise Damaged(owner, MANIFEST_FILE, "missing")
     data = read_manifest_data(path, owner) or {}
@@ -366,7 +366,7 @@ def read_run(path: str | Path, expect_stage: tuple[str, ...] | None = None) -> R
     else:
         stage = manifest.stage if manifest is not None else None
     if not isinstance(manifest, TrainingRunManifest):
-        raise RunError(f"{path} is a '{stage}' folder, not a training run", hint="pass the folder of an sft or dpo run")
+        raise RunError(f"{path} is a '{stage}' folder, not a training run", hint="pass the folder of an sft, dpo or grpo run")
     if recipe_file not in present:
         raise Damaged(owner, RECIPE_FILE, "missing")
     check_manifest(manifest, owner)

@@ -13,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lorakit.data.inspect import check_preference_data, check_sft
+from lorakit.data.inspect import check_preference_data, check_prompt_data, check_sft
 from lorakit.errors import ConfigError, LorakitError, RunError
 from lorakit.export.gguf_export import check_type
 from lorakit.io import check_can_write, check_inputs, check_output_path, read_json
-from lorakit.outputs import Damaged
+from lorakit.outputs import TRAINING_STAGES, Damaged
+from lorakit.rewards import resolve_rewards, reward_files
 
 
 def pipeline_inputs(recipe) -> list[Path]:
@@ -25,13 +26,15 @@ def pipeline_inputs(recipe) -> list[Path]:
     paths: list[Path] = []
     if getattr(recipe, "_file", None) is not None:
         paths.append(Path(recipe._file))
-    for name in ("sft", "dpo"):
+    for name in TRAINING_STAGES:
         section = getattr(recipe, name)
         if section is None or name not in recipe.stages:
             continue
         for value in (section.data.train, section.data.eval, section.model.name_or_path, section.model.chat_template):
             if value and "{" not in value and Path(value).expanduser().exists():
                 paths.append(Path(value).expanduser())
+        if name == "grpo":
+            paths += reward_files(section.grpo.rewards)
     return paths
 
 
@@ -73,9 +76,11 @@ def check_stages(pipeline, selected: list[str]) -> None:
         for target in recipe.quantize.resolved_targets():
             if target.format == "gguf":
                 check_type(target.type)
-    for stage in ("sft", "dpo"):
+    for stage in TRAINING_STAGES:
         if stage in selected:
             check_stage_data(stage, getattr(recipe, stage))
+    if "grpo" in selected:  # a reward file that does not load fails the pipeline before its first stage trains
+        resolve_rewards(recipe.grpo.grpo.rewards, recipe.grpo.grpo.max_completion_length)
 
 
 def check_stage_data(stage: str, section) -> None:
@@ -87,4 +92,4 @@ def check_stage_data(stage: str, section) -> None:
         if source:
             one = data.model_copy(update={"train": source, "eval": None, "val_size": 0.0,
                                           "max_rows": data.max_rows if source == data.train else None})
-            (check_sft if stage == "sft" else check_preference_data)(one, None)
+            {"sft": check_sft, "dpo": check_preference_data, "grpo": check_prompt_data}[stage](one, None)

@@ -1,4 +1,4 @@
-"""`lorakit run`: sft -> dpo -> merge -> quantize from one pipeline recipe, re-running only what changed.
+"""`lorakit run`: sft -> dpo -> grpo -> merge -> quantize from one pipeline recipe, re-running only what changed.
 
 Each stage writes its own folder under the pipeline's root and the next stage takes that folder, exactly as the
 single commands do. A stage's identity is a hash of its resolved recipe section, its data's content and its parent
@@ -29,7 +29,7 @@ from lorakit.export.calibration import CalibrationRequest
 from lorakit.export.merge import merge_run
 from lorakit.export.quantize import quantize_targets
 from lorakit.io import write_json_atomic
-from lorakit.outputs import ExportManifest, Manifest, hold_output, open_output
+from lorakit.outputs import TRAINING_STAGES, ExportManifest, Manifest, hold_output, open_output
 from lorakit.outputs.layout import ADAPTER_FILES, PIPELINE_FOLDERS, STATE_FILE, merged_weight_files, staging_path
 from lorakit.pipeline.checks import check_root, check_stages, read_state
 from lorakit.report import write_pipeline_report
@@ -88,7 +88,7 @@ class Pipeline:
         return stages[index - 1] if index > 0 else None
 
     def source_of(self, stage: str) -> Path:
-        """The folder `stage` takes as input (the recipe schema makes every pipeline start with sft or dpo, so merge
+        """The folder `stage` takes as input (the recipe schema makes every pipeline start with a training stage, so merge
         and quantize always have one): quantize after merge takes the merged model; after sft/dpo it merges the run
         itself."""
         return self.folder(self.previous(stage))
@@ -98,10 +98,10 @@ class Pipeline:
     def identity(self, stage: str, parent_key: str | None) -> str:
         section: Any = getattr(self.recipe, stage)
         inputs: dict[str, Any] = {"stage": stage, "parent": parent_key}
-        if stage in ("sft", "dpo"):
+        if stage in TRAINING_STAGES:
             resolved = recipe_to_dict(section)
             resolved.pop("output_dir", None)
-            if stage == "dpo" and "sft" in self.recipe.stages:
+            if stage != "sft" and self.previous(stage) in TRAINING_STAGES:
                 resolved.pop("from_run", None)  # the parent key stands for it
             data = section.data
             inputs["section"] = resolved
@@ -217,7 +217,7 @@ class Pipeline:
 
 def output_files(stage: str, folder: Path, manifest: Manifest) -> list[str]:
     """The files a finished stage's output is used through (none: never complete, the stage runs again)."""
-    if stage in ("sft", "dpo"):
+    if stage in TRAINING_STAGES:
         return list(ADAPTER_FILES)
     if stage == "merge":
         return merged_weight_files(folder) or []
@@ -247,6 +247,19 @@ def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps")) or k == "warnings"}
 
 
+def run_grpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
+    """GRPO continues the training stage before it in the pipeline (sft, or dpo after sft), if there is one."""
+    update: dict[str, Any] = {"output_dir": str(folder)}
+    before = pipeline.previous("grpo")
+    if before in TRAINING_STAGES:
+        update["from_run"] = str(pipeline.folder(before))
+    recipe = pipeline.recipe.grpo.model_copy(update=update)
+    recipe._file = pipeline.recipe._file
+    result = run_training("grpo", recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
+                          callbacks=pipeline.callbacks)
+    return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps")) or k == "warnings"}
+
+
 def run_merge_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
     section = pipeline.recipe.merge
     result = merge_run(pipeline.source_of("merge"), folder, dtype=section.dtype, base_mode=section.base,
@@ -267,6 +280,7 @@ def run_quantize_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[s
 STAGE_RUNNERS: dict[str, Callable[[Pipeline, Path, bool], dict[str, Any]]] = {
     "sft": run_sft_stage,
     "dpo": run_dpo_stage,
+    "grpo": run_grpo_stage,
     "merge": run_merge_stage,
     "quantize": run_quantize_stage,
 }
@@ -279,8 +293,8 @@ def _rerun_hint(pipeline: Pipeline) -> str:
 
 KEY_METRICS = {"final_loss": "loss", "final_eval_loss": "eval loss", "final_reward_accuracies": "reward acc",
                "final_reward_margins": "reward margin", "final_eval_reward_accuracies": "eval reward acc",
-               "mean_kl": "KL vs source", "top1_agreement": "top-1", "size_mb": "MB",
-               "tokenization_mismatches": "token mismatches"}
+               "final_reward": "reward", "final_eval_reward": "eval reward", "mean_kl": "KL vs source",
+               "top1_agreement": "top-1", "size_mb": "MB", "tokenization_mismatches": "token mismatches"}
 
 
 def pipeline_table(result: PipelineResult):

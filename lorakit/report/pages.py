@@ -163,7 +163,7 @@ def run_page(output: OutputView) -> str:
         ('<section><h2>curves</h2><div class="plots">' + "".join(charts) + "</div></section>") if charts else "",
         "<section><h2>evaluation</h2>" + eval_tables(output) + "</section>",
     ]
-    kind = "run" if output.stage in ("sft", "dpo") else "model" if output.stage == "merge" else ""
+    kind = "run" if isinstance(m, TrainingRunManifest) else "model" if output.stage == "merge" else ""
     title = " ".join(w for w in (STAGE_LABEL.get(output.stage, output.stage), kind) if w) + f": {output.path.name}"
     return page(title, subtitle, sections)
 

@@ -54,6 +54,24 @@ def chart(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = False
     return f'<figure class="plot" data-plot="{html.escape(title, quote=True)}">{plot_svg(title, curves, ylabel, log_y)}</figure>'
 
 
+def reward_keys(output: OutputView) -> list[str]:
+    """GRPO's per-function reward means, in the order they were logged (rewards/<name>/mean)."""
+    keys: list[str] = []
+    for record in output.metrics:
+        for key in record:
+            if key.startswith("rewards/") and key.endswith("/mean") and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def clipped_tokens(output: OutputView) -> list[tuple[float, float]]:
+    """The share of completions cut at max_completion_length, scaled to the length axis (1.0 = max length)."""
+    longest = max((r.get("completions/max_length") or 0 for r in output.metrics), default=0)
+    if not longest:
+        return []
+    return [(step, share * longest) for step, share in output.train_series("completions/clipped_ratio")]
+
+
 def run_charts(outputs: list[OutputView]) -> list[str]:
     """The charts of one run, or of several overlaid (one line per run, named by its folder)."""
     several = len(outputs) > 1
@@ -83,6 +101,18 @@ def run_charts(outputs: list[OutputView]) -> list[str]:
          [c for o in outputs for c in (Curve(name(o, "train"), o.train_series("rewards/margins")),
                                        Curve(name(o, "eval"), o.train_series("eval_rewards/margins"), True))],
          "margin", False),
+        ("GRPO reward (weighted sum)",
+         [c for o in outputs for c in (Curve(name(o, "train"), o.train_series("reward")),
+                                       Curve(name(o, "eval"), o.train_series("eval_reward"), True))],
+         "reward", False),
+        ("GRPO rewards per function",
+         [Curve(name(o, key.split("/")[1]), o.train_series(key)) for o in outputs for key in reward_keys(o)],
+         "mean reward", False),
+        ("GRPO completion length",
+         [c for o in outputs for c in (Curve(name(o, "mean"), o.train_series("completions/mean_length")),
+                                       Curve(name(o, "clipped share x max"), clipped_tokens(o), True))],
+         "tokens", False),
+        ("GRPO KL to the reference", [Curve(name(o, ""), o.train_series("kl")) for o in outputs], "KL", False),
         ("throughput", [Curve(name(o, ""), throughput_series(o)) for o in outputs], "tokens/s", False),
     ]
     drawn = [chart(title, curves, ylabel, log_y) for title, curves, ylabel, log_y in specs]

@@ -21,9 +21,10 @@ from lorakit.outputs import (
 from lorakit.outputs.layout import EVAL_FILE, METRICS_FILE
 
 MAX_POINTS = 2000  # per curve: a 100k-step run still draws a light SVG
-STAGE_ORDER = {"base": 0, "sft": 1, "dpo": 2, "merge": 3, "quantize": 4}
-STAGE_LABEL = {"base": "base", "sft": "sft", "dpo": "dpo", "merge": "merged", "quantize": "export"}
-EVAL_METRICS = ("loss", "perplexity", "reward_accuracy", "reward_margin", "logp_gap")
+STAGE_ORDER = {"base": 0, "sft": 1, "dpo": 2, "grpo": 3, "merge": 4, "quantize": 5}
+STAGE_LABEL = {"base": "base", "sft": "sft", "dpo": "dpo", "grpo": "grpo", "merge": "merged", "quantize": "export"}
+EVAL_METRICS = ("loss", "perplexity", "reward_accuracy", "reward_margin", "logp_gap", "reward", "pass",
+                "reward_sampled")
 EVAL_ROW_KEYS = {"candidates": ("name",), "regressions": ("metric", "candidate", "parent", "value", "parent_value",
                                                           "change", "worse")}
 
@@ -177,6 +178,8 @@ def headline(view: OutputView) -> dict[str, Any]:
     if isinstance(m, TrainingRunManifest):
         row.update({"steps": s.get("steps"), "final loss": s.get("final_loss"),
                     "final eval loss": s.get("final_eval_loss"), "train s": s.get("train_seconds")})
+        if m.stage == "grpo":
+            row.update({"reward": s.get("final_reward"), "eval reward": s.get("final_eval_reward")})
         if m.stage == "dpo":
             row.update({"reward acc": s.get("final_reward_accuracies"),
                         "eval reward acc": s.get("final_eval_reward_accuracies"),

@@ -83,7 +83,7 @@ def precheck(stage: str, recipe: BaseRecipe, plan: Plan, force: bool, resume: bo
     check_plan(recipe, plan, device, gpus, find_spec("deepspeed") is not None)
     quiet, err.quiet = err.quiet, True  # rank 0 says "starting fresh" itself
     try:
-        open_run(recipe, parent, force, resume, plan.num_processes)
+        open_run(STAGES[stage], recipe, parent, force, resume, plan.num_processes)
     finally:
         err.quiet = quiet
     return recipe

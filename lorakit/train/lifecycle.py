@@ -91,9 +91,9 @@ class Stage:
     """What a training stage supplies to the lifecycle. A new stage is a module that defines one of these (its data
     and its trainer) and a line in lorakit.train.stages."""
 
-    name: str  # sft | dpo: the recipe's and the manifest's stage
+    name: str  # sft | dpo | grpo: the recipe's and the manifest's stage
     label: str  # for progress lines
-    rows: str  # what a data row is called in the summary: examples | pairs
+    rows: str  # what a data row is called in the summary: examples | pairs | prompts
     show_keys: tuple[str, ...]  # logged values shown in the progress line
     summary_keys: tuple[str, ...]  # logged values summarized as first_/final_
     # (recipe, tokenizer, stops) -> the stage's tokenized, checked data, after printing its one-line description
@@ -101,6 +101,9 @@ class Stage:
     # the trainer, and how it computes its loss and batches its rows
     make_trainer: Callable[[TrainerInputs], tuple[Trainer, SpeedPlan]]
     continues: tuple[str, ...] = ()  # the stages whose runs its recipe's from_run may name (DPO: sft)
+    batch_unit: str = ""  # what micro_batch_size counts, when it is not `rows` (GRPO: completions)
+    # files a run reads besides its data, model, chat template, parent and recipe (GRPO: its reward files)
+    reads: Callable[[BaseRecipe], list[Path]] = lambda recipe: []
 
     @property
     def takes_parent(self) -> bool:
@@ -158,7 +161,8 @@ def with_parent(recipe: BaseRecipe, continues: tuple[str, ...] = ("sft",)) -> tu
     parent = read_run(from_run, expect_stage=continues)
     if not parent.has_adapter:
         missing = [name for name in ADAPTER_FILES if not (parent.path / name).is_file()]
-        raise ConfigError(f"run {parent.path} has no adapter: {', '.join(missing)} missing", hint="re-run the SFT stage")
+        raise ConfigError(f"run {parent.path} has no adapter: {', '.join(missing)} missing",
+                          hint=f"re-run the {parent.stage.upper()} stage")
     check_adapter(parent.path, f"run {parent.path}", finite=True)  # a diverged (NaN) policy would train nothing
     return inherit_from_parent(recipe, parent), parent
 
@@ -186,7 +190,7 @@ def checked_plan(recipe: BaseRecipe, device: str) -> Plan:
     return plan
 
 
-def input_paths(recipe: BaseRecipe, parent: Run | None) -> list[Path]:
+def input_paths(stage: Stage, recipe: BaseRecipe, parent: Run | None) -> list[Path]:
     """Everything a training run reads from disk: an output that is or holds one of them is never replaced."""
     paths = [Path(p) for p in (recipe.data.train, recipe.data.eval) if p and Path(p).exists()]
     template = recipe.model.chat_template
@@ -198,7 +202,7 @@ def input_paths(recipe: BaseRecipe, parent: Run | None) -> list[Path]:
         paths.append(parent.path)
     if getattr(recipe, "_file", None) is not None:
         paths.append(recipe._file)  # the recipe file itself
-    return paths
+    return paths + stage.reads(recipe)
 
 
 def check_resumable(run: RunFolder, recipe: BaseRecipe, processes: int = 1) -> None:
@@ -223,8 +227,9 @@ def check_resumable(run: RunFolder, recipe: BaseRecipe, processes: int = 1) -> N
                        hint=f"resume with --num-processes {before}, or pass --force to start over")
 
 
-def open_run(recipe: BaseRecipe, parent: Run | None, force: bool, resume: bool, processes: int) -> RunFolder:
-    run = RunFolder.open(recipe.output_dir, force=force, resume=resume, inputs=input_paths(recipe, parent))
+def open_run(stage: Stage, recipe: BaseRecipe, parent: Run | None, force: bool, resume: bool,
+             processes: int) -> RunFolder:
+    run = RunFolder.open(recipe.output_dir, force=force, resume=resume, inputs=input_paths(stage, recipe, parent))
     check_resumable(run, recipe, processes)
     return run
 
@@ -286,7 +291,7 @@ def build(stage: Stage, prepared: Prepared, run: RunFolder, callbacks: Sequence 
     info(f"Model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
          + (f"; reference: {speed.reference}" if speed.reference else "")
          + f"; {speed.loss} loss ({speed.reasons['loss']})")
-    info(batch_line(trainer.args, plan, stage.rows))
+    info(batch_line(trainer.args, plan, stage.batch_unit or stage.rows))
     return TrainerSetup(trainer, tokenizer, stops, data, source, parent, recipe, device, precision, speed, trainable,
                         total, estimate, plan)
 
@@ -353,7 +358,7 @@ def train_adapter(stage: Stage, recipe: BaseRecipe, force: bool = False, resume:
     distributed.start(prepared.device)
     me = distributed.world()
     # Rank 0 decides fresh or resume (and refuses what would lose work); everyone trains in the folder it chose.
-    run = distributed.on_main(lambda: open_run(recipe, parent, force, resume, me.size))
+    run = distributed.on_main(lambda: open_run(stage, recipe, parent, force, resume, me.size))
     setup = build(stage, prepared, run, callbacks)
 
     if me.is_main:

@@ -46,7 +46,7 @@ def _head_log_probs_function():
         linear head, in chunks of rows; only the first output has a gradient."""
 
         @staticmethod
-        def forward(ctx, hidden, weight, bias, targets, want_sq_probs: bool):
+        def forward(ctx, hidden, weight, bias, targets, want_sq_probs: bool, temperature: float = 1.0):
             rows = hidden.shape[0]
             chunk = max(16, CHUNK_ELEMENTS // weight.shape[0])
             keep_grad = ctx.needs_input_grad[0]
@@ -58,6 +58,8 @@ def _head_log_probs_function():
                 end = min(start + chunk, rows)
                 h, t = hidden[start:end], targets[start:end, None]
                 logits = torch.nn.functional.linear(h, weight, bias).float()
+                if temperature != 1.0:
+                    logits = logits / temperature
                 mean_logits[start:end] = logits.mean(-1)
                 is_top1[start:end] = logits.argmax(-1) == t[:, 0]
                 log_probs = logits.log_softmax(-1)
@@ -68,8 +70,10 @@ def _head_log_probs_function():
                 probs = log_probs.exp()
                 entropy[start:end] = -(probs * log_probs).sum(-1)
                 del log_probs
-                if keep_grad:  # d log p(t) / d h = (onehot(t) - softmax) @ W
+                if keep_grad:  # d log p(t) / d h = (onehot(t) - softmax) @ W / temperature
                     probs.scatter_add_(-1, t, probs.new_full(t.shape, -1.0))
+                    if temperature != 1.0:
+                        probs = probs / temperature
                     grad_rows[start:end] = -(probs.to(weight.dtype) @ weight).to(hidden.dtype)
                 del probs
             if not want_sq_probs:
@@ -82,8 +86,8 @@ def _head_log_probs_function():
         def backward(ctx, grad_picked, *unused):
             (grad_rows,) = ctx.saved_tensors
             if grad_picked is None or grad_rows.numel() == 0:
-                return None, None, None, None, None
-            return (grad_picked.to(grad_rows.dtype)[:, None] * grad_rows, None, None, None, None)
+                return None, None, None, None, None, None
+            return (grad_picked.to(grad_rows.dtype)[:, None] * grad_rows, None, None, None, None, None)
 
     return HeadLogProbs
 
@@ -91,19 +95,22 @@ def _head_log_probs_function():
 _FUNCTION = None
 
 
-def head_log_probs(hidden, head, targets, want_sq_probs: bool = False):
-    """Per-row log-probs of `targets` and the metrics TRL logs, for a frozen nn.Linear head (see the module doc)."""
+def head_log_probs(hidden, head, targets, want_sq_probs: bool = False, temperature: float = 1.0):
+    """Per-row log-probs of `targets` and the metrics TRL logs, for a frozen nn.Linear head (see the module doc);
+    the logits are divided by `temperature` first (GRPO scores completions at its sampling temperature)."""
     global _FUNCTION
     if _FUNCTION is None:
         _FUNCTION = _head_log_probs_function()
-    return _FUNCTION.apply(hidden, head.weight, head.bias, targets, want_sq_probs)
+    return _FUNCTION.apply(hidden, head.weight, head.bias, targets, want_sq_probs, temperature)
 
 
-def full_logits_log_probs(hidden, head, targets, want_sq_probs: bool = False):
+def full_logits_log_probs(hidden, head, targets, want_sq_probs: bool = False, temperature: float = 1.0):
     """The same outputs through autograd over the whole (rows x vocabulary) logits: for heads that train."""
     import torch
 
     logits = head(hidden).float()
+    if temperature != 1.0:
+        logits = logits / temperature
     log_softmax = logits.log_softmax(-1)
     picked = log_softmax.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
@@ -114,10 +121,11 @@ def full_logits_log_probs(hidden, head, targets, want_sq_probs: bool = False):
     return picked, entropy, mean_logits, is_top1, log_sum_sq
 
 
-def use_plain_lm_head(model, want_sq_probs: bool = False) -> bool:
+def use_plain_lm_head(model, want_sq_probs: bool = False, temperature: float = 1.0) -> bool:
     """Re-route `fused_lm_head=True` calls of a model patched by TRL's `add_fused_lm_head`. Returns False (and
     changes nothing) for models whose logits need scaling that this head does not apply. `want_sq_probs`: the
-    trainer reads `log_sum_sq_probs` (DPO's WPO weighting); otherwise that field is zeros."""
+    trainer reads `log_sum_sq_probs` (DPO's WPO weighting); otherwise that field is zeros. `temperature`: the logits
+    are divided by it, as TRL's head does for GRPO (its sampling temperature)."""
     if not supports_plain_head(model):
         return False
     if getattr(model.forward, "lorakit_plain_head", False):
@@ -136,7 +144,8 @@ def use_plain_lm_head(model, want_sq_probs: bool = False) -> bool:
         head = model.get_output_embeddings()
         score = head_log_probs if frozen_linear(head) else full_logits_log_probs
         # only positions whose next token is trained
-        picked, entropy, mean_logits, is_top1, log_sum_sq = score(hidden[mask], head, targets[mask], want_sq_probs)
+        picked, entropy, mean_logits, is_top1, log_sum_sq = score(hidden[mask], head, targets[mask], want_sq_probs,
+                                                                  temperature)
 
         def scatter(values):
             # masked_scatter keeps the graph connected even when a micro-batch has no trained token

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lorakit.console import info
@@ -22,6 +22,7 @@ class PreflightResult:
     allocated_gib: float
     device_gib: float | None
     precompute_ref_log_probs: bool = False
+    vllm_sleep: bool = False  # GRPO with vLLM: sleep mode chosen (auto) because the run is tight without it
 
     def metrics(self) -> dict[str, Any]:
         return {"estimate_total_gib": round(self.total_gib, 3), "estimate_allocated_gib": round(self.allocated_gib, 3)}
@@ -50,6 +51,21 @@ def choose_precompute(device_gib: float | None, with_reference_gib: float, preco
         return False, "precomputing would not lower the estimate"
     return True, (f"auto: {with_reference_gib:.1f} GiB with the reference forward is tight on "
                   f"{device_gib:.1f} GiB; {precomputed_gib:.1f} GiB without it")
+
+
+def _grpo_vllm(recipe, shape, setup, est, result):
+    """A colocated vLLM engine takes its share of this GPU; `vllm_enable_sleep_mode: auto` turns sleep mode on when
+    the run is tight without it (and the estimate with it is lower)."""
+    device = result.device_gib
+    total = est.total_on(device) / GIB
+    if recipe.grpo.vllm_enable_sleep_mode == "auto" and total > TIGHT_SHARE * device:
+        sleeping = estimate(shape, replace(setup, vllm_sleep=True))
+        if sleeping.total_on(device) < est.total_on(device):
+            info(f"vLLM sleep mode on (auto: {total:.1f} GiB with vLLM awake is tight on {device:.1f} GiB; "
+                 f"{sleeping.total_on(device) / GIB:.1f} GiB with it asleep during the training step)")
+            setup, est = replace(setup, vllm_sleep=True), sleeping
+    result = PreflightResult(est.total_on(device) / GIB, est.allocated / GIB, device, vllm_sleep=setup.vllm_sleep)
+    return setup, est, result
 
 
 def per_gpu(setup) -> str:
@@ -81,6 +97,8 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
              f"{setup.seq_len} x {setup.batch_size}{per_gpu(setup)}); running on the {device}, so not checked")
         return result
     result.device_gib = _cuda_memory_gib()
+    if recipe.stage == "grpo" and setup.generation == "vllm":
+        setup, est, result = _grpo_vllm(recipe, shape, setup, est, result)
     if recipe.stage == "dpo" and recipe.dpo.precompute_ref_log_probs == "auto":
         precomputed = estimate(shape, replace(setup, stage="dpo-precomputed"))
         chosen, why = choose_precompute(result.device_gib, result.total_gib, precomputed.total / GIB)

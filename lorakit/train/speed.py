@@ -34,6 +34,8 @@ class SpeedPlan:
     attention: str = "sdpa"  # the attention implementation the model trains with (lorakit.train.attention.NAME...)
     liger: bool = False  # Liger's RMSNorm/SwiGLU/RoPE kernels applied (CUDA)
     compile: bool = False  # torch.compile
+    temperature: float = 1.0  # GRPO: the log-probs are scored at the sampling temperature (TRL's fused head does too)
+    generation: str | None = None  # GRPO: how completions are sampled (transformers | vllm colocate ...)
 
     def to_manifest(self) -> dict[str, Any]:
         record = {"loss": self.loss, "padding_free": self.padding_free, "batching": self.reasons.get("batching"),
@@ -41,6 +43,8 @@ class SpeedPlan:
                   "why": dict(self.reasons)}
         if self.reference is not None:
             record["reference"] = self.reference
+        if self.generation is not None:
+            record["generation"] = self.generation
         return record
 
 
@@ -148,6 +152,7 @@ def apply_loss_choice(trainer, plan: SpeedPlan) -> None:
     if plan.loss != "plain":
         return
     model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-    if not use_plain_lm_head(model, want_sq_probs=bool(getattr(trainer, "use_weighting", False))):
+    if not use_plain_lm_head(model, want_sq_probs=bool(getattr(trainer, "use_weighting", False)),
+                             temperature=plan.temperature):
         plan.loss = "fused"
         plan.reasons["loss"] = "this model scales or soft-caps its logits: TRL's fused head handles that"

@@ -9,7 +9,8 @@ and finishing are shared.
 from __future__ import annotations
 
 from lorakit.train.dpo import DPO
+from lorakit.train.grpo import GRPO
 from lorakit.train.lifecycle import Stage
 from lorakit.train.sft import SFT
 
-STAGES: dict[str, Stage] = {stage.name: stage for stage in (SFT, DPO)}
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (SFT, DPO, GRPO)}

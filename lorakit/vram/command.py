@@ -28,7 +28,7 @@ from lorakit.config import (
     read_yaml,
 )
 from lorakit.errors import ConfigError, LorakitError
-from lorakit.outputs import read_run
+from lorakit.outputs import TRAINING_STAGES, read_run
 from lorakit.vram import estimate as est_mod
 from lorakit.vram.catalog import GPU, GPUS, close_gpus, find_gpu
 from lorakit.vram.plan import GpuVerdict, multi_gpu_comparisons, verdict
@@ -62,6 +62,8 @@ class EstimateOptions:
     optimizer_in_backward: bool | None = None
     num_processes: int | None = None
     strategy: str | None = None
+    max_completion_length: int | None = None
+    generation: str | None = None
     gpu: str | None = None
 
 
@@ -138,6 +140,9 @@ FLAGS: dict[str, Flag] = {
     "optimizer_in_backward": Flag("optimizer_in_backward", ("--optimizer-in-backward",), None),
     "num_processes": Flag("num_gpus", ("--num-processes", "--num-gpus"), "distributed.num_processes"),
     "strategy": Flag("strategy", ("--strategy",), "distributed.strategy", _identity(*STRATEGIES)),
+    "max_completion_length": Flag("completion_len", ("--max-completion-length", "--completion-len"),
+                                  "grpo.max_completion_length"),
+    "generation": Flag("generation", ("--generation",), "grpo.generation", _identity(*est_mod.GENERATION)),
 }
 # Setup fields only a recipe sets (through --set), for naming them in errors
 RECIPE_ONLY = {"grad_accumulation": "train.gradient_accumulation_steps", "lora_dropout": "lora.dropout"}
@@ -162,7 +167,8 @@ class EstimateReport:
 
 
 def recipe_for_estimate(path: Path, notes: list[str] | None = None, overrides: list[str] | None = None) -> BaseRecipe:
-    """A training recipe as it will run: pipelines give their SFT section; DPO recipes inherit from their SFT run."""
+    """A training recipe as it will run: pipelines give their SFT section; DPO and GRPO recipes inherit from the run
+    they continue."""
     path = find_recipe(path)  # a file, or the name of a shipped recipe
     stage = read_yaml(path).get("stage", "sft")
     if not isinstance(stage, str):
@@ -172,28 +178,31 @@ def recipe_for_estimate(path: Path, notes: list[str] | None = None, overrides: l
         if recipe.sft is None:
             raise LorakitError(f"{path}: the pipeline has no sft section to estimate")
         return recipe.sft
-    if stage not in ("sft", "dpo"):
-        raise LorakitError(f"{path}: a '{stage}' recipe trains nothing", hint="give an sft, dpo or pipeline recipe")
+    if stage not in TRAINING_STAGES:
+        raise LorakitError(f"{path}: a '{stage}' recipe trains nothing",
+                           hint="give an sft, dpo, grpo or pipeline recipe")
     recipe = load_recipe(stage, path, overrides)
-    if stage != "dpo" or not recipe.from_run:
+    if not getattr(recipe, "from_run", None):
         return recipe
     if Path(recipe.from_run).is_dir():
-        return inherit_from_parent(recipe, read_run(recipe.from_run, expect_stage=("sft",)))
-    # Planning before the SFT run exists: its recipe, beside this one, says what the DPO run will inherit.
+        # which stages a run may continue is training's to refuse (lorakit.train.lifecycle, Stage.continues)
+        return inherit_from_parent(recipe, read_run(recipe.from_run))
+    # Planning before the parent run exists: its recipe, beside this one, says what this run will inherit.
     for candidate in sorted(path.parent.glob("*.y*ml")):
         try:
             text = read_yaml(candidate)
         except LorakitError:
             continue
-        if text.get("stage") == "sft" and Path(str(text.get("output_dir", ""))) == Path(recipe.from_run):
-            parent = load_recipe("sft", candidate)
+        parent_stage = text.get("stage")
+        if parent_stage in TRAINING_STAGES and Path(str(text.get("output_dir", ""))) == Path(recipe.from_run):
+            parent = load_recipe(parent_stage, candidate)
             if notes is not None:
                 notes.append(f"{recipe.from_run} does not exist yet: estimating with the settings of {candidate}, "
                              "which writes it")
             return recipe.model_copy(update={section: getattr(parent, section) for section in INHERITED})
-    raise LorakitError(f"{path}: from_run {recipe.from_run} does not exist yet, and no SFT recipe beside it writes it",
-                       hint="run the SFT stage first, or estimate the model directly: lorakit vram-estimate MODEL "
-                            "--stage dpo")
+    raise LorakitError(f"{path}: from_run {recipe.from_run} does not exist yet, and no recipe beside it writes it",
+                       hint="run the parent stage first, or estimate the model directly: lorakit vram-estimate MODEL "
+                            f"--stage {stage}")
 
 
 def _gpus(name: str | None) -> list[GPU]:
@@ -215,6 +224,14 @@ def _sets_model(overrides: list[str]) -> bool:
                for item in overrides)
 
 
+def default_recipe(stage: str | None, overrides: list[str]) -> BaseRecipe:
+    """The recipe a stage's command trains with when given no recipe: its defaults, with --set."""
+    if stage == "grpo":
+        # GRPO needs a reward to train; which one changes nothing the estimate counts
+        return load_recipe("grpo", None, overrides, base={"grpo": {"rewards": ["length"]}})
+    return load_recipe("dpo" if (stage or "").startswith("dpo") else "sft", None, overrides)
+
+
 def estimate_setup(options: EstimateOptions, notes: list[str]) -> tuple[str, est_mod.Setup]:
     """The model name and the Setup: the recipe's (the given one, or the defaults `lorakit sft` trains with), then
     --set, then the flags."""
@@ -225,7 +242,7 @@ def estimate_setup(options: EstimateOptions, notes: list[str]) -> tuple[str, est
     if options.recipe is not None:
         recipe = recipe_for_estimate(options.recipe, notes, overrides)
     else:
-        recipe = load_recipe("dpo" if (options.stage or "").startswith("dpo") else "sft", None, overrides)
+        recipe = default_recipe(options.stage, overrides)
     name, setup = setup_from_recipe(recipe)
     model = options.model or name
     changes = {flag.setup_field: flag.to_setup(getattr(options, key)) for key, flag in FLAGS.items()

@@ -26,6 +26,13 @@ Pure arithmetic over a ModelShape and a Setup. The model of each term, and why:
 - Paged bitsandbytes optimizer states live in CUDA unified memory, outside PyTorch's allocator: they count
   toward the GPU total (they spill to host RAM under pressure, slowly) but not toward torch's allocated peak.
 - Several GPUs (lorakit.vram.sharding): weights, gradients and optimizer states divided as each strategy does.
+- GRPO (stage grpo): a micro-batch is `batch_size` completions, each `seq_len` tokens (prompt + completion) through
+  the training forward, only `completion_len` of them through the LM head. Before the step the policy samples a
+  generation batch (micro-batch x accumulation completions) with a KV cache of `seq_len` tokens per completion: a
+  phase of its own (generation), after which the cache is freed. vLLM in the same process (colocate) keeps its own
+  16-bit weights and KV cache and reserves `vllm_gpu_share` of the GPU (vllm_gpu_memory_utilization); with sleep
+  mode it releases them for the training step. With beta > 0 and a parent adapter a frozen copy of the adapter is
+  the reference; the reference forward is transient, like DPO's.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "sgd", "adafactor")
 ATTENTION = ("eager", "sdpa", "flash")
 LOSSES = ("plain", "chunked", "fused")
-STAGES = ("sft", "dpo", "dpo-precomputed", "inference")
+STAGES = ("sft", "dpo", "dpo-precomputed", "grpo", "inference")
+GENERATION = ("transformers", "vllm")
 QUANTS = ("nf4", "fp4", "int8", "w4a16", "w8a8", "fp8")
 # compressed-tensors checkpoints as vLLM holds them (lorakit quantize --format ...): inference only.
 SERVED_QUANTS = ("w4a16", "w8a8", "fp8")
@@ -104,6 +112,13 @@ class Setup:
     num_gpus: int = 1
     strategy: str = "ddp"  # with num_gpus > 1: ddp | fsdp | zero2 | zero3
     quantize_head: bool = False  # the LM head is 4-bit too (Lightning's bitsandbytes plugin converts every Linear)
+    # GRPO (stage grpo)
+    completion_len: int = 256  # tokens generated per completion (max_completion_length); seq_len = prompt + this
+    generation_batch: int | None = None  # completions sampled per round; None: batch_size x grad_accumulation (TRL)
+    generation: str = "transformers"  # transformers | vllm (colocated)
+    vllm_gpu_share: float = 0.3  # vllm_gpu_memory_utilization: the share of the GPU vLLM reserves
+    vllm_sleep: bool = False  # vLLM sleep mode: its memory is released during the training step
+    grpo_reference: bool = False  # beta > 0 continuing an adapter: a frozen 'ref' copy of it is the reference
 
     def resolved(self) -> "Setup":
         optimizer = self.optimizer or ("paged-adamw-8bit" if self.method == "qlora" else "adamw")
@@ -157,12 +172,13 @@ class Estimate:
 
     @property
     def peak_phase(self) -> str:
-        return "optimizer step" if self.phase("optimizer step") > self.phase("forward/backward") else "forward/backward"
+        return max(("forward/backward", "optimizer step", "generation"), key=self.phase)
 
     @property
     def allocated(self) -> float:
         """torch.cuda.max_memory_allocated() of a steady step (on each GPU)."""
-        return self.phase("persistent") + max(self.phase("forward/backward"), self.phase("optimizer step"))
+        return self.phase("persistent") + max(self.phase("forward/backward"), self.phase("optimizer step"),
+                                              self.phase("generation"))
 
     @property
     def reserved(self) -> float:
@@ -173,6 +189,20 @@ class Estimate:
     def total(self) -> float:
         """What each GPU must have: reserved + paged optimizer states + the CUDA context (nvidia-smi's view)."""
         return self.reserved + self.phase("outside allocator") + self.phase("overhead")
+
+    def total_on(self, gpu_gib: float | None) -> float:
+        """`total` on a GPU of `gpu_gib`: a colocated vLLM engine takes at least its share of that GPU."""
+        engine = self.term("vllm_engine")
+        if not engine or gpu_gib is None:
+            return self.total
+        share = self.setup.vllm_gpu_share * gpu_gib * GIB
+        if share <= engine:
+            return self.total
+        if self.setup.vllm_sleep:  # in the generation phase, alongside the persistent state only
+            others = max(self.phase("forward/backward"), self.phase("optimizer step"))
+            allocated = self.phase("persistent") + max(others, self.phase("generation") - engine + share)
+            return allocated * K.allocator_slack + self.phase("outside allocator") + self.phase("overhead")
+        return self.total + share - engine
 
     @property
     def host(self) -> float:
@@ -207,7 +237,7 @@ def check_setup(setup: Setup) -> None:
         value = getattr(setup, name)
         if value is not None and value not in allowed:
             raise ValueError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
-    for name in ("seq_len", "batch_size", "lora_r", "num_gpus", "grad_accumulation"):
+    for name in ("seq_len", "batch_size", "lora_r", "num_gpus", "grad_accumulation", "completion_len"):
         value = getattr(setup, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: must be a whole number, at least 1 (got {value!r})")
@@ -233,6 +263,37 @@ def check_setup(setup: Setup) -> None:
         raise ValueError("optimizer_in_backward: single-GPU only (gradients must be reduced before the step)")
     if setup.activation_offloading and not training:
         raise ValueError("activation_offloading: inference saves no activations for backward")
+    if setup.stage == "grpo":
+        if setup.generation not in GENERATION:
+            raise ValueError(f"generation: {setup.generation!r} is not one of {', '.join(GENERATION)}")
+        if setup.completion_len >= setup.seq_len:
+            raise ValueError(f"completion_len: {setup.completion_len} leaves no room for a prompt in seq_len "
+                             f"{setup.seq_len} (seq_len counts prompt + completion)")
+        if not 0 < setup.vllm_gpu_share < 1:
+            raise ValueError(f"vllm_gpu_share: must be between 0 and 1 (got {setup.vllm_gpu_share})")
+        if setup.generation_batch is not None and setup.generation_batch < 1:
+            raise ValueError(f"generation_batch: must be at least 1 (got {setup.generation_batch})")
+
+
+def _grpo_generation_terms(shape: ModelShape, s: Setup, b: int, add) -> None:
+    """What sampling a generation batch holds: its KV cache and one step's sampling scores (transformers), or a
+    colocated vLLM engine's own weights and cache."""
+    rows = s.generation_batch or s.batch_size * s.grad_accumulation
+    kv = 2 * shape.layers * shape.kv_heads * shape.dim * b * rows * s.seq_len
+    if s.generation == "vllm":
+        engine = shape.total_params * 2 + kv  # vLLM loads its own 16-bit weights
+        add("vllm_engine", "vLLM engine (its own 16-bit weights + KV cache)", engine,
+            "generation" if s.vllm_sleep else "outside allocator",
+            f"colocate mode reserves {s.vllm_gpu_share:.0%} of the GPU (vllm_gpu_memory_utilization) at least"
+            + ("; sleep mode frees it during the training step" if s.vllm_sleep else ""))
+        return
+    add("generation_kv", "generation KV cache", kv, "generation",
+        f"{rows} completions x {s.seq_len} tokens (prompt + completion), freed before the training forward")
+    add("generation_scores", "generation sampling scores (one step)", rows * shape.vocab * 4 * 3, "generation",
+        "fp32 logits, processed scores and probabilities of the last position")
+    if s.grpo_reference:
+        add("grpo_reference_pass", "reference forward (beta > 0; no grad, before the policy pass)", 0.0,
+            "forward/backward", "transient, below the policy's peak")
 
 
 def _quant_bytes(shape: ModelShape, s: Setup, params: int, tensors: int) -> float:
@@ -526,7 +587,7 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
             add("gathered_root", "gathered embeddings and head (FSDP root unit)", root * (1 - 1 / sh.weights),
                 "forward/backward", "unsharded from the start of forward to the end of backward")
     if lora_params:
-        copies = 2 if s.stage == "dpo" else 1
+        copies = 2 if s.stage == "dpo" or (s.stage == "grpo" and s.grpo_reference) else 1
         add("lora_weights", "LoRA adapters" + (" (+ frozen reference copy)" if copies == 2 else ""),
             lora_params * master_b * copies / sh.weights, "persistent",
             f"r={s.lora_r} on {','.join(s.lora_targets)}: {lora_params / 1e6:.1f}M params{split}")
@@ -606,7 +667,9 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
             else:
                 add("activations", "activations (all layers)", all_layers, "forward/backward",
                     f"{per_layer / 1024:.1f} KiB per token per layer")
-        logits = tokens * _logits_per_token(shape, s)
+        # GRPO scores only the completion tokens of each row through the LM head
+        head_tokens = sequences * s.completion_len if s.stage == "grpo" else tokens
+        logits = head_tokens * _logits_per_token(shape, s)
         head_used = shape.head_params if not shape.tied else shape.vocab * shape.hidden
         head_cast = f.autocast and f.head_weight == 4 and b != 4 and not shape.encoder and s.method != "full"
         if s.loss == "fused" and not shape.encoder:
@@ -632,6 +695,8 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
             ref = tokens * (shape.hidden * b * 4 + shape.vocab * (b + 4))
             add("reference_pass", "reference forward (no grad; before the policy pass)", 0.0, "forward/backward",
                 f"{ref / GIB:.2f} GiB transient, below the policy's peak")
+        if s.stage == "grpo":
+            _grpo_generation_terms(shape, s, b, add)
     else:
         kv = 2 * shape.layers * shape.kv_heads * shape.dim * b * tokens
         add("kv_cache", "KV cache", kv, "persistent", f"{tokens} tokens")

@@ -19,11 +19,11 @@ UTILIZATION = {"full": 0.40, "lora": 0.40, "qlora": 0.30}
 
 
 def fits(est: Estimate, gpu: GPU) -> bool:
-    return est.total <= gpu.memory_gib * GIB
+    return est.total_on(gpu.memory_gib) <= gpu.memory_gib * GIB
 
 
 def margin_gib(est: Estimate, gpu: GPU) -> float:
-    return gpu.memory_gib - est.total / GIB
+    return gpu.memory_gib - est.total_on(gpu.memory_gib) / GIB
 
 
 def max_batch(shape: ModelShape, setup: Setup, gpu: GPU) -> int:

@@ -35,10 +35,12 @@ def breakdown_table(est: Estimate) -> Table:
         table.add_row(term.label, _gib(term.bytes), term.phase, term.note)
     table.add_section()
     table.add_row("[bold]allocated peak[/bold] (torch)", f"[bold]{_gib(est.allocated)}[/bold]", est.peak_phase,
-                  "persistent + max(forward/backward, optimizer step)")
+                  "persistent + max(forward/backward, optimizer step"
+                  + (", generation)" if est.phase("generation") else ")"))
     table.add_row("reserved peak (allocator cache)", _gib(est.reserved), "", f"allocated x {ALLOCATOR_SLACK:.2f}")
     table.add_row("[bold]GPU total[/bold]" + (" per GPU" if s.num_gpus > 1 else ""),
-                  f"[bold]{_gib(est.total)}[/bold]", "", "reserved + paged states + CUDA context")
+                  f"[bold]{_gib(est.total)}[/bold]", "", "reserved + paged states + CUDA context"
+                  + (" + vLLM engine (at least its share of the GPU)" if est.term("vllm_engine") else ""))
     if est.host:
         table.add_row("pinned host RAM (offloaded)", _gib(est.host), "host", "not GPU memory")
     return table

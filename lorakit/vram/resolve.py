@@ -171,6 +171,14 @@ def setup_from_recipe(recipe) -> tuple[str, Setup]:
     stage = "sft"
     if recipe.stage == "dpo":
         stage = "dpo-precomputed" if recipe.dpo.precompute_ref_log_probs is True else "dpo"
+    grpo = {}
+    if recipe.stage == "grpo":
+        stage, g = "grpo", recipe.grpo
+        vllm = g.generation == "vllm" or (g.generation == "auto" and importlib.util.find_spec("vllm") is not None)
+        grpo = dict(completion_len=min(g.max_completion_length, recipe.data.max_length - 1),
+                    generation="vllm" if vllm else "transformers", vllm_gpu_share=g.vllm_gpu_memory_utilization,
+                    vllm_sleep=g.vllm_enable_sleep_mode is True,
+                    grpo_reference=g.beta > 0 and bool(getattr(recipe, "from_run", None)))
     precision = {"auto": "bf16", "bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}.get(train.precision, "bf16")
     distributed = getattr(recipe, "distributed", None)  # the multi-GPU section, where the recipe schema has one
     setup = Setup(
@@ -183,5 +191,6 @@ def setup_from_recipe(recipe) -> tuple[str, Setup]:
         activation_offloading=train.activation_offloading,
         num_gpus=int(getattr(distributed, "num_processes", None) or 1),
         strategy=str(getattr(distributed, "strategy", None) or "ddp"),
+        **grpo,
     )
     return recipe.model.name_or_path, setup

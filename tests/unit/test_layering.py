@@ -26,8 +26,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("vocabulary", {"config", "chat_template", "tiny"}),
     # What the stages read and write: outputs (every folder lorakit writes and reads back), model (sources, base
     # resolution, loading; gguf_source unpacks GGUF bases into the cache), infer (a run or merged model loaded for
-    # generation), data (datasets, formats, tokenization), vram (pure arithmetic over a recipe: memory plans).
-    ("model, data, outputs", {"outputs", "model", "gguf_source", "infer", "data", "vram"}),
+    # generation), data (datasets, formats, tokenization), vram (pure arithmetic over a recipe: memory plans),
+    # rewards (what GRPO and eval score replies with: built-ins, the user's functions, a reward model).
+    ("model, data, outputs", {"outputs", "model", "gguf_source", "infer", "data", "vram", "rewards"}),
     # The stages, and what reports on their outputs (env describes what a run would choose on this machine).
     ("stages", {"train", "export", "eval", "report", "env"}),
     # `lorakit run`: the stages in order.

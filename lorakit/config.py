@@ -87,6 +87,13 @@ class QLoraSection(Section):
 
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
+    upcast_to_fp32: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="Cast the base's embeddings, norms and head to fp32 (PEFT's prepare_model_for_kbit_training), "
+        "which makes the residual stream and every 4-bit layer's output fp32: twice the activation memory. auto = "
+        "no in bf16 (norm statistics and the loss are still fp32), yes in fp16 (its range can overflow), no "
+        "difference in fp32.",
+    )
 
 
 DataFormat = Literal[
@@ -179,6 +186,13 @@ class TrainSection(Section):
     compile: bool = Field(
         False, description="torch.compile the model (transformers' torch_compile). Off by default: the first steps "
         "pay the compilation, and packed rows of new lengths recompile.",
+    )
+    tiled_mlp: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="Run each decoder layer's MLP over the sequence in tiles of max(1024, hidden size) tokens, "
+        "recomputing one tile at a time in backward, so no layer holds a full-length MLP intermediate (same results; "
+        "one more MLP forward per layer). auto = with gradient checkpointing, when one recomputed layer is the "
+        "largest activation term at data.max_length and, on a CUDA GPU, the run would not fit without tiles.",
     )
     seed: int = Field(42, **SEED_RANGE)
     logging_steps: int = Field(5, gt=0)

@@ -110,6 +110,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
                                resolve_precision)
     from lorakit.train import distributed
     from lorakit.train.kernels import plan_kernels
+    from lorakit.train.tiling import plan_tiling
     from lorakit.train.preflight import preflight
     from lorakit.train.speed import apply_loss_choice
 
@@ -137,6 +138,8 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
         model, peft_config = load_policy(source, recipe, precision, device,
                                          parent.path if parent is not None else None, plan.strategy)
     kernels = plan_kernels(recipe.train, device, model)  # Liger (CUDA) before the trainer wraps the model
+    # after Liger: the tiles wrap whatever forward the MLPs then have
+    tiling = plan_tiling(recipe.train.tiled_mlp, recipe, model, device, precision, plan.strategy)
     # A fresh adapter's A matrices are drawn from the global RNG when the trainer applies the LoRA config: seed it,
     # or the same recipe trains a different model.
     set_seed(recipe.train.seed)
@@ -145,6 +148,10 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     apply_loss_choice(trainer, speed)
     speed.liger, speed.reasons["liger"] = kernels["liger"]
     speed.compile, speed.reasons["compile"] = kernels["compile"]
+    speed.tiled_mlp, speed.tile_tokens, speed.reasons["tiled_mlp"] = tiling
+    if recipe.method == "qlora":
+        speed.kbit_upcast, speed.reasons["kbit_upcast"] = kbit_upcast_choice(recipe, precision, plan.strategy)
+    info(memory_line(speed))
     trainable, total = trainer.model.get_nb_trainable_parameters()
     info(f"Model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
          + (f"; reference: {speed.reference}" if speed.reference else "")
@@ -152,6 +159,22 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     info(batch_line(trainer.args, plan, stage.rows))
     return TrainerSetup(trainer, tokenizer, data, source, parent, recipe, device, precision, speed, trainable, total,
                         estimate, plan)
+
+
+def kbit_upcast_choice(recipe, precision: str, strategy: str) -> tuple[bool, str]:
+    from lorakit.model import choose_kbit_upcast
+
+    if strategy == "fsdp":
+        return False, "fsdp: the k-bit preparation is skipped (one dtype per flattened unit)"
+    return choose_kbit_upcast(recipe.qlora.upcast_to_fp32, precision)
+
+
+def memory_line(speed) -> str:
+    """The run's long-sequence memory choices, as its first lines say them."""
+    line = f"Long sequences: tiled MLP {'on' if speed.tiled_mlp else 'off'} ({speed.reasons['tiled_mlp']})"
+    if speed.kbit_upcast is not None:
+        line += f"; 4-bit base: {'fp32' if speed.kbit_upcast else 'no fp32'} upcast ({speed.reasons['kbit_upcast']})"
+    return line
 
 
 def checked_plan(recipe, device: str):

@@ -29,10 +29,17 @@ class SpeedPlan:
     attention: str = "sdpa"  # the attention implementation the model trains with (lorakit.train.attention.NAME...)
     liger: bool = False  # Liger's RMSNorm/SwiGLU/RoPE kernels applied (CUDA)
     compile: bool = False  # torch.compile
+    # long sequences (lorakit.train.tiling, lorakit.model.choose_kbit_upcast, lorakit.train.token_batches)
+    tiled_mlp: bool = False  # decoder MLPs run in tiles of tile_tokens
+    tile_tokens: int | None = None
+    kbit_upcast: bool | None = None  # QLoRA: embeddings, norms and head cast to fp32 (None: not a 4-bit base)
+    micro_batch_tokens: int | None = None  # forward passes filled with whole examples up to this many tokens
 
     def to_manifest(self) -> dict[str, Any]:
         record = {"loss": self.loss, "padding_free": self.padding_free, "batching": self.reasons.get("batching"),
                   "attention": self.attention, "liger": self.liger, "compile": self.compile,
+                  "tiled_mlp": self.tiled_mlp, "tile_tokens": self.tile_tokens if self.tiled_mlp else None,
+                  "kbit_upcast": self.kbit_upcast, "micro_batch_tokens": self.micro_batch_tokens,
                   "why": dict(self.reasons)}
         if self.reference is not None:
             record["reference"] = self.reference

@@ -152,8 +152,16 @@ Optim = Literal[
 class TrainSection(Section):
     epochs: Float = Field(1.0, gt=0, le=100)
     max_steps: int = Field(-1, ge=-1, description="Overrides epochs when > 0.")
-    micro_batch_size: int = Field(1, gt=0)
+    micro_batch_size: int = Field(1, gt=0, description="Examples per forward pass when micro_batch_tokens is null; "
+                                  "otherwise micro_batch_size x gradient_accumulation_steps is the optimizer step.")
     gradient_accumulation_steps: int = Field(8, gt=0)
+    micro_batch_tokens: Union[Literal["auto"], int, None] = Field(
+        "auto",
+        description="SFT: fill each forward pass with whole examples up to this many tokens (padding-free), taking "
+        "the micro_batch_size x gradient_accumulation_steps examples of an optimizer step in as few passes as fit; "
+        "the step, its loss and the schedule are unchanged. auto = the longest row that fits the GPU (planner), "
+        "8192 on the CPU; null = micro_batch_size examples per pass. DPO and multi-process runs batch by examples.",
+    )
     learning_rate: Float = Field(2.0e-4, gt=0, lt=1)
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: Float = Field(0.03, ge=0, lt=1)
@@ -201,6 +209,13 @@ class TrainSection(Section):
     eval_steps: int | None = Field(None, gt=0, description="Default: evaluate every save_steps.")
     # Verified offline: tensorboard (events under checkpoints/runs/), wandb with WANDB_MODE=offline, trackio (local).
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
+
+    @field_validator("micro_batch_tokens")
+    @classmethod
+    def _a_budget(cls, value):
+        if isinstance(value, bool) or (isinstance(value, int) and value < 16):
+            raise ValueError("must be auto, null or a number of tokens (at least 16)")
+        return value
 
     @field_validator("report_to", mode="before")
     @classmethod

@@ -111,6 +111,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     from lorakit.train import distributed
     from lorakit.train.kernels import plan_kernels
     from lorakit.train.tiling import plan_tiling
+    from lorakit.train.token_batches import row_tokens
     from lorakit.train.preflight import preflight
     from lorakit.train.speed import apply_loss_choice
 
@@ -139,7 +140,8 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
                                          parent.path if parent is not None else None, plan.strategy)
     kernels = plan_kernels(recipe.train, device, model)  # Liger (CUDA) before the trainer wraps the model
     # after Liger: the tiles wrap whatever forward the MLPs then have
-    tiling = plan_tiling(recipe.train.tiled_mlp, recipe, model, device, precision, plan.strategy)
+    rows = row_tokens(recipe, stage.name, device, estimate.device_gib if estimate else None, plan.num_processes)
+    tiling = plan_tiling(recipe.train.tiled_mlp, recipe, model, device, precision, plan.strategy, rows)
     # A fresh adapter's A matrices are drawn from the global RNG when the trainer applies the LoRA config: seed it,
     # or the same recipe trains a different model.
     set_seed(recipe.train.seed)
@@ -156,7 +158,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     info(f"Model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
          + (f"; reference: {speed.reference}" if speed.reference else "")
          + f"; {speed.loss} loss ({speed.reasons['loss']})")
-    info(batch_line(trainer.args, plan, stage.rows))
+    info(batch_line(trainer.args, plan, stage.rows, getattr(speed, "micro_batch_tokens", None)))
     return TrainerSetup(trainer, tokenizer, data, source, parent, recipe, device, precision, speed, trainable, total,
                         estimate, plan)
 
@@ -207,7 +209,7 @@ def checked_plan(recipe, device: str):
     return plan
 
 
-def batch_line(args, plan, rows: str = "examples") -> str:
+def batch_line(args, plan, rows: str = "examples", token_budget: int | None = None) -> str:
     """The global batch, as the trainer's accelerator sees the world (a mismatch with the launch is refused: a
     process that trains alone would silently change what max_steps and the learning rate mean)."""
     from lorakit.train.distributed import world
@@ -220,6 +222,9 @@ def batch_line(args, plan, rows: str = "examples") -> str:
     micro, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
     line = f"Batch: {micro * accumulation * size} {rows} per optimizer step = micro-batch {micro} x accumulation "
     line += f"{accumulation}"
+    if token_budget:
+        line = (f"Batch: {micro * accumulation * size} {rows} per optimizer step, in forward passes of up to "
+                f"{token_budget:,} tokens (padding-free; train.micro_batch_tokens)")
     if size > 1:
         line += f" x {size} processes ({plan.strategy}, {args.parallel_mode.value})"
     return line

@@ -64,7 +64,7 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
 
     from lorakit.vram.catalog import GPU
     from lorakit.vram.estimate import GIB, estimate
-    from lorakit.vram.plan import suggestions
+    from lorakit.vram.plan import on_gpu, suggestions
     from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
     name, setup = setup_from_recipe(recipe)
@@ -76,13 +76,15 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
     except LorakitError:
         info("GPU memory estimate: skipped (model shape not readable offline)")
         return None
-    est = estimate(shape, setup)
+    device_gib = _cuda_memory_gib() if device == "cuda" else None
+    # on a GPU, lorakit's memory-dependent choices (tiled MLPs) are made for its memory, as the run makes them
+    est = on_gpu(shape, setup, GPU("this", "this GPU", device_gib, 1.0)) if device_gib else estimate(shape, setup)
     result = PreflightResult(est.total / GIB, est.allocated / GIB, None)
     if device != "cuda":
         info(f"GPU memory estimate: {result.total_gib:.2f} GiB on a CUDA GPU ({setup.method}, seq "
              f"{setup.seq_len} x {setup.batch_size}{per_gpu(setup)}); running on the {device}, so not checked")
         return result
-    result.device_gib = _cuda_memory_gib()
+    result.device_gib = device_gib
     if recipe.stage == "dpo" and recipe.dpo.precompute_ref_log_probs == "auto":
         precomputed = estimate(shape, replace(setup, stage="dpo-precomputed"))
         chosen, why = choose_precompute(result.device_gib, result.total_gib, precomputed.total / GIB)

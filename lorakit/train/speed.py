@@ -109,14 +109,17 @@ def _packing_is_exact(model, vocab_size: int, tolerance: float) -> bool:
     return all(bool(((logits - single).abs().max() / scale) <= tolerance) for logits in (packed, with_bounds))
 
 
-def plan_speed(train, device: str, model, vocab_size: int, attention_setting: str = "auto") -> SpeedPlan:
-    """SFT: the loss head, padding-free or length-grouped batches, and the attention that runs the packed rows."""
+def plan_speed(train, device: str, model, vocab_size: int, attention_setting: str = "auto",
+               examples_per_batch: int | None = None) -> SpeedPlan:
+    """SFT: the loss head, padding-free or length-grouped batches, and the attention that runs the packed rows.
+    `examples_per_batch`: what one batch from the data loader holds (default micro_batch_size; a token-budgeted run
+    gets a whole optimizer step's examples at once, lorakit.train.token_batches)."""
     from lorakit.compat import attention_implementation
 
     loss, loss_reason = choose_loss(train.loss, device)
     reasons = {"loss": loss_reason}
     attention = attention_implementation(causal_lm_config(model))
-    if train.micro_batch_size == 1 and train.padding_free is not True:
+    if (examples_per_batch or train.micro_batch_size) == 1 and train.padding_free is not True:
         # one example per batch carries no padding: nothing to remove or group (and TRL warns about it)
         return SpeedPlan(loss=loss, padding_free=False, group_by_length=False, attention=attention,
                          reasons={**reasons, "batching": "micro-batch 1: no padding to remove",

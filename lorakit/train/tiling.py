@@ -92,9 +92,11 @@ def tiling_is_exact(model, tolerance: float = 1e-3) -> bool:
     return bool(((pieces - whole).abs().max() / scale) <= tolerance)
 
 
-def plan_tiling(setting, recipe, model, device: str, precision: str, strategy: str = "ddp") -> tuple[bool, int, str]:
+def plan_tiling(setting, recipe, model, device: str, precision: str, strategy: str = "ddp",
+                row_tokens: int | None = None) -> tuple[bool, int, str]:
     """Whether this run tiles its MLPs (and wraps them when it does), the tile size, and why: the planner's
-    arithmetic decides `auto` (lorakit.vram.estimate.tiling_pays) for the recipe's rows on this device."""
+    arithmetic decides `auto` (lorakit.vram.estimate.tiling_pays) for the run's longest row (`row_tokens`, default
+    the recipe's micro-batch at data.max_length) on this device."""
     from dataclasses import replace
 
     from lorakit.compat import decoder_mlps
@@ -129,6 +131,8 @@ def plan_tiling(setting, recipe, model, device: str, precision: str, strategy: s
         # both of lorakit's heads stream the vocabulary (TRL's fused head, or the plain head over a frozen LM head)
         setup = replace(setup, device="cuda" if device == "cuda" else "cpu", loss="fused",
                         dtype=precision if precision in ("bf16", "fp16", "fp32") else setup.dtype)
+        if row_tokens:
+            setup = replace(setup, seq_len=row_tokens, batch_size=1)
         pays, why = tiling_pays(shape, setup, cuda_memory_bytes() if device == "cuda" else None)
         if not pays:
             return False, tile, why

@@ -522,8 +522,10 @@ def tiling_pays(shape: ModelShape, setup: Setup, memory_bytes: float | None = No
         return True, (f"one recomputed layer is the largest activation term at {s.seq_len} tokens "
                       f"({one / GIB:.2f} GiB)" + (f"; {est.total / GIB:.1f} GiB untiled does not fit "
                                                     f"{memory_bytes / GIB:.1f} GiB" if memory_bytes else ""))
-    return False, (f"{largest} ({others[largest] / GIB:.2f} GiB) outweigh one recomputed layer ({one / GIB:.2f} GiB) "
-                   f"at {s.seq_len} tokens")
+    if one == 0:  # the estimate keeps the larger of the loss and the recomputed layer, which never coexist
+        return False, f"the loss is the largest activation term at {s.seq_len} tokens, not one recomputed layer"
+    return False, (f"{largest} ({others[largest] / GIB:.2f} GiB) are larger than one recomputed layer "
+                   f"({one / GIB:.2f} GiB) at {s.seq_len} tokens")
 
 
 def estimate(shape: ModelShape, setup: Setup) -> Estimate:

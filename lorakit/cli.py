@@ -542,6 +542,7 @@ def merge(
     "  lorakit vram-estimate --recipe recipes/llama3.1-8b-qlora-sft.yaml\n\n"
     "  lorakit vram-estimate mistralai/Mistral-7B-v0.1 --stage dpo --json\n\n"
     "  lorakit vram-estimate Qwen/Qwen2.5-72B --method lora --num-gpus 4 --strategy fsdp --gpu a100-80gb\n\n"
+    "  lorakit vram-estimate meta-llama/Llama-3.1-8B --max-context --gpu rtx4090\n\n"
     "  curl -sL https://huggingface.co/ORG/NAME/resolve/main/config.json | lorakit vram-estimate -",
 )
 def vram_estimate(
@@ -579,6 +580,15 @@ def vram_estimate(
     strategy: Annotated[Optional[str], typer.Option(help="With --num-gpus: ddp, fsdp, zero2 or zero3 (default ddp).")]
     = None,
     gpu: Annotated[Optional[str], typer.Option(help="A GPU name (rtx4090, a100-80gb, ...) or all.")] = None,
+    tiled_mlp: Annotated[Optional[bool], typer.Option(
+        "--tiled-mlp/--no-tiled-mlp", help="Decoder MLPs in sequence tiles (train.tiled_mlp; default auto).")] = None,
+    upcast_to_fp32: Annotated[Optional[bool], typer.Option(
+        "--upcast-to-fp32/--no-upcast-to-fp32",
+        help="A 4-bit base's embeddings, norms and head in fp32 (qlora.upcast_to_fp32; default auto: not in bf16).")]
+    = None,
+    max_context: Annotated[bool, typer.Option(
+        "--max-context", help="The longest trainable sequence on --gpu, with these settings and with each memory "
+                              "option.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     from lorakit.vram.command import EstimateOptions, run_estimate
@@ -589,7 +599,7 @@ def vram_estimate(
         batch_size=batch_size, grad_checkpointing=grad_checkpointing, optimizer=optimizer, lora_r=lora_r,
         lora_targets=lora_targets, attn=attn, loss=loss, stage=stage, double_quant=double_quant, quant=quant,
         activation_offloading=activation_offloading, optimizer_in_backward=optimizer_in_backward, num_gpus=num_gpus,
-        strategy=strategy, gpu=gpu)
+        strategy=strategy, gpu=gpu, tiled_mlp=tiled_mlp, upcast_to_fp32=upcast_to_fp32, max_context=max_context)
     render(run_estimate(options), json_out)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.vram import estimate as est_mod
 from lorakit.vram.catalog import GPU, GPUS, close_gpus, find_gpu
+from lorakit.vram.context import ContextRow, max_context
 from lorakit.vram.plan import GpuVerdict, multi_gpu_comparisons, verdict
 from lorakit.vram.resolve import resolve_model, setup_from_recipe
 from lorakit.vram.shapes import ModelShape
@@ -47,12 +48,15 @@ class EstimateOptions:
     num_gpus: int | None = None
     strategy: str | None = None
     gpu: str | None = None
+    tiled_mlp: bool | None = None
+    upcast_to_fp32: bool | None = None
+    max_context: bool = False
 
 
 # flag name -> Setup field, for the options that map one to one
 _SETUP_FIELDS = ("method", "dtype", "mixed_precision", "seq_len", "batch_size", "grad_checkpointing", "optimizer",
                  "lora_r", "lora_targets", "attn", "loss", "stage", "double_quant", "quant", "activation_offloading",
-                 "optimizer_in_backward", "num_gpus", "strategy")
+                 "optimizer_in_backward", "num_gpus", "strategy", "tiled_mlp")
 
 
 @dataclass
@@ -63,6 +67,7 @@ class EstimateReport:
     verdicts: list[GpuVerdict] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    contexts: list[tuple[GPU, list[ContextRow]]] = field(default_factory=list)  # --max-context, per GPU
 
     def to_dict(self) -> dict[str, Any]:
         data = self.estimate.to_dict()
@@ -70,6 +75,9 @@ class EstimateReport:
         data["shape_source"] = self.source
         data["gpus"] = [v.to_dict() for v in self.verdicts]
         data["multi_gpu"] = self.comparisons
+        if self.contexts:
+            data["max_context"] = [{"gpu": gpu.key, "name": gpu.name, "memory_gib": gpu.memory_gib,
+                                    "rows": [row.to_dict() for row in rows]} for gpu, rows in self.contexts]
         return data
 
 
@@ -137,7 +145,7 @@ def build_setup(options: EstimateOptions, notes: list[str]) -> tuple[str, est_mo
     if options.model is None and options.recipe is None:
         raise ConfigError("give a model (name, folder or config.json) or --recipe",
                           hint="lorakit vram-estimate meta-llama/Llama-3.1-8B")
-    setup = est_mod.Setup()
+    setup = est_mod.lorakit_defaults()
     model = options.model
     if options.recipe is not None:
         name, setup = setup_from_recipe(recipe_for_estimate(options.recipe, notes))
@@ -151,6 +159,8 @@ def build_setup(options: EstimateOptions, notes: list[str]) -> tuple[str, est_mo
     check_choice("quant", options.quant, est_mod.QUANTS)
     check_choice("strategy", options.strategy, STRATEGIES)
     changes = {name: getattr(options, name) for name in _SETUP_FIELDS if getattr(options, name) is not None}
+    if options.upcast_to_fp32 is not None:
+        changes["upcast_non_quantized"] = "all" if options.upcast_to_fp32 else "none"
     setup = replace(setup, **changes)
     if setup.num_gpus > 1 and options.strategy is None and "strategy" not in changes:
         notes.append(f"{setup.num_gpus} GPUs with strategy {setup.strategy} (--strategy ddp|fsdp|zero2|zero3)")
@@ -166,12 +176,18 @@ def run_estimate(options: EstimateOptions) -> EstimateReport:
     notes: list[str] = []
     model, setup = build_setup(options, notes)
     gpus = _gpus(options.gpu)
+    if options.max_context and not gpus:
+        raise ConfigError("--max-context needs a GPU to fill", hint="add --gpu rtx4090 (or any GPU name, or all)")
+    if options.max_context and setup.stage == "inference":
+        raise ConfigError("--max-context answers for training stages", hint="drop --stage inference")
     resolved = resolve_model(model)
     report = EstimateReport(resolved.shape, resolved.source, est_mod.estimate(resolved.shape, setup), notes=notes)
     report.verdicts = [verdict(resolved.shape, setup, g) for g in gpus]
     if len(gpus) > 1 and setup.stage != "inference":
         count = setup.num_gpus if setup.num_gpus > 1 else 2
         report.comparisons = multi_gpu_comparisons(resolved.shape, replace(setup, num_gpus=1), gpus, count)
+    if options.max_context:
+        report.contexts = [(g, max_context(resolved.shape, setup, g)) for g in gpus]
     return report
 
 

@@ -140,6 +140,13 @@ class Setup:
         return self.quant is not None or self.method == "qlora"
 
 
+def lorakit_defaults(**changes) -> Setup:
+    """The setup of a lorakit run with its defaults (what `vram-estimate MODEL` estimates): a 4-bit base keeps the
+    compute dtype (qlora.upcast_to_fp32: auto), MLPs are tiled where the planner says it pays (train.tiled_mlp:
+    auto). `Setup()` alone describes the usual PEFT/TRL stack the calibration rows were measured on."""
+    return Setup(**{"upcast_non_quantized": "auto", "tiled_mlp": "auto", **changes})
+
+
 @dataclass
 class Term:
     key: str
@@ -453,7 +460,8 @@ def assumptions(setup: Setup) -> dict[str, str]:
                 "all": "prepare_model_for_kbit_training: embeddings, norms and head in fp32 (fp32 residual stream; "
                        "4-bit layers return fp32)",
                 "norms": "norms in fp32, embeddings and head 16-bit (TRL < 0.20's peft_module_casting_to_bf16)",
-                "none": "no fp32 upcast of the non-quantized weights"}[_upcast(s)]
+                "none": "no fp32 upcast: embeddings, norms and head in the compute dtype (RMSNorm statistics and the "
+                        "loss in fp32)"}[_upcast(s)]
     if s.stage != "inference" and s.method != "full":
         notes["peft_adapters"] = "LoRA weights fp32" if s.mixed_precision else f"LoRA weights {s.dtype}"
     if s.activation_offloading:
@@ -495,11 +503,11 @@ def _tiled_layer(shape: ModelShape, s: Setup, sequences: int) -> tuple[float, fl
 
 
 def tiling_pays(shape: ModelShape, setup: Setup, memory_bytes: float | None = None) -> tuple[bool, str]:
-    """lorakit's rule for `train.tiled_mlp: auto`: tile when gradient checkpointing is on, rows are longer than one
-    tile, and the layer being recomputed is the largest activation term (larger than the layer inputs kept and the
-    loss), i.e. when it is what a longer sequence runs into; and, when the GPU's memory is known (`memory_bytes`),
-    only if the run does not fit it untiled: tiles cost one more forward of each MLP, worth paying only for memory.
-    Returns the decision and why."""
+    """lorakit's rule for `train.tiled_mlp: auto`, and why. Tiles cost one more forward of each MLP, so they are only
+    worth it for memory: with gradient checkpointing on and rows longer than one tile, tile when the GPU's memory is
+    known (`memory_bytes`) and the run does not fit it untiled; when it is not known (the CPU), when the layer being
+    recomputed is the largest activation term (larger than the layer inputs kept and the loss), i.e. what a longer
+    sequence runs into first."""
     s = replace(setup, tiled_mlp=False).resolved()
     tile = mlp_tile_tokens(shape.hidden)
     if s.stage == "inference":
@@ -510,22 +518,23 @@ def tiling_pays(shape: ModelShape, setup: Setup, memory_bytes: float | None = No
         return False, ("no gradient checkpointing: every layer keeps its activations, and tiles would add a recompute "
                        "(train.tiled_mlp: true trades it)")
     if s.seq_len <= tile:
-        return False, f"rows of up to {s.seq_len} tokens fit in one tile of {tile}"
+        return False, f"rows of up to {s.seq_len:,} tokens fit in one tile of {tile:,}"
     est = estimate(shape, s)
+    if memory_bytes is not None:
+        if est.total <= memory_bytes:
+            return False, (f"fits without tiles ({est.total / GIB:.1f} of {memory_bytes / GIB:.1f} GiB at "
+                           f"{s.seq_len:,} tokens): tiles would only add a recompute")
+        return True, (f"{est.total / GIB:.1f} GiB untiled does not fit {memory_bytes / GIB:.1f} GiB at {s.seq_len:,} "
+                      "tokens")
     one = est.term("activations_recompute")
+    if one == 0:  # the estimate keeps the larger of the loss and the recomputed layer, which never coexist
+        return False, f"the loss is the largest activation term at {s.seq_len:,} tokens, not one recomputed layer"
     others = {"the layer inputs kept": est.term("activations_checkpoints"), "the loss": est.term("logits")}
     largest = max(others, key=lambda key: others[key])
-    if one > 0 and one >= others[largest]:
-        if memory_bytes is not None and est.total <= memory_bytes:
-            return False, (f"fits without tiles ({est.total / GIB:.1f} of {memory_bytes / GIB:.1f} GiB at {s.seq_len} "
-                           "tokens): tiles would only add a recompute")
-        return True, (f"one recomputed layer is the largest activation term at {s.seq_len} tokens "
-                      f"({one / GIB:.2f} GiB)" + (f"; {est.total / GIB:.1f} GiB untiled does not fit "
-                                                    f"{memory_bytes / GIB:.1f} GiB" if memory_bytes else ""))
-    if one == 0:  # the estimate keeps the larger of the loss and the recomputed layer, which never coexist
-        return False, f"the loss is the largest activation term at {s.seq_len} tokens, not one recomputed layer"
+    if one >= others[largest]:
+        return True, f"one recomputed layer is the largest activation term at {s.seq_len:,} tokens ({one / GIB:.2f} GiB)"
     return False, (f"{largest} ({others[largest] / GIB:.2f} GiB) are larger than one recomputed layer "
-                   f"({one / GIB:.2f} GiB) at {s.seq_len} tokens")
+                   f"({one / GIB:.2f} GiB) at {s.seq_len:,} tokens")
 
 
 def estimate(shape: ModelShape, setup: Setup) -> Estimate:

@@ -184,6 +184,30 @@ def run_side(spec: dict, workdir: Path, lf_python: Path | None) -> dict:
     return result
 
 
+def available_gb() -> float:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return float("inf")
+
+
+def predicted_rss_gb(earlier: list[dict], length: int) -> float | None:
+    """A side's peak RSS at `length` from its earlier lengths: the line through the last two, or from the last one
+    at its allocator bytes per token."""
+    done = sorted((r for r in earlier if "error" not in r and "skipped" not in r), key=lambda r: r["length"])
+    if not done:
+        return None
+    last = done[-1]
+    if len(done) >= 2:
+        before = done[-2]
+        per_token = (last["peak_rss_gb"] - before["peak_rss_gb"]) / (last["length"] - before["length"])
+        per_token = max(per_token, last["alloc_bytes_per_token"] / 1e9)
+    else:
+        per_token = last["alloc_bytes_per_token"] / 1e9
+    return last["peak_rss_gb"] + per_token * (length - last["length"])
+
+
 def measured(result: dict, config: dict) -> dict:
     """The row of the table for one side at one length."""
     times, batches = result["step_times"], result["batches"]
@@ -192,7 +216,7 @@ def measured(result: dict, config: dict) -> dict:
     if timed >= 1:
         seconds = times[-1] - times[0]
         tokens = sum(b["processed"] for b in per_step[1:])
-    else:  # one step only: the traced step, slowed by the profiler
+    else:  # one step only: the traced step (the profiler's overhead is small next to a long step)
         seconds, tokens = times[0], per_step[0]["processed"]
     flops = sum(model_flops(config, b["processed"]) for b in (per_step[1:] if timed >= 1 else per_step))
     traced = result.get("traced_tokens") or per_step[0]["processed"]
@@ -229,6 +253,11 @@ def summarize(rows: list[dict]) -> dict:
         best = min(peers, key=lambda r: r["alloc_bytes_per_token"])
         report["activation_ratio_at_longest"] = {"peer": best["side"], "ratio": by["lorakit", longest][
             "alloc_bytes_per_token"] / best["alloc_bytes_per_token"]}
+    if ("lorakit", longest) in by:
+        # against every peer's slope (bytes per added token): also for peers too large to run at the longest length
+        lorakit = by["lorakit", longest]["alloc_bytes_per_token"]
+        report["activation_ratio_to_peer_slopes"] = {s: lorakit / v[0] for s, v in slopes.items()
+                                                     if s != "lorakit" and v[0] == v[0] and v[0] > 0}
     if ("lorakit", longest) in by and ("lorakit", shortest) in by:
         report["lorakit_flops_longest_over_shortest"] = (by["lorakit", longest]["gflops_per_s"]
                                                           / by["lorakit", shortest]["gflops_per_s"])
@@ -244,8 +273,8 @@ def print_tables(rows: list[dict], report: dict) -> None:
             r = by.get((side, length))
             if r is None:
                 continue
-            if "error" in r:
-                print(f"{length:7d} {side:18s} failed: {r['error']}")
+            if "error" in r or "skipped" in r:
+                print(f"{length:7d} {side:18s} {'failed: ' + r['error'] if 'error' in r else 'skipped: ' + r['skipped']}")
                 continue
             print(f"{length:7d} {side:18s} {r['tokens_per_s']:8.1f} {r['gflops_per_s']:8.2f} {r['peak_rss_gb']:12.2f} "
                   f"{r['peak_alloc_mb']:14.1f} {r['alloc_bytes_per_token']:14,.0f} {r['trained']:8d} "
@@ -259,6 +288,8 @@ def print_tables(rows: list[dict], report: dict) -> None:
         ratio = report["activation_ratio_at_longest"]
         print(f"lorakit's allocator bytes per token at {report['lengths'][-1]:,}: {ratio['ratio']:.2f}x the best peer's "
               f"({ratio['peer']}); target <= 0.5x")
+    for peer, ratio in report.get("activation_ratio_to_peer_slopes", {}).items():
+        print(f"lorakit's allocator bytes per token at {report['lengths'][-1]:,} / {peer}'s slope: {ratio:.2f}x")
     if "lorakit_flops_longest_over_shortest" in report:
         print(f"lorakit's achieved FLOP/s at {report['lengths'][-1]:,} / at {report['lengths'][0]:,}: "
               f"{report['lorakit_flops_longest_over_shortest']:.2f}; target >= 0.80")
@@ -287,10 +318,16 @@ def main(argv=None) -> int:
     parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
     parser.add_argument("--steps", type=int, default=3, help="documents (= optimizer steps) per side and length; the "
                                                              "first is traced, the others timed")
+    parser.add_argument("--long-steps", type=int, default=1,
+                        help="steps at lengths of 16k and more (one: the traced step is also the timed one; at those "
+                             "lengths a step takes minutes and the profiler's overhead is a small part of it)")
     parser.add_argument("--sides", default=",".join(SIDES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir")
     parser.add_argument("--summarize", metavar="WORKDIR")
+    parser.add_argument("--memory-share", type=float, default=0.8,
+                        help="skip a side whose peak RSS, predicted from its shorter lengths, exceeds this share of "
+                             "the memory available when it would start")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.worker:
@@ -325,13 +362,23 @@ def main(argv=None) -> int:
     rows = []
     for length in [int(x) for x in args.lengths.split(",")]:
         data = workdir / f"docs-{length}.jsonl"
-        sizes = write_documents(data, model_dir, length, args.steps, args.seed)
+        steps = args.long_steps if length >= 16384 else args.steps
+        sizes = write_documents(data, model_dir, length, steps, args.seed)
         for index, side in enumerate(sides if length % 2 == 0 else list(reversed(sides))):
             spec = {"side": side, "stage": "sft", "length": length, "model": model_dir, "data": str(data),
                     "seed": args.seed, "device": "cpu", "gradient_checkpointing": True, "trace_memory": True,
                     # the LLaMA-Factory side's names: one row of cutoff_len per step, nothing truncated
                     "pack_length": length + 8, "packed_batch": 1, "batch": 1, "epochs": 1,
                     "learning_rate": LEARNING_RATE, "repeat": 0}
+            need = predicted_rss_gb([r for r in rows if r["side"] == side], length)
+            room = available_gb() * args.memory_share
+            if need is not None and need > room:
+                # a side that would take the shared machine's memory is not run: its slope says what it would need
+                row = {"side": side, "length": length, "skipped": f"predicted peak RSS {need:.1f} GB > {room:.1f} GB "
+                                                                   f"({args.memory_share:.0%} of the memory available)"}
+                rows.append(row)
+                print(f"  {length:6d} {side:18s} skipped: {row['skipped']}", file=sys.stderr)
+                continue
             result = run_side(spec, workdir, lf_python)
             row = measured(result, config) if "error" not in result else result
             rows.append(row)
@@ -342,7 +389,7 @@ def main(argv=None) -> int:
                       f"RSS {row['peak_rss_gb']:.2f} GB alloc peak {row['peak_alloc_mb']:.0f} MB "
                       f"({row['alloc_bytes_per_token']:,.0f} B/token) docs {min(sizes)}-{max(sizes)} tokens",
                       file=sys.stderr)
-    good = [r for r in rows if "error" not in r]
+    good = [r for r in rows if "error" not in r and "skipped" not in r]
     check_trained_tokens(good)
     report = summarize(good)
     (workdir / "report.json").write_text(json.dumps({"rows": rows, **report}, indent=1))

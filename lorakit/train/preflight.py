@@ -24,12 +24,24 @@ class PreflightResult:
         return {"estimate_total_gib": round(self.total_gib, 3), "estimate_allocated_gib": round(self.allocated_gib, 3)}
 
 
+MEMORY_ENV = "LORAKIT_GPU_MEMORY_GIB"  # plan for this much GPU memory (a GPU shared with others, or a smaller card)
+
+
 def _cuda_memory_gib() -> float | None:
+    """The GPU memory lorakit plans for: the device's, or less when LORAKIT_GPU_MEMORY_GIB says so."""
+    import os
+
     import torch
 
     if not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info()
+    asked = os.environ.get(MEMORY_ENV)
+    if asked:
+        try:
+            return min(float(asked), total / 1024**3)
+        except ValueError:
+            raise ResourceError(f"{MEMORY_ENV}={asked!r} is not a number of GiB", hint=f"e.g. {MEMORY_ENV}=24") from None
     return total / 1024**3
 
 

@@ -144,8 +144,7 @@ def plan_tiling(setting, recipe, model, device: str, precision: str, strategy: s
 
 
 def cuda_memory_bytes() -> float | None:
-    import torch
+    from lorakit.train.preflight import _cuda_memory_gib
 
-    if not torch.cuda.is_available():
-        return None
-    return float(torch.cuda.mem_get_info()[1])
+    gib = _cuda_memory_gib()
+    return None if gib is None else gib * 1024**3

@@ -140,7 +140,7 @@ def split_row(inputs: dict[str, Any], budget: int) -> list[dict[str, Any]] | Non
         if "seq_idx" in part:
             part["seq_idx"] = part["seq_idx"] - part["seq_idx"][:, :1]
         if any(key in inputs for key in BOUNDARY_KEYS):
-            local = [b - start for b in sequence_bounds(part["position_ids"])]
+            local = sequence_bounds(part["position_ids"])  # already counted from the part's first token
             bounds = torch.tensor(local, dtype=torch.int32, device=input_ids.device)
             longest = int(max(b - a for a, b in zip(local[:-1], local[1:])))
             part.update(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest)

@@ -24,6 +24,8 @@ from lorakit.eval.report import write_run_report_safely
 from lorakit.runs import ADAPTER_FILES, Run, RunFolder, base_source_of, now, package_versions, read_run
 from lorakit.train.common import check_report_to, execute, summarize_losses
 from lorakit.train.finish import write_adapter_run
+from lorakit.train.tiling import plan_tiling
+from lorakit.train.token_batches import row_tokens
 
 
 @dataclass
@@ -110,8 +112,6 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
                                resolve_precision)
     from lorakit.train import distributed
     from lorakit.train.kernels import plan_kernels
-    from lorakit.train.tiling import plan_tiling
-    from lorakit.train.token_batches import row_tokens
     from lorakit.train.preflight import preflight
     from lorakit.train.speed import apply_loss_choice
 

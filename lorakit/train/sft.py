@@ -12,6 +12,7 @@ from lorakit.config import SFTRecipe
 from lorakit.console import err, info
 from lorakit.runs import RunFolder
 from lorakit.train.lifecycle import RunResult, Stage, TrainerSetup, build_setup, train_adapter
+from lorakit.train.token_batches import planned_budget, token_budgeted, wants_token_budget
 
 SFTSetup = TrainerSetup  # what build_sft_trainer returns (kept as a name for benchmarks and tests)
 
@@ -38,7 +39,6 @@ def make_trainer(recipe: SFTRecipe, run: RunFolder, model, peft_config, tokenize
     from lorakit.train.distributed import world
     from lorakit.train.length_groups import length_grouped
     from lorakit.train.speed import plan_speed, trainer_speed_kwargs
-    from lorakit.train.token_batches import planned_budget, token_budgeted, wants_token_budget
 
     train = recipe.train
     step_examples = train.micro_batch_size * train.gradient_accumulation_steps

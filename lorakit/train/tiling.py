@@ -7,7 +7,9 @@ LoRA matrices keep. The MLP is a per-token function, so it can run over the row 
 non-reentrant `torch.utils.checkpoint` of the MLP's own forward, so forward keeps only the tile's input (a view of
 the layer's normalized hidden states) and backward recomputes and differentiates one tile at a time. The
 arithmetic per token is unchanged (the logits and gradients agree with the untiled model to float rounding: a test),
-and the cost is one more forward of the MLP per layer. The idea is Arctic Long Sequence Training's TiledMLP
+and the cost is one more forward of the MLP per layer. With LoRA dropout inside the MLP, the masks are drawn tile by
+tile (the same distribution as one draw for the whole row, other samples), and every recompute replays its tile's
+draws (checkpoint's preserved RNG state). The idea is Arctic Long Sequence Training's TiledMLP
 (Snowflake), written here as a checkpoint per tile instead of a custom autograd function, so that parameter
 gradients flow through autograd's ordinary graph (DDP's and FSDP's gradient hooks see one gradient per parameter).
 
@@ -21,8 +23,14 @@ activation term at the recipe's row length; the choice and its reason are printe
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from lorakit.compat import decoder_mlps
 from lorakit.console import warn
-from lorakit.vram.estimate import mlp_tile_tokens
+from lorakit.train.preflight import _cuda_memory_gib
+from lorakit.vram.estimate import mlp_tile_tokens, tiling_pays
+from lorakit.vram.resolve import setup_from_recipe
+from lorakit.vram.shapes import ShapeError, shape_from_config
 
 MARK = "lorakit_tiled_mlp"  # attribute on a wrapped forward: the tile size
 
@@ -49,8 +57,6 @@ def tiled(forward, tile: int):
 
 def apply_tiled_mlp(model, tile: int) -> int:
     """Tile every decoder layer's MLP of `model` (or of the model under a PeftModel); returns how many."""
-    from lorakit.compat import decoder_mlps
-
     mlps = decoder_mlps(model)
     for mlp in mlps:
         current = mlp.forward
@@ -60,8 +66,6 @@ def apply_tiled_mlp(model, tile: int) -> int:
 
 
 def remove_tiled_mlp(model) -> None:
-    from lorakit.compat import decoder_mlps
-
     for mlp in decoder_mlps(model):
         if getattr(mlp.forward, MARK, None):
             del mlp.forward  # the instance attribute: the class's forward is back
@@ -71,8 +75,6 @@ def tiling_is_exact(model, tolerance: float = 1e-3) -> bool:
     """Run the first decoder MLP of the loaded model over a short random row tiled (tiles of 4 tokens) and whole;
     compare. Cheap (13 tokens), and catches an MLP that is not a per-token function."""
     import torch
-
-    from lorakit.compat import decoder_mlps
 
     mlps = decoder_mlps(model)
     if not mlps:
@@ -97,13 +99,6 @@ def plan_tiling(setting, recipe, model, device: str, precision: str, strategy: s
     """Whether this run tiles its MLPs (and wraps them when it does), the tile size, and why: the planner's
     arithmetic decides `auto` (lorakit.vram.estimate.tiling_pays) for the run's longest row (`row_tokens`, default
     the recipe's micro-batch at data.max_length) on this device."""
-    from dataclasses import replace
-
-    from lorakit.compat import decoder_mlps
-    from lorakit.vram.estimate import tiling_pays
-    from lorakit.vram.resolve import setup_from_recipe
-    from lorakit.vram.shapes import ShapeError, shape_from_config
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config.get_text_config()
     tile = mlp_tile_tokens(config.hidden_size)
@@ -144,7 +139,5 @@ def plan_tiling(setting, recipe, model, device: str, precision: str, strategy: s
 
 
 def cuda_memory_bytes() -> float | None:
-    from lorakit.train.preflight import _cuda_memory_gib
-
     gib = _cuda_memory_gib()
     return None if gib is None else gib * 1024**3

@@ -20,7 +20,13 @@ the number of passes in every step.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
+
+from lorakit.errors import LorakitError
+from lorakit.vram.catalog import GPU
+from lorakit.vram.plan import max_seq_len
+from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
 CPU_BUDGET = 8192  # tokens per forward pass on the CPU, where nothing smaller than host RAM limits a row
 
@@ -68,13 +74,6 @@ def planned_budget(recipe, device: str, device_gib: float | None) -> tuple[int, 
 
 
 def longest_fitting_row(recipe, device_gib: float) -> int | None:
-    from dataclasses import replace
-
-    from lorakit.errors import LorakitError
-    from lorakit.vram.catalog import GPU
-    from lorakit.vram.plan import max_seq_len
-    from lorakit.vram.resolve import resolve_shape, setup_from_recipe
-
     name, setup = setup_from_recipe(recipe)
     try:
         shape = resolve_shape(name)

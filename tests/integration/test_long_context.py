@@ -79,6 +79,21 @@ def test_tiled_mlp_gives_the_untiled_logits_and_gradients(checkpointing):
     assert not any(getattr(m.forward, MARK, None) for m in model.modules() if hasattr(m, "forward"))
 
 
+def test_tiles_replay_their_lora_dropout_masks_in_backward():
+    """With LoRA dropout the tiles draw their masks tile by tile (the same distribution as one draw for the row, other
+    samples), and every recompute must replay them: the gradients with the layers' own checkpointing on top equal
+    those without it, draw for draw."""
+    ids = torch.randint(0, 1000, (1, 300))
+    grads = {}
+    for checkpointing in (False, True):
+        model = lora_llama(dropout=0.1, checkpointing=checkpointing)
+        apply_tiled_mlp(model, 64)
+        torch.manual_seed(7)
+        grads[checkpointing] = forward_backward(model, ids)[2]
+    for name, grad in grads[False].items():
+        assert torch.allclose(grads[True][name], grad, rtol=1e-4, atol=1e-7), name
+
+
 def test_tiles_leave_rows_shorter_than_a_tile_alone_and_the_probe_sees_a_non_token_function():
     model = lora_llama()
     assert tiling_is_exact(model)

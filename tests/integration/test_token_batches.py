@@ -30,9 +30,14 @@ def two_steps(tmp_path, name, *overrides):
     return adapter, setup.speed, losses, setup.trainer.lorakit_passes
 
 
-def test_token_budget_trains_what_accumulation_trains(tmp_path):
+def test_token_budget_trains_what_accumulation_trains(tmp_path, capfd):
     accumulated, classic, classic_losses, _ = two_steps(tmp_path, "accumulated", "train.micro_batch_tokens=null")
+    capfd.readouterr()
     split, several, split_losses, split_passes = two_steps(tmp_path, "split", "train.micro_batch_tokens=64")
+    said = capfd.readouterr().err
+    # the run's first lines say how it batches and what it chose for long sequences
+    assert "Batch: 4 examples per optimizer step, in forward passes of up to 64 tokens" in said
+    assert "Long sequences: tiled MLP off (" in said
     assert classic.micro_batch_tokens is None and not classic.padding_free
     # the step's 4 examples (~30 tokens each) in passes of at most 64 tokens: more than one pass, fewer than 4
     assert several.micro_batch_tokens == 64 and several.padding_free and 1 < max(split_passes) < 4
@@ -42,3 +47,18 @@ def test_token_budget_trains_what_accumulation_trains(tmp_path):
         moved = max(moved, value.abs().max().item())
     assert moved > 0
     assert split_losses == pytest.approx(classic_losses, rel=1e-5)
+
+
+def test_manifest_and_env_report_the_long_sequence_choices(sft_run):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lorakit.cli import app
+
+    speed = json.loads((sft_run.path / "manifest.json").read_text())["speed"]
+    assert {"tiled_mlp", "tile_tokens", "kbit_upcast", "micro_batch_tokens"} <= set(speed)
+    assert speed["kbit_upcast"] is None  # a LoRA run has no 4-bit base
+    assert speed["micro_batch_tokens"] and {"tiled_mlp", "micro_batch_tokens"} <= set(speed["why"])
+    chosen = json.loads(CliRunner().invoke(app, ["env", "--json"]).stdout)["chosen"]
+    assert {"tiled MLP", "4-bit base (qlora)", "micro-batches"} <= set(chosen)

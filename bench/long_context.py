@@ -115,6 +115,7 @@ def build_lorakit(spec: dict):
         "train.warmup_ratio=0.0", "train.lr_scheduler_type=linear", "train.optim=adamw_torch",
         "train.weight_decay=0.0", "train.max_grad_norm=1.0", "train.logging_steps=1", "train.save_steps=100000",
         f"data.max_length={spec['length'] + 8}", "data.eval=null", "preflight=false",
+        *spec.get("lorakit_set", []),  # an ablation's recipe changes (--lorakit-set)
     ]
     flags = {"model": spec["model"], "data": spec["data"], "output_dir": spec["out"], "epochs": 1,
              "learning_rate": LEARNING_RATE, "seed": spec["seed"]}
@@ -322,6 +323,8 @@ def main(argv=None) -> int:
                         help="steps at lengths of 16k and more (one: the traced step is also the timed one; at those "
                              "lengths a step takes minutes and the profiler's overhead is a small part of it)")
     parser.add_argument("--sides", default=",".join(SIDES))
+    parser.add_argument("--lorakit-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe change for the lorakit side (an ablation, e.g. train.tiled_mlp=false)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir")
     parser.add_argument("--summarize", metavar="WORKDIR")
@@ -369,7 +372,7 @@ def main(argv=None) -> int:
                     "seed": args.seed, "device": "cpu", "gradient_checkpointing": True, "trace_memory": True,
                     # the LLaMA-Factory side's names: one row of cutoff_len per step, nothing truncated
                     "pack_length": length + 8, "packed_batch": 1, "batch": 1, "epochs": 1,
-                    "learning_rate": LEARNING_RATE, "repeat": 0}
+                    "learning_rate": LEARNING_RATE, "repeat": 0, "lorakit_set": args.lorakit_set}
             need = predicted_rss_gb([r for r in rows if r["side"] == side], length)
             room = available_gb() * args.memory_share
             if need is not None and need > room:

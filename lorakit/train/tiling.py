@@ -41,14 +41,20 @@ def tiled(forward, tile: int):
     from torch.utils.checkpoint import checkpoint
 
     def run(hidden, *args, **kwargs):
-        if args or kwargs or not isinstance(hidden, torch.Tensor) or hidden.dim() < 2 or hidden.shape[-2] <= tile:
+        if args or kwargs or not isinstance(hidden, torch.Tensor) or hidden.dim() < 2 \
+                or hidden.numel() <= tile * hidden.shape[-1]:
             return forward(hidden, *args, **kwargs)
-        pieces = hidden.split(tile, dim=-2)
+        # The MLP is a function of each token alone, so the tiles are runs of tokens of the flattened rows. Each tile
+        # is viewed as a fresh (1, tokens, hidden) tensor: a slice along the sequence keeps its parent's batch stride,
+        # and matmul then cannot fold it into one mm for the weight-gradient path (it falls back to bmm, much slower).
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        pieces = [piece.view(1, *piece.shape) for piece in flat.split(tile)]
         if torch.is_grad_enabled():
             outputs = [checkpoint(forward, piece, use_reentrant=False) for piece in pieces]
         else:  # evaluation: no graph to keep, and the tiles still bound the transient intermediates
             outputs = [forward(piece) for piece in pieces]
-        return torch.cat(outputs, dim=-2)
+        out = torch.cat(outputs, dim=1)
+        return out.view(*hidden.shape[:-1], out.shape[-1])
 
     setattr(run, MARK, tile)
     run.__wrapped__ = forward

@@ -453,7 +453,7 @@ def context_side(spec_path: Path) -> int:
     model_dir, work = Path(spec["model"]), Path(spec["work"])
     try:
         if spec["side"].startswith("lorakit"):
-            from lorakit.runs import RunFolder
+            from lorakit.outputs import RunFolder
             from lorakit.train.sft import build_sft_trainer
 
             case = Case(spec["model_name"], "sft", "qlora", spec["bound"], 1, dropout=0.0,
@@ -668,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
         sides = [s for s in (DRY_CONTEXT_SIDES if args.dry_run else CONTEXT_SIDES) if not (s == "unsloth" and args.no_unsloth)
                  and not (s == "trl" and args.no_trl)]
         contexts = run_context_search(work, card, args.dry_run, sides)
-        print(f"Longest sequence that trains one step ({'dry run: uncapped, bound ' + str(DRY_CONTEXT_BOUND) if card is None else f'allocator capped for a {card:g} GiB card'}; "
+        cap = f"dry run: uncapped, bound {DRY_CONTEXT_BOUND}" if card is None else f"allocator capped for a {card:g} GiB card"
+        print(f"Longest sequence that trains one step ({cap}; "
               f"{CONTEXT_MODEL if not args.dry_run else DRY_CONTEXT_MODEL} QLoRA r=16, dropout 0, batch 1):")
         for row in contexts:
             print(f"  {row['side']:16s} {row.get('max_context', 'error: ' + str(row.get('error'))[:120])}"

@@ -75,7 +75,7 @@ def write_documents(path: Path, model_dir: str, length: int, count: int, seed: i
             prompt = " ".join(rng.choice(words) for _ in range(12))
             pool = [rng.choice(words) for _ in range(length * 2)]
 
-            def tokens(n: int) -> int:
+            def tokens(n: int, prompt=prompt, pool=pool) -> int:  # bound now: the loop moves on after this row
                 chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": " ".join(pool[:n])}]
                 return len(tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False))
 
@@ -105,7 +105,7 @@ def model_flops(config: dict, length: int) -> float:
 # ----------------------------------------------------------------------------------------------------------- sides
 def build_lorakit(spec: dict):
     from lorakit.config import load_recipe
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
     from lorakit.train.sft import build_sft_trainer
     from throughput import LORA
 
@@ -345,7 +345,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from throughput import bench_model, build_local_model, llamafactory_python, LLAMAFACTORY_VENV
+    from throughput import LLAMAFACTORY_VENV, bench_model, build_local_model, llamafactory_python
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="lorakit-long-"))
     workdir.mkdir(parents=True, exist_ok=True)

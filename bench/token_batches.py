@@ -52,7 +52,7 @@ def run_worker(spec_path: str) -> None:
     from transformers.trainer_callback import PrinterCallback
 
     from lorakit.config import load_recipe
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
     from lorakit.train.sft import build_sft_trainer
     from measure import Recorder, write_result
 

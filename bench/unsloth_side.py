@@ -39,9 +39,8 @@ def load(spec: dict, stand_in: bool, max_seq: int):
 
     cuda = torch.cuda.is_available()
     if not stand_in:
-        from unsloth import FastLanguageModel  # first: Unsloth patches transformers and TRL on import
-
         import unsloth
+        from unsloth import FastLanguageModel  # first: Unsloth patches transformers and TRL on import
 
         model, tokenizer = FastLanguageModel.from_pretrained(spec["model"], max_seq_length=max_seq,
                                                              load_in_4bit=spec["method"] == "qlora",

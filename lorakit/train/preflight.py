@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from lorakit.console import info
 from lorakit.errors import LorakitError, ResourceError
-
+from lorakit.vram.catalog import GPU
+from lorakit.vram.estimate import GIB, estimate
+from lorakit.vram.plan import on_gpu, suggestions
+from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
 # Above this share of the GPU's memory a run is "tight": fragmentation and the estimate's error eat the rest.
 TIGHT_SHARE = 0.9
@@ -29,8 +33,6 @@ MEMORY_ENV = "LORAKIT_GPU_MEMORY_GIB"  # plan for this much GPU memory (a GPU sh
 
 def _cuda_memory_gib() -> float | None:
     """The GPU memory lorakit plans for: the device's, or less when LORAKIT_GPU_MEMORY_GIB says so."""
-    import os
-
     import torch
 
     if not torch.cuda.is_available():
@@ -73,11 +75,6 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
     own GPU.
     """
     from dataclasses import replace
-
-    from lorakit.vram.catalog import GPU
-    from lorakit.vram.estimate import GIB, estimate
-    from lorakit.vram.plan import on_gpu, suggestions
-    from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
     name, setup = setup_from_recipe(recipe)
     if plan is not None:

@@ -6,22 +6,31 @@ shared lifecycle in `lorakit.train.lifecycle`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from lorakit.chat_template import Stops
 from lorakit.config import SFTRecipe
 from lorakit.console import err, info
-from lorakit.runs import RunFolder
-from lorakit.train.lifecycle import RunResult, Stage, TrainerSetup, build_setup, train_adapter
+from lorakit.data.checks import lint_collated, raise_if_problems
+from lorakit.data.prepared import PreparedData
+from lorakit.data.sft import prepare_sft_data
+from lorakit.outputs import RunFolder
+from lorakit.train.args import training_kwargs
+from lorakit.train.distributed import world
+from lorakit.train.length_groups import length_grouped
+from lorakit.train.lifecycle import RunResult, Stage, TrainerInputs, TrainerSetup, build_setup, train_adapter
+from lorakit.train.speed import SpeedPlan, plan_speed, trainer_speed_kwargs
 from lorakit.train.token_batches import planned_budget, token_budgeted, wants_token_budget
+
+if TYPE_CHECKING:
+    from transformers import Trainer
 
 SFTSetup = TrainerSetup  # what build_sft_trainer returns (kept as a name for benchmarks and tests)
 
 
-def prepare_data(recipe: SFTRecipe, tokenizer):
-    from lorakit.data.sft import prepare_sft_data
-
+def prepare_data(recipe: SFTRecipe, tokenizer, stops: Stops) -> PreparedData:
     with err.status("Preparing data..."):
-        data = prepare_sft_data(recipe.data, tokenizer, recipe.train.seed)
+        data = prepare_sft_data(recipe.data, tokenizer, recipe.train.seed, stops)
     info(
         f"Data: {data.stats['rows']} examples ({data.format} format, {data.stats['trained_tokens']:,} trained of "
         f"{data.stats['tokens']:,} tokens, {data.stats['truncated']} truncated at {recipe.data.max_length})"
@@ -30,28 +39,22 @@ def prepare_data(recipe: SFTRecipe, tokenizer):
     return data
 
 
-def make_trainer(recipe: SFTRecipe, run: RunFolder, model, peft_config, tokenizer, data, device, precision,
-                 estimate, parent, callbacks):
+def make_trainer(inputs: TrainerInputs) -> tuple[Trainer, SpeedPlan]:
     from trl import SFTConfig, SFTTrainer
 
-    from lorakit.data.checks import lint_collated, raise_if_problems
-    from lorakit.train.common import training_kwargs
-    from lorakit.train.distributed import world
-    from lorakit.train.length_groups import length_grouped
-    from lorakit.train.speed import plan_speed, trainer_speed_kwargs
-
+    recipe, data, tokenizer, estimate = inputs.recipe, inputs.data, inputs.tokenizer, inputs.estimate
     train = recipe.train
     step_examples = train.micro_batch_size * train.gradient_accumulation_steps
     budgeting, no_budget = wants_token_budget(train, world().size)
-    speed = plan_speed(train, device, model, len(tokenizer), recipe.model.attn_implementation,
+    speed = plan_speed(train, inputs.device, inputs.model, len(tokenizer), recipe.model.attn_implementation,
                        examples_per_batch=step_examples if budgeting else None)
     budget = None
     if budgeting and speed.padding_free:
-        budget, budget_reason = planned_budget(recipe, device, estimate.device_gib if estimate else None)
+        budget, budget_reason = planned_budget(recipe, inputs.device, estimate.device_gib if estimate else None)
     else:
         budget_reason = no_budget or "not padding-free: micro_batch_size examples per forward pass"
     speed.micro_batch_tokens, speed.reasons["micro_batch_tokens"] = budget, budget_reason
-    kwargs = training_kwargs(train, run, device, precision, recipe.method, data.eval is not None)
+    kwargs = training_kwargs(train, inputs.run, inputs.device, inputs.precision, recipe.method, data.eval is not None)
     if budget:  # the data loader hands over a whole step's examples; training_step cuts them into passes
         kwargs.update(per_device_train_batch_size=step_examples, gradient_accumulation_steps=1)
     args = SFTConfig(
@@ -62,13 +65,13 @@ def make_trainer(recipe: SFTRecipe, run: RunFolder, model, peft_config, tokenize
         dataset_num_proc=recipe.data.num_proc,
     )
     trainer = token_budgeted(length_grouped(SFTTrainer))(  # group_by_length that groups at any dataset size
-        model=model,
+        model=inputs.model,
         args=args,
         train_dataset=data.for_trainer(data.train),
         eval_dataset=data.for_trainer(data.eval) if data.eval is not None else None,
         processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
+        peft_config=inputs.peft_config,
+        callbacks=list(inputs.callbacks),
     )
     trainer.lorakit_token_budget, trainer.lorakit_passes = budget, []
     mean_tokens = data.stats["tokens"] / max(data.stats["rows"], 1)

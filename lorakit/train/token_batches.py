@@ -94,7 +94,6 @@ def row_tokens(recipe, stage: str, device: str, device_gib: float | None, proces
 
 def sequence_bounds(position_ids) -> list[int]:
     """Where each packed example starts in a padding-free row (position ids restart at 0), plus the row's end."""
-    import torch
 
     row = position_ids[0]
     starts = (row == 0).nonzero().flatten().tolist()

@@ -4,7 +4,7 @@ forward passes of at most a token budget, trains what accumulation over single e
 import pytest
 import torch
 
-from lorakit.runs import RunFolder
+from lorakit.outputs import RunFolder
 from lorakit.train.sft import build_sft_trainer
 
 from ..conftest import REPO, sft_recipe

@@ -361,6 +361,7 @@ def running_manifest(stage: Stage, setup: TrainerSetup, started: str, warnings: 
         precision=setup.precision,
         optimizer=str(getattr(setup.trainer.args.optim, "value", setup.trainer.args.optim)),
         speed=setup.speed.to_manifest(),
+        long_sequences=setup.speed.long_sequences(),
         dataset={"source": data.source, "format": data.format, "fingerprint": data.fingerprint, **data.stats},
         parent=parent_record(setup.parent),
         trainable_parameters=setup.trainable,

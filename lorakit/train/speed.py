@@ -17,9 +17,12 @@ from typing import Any
 from lorakit.compat import attention_implementation
 from lorakit.console import warn
 from lorakit.model import has_flash_attention  # noqa: F401  (moved to lorakit.model; read here too)
+from lorakit.outputs.manifest import LongSequencesRecord
 from lorakit.train.attention import try_per_example
 from lorakit.train.distributed import on_main
 from lorakit.train.plain_head import use_plain_lm_head
+
+LONG_SEQUENCE_CHOICES = ("tiled_mlp", "kbit_upcast", "micro_batch_tokens")  # reasons the manifest's long_sequences keeps
 
 
 @dataclass
@@ -40,12 +43,15 @@ class SpeedPlan:
     kbit_upcast: bool | None = None  # QLoRA: embeddings, norms and head cast to fp32 (None: not a 4-bit base)
     micro_batch_tokens: int | None = None  # forward passes filled with whole examples up to this many tokens
 
+    def long_sequences(self) -> LongSequencesRecord:
+        why = {key: self.reasons[key] for key in LONG_SEQUENCE_CHOICES if key in self.reasons}
+        return LongSequencesRecord(tiled_mlp=self.tiled_mlp, tile_tokens=self.tile_tokens if self.tiled_mlp else None,
+                                   kbit_upcast=self.kbit_upcast, micro_batch_tokens=self.micro_batch_tokens, why=why)
+
     def to_manifest(self) -> dict[str, Any]:
         record = {"loss": self.loss, "padding_free": self.padding_free, "batching": self.reasons.get("batching"),
                   "attention": self.attention, "liger": self.liger, "compile": self.compile,
-                  "tiled_mlp": self.tiled_mlp, "tile_tokens": self.tile_tokens if self.tiled_mlp else None,
-                  "kbit_upcast": self.kbit_upcast, "micro_batch_tokens": self.micro_batch_tokens,
-                  "why": dict(self.reasons)}
+                  "why": {key: why for key, why in self.reasons.items() if key not in LONG_SEQUENCE_CHOICES}}
         if self.reference is not None:
             record["reference"] = self.reference
         return record

@@ -4,7 +4,7 @@ forward passes of at most a token budget, trains what accumulation over single e
 import pytest
 import torch
 
-from lorakit.outputs import RunFolder
+from lorakit.outputs import RunFolder, read_run
 from lorakit.train.sft import build_sft_trainer
 
 from ..conftest import REPO, sft_recipe
@@ -56,9 +56,11 @@ def test_manifest_and_env_report_the_long_sequence_choices(sft_run):
 
     from lorakit.cli import app
 
-    speed = json.loads((sft_run.path / "manifest.json").read_text())["speed"]
-    assert {"tiled_mlp", "tile_tokens", "kbit_upcast", "micro_batch_tokens"} <= set(speed)
-    assert speed["kbit_upcast"] is None  # a LoRA run has no 4-bit base
-    assert speed["micro_batch_tokens"] and {"tiled_mlp", "micro_batch_tokens"} <= set(speed["why"])
+    written = json.loads((sft_run.path / "manifest.json").read_text())["long_sequences"]
+    assert {"tiled_mlp", "tile_tokens", "kbit_upcast", "micro_batch_tokens"} <= set(written)
+    assert written["kbit_upcast"] is None  # a LoRA run has no 4-bit base
+    assert written["micro_batch_tokens"] and {"tiled_mlp", "micro_batch_tokens"} <= set(written["why"])
+    record = read_run(sft_run.path).manifest.long_sequences  # typed, as lorakit reads it back
+    assert record.micro_batch_tokens == written["micro_batch_tokens"] and record.tiled_mlp is written["tiled_mlp"]
     chosen = json.loads(CliRunner().invoke(app, ["env", "--json"]).stdout)["chosen"]
     assert {"tiled MLP", "4-bit base (qlora)", "micro-batches"} <= set(chosen)

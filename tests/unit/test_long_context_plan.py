@@ -62,8 +62,8 @@ def test_the_usual_hugging_face_setup_lands_on_the_published_hf_fa2_figures():
 
 
 def test_cli_max_context_answers_per_option():
-    result = runner.invoke(app, ["vram-estimate", "meta-llama/Llama-3.1-8B", "--max-context", "--gpu", "rtx4090",
-                                 "--lora-r", "32", "--json"])
+    result = runner.invoke(app, ["vram-estimate", "meta-llama/Llama-3.1-8B", "--method", "qlora", "--max-context",
+                                 "--gpu", "rtx4090", "--lora-r", "32", "--json"])
     assert result.exit_code == 0, result.output
     rows = {row["option"]: row for row in json.loads(result.stdout)["max_context"][0]["rows"]}
     assert rows["offloading"]["max_seq_len"] >= 78_000 and rows["offloading"]["recipe"].startswith("train.")
@@ -74,8 +74,9 @@ def test_cli_max_context_answers_per_option():
     refused = runner.invoke(app, ["vram-estimate", "Qwen/Qwen2.5-7B", "--max-context"])
     assert refused.exit_code == 2 and "--gpu" in refused.output
     # the recipe words, one spelling each
-    fp32 = json.loads(runner.invoke(app, ["vram-estimate", "Llama-3.1-8B", "--upcast-to-fp32", "--json"]).stdout)
-    plain = json.loads(runner.invoke(app, ["vram-estimate", "Llama-3.1-8B", "--json"]).stdout)
+    fp32 = json.loads(runner.invoke(app, ["vram-estimate", "Llama-3.1-8B", "--method", "qlora", "--upcast-to-fp32",
+                                               "--json"]).stdout)
+    plain = json.loads(runner.invoke(app, ["vram-estimate", "Llama-3.1-8B", "--method", "qlora", "--json"]).stdout)
     assert fp32["setup"]["upcast_non_quantized"] == "all" and fp32["total_gib"] > plain["total_gib"]
 
 

@@ -54,6 +54,16 @@ import warnings  # noqa: E402
 warnings.filterwarnings("ignore")
 
 SIDES = ("lorakit", "trl-padding-free", "llamafactory")
+# lorakit with one recipe change each, for --sides: what each long-sequence default is worth, side by side in one run
+ABLATIONS = {
+    "lorakit-no-tiles": ["train.tiled_mlp=false"],
+    "lorakit-tiles": ["train.tiled_mlp=true"],
+    # a 4-bit base in bf16 (bitsandbytes runs NF4 on the CPU): lorakit's default keeps the compute dtype ...
+    "lorakit-qlora": ["method=qlora", "train.precision=bf16"],
+    # ... and PEFT's prepare_model_for_kbit_training upcast (fp32 embeddings, norms and head)
+    "lorakit-qlora-upcast": ["method=qlora", "train.precision=bf16", "qlora.upcast_to_fp32=true"],
+}
+ALL_SIDES = (*SIDES, *ABLATIONS)
 LENGTHS = (1024, 4096, 16384, 32768)
 MAX_POSITIONS = 40960
 LEARNING_RATE = 1e-4
@@ -115,7 +125,8 @@ def build_lorakit(spec: dict):
         "train.warmup_ratio=0.0", "train.lr_scheduler_type=linear", "train.optim=adamw_torch",
         "train.weight_decay=0.0", "train.max_grad_norm=1.0", "train.logging_steps=1", "train.save_steps=100000",
         f"data.max_length={spec['length'] + 8}", "data.eval=null", "preflight=false",
-        *spec.get("lorakit_set", []),  # an ablation's recipe changes (--lorakit-set)
+        *ABLATIONS.get(spec["side"], []),  # an ablation side's recipe change
+        *spec.get("lorakit_set", []),  # changes for every lorakit side (--lorakit-set)
     ]
     flags = {"model": spec["model"], "data": spec["data"], "output_dir": spec["out"], "epochs": 1,
              "learning_rate": LEARNING_RATE, "seed": spec["seed"]}
@@ -145,7 +156,7 @@ def run_worker(spec_path: str) -> None:
     from measure import Recorder, write_result
 
     spec = json.loads(Path(spec_path).read_text())
-    trainer, info = build_lorakit(spec) if spec["side"] == "lorakit" else build_trl(spec)
+    trainer, info = build_lorakit(spec) if spec["side"].startswith("lorakit") else build_trl(spec)
     trainer.remove_callback(PrinterCallback)
     recorder = Recorder(trace_memory=True)
     recorder.attach(trainer)
@@ -242,12 +253,12 @@ def slope(points: list[tuple[float, float]]) -> tuple[float, float]:
 
 def summarize(rows: list[dict]) -> dict:
     lengths = sorted({r["length"] for r in rows})
-    sides = [s for s in SIDES if any(r["side"] == s for r in rows)]
+    sides = [s for s in ALL_SIDES if any(r["side"] == s for r in rows)]
     by = {(r["side"], r["length"]): r for r in rows}
     slopes = {s: slope([(n, by[s, n]["peak_alloc_mb"] * 1e6) for n in lengths if (s, n) in by]) for s in sides}
     rss_slopes = {s: slope([(n, by[s, n]["peak_rss_gb"] * 1e9) for n in lengths if (s, n) in by]) for s in sides}
     longest, shortest = lengths[-1], lengths[0]
-    peers = [by[s, longest] for s in sides if s != "lorakit" and (s, longest) in by]
+    peers = [by[s, longest] for s in sides if not s.startswith("lorakit") and (s, longest) in by]
     report: dict = {"lengths": lengths, "sides": sides, "slopes_bytes_per_token": {s: v[0] for s, v in slopes.items()},
                     "rss_slopes_bytes_per_token": {s: v[0] for s, v in rss_slopes.items()}}
     if ("lorakit", longest) in by and peers:
@@ -258,16 +269,23 @@ def summarize(rows: list[dict]) -> dict:
         # against every peer's slope (bytes per added token): also for peers too large to run at the longest length
         lorakit = by["lorakit", longest]["alloc_bytes_per_token"]
         report["activation_ratio_to_peer_slopes"] = {s: lorakit / v[0] for s, v in slopes.items()
-                                                     if s != "lorakit" and v[0] == v[0] and v[0] > 0}
+                                                     if not s.startswith("lorakit") and v[0] == v[0] and v[0] > 0}
     if ("lorakit", longest) in by and ("lorakit", shortest) in by:
         report["lorakit_flops_longest_over_shortest"] = (by["lorakit", longest]["gflops_per_s"]
                                                           / by["lorakit", shortest]["gflops_per_s"])
+    # each ablation against its reference, length by length: (allocator peak, time per token) ratios
+    pairs = {"lorakit-no-tiles": "lorakit", "lorakit-tiles": "lorakit-no-tiles", "lorakit-qlora-upcast": "lorakit-qlora"}
+    report["ablations"] = {
+        f"{side} / {reference}": {n: {"alloc_peak": by[side, n]["peak_alloc_mb"] / by[reference, n]["peak_alloc_mb"],
+                                      "seconds_per_token": by[reference, n]["tokens_per_s"] / by[side, n]["tokens_per_s"]}
+                                  for n in lengths if (side, n) in by and (reference, n) in by}
+        for side, reference in pairs.items() if side in sides and reference in sides}
     return report
 
 
 def print_tables(rows: list[dict], report: dict) -> None:
     by = {(r["side"], r["length"]): r for r in rows}
-    print(f"\n{'length':>7s} {'side':18s} {'tok/s':>8s} {'GFLOP/s':>8s} {'peak RSS GB':>12s} {'alloc peak MB':>14s} "
+    print(f"\n{'length':>7s} {'side':20s} {'tok/s':>8s} {'GFLOP/s':>8s} {'peak RSS GB':>12s} {'alloc peak MB':>14s} "
           f"{'alloc B/token':>14s} {'trained':>8s} {'tiled':>6s} {'others busy':>12s}")
     for length in report["lengths"]:
         for side in report["sides"]:
@@ -275,9 +293,9 @@ def print_tables(rows: list[dict], report: dict) -> None:
             if r is None:
                 continue
             if "error" in r or "skipped" in r:
-                print(f"{length:7d} {side:18s} {'failed: ' + r['error'] if 'error' in r else 'skipped: ' + r['skipped']}")
+                print(f"{length:7d} {side:20s} {'failed: ' + r['error'] if 'error' in r else 'skipped: ' + r['skipped']}")
                 continue
-            print(f"{length:7d} {side:18s} {r['tokens_per_s']:8.1f} {r['gflops_per_s']:8.2f} {r['peak_rss_gb']:12.2f} "
+            print(f"{length:7d} {side:20s} {r['tokens_per_s']:8.1f} {r['gflops_per_s']:8.2f} {r['peak_rss_gb']:12.2f} "
                   f"{r['peak_alloc_mb']:14.1f} {r['alloc_bytes_per_token']:14,.0f} {r['trained']:8d} "
                   f"{str(r['tiled_mlp'] if r['tiled_mlp'] is not None else '-'):>6s} "
                   f"{(r['other_load'] or 0):12.2f}")
@@ -291,6 +309,9 @@ def print_tables(rows: list[dict], report: dict) -> None:
               f"({ratio['peer']}); target <= 0.5x")
     for peer, ratio in report.get("activation_ratio_to_peer_slopes", {}).items():
         print(f"lorakit's allocator bytes per token at {report['lengths'][-1]:,} / {peer}'s slope: {ratio:.2f}x")
+    for pair, per_length in report.get("ablations", {}).items():
+        print(f"{pair}: " + ", ".join(f"{n:,}: allocator peak {v['alloc_peak']:.2f}x, time per token "
+                                       f"{v['seconds_per_token']:.2f}x" for n, v in per_length.items()))
     if "lorakit_flops_longest_over_shortest" in report:
         print(f"lorakit's achieved FLOP/s at {report['lengths'][-1]:,} / at {report['lengths'][0]:,}: "
               f"{report['lorakit_flops_longest_over_shortest']:.2f}; target >= 0.80")
@@ -322,7 +343,9 @@ def main(argv=None) -> int:
     parser.add_argument("--long-steps", type=int, default=1,
                         help="steps at lengths of 16k and more (one: the traced step is also the timed one; at those "
                              "lengths a step takes minutes and the profiler's overhead is a small part of it)")
-    parser.add_argument("--sides", default=",".join(SIDES))
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help=f"comma-separated, of {', '.join(ALL_SIDES)} (the lorakit-* sides are one recipe change "
+                             "each: ablations)")
     parser.add_argument("--lorakit-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a recipe change for the lorakit side (an ablation, e.g. train.tiled_mlp=false)")
     parser.add_argument("--seed", type=int, default=0)
@@ -380,15 +403,15 @@ def main(argv=None) -> int:
                 row = {"side": side, "length": length, "skipped": f"predicted peak RSS {need:.1f} GB > {room:.1f} GB "
                                                                    f"({args.memory_share:.0%} of the memory available)"}
                 rows.append(row)
-                print(f"  {length:6d} {side:18s} skipped: {row['skipped']}", file=sys.stderr)
+                print(f"  {length:6d} {side:20s} skipped: {row['skipped']}", file=sys.stderr)
                 continue
             result = run_side(spec, workdir, lf_python)
             row = measured(result, config) if "error" not in result else result
             rows.append(row)
             if "error" in row:
-                print(f"  {length:6d} {side:18s} failed: {row['error']}", file=sys.stderr)
+                print(f"  {length:6d} {side:20s} failed: {row['error']}", file=sys.stderr)
             else:
-                print(f"  {length:6d} {side:18s} {row['tokens_per_s']:8.1f} tok/s {row['gflops_per_s']:7.2f} GFLOP/s "
+                print(f"  {length:6d} {side:20s} {row['tokens_per_s']:8.1f} tok/s {row['gflops_per_s']:7.2f} GFLOP/s "
                       f"RSS {row['peak_rss_gb']:.2f} GB alloc peak {row['peak_alloc_mb']:.0f} MB "
                       f"({row['alloc_bytes_per_token']:,.0f} B/token) docs {min(sizes)}-{max(sizes)} tokens",
                       file=sys.stderr)

@@ -340,8 +340,10 @@ def run_lorakit(case: Case, model_dir: Path, work: Path, steps: int) -> Result:
     start = time.perf_counter()
     run = (run_sft if case.stage == "sft" else run_dpo)(recipe, force=True, callbacks=[probe])
     result.seconds = time.perf_counter() - start
-    speed = json.loads((Path(run.path) / "manifest.json").read_text()).get("speed", {})
-    result.liger, result.compile, result.tiled_mlp = speed.get("liger"), speed.get("compile"), speed.get("tiled_mlp")
+    manifest = json.loads((Path(run.path) / "manifest.json").read_text())
+    speed, long_sequences = manifest.get("speed") or {}, manifest.get("long_sequences") or {}
+    result.liger, result.compile = speed.get("liger"), speed.get("compile")
+    result.tiled_mlp = long_sequences.get("tiled_mlp")
     result.measured_allocated_gib, result.measured_reserved_gib = measured(probe)
     result.tokens_per_s = probe.tokens_per_s()
     model = probe.seen.pop("model", None)

@@ -78,13 +78,18 @@ class Case:
     liger: bool | None = None  # train.liger (None: auto, on when liger-kernel is installed); TRL: use_liger_kernel
     compile: bool = False  # train.compile; TRL: torch_compile
     attention: str = "auto"  # model.attn_implementation (auto: flash-attn when installed, else lorakit's choice)
+    dropout: float = 0.05  # lora.dropout (Unsloth's published long-context runs: 0)
+    tiled: bool | None = None  # train.tiled_mlp (None: auto)
+    vs_unsloth: bool = False  # the same row through Unsloth, in its own environment (bench/unsloth_side.py)
 
     @property
     def label(self) -> str:
         return (f"{self.model} {self.stage} {self.method} {self.seq}x{self.batch} gc {'on' if self.checkpointing else 'off'}"
                 f" {self.loss}" + (" offload" if self.offload else "")
                 + ("" if self.liger is None else f" liger {'on' if self.liger else 'off'}")
-                + (" compile" if self.compile else "") + ("" if self.attention == "auto" else f" {self.attention}"))
+                + (" compile" if self.compile else "") + ("" if self.attention == "auto" else f" {self.attention}")
+                + ("" if self.dropout == 0.05 else f" dropout {self.dropout:g}")
+                + ("" if self.tiled is None else f" tiles {'on' if self.tiled else 'off'}"))
 
 
 # In the order they run; the budget cuts the tail. ~6 min on one H200 (most of it loading the 7-8B models).
@@ -112,15 +117,30 @@ GRID = [
     Case("llama-3.2-1b", "sft", "lora", 1024, 4, liger=False, compile=True, vs_trl=True),
     Case("llama-3.2-1b", "sft", "lora", 1024, 4, liger=False, attention="sdpa"),
     Case("llama-3.2-1b", "dpo", "lora", 1024, 2, liger=True, vs_trl=True),
+    # long context (issue 26): Llama-3.1-8B QLoRA, one sequence per step, Unsloth's published settings (r=32 in
+    # Unsloth's runs; here the grid's r=16 on every side, dropout 0), lorakit's long-context options where it needs
+    # them; each against plain TRL and Unsloth
+    Case("llama-3.1-8b", "sft", "qlora", 8192, 1, dropout=0.0, vs_trl=True, vs_unsloth=True),
+    Case("llama-3.1-8b", "sft", "qlora", 32768, 1, dropout=0.0, offload=True, vs_trl=True, vs_unsloth=True),
+    Case("llama-3.1-8b", "sft", "qlora", 65536, 1, dropout=0.0, offload=True, vs_unsloth=True),
 ]
+# The max-context search (--max-context-gib): per side, the longest sequence that trains one step on Llama-3.1-8B
+# QLoRA with the allocator capped to a card of that size (bench/context_search.py).
+CONTEXT_SIDES = ("lorakit", "lorakit-offload", "trl", "unsloth")
+CONTEXT_MODEL = "llama-3.1-8b"
+CONTEXT_BOUND = 262_144
 DRY_GRID = [
     Case("tiny-llama", "sft", "lora", 128, 1, vs_trl=True),
     Case("tiny-llama", "sft", "qlora", 128, 2, checkpointing=False, loss="plain"),
     Case("tiny-llama", "dpo", "qlora", 128, 1),
     Case("tiny-llama", "sft", "lora", 128, 2, liger=True, vs_trl=True),  # on the CPU: liger reported off
+    Case("tiny-llama", "sft", "qlora", 256, 1, dropout=0.0, tiled=True, vs_trl=True, vs_unsloth=True),
 ]
+DRY_CONTEXT_MODEL, DRY_CONTEXT_BOUND = "tiny-llama", 256
+DRY_CONTEXT_SIDES = ("lorakit", "trl", "unsloth")  # lorakit-offload is lorakit on a CPU
 COLUMNS = ("row", "est alloc", "meas alloc", "err", "est reserved", "meas reserved", "err ", "lorakit tok/s",
-           "TRL tok/s", "bf16", "optimizer", "attention", "LM head", "liger", "compile")
+           "TRL tok/s", "Unsloth tok/s", "TRL alloc", "Unsloth alloc", "bf16", "optimizer", "attention", "LM head",
+           "liger", "compile", "tiles")
 
 
 @dataclass
@@ -138,9 +158,11 @@ class Result:
     head: str = ""
     liger: bool | None = None  # what the run's manifest says ran
     compile: bool | None = None
+    tiled_mlp: bool | None = None
     seconds: float = 0.0
     error: str = ""
     trl: dict = field(default_factory=dict)
+    unsloth: dict = field(default_factory=dict)
 
 
 def device() -> str:
@@ -200,7 +222,7 @@ def recipe_for(case: Case, model_dir: Path, data: Path, out: Path, steps: int):
     from lorakit.config import load_recipe
 
     overrides = [
-        f"method={case.method}", "lora.r=16", "lora.alpha=32", "lora.dropout=0.05",
+        f"method={case.method}", "lora.r=16", "lora.alpha=32", f"lora.dropout={case.dropout}",
         "train.gradient_accumulation_steps=1", f"train.micro_batch_size={case.batch}",
         f"train.gradient_checkpointing={str(case.checkpointing).lower()}", f"train.loss={case.loss}",
         "train.warmup_ratio=0.0", "train.lr_scheduler_type=constant", "train.logging_steps=1",
@@ -216,6 +238,8 @@ def recipe_for(case: Case, model_dir: Path, data: Path, out: Path, steps: int):
         overrides.append("train.compile=true")
     if case.attention != "auto":
         overrides.append(f"model.attn_implementation={case.attention}")
+    if case.tiled is not None:
+        overrides.append(f"train.tiled_mlp={str(case.tiled).lower()}")
     return load_recipe(case.stage, None, overrides, {"model": str(model_dir), "data": str(data),
                                                      "output_dir": str(out), "max_steps": steps, "seed": 0})
 
@@ -316,8 +340,10 @@ def run_lorakit(case: Case, model_dir: Path, work: Path, steps: int) -> Result:
     start = time.perf_counter()
     run = (run_sft if case.stage == "sft" else run_dpo)(recipe, force=True, callbacks=[probe])
     result.seconds = time.perf_counter() - start
-    speed = json.loads((Path(run.path) / "manifest.json").read_text()).get("speed", {})
+    manifest = json.loads((Path(run.path) / "manifest.json").read_text())
+    speed, long_sequences = manifest.get("speed") or {}, manifest.get("long_sequences") or {}
     result.liger, result.compile = speed.get("liger"), speed.get("compile")
+    result.tiled_mlp = long_sequences.get("tiled_mlp")
     result.measured_allocated_gib, result.measured_reserved_gib = measured(probe)
     result.tokens_per_s = probe.tokens_per_s()
     model = probe.seen.pop("model", None)
@@ -353,7 +379,8 @@ def run_plain_trl(case: Case, model_dir: Path, work: Path, steps: int) -> dict:
                   learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
                   max_length=case.seq, bf16=cuda, use_cpu=not cuda, gradient_checkpointing=case.checkpointing,
                   seed=0, use_liger_kernel=bool(case.liger) and cuda, torch_compile=case.compile)
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=case.dropout, target_modules="all-linear",
+                      task_type="CAUSAL_LM")
     probe = probe_callback(case.batch * (2 if case.stage == "dpo" else 1) * case.seq)
     dataset = load_dataset("json", data_files=str(data), split="train")
     if case.stage == "sft":
@@ -377,6 +404,156 @@ def run_plain_trl(case: Case, model_dir: Path, work: Path, steps: int) -> dict:
     return seen
 
 
+UNSLOTH_ENV = "LORAKIT_UNSLOTH_SITE"  # a folder Unsloth's wheels were installed into (its transformers, TRL, ...)
+
+
+def unsloth_process(spec: dict, work: Path, dry_run: bool) -> dict:
+    """bench/unsloth_side.py on `spec`, in Unsloth's environment (its site folder first on PYTHONPATH); in a dry run,
+    the same script with --stand-in (plain PEFT + TRL) in this environment."""
+    import subprocess
+
+    name = f"unsloth-{spec['mode']}-{spec.get('seq', spec.get('bound'))}"
+    spec = {**spec, "out": str(work / name), "result": str(work / f"{name}.json")}
+    path = work / f"{name}.spec.json"
+    path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    command = [sys.executable, str(REPO / "bench" / "unsloth_side.py"), str(path)]
+    if dry_run:
+        command.append("--stand-in")
+    else:
+        site = os.environ.get(UNSLOTH_ENV)
+        if not site:
+            return {"error": f"no Unsloth environment ({UNSLOTH_ENV} unset; see docs/long-context.md)"}
+        env["PYTHONPATH"] = site  # Unsloth's own transformers/TRL, never lorakit's
+    log = work / f"{name}.log"
+    with open(log, "w") as handle:
+        code = subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+    if code != 0 or not Path(spec["result"]).exists():
+        return {"error": f"exit {code}: {log.read_text()[-300:]}"}
+    return json.loads(Path(spec["result"]).read_text())
+
+
+def run_unsloth(case: Case, model_dir: Path, work: Path, steps: int, dry_run: bool) -> dict:
+    data = work / f"{case.stage}-{case.seq}.jsonl"
+    return unsloth_process({"mode": "train", "model": str(model_dir), "data": str(data), "seq": case.seq,
+                            "batch": case.batch, "steps": steps, "method": case.method, "r": 16, "alpha": 32,
+                            "dropout": case.dropout}, work, dry_run)
+
+
+def context_side(spec_path: Path) -> int:
+    """One side of the max-context search, in its own process (the allocator cap is per process): lorakit with its
+    defaults or with activation offloading, or plain TRL. Writes the search's result to spec['result']."""
+    spec = json.loads(spec_path.read_text())
+    from datasets import Dataset
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from context_search import cap_memory, longest_trainable, one_document
+
+    cap = cap_memory(spec.get("card_gib"))
+    if spec.get("card_gib"):
+        os.environ["LORAKIT_GPU_MEMORY_GIB"] = str(spec["card_gib"])  # lorakit plans its auto choices for the card
+    model_dir, work = Path(spec["model"]), Path(spec["work"])
+    try:
+        if spec["side"].startswith("lorakit"):
+            from lorakit.outputs import RunFolder
+            from lorakit.train.sft import build_sft_trainer
+
+            case = Case(spec["model_name"], "sft", "qlora", spec["bound"], 1, dropout=0.0,
+                        offload=spec["side"] == "lorakit-offload")
+            data = write_data(work / "context-seed.jsonl", "sft", 1, 128)
+            out = work / "runs" / f"context-{spec['side']}"
+            setup = build_sft_trainer(recipe_for(case, model_dir, data, out, 1), RunFolder.open(out, force=True))
+            trainer, tokenizer = setup.trainer, setup.tokenizer
+            ran = {"tiled_mlp": setup.speed.tiled_mlp, "why": setup.speed.reasons.get("tiled_mlp")}
+        else:
+            trainer, tokenizer = plain_trl_trainer(model_dir, work), None
+            tokenizer = trainer.processing_class
+            ran = {}
+
+        def try_length(n: int) -> bool:
+            trainer.train_dataset = Dataset.from_list([one_document(tokenizer, n)])
+            trainer.args.max_steps = 1
+            trainer.train()
+            return True
+
+        found = longest_trainable(try_length, spec["bound"], spec.get("guess"), spec["step"])
+        result = {"cap": cap, **ran, **found}
+    except Exception as exc:
+        result = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    Path(spec["result"]).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def plain_trl_trainer(model_dir: Path, work: Path):
+    """Plain TRL on Llama QLoRA for the search: 4-bit NF4 base, LoRA r=16 dropout 0 on all linear layers,
+    checkpointing on, its defaults otherwise (its fused LM head)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    cuda = device() == "cuda"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32)
+    from lorakit.model import resolve_attn
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                 quantization_config=quant, device_map={"": 0 if cuda else "cpu"},
+                                                 attn_implementation=resolve_attn("auto", device()))
+    config = SFTConfig(output_dir=str(work / "trl-context"), per_device_train_batch_size=1, max_steps=1,
+                       learning_rate=1e-4, save_strategy="no", report_to="none", disable_tqdm=True, max_length=None,
+                       bf16=cuda, use_cpu=not cuda, gradient_checkpointing=True, seed=0)
+    sys.path.insert(0, str(REPO / "bench"))
+    from context_search import one_document
+
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    return SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list([one_document(tokenizer, 128)]),
+                      processing_class=tokenizer, peft_config=lora)
+
+
+def planner_guess(card_gib: float | None, offload: bool) -> int | None:
+    """Where lorakit's planner puts the longest sequence on that card (the search starts there)."""
+    if not card_gib:
+        return None
+    from lorakit.vram.catalog import GPU, find_model
+    from lorakit.vram.estimate import lorakit_defaults
+    from lorakit.vram.plan import max_seq_len
+
+    setup = lorakit_defaults(method="qlora", lora_dropout=0.0, activation_offloading=offload)
+    return max_seq_len(find_model("Llama-3.1-8B"), setup, GPU("card", "card", card_gib, 1.0)) or None
+
+
+def run_context_search(work: Path, card_gib: float | None, dry_run: bool, sides=CONTEXT_SIDES) -> list[dict]:
+    import subprocess
+
+    name = DRY_CONTEXT_MODEL if dry_run else CONTEXT_MODEL
+    bound = DRY_CONTEXT_BOUND if dry_run else CONTEXT_BOUND
+    step = 128 if dry_run else 1024
+    model_dir = build_model(name, work / "models" / name)
+    found = []
+    for side in sides:
+        guess = None if dry_run else planner_guess(card_gib, side == "lorakit-offload")
+        spec = {"side": side, "model": str(model_dir), "model_name": name, "work": str(work), "bound": bound,
+                "step": step, "card_gib": card_gib, "guess": guess, "result": str(work / f"context-{side}.json")}
+        print(f"  max context: {side} (guess {guess})", flush=True)
+        if side == "unsloth":
+            result = unsloth_process({**spec, "mode": "context", "method": "qlora", "r": 16, "alpha": 32,
+                                      "dropout": 0.0}, work, dry_run)
+        else:
+            path = work / f"context-{side}.spec.json"
+            path.write_text(json.dumps(spec))
+            with open(work / f"context-{side}.log", "w") as handle:
+                subprocess.call([sys.executable, str(Path(__file__).resolve()), "--context-side", str(path)],
+                                stdout=handle, stderr=subprocess.STDOUT, cwd=str(REPO))
+            result = json.loads(Path(spec["result"]).read_text()) if Path(spec["result"]).exists() else {
+                "error": (work / f"context-{side}.log").read_text()[-300:]}
+        found.append({"side": side, "guess": guess, **result})
+        print(f"    -> {result.get('max_context', result.get('error'))}", flush=True)
+    return found
+
+
 def _fmt(value, digits=2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -396,8 +573,9 @@ def table_rows(results: list[Result]) -> list[list[str]]:
         rows.append([r.case.label, _fmt(r.estimate_allocated_gib), _fmt(r.measured_allocated_gib),
                      _err(r.estimate_allocated_gib, r.measured_allocated_gib), _fmt(r.estimate_reserved_gib),
                      _fmt(r.measured_reserved_gib), _err(r.estimate_reserved_gib, r.measured_reserved_gib),
-                     _fmt(r.tokens_per_s, 0), _fmt(r.trl_tokens_per_s, 0), str(r.bf16), r.optimizer, r.attention,
-                     r.head, str(r.liger), str(r.compile)])
+                     _fmt(r.tokens_per_s, 0), _fmt(r.trl_tokens_per_s, 0), _fmt(r.unsloth.get("tokens_per_s"), 0),
+                     _fmt(r.trl.get("measured_allocated_gib")), _fmt(r.unsloth.get("measured_allocated_gib")),
+                     str(r.bf16), r.optimizer, r.attention, r.head, str(r.liger), str(r.compile), str(r.tiled_mlp)])
     return rows
 
 
@@ -410,7 +588,7 @@ def print_table(results: list[Result], title: str) -> None:
         table.add_column(column, justify="left" if column in ("row", "optimizer", "attention", "LM head") else "right")
     for row in table_rows(results):
         table.add_row(*row)
-    Console(width=220).print(table)
+    Console(width=320).print(table)  # 19 columns: narrower and rich wraps their headers
 
 
 def environment() -> dict:
@@ -435,7 +613,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-trl", action="store_true", help="skip the plain-TRL side")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--workdir", type=Path, help="where models and runs go (default: a temporary folder)")
+    parser.add_argument("--no-unsloth", action="store_true", help="skip the Unsloth side")
+    parser.add_argument("--max-context-gib", type=float, default=24.0,
+                        help="card size for the max-context search (0: skip it); a dry run searches uncapped up to "
+                             f"{DRY_CONTEXT_BOUND} tokens")
+    parser.add_argument("--context-side", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.context_side:
+        return context_side(args.context_side)
 
     started = time.perf_counter()
     if not args.dry_run and device() != "cuda":
@@ -464,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             if case.vs_trl and not args.no_trl:
                 result.trl = run_plain_trl(case, model_dir, work, steps)
                 result.trl_tokens_per_s = result.trl["tokens_per_s"]
+            if case.vs_unsloth and not args.no_unsloth:
+                result.unsloth = run_unsloth(case, model_dir, work, steps, args.dry_run)
         except Exception as exc:  # one failing row must not lose the others' numbers
             result = Result(case, error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             free_memory()
@@ -473,9 +660,27 @@ def main(argv: list[str] | None = None) -> int:
                          f"({env['stack']})")
     if skipped:
         print(f"skipped for the time budget: {'; '.join(skipped)}")
+    for r in results:
+        if r.unsloth.get("error") or r.unsloth.get("ran", "").startswith("stand-in"):
+            print(f"unsloth side of {r.case.label}: {r.unsloth.get('error') or r.unsloth['ran']}")
+    contexts = []
+    if args.max_context_gib and (args.dry_run or time.perf_counter() - started < args.budget_s) \
+            and (not args.models or (DRY_CONTEXT_MODEL if args.dry_run else CONTEXT_MODEL) in args.models):
+        card = None if args.dry_run else args.max_context_gib
+        sides = [s for s in (DRY_CONTEXT_SIDES if args.dry_run else CONTEXT_SIDES) if not (s == "unsloth" and args.no_unsloth)
+                 and not (s == "trl" and args.no_trl)]
+        contexts = run_context_search(work, card, args.dry_run, sides)
+        cap = f"dry run: uncapped, bound {DRY_CONTEXT_BOUND}" if card is None else f"allocator capped for a {card:g} GiB card"
+        print(f"Longest sequence that trains one step ({cap}; "
+              f"{CONTEXT_MODEL if not args.dry_run else DRY_CONTEXT_MODEL} QLoRA r=16, dropout 0, batch 1):")
+        for row in contexts:
+            print(f"  {row['side']:16s} {row.get('max_context', 'error: ' + str(row.get('error'))[:120])}"
+                  + (f"  (planner: {row['guess']:,})" if row.get("guess") else "")
+                  + (f"  [{row['ran']}]" if row.get("ran") else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {"environment": env, "results": [{**asdict(r), "case": asdict(r.case)} for r in results],
+                   "max_context": contexts,
                    "skipped": skipped, "seconds": round(time.perf_counter() - started, 1)}
         args.json.write_text(json.dumps(payload, indent=1))
     return 1 if any(r.error for r in results) else 0

@@ -83,7 +83,7 @@ def llamafactory_args(spec: dict, dataset: str, dataset_dir: Path) -> dict:
         "dataset": dataset,
         "dataset_dir": str(dataset_dir),
         "template": "chatml_bench",
-        "cutoff_len": spec["pack_length"] if sft else 1024,
+        "cutoff_len": spec["pack_length"] if sft else spec.get("max_length", 1024),
         "overwrite_cache": True,
         "output_dir": spec["out"],
         "overwrite_output_dir": True,
@@ -135,7 +135,7 @@ def main(spec_path: str) -> None:
     register_bench_template()
     args = llamafactory_args(spec, dataset, dataset_dir)
     (out / "llamafactory.yaml").write_text(yaml.safe_dump(args, sort_keys=False))
-    recorder = Recorder(profile=spec.get("profile"))
+    recorder = Recorder(profile=spec.get("profile"), trace_memory=bool(spec.get("trace_memory")))
     recorder.patch_trainer_class()
     rows = {}
 

@@ -99,11 +99,60 @@ def checkpointed_layers(model) -> int:
     return sum(1 for module in model.modules() if getattr(module, "gradient_checkpointing", False) is True)
 
 
+class AllocatorTrace:
+    """Peak bytes the CPU allocator hands out during one window, from torch.profiler's memory events.
+
+    With `profile_memory=True` every allocation and free that goes through c10's CPU allocator (every tensor, and the
+    workspaces kernels take from it) is reported to the profiler together with the allocator's running total of
+    bytes allocated since profiling began; the largest total is the window's peak above what was alive when it
+    opened (weights, optimizer state, data). Unlike RSS it is not blurred by the allocator's caching, freed pages
+    the kernel has not reclaimed, or other threads' buffers. One window per process: the profiler's running total
+    is process-wide and only tracks allocations made while it runs.
+    (torch 2.x: profiler.kineto_results.experimental_event_tree(), _EventType.Allocation, alloc_size /
+    total_allocated)
+    """
+
+    def __init__(self):
+        self._profiler = None
+        self.peak = self.allocations = 0
+        self.error = None
+
+    def start(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._profiler.__enter__()
+
+    def stop(self):
+        if self._profiler is None:
+            return
+        self._profiler.__exit__(None, None, None)
+        try:
+            from torch._C._profiler import _EventType
+
+            peak, count = 0, 0
+            stack = list(self._profiler.profiler.kineto_results.experimental_event_tree())
+            while stack:
+                node = stack.pop()
+                if node.tag == _EventType.Allocation:
+                    count += 1
+                    peak = max(peak, int(node.extra_fields.total_allocated))
+                stack.extend(node.children)
+            self.peak, self.allocations = peak, count
+        except Exception as exc:  # a torch without these internals: say so in the result instead of a number
+            self.error = f"{type(exc).__name__}: {exc}"
+        self._profiler = None
+
+
 class Recorder:
     """Counts micro-batches (by wrapping `training_step`) and times the training window (as a TrainerCallback)."""
 
-    def __init__(self, profile: str | None = None):
+    def __init__(self, profile: str | None = None, trace_memory: bool = False):
         self.profile = profile  # a path: run torch.profiler over the training window and write its table there
+        # trace the CPU allocator over the first optimizer step (its peak above the step's start); the profiler
+        # slows that step, so the tokens/s of a traced run come from the steps after it
+        self.trace = AllocatorTrace() if trace_memory else None
+        self.traced_tokens = 0
         self._profiler = None
         self.batches: list[dict[str, Any]] = []
         self.logs: list[dict[str, Any]] = []
@@ -153,7 +202,15 @@ class Recorder:
                     recorder._profiler.__enter__()
                 recorder._wall0, recorder._cpu0 = time.perf_counter(), time.process_time()
 
+            def on_step_begin(self, args, state, control, **kwargs):
+                if recorder.trace is not None and state.global_step == 0 and recorder.trace._profiler is None \
+                        and not recorder.step_times:
+                    recorder.trace.start()
+
             def on_step_end(self, args, state, control, **kwargs):
+                if recorder.trace is not None and recorder.trace._profiler is not None:
+                    recorder.trace.stop()
+                    recorder.traced_tokens = sum(b["processed"] for b in recorder.batches)
                 recorder.step_times.append(time.perf_counter() - recorder._wall0)
 
             def on_log(self, args, state, control, logs=None, **kwargs):
@@ -198,6 +255,9 @@ class Recorder:
             "batches": self.batches,
             "step_times": self.step_times,
             "gradient_checkpointing_layers": self.gradient_checkpointing_layers,
+            **({"allocator_peak_bytes": self.trace.peak, "allocator_events": self.trace.allocations,
+                "allocator_error": self.trace.error, "traced_tokens": self.traced_tokens}
+               if self.trace is not None else {}),
             **extra,
         }
 

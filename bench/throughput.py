@@ -70,7 +70,7 @@ MAX_PROMPT_LENGTH = 512
 
 
 # ----------------------------------------------------------------------------------------------------------- data
-def build_local_model(folder: Path, vocab_size: int) -> Path:
+def build_local_model(folder: Path, vocab_size: int, max_positions: int = 1024) -> Path:
     """A ~50M-parameter Llama with a 32k vocabulary (so the loss path costs what it costs on real models)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
@@ -81,7 +81,7 @@ def build_local_model(folder: Path, vocab_size: int) -> Path:
     tokenizer = build_tokenizer(TinySpec())
     tokenizer.chat_template = CHATML
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=512, intermediate_size=1376, num_hidden_layers=6,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=max_positions,
                          tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          initializer_range=0.05)

@@ -151,6 +151,35 @@ def elastic_failures(log: str) -> list[tuple[int, int]]:
     return list(seen.items())
 
 
+def decoder_mlps(model) -> list:
+    """The per-token MLP of every decoder layer, for sequence tiling (lorakit.train.tiling).
+
+    transformers 5.x builds each decoder layer as a `GradientCheckpointingLayer` (the unit its activation
+    checkpointing wraps) and names the dense feed-forward block of Llama, Mistral, Qwen2/3, Gemma 1-3, Phi-3 and
+    their kin `mlp`, an nn.Module called with the hidden states alone. Layers whose `mlp` is a mixture of experts
+    (a router picks experts per token and returns router logits for an auxiliary loss) are left out, as are models
+    without such layers: tiling then does nothing. (transformers 5.20-5.25: modeling_layers.GradientCheckpointingLayer)
+    """
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:
+        raise _changed("tiled MLP", "transformers", ">=5.20,<5.26",
+                       "modeling_layers.GradientCheckpointingLayer") from None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    found = []
+    for module in base.modules():
+        if not isinstance(module, GradientCheckpointingLayer):
+            continue
+        mlp = getattr(module, "mlp", None)
+        if mlp is None or not callable(mlp):
+            continue
+        names = {name.rsplit(".", 1)[-1] for name, _ in mlp.named_modules()}
+        if names & {"experts", "router", "gate_network", "shared_expert"}:
+            continue  # mixture of experts: routing statistics span the tokens
+        found.append(mlp)
+    return found
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # liger-kernel
 

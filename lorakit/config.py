@@ -227,6 +227,13 @@ class QLoraSection(Section):
 
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
+    upcast_to_fp32: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="Cast the base's embeddings, norms and head to fp32 (PEFT's prepare_model_for_kbit_training), "
+        "which makes the residual stream and every 4-bit layer's output fp32: twice the activation memory. auto = "
+        "no in bf16 (norm statistics and the loss are still fp32), yes in fp16 (its range can overflow), no "
+        "difference in fp32.",
+    )
 
 
 DataFormat = Literal[
@@ -286,8 +293,16 @@ Optim = Literal[
 class TrainSection(Section):
     epochs: Float = Field(1.0, gt=0, le=100)
     max_steps: int = Field(-1, ge=-1, description="Overrides epochs when > 0.")
-    micro_batch_size: int = Field(1, gt=0)
+    micro_batch_size: int = Field(1, gt=0, description="Examples per forward pass when micro_batch_tokens is null; "
+                                  "otherwise micro_batch_size x gradient_accumulation_steps is the optimizer step.")
     gradient_accumulation_steps: int = Field(8, gt=0)
+    micro_batch_tokens: Union[Literal["auto"], int, None] = Field(
+        "auto",
+        description="SFT: fill each forward pass with whole examples up to this many tokens (padding-free), taking "
+        "the micro_batch_size x gradient_accumulation_steps examples of an optimizer step in as few passes as fit; "
+        "the step, its loss and the schedule are unchanged. auto = the longest row that fits the GPU (planner), "
+        "8192 on the CPU; null = micro_batch_size examples per pass. DPO and multi-process runs batch by examples.",
+    )
     learning_rate: Float = Field(2.0e-4, gt=0, lt=1)
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: Float = Field(0.03, ge=0, lt=1)
@@ -321,6 +336,13 @@ class TrainSection(Section):
         False, description="torch.compile the model (transformers' torch_compile). Off by default: the first steps "
         "pay the compilation, and packed rows of new lengths recompile.",
     )
+    tiled_mlp: Union[Literal["auto"], bool] = Field(
+        "auto",
+        description="Run each decoder layer's MLP over the sequence in tiles of max(1024, hidden size) tokens, "
+        "recomputing one tile at a time in backward, so no layer holds a full-length MLP intermediate (same results; "
+        "one more MLP forward per layer). auto = with gradient checkpointing, when one recomputed layer is the "
+        "largest activation term at data.max_length and, on a CUDA GPU, the run would not fit without tiles.",
+    )
     seed: int = Field(42, **SEED_RANGE)
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(100, gt=0, description="Checkpoint every N optimizer steps.")
@@ -328,6 +350,13 @@ class TrainSection(Section):
     eval_steps: int | None = Field(None, gt=0, description="Default: evaluate every save_steps.")
     # Verified offline: tensorboard (events under checkpoints/runs/), wandb with WANDB_MODE=offline, trackio (local).
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
+
+    @field_validator("micro_batch_tokens")
+    @classmethod
+    def _a_budget(cls, value):
+        if isinstance(value, bool) or (isinstance(value, int) and value < 16):
+            raise ValueError("must be auto, null or a number of tokens (at least 16)")
+        return value
 
     @field_validator("report_to", mode="before")
     @classmethod

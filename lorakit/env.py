@@ -6,12 +6,14 @@ from typing import Any, Callable
 
 from lorakit.errors import ConfigError
 from lorakit.export import gguf_converter, llmcompressor_env
-from lorakit.model import has_flash_attention, resolve_attn, resolve_device, resolve_precision
+from lorakit.model import choose_kbit_upcast, has_flash_attention, resolve_attn, resolve_device, resolve_precision
 from lorakit.outputs import package_versions
 from lorakit.train.args import resolve_optim
 from lorakit.train.attention import LABEL, NAME, VARLEN_KERNELS
 from lorakit.train.kernels import choose_compile, choose_liger
 from lorakit.train.speed import choose_loss, has_liger
+from lorakit.train.token_batches import CPU_BUDGET
+from lorakit.vram.estimate import MIN_TILE_TOKENS
 
 
 def describe_environment() -> dict[str, Any]:
@@ -41,7 +43,18 @@ def describe_environment() -> dict[str, Any]:
         "torch.compile": choose_compile(False, device)[1],
         "loss": f"{loss} ({loss_reason})",
         "batching": "padding-free when a probe on the loaded model shows packed == unpacked logits, "
-        "else length-grouped (SFT at micro-batch 1: neither, there is no padding; DPO packs a pair's two sequences)",
+        "else length-grouped (by-example SFT at micro-batch 1: neither, there is no padding; DPO packs a pair's two sequences)",
+        "micro-batches": ("SFT: a step's micro_batch_size x gradient_accumulation_steps examples in padding-free "
+                          "forward passes of up to "
+                          + ("the longest row the planner says fits this GPU" if device == "cuda" else
+                             f"{CPU_BUDGET:,} tokens") + " (train.micro_batch_tokens: auto; null = by examples)"),
+        "tiled MLP": (f"auto: decoder MLPs in tiles of max({MIN_TILE_TOKENS}, hidden size) tokens, with gradient "
+                      "checkpointing, when "
+                      + ("a run would not fit this GPU untiled" if device == "cuda" else
+                         "one recomputed layer is the largest activation term")
+                      + " (train.tiled_mlp: true/false to choose)"),
+        "4-bit base (qlora)": choose_kbit_upcast("auto", resolve_precision("auto", device))[1]
+        + " (qlora.upcast_to_fp32: auto)",
         "optimizer (lora)": resolve_optim("auto", "lora", device),
         "optimizer (qlora)": resolve_optim("auto", "qlora", device),
     }

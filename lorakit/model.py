@@ -343,6 +343,36 @@ def check_lora_targets(model, lora) -> None:
                          "have", hint=f"3-D parameters (experts) in this model: {', '.join(shaped[:10]) or 'none'}")
 
 
+def choose_kbit_upcast(setting, precision: str) -> tuple[bool, str]:
+    """Whether a 4-bit base's embeddings, norms and head are cast to fp32 for training (PEFT's
+    prepare_model_for_kbit_training), and why.
+
+    That cast makes the residual stream fp32, and with it everything a 4-bit layer returns (bitsandbytes answers in
+    its input's dtype): q/k/v and the MLP intermediates take twice the memory of the compute dtype. lorakit keeps them
+    in the compute dtype instead, as Unsloth does; the numerically sensitive parts stay fp32 anyway (transformers'
+    RMSNorm computes its statistics in fp32, and both of lorakit's loss heads take the log-softmax in fp32). fp16's
+    narrow range is the exception: a 16-bit residual stream can overflow there, so fp16 runs keep PEFT's upcast.
+    """
+    if setting is True:
+        return True, "qlora.upcast_to_fp32: true (PEFT's prepare_model_for_kbit_training: fp32 residual stream)"
+    if setting is False:
+        return False, f"qlora.upcast_to_fp32: false ({precision} residual stream)"
+    if precision == "fp16":
+        return True, "fp16: embeddings, norms and head in fp32 (a 16-bit residual stream can overflow fp16)"
+    if precision == "fp32":
+        return False, "fp32: the whole model is fp32 already"
+    return False, (f"embeddings, norms and head in {precision}, like the activations (norm statistics and loss in "
+                   "fp32)")
+
+
+def freeze_base(model):
+    """What prepare_model_for_kbit_training does besides its fp32 cast: every base weight frozen (the trainer's own
+    non-reentrant checkpointing needs no input-gradient hook)."""
+    for param in model.parameters():
+        param.requires_grad = False
+    return model
+
+
 def load_policy(source: ModelSource, recipe, precision: str, device: str, parent_adapter: Path | None = None,
                 strategy: str = "ddp"):
     """The model a run trains and the LoRA config its TRL trainer attaches: one path for SFT and DPO.
@@ -359,11 +389,14 @@ def load_policy(source: ModelSource, recipe, precision: str, device: str, parent
     # Under FSDP the k-bit preparation is skipped, as in PEFT's FSDP-QLoRA guide: its fp32 upcast of the norms would
     # mix dtypes inside the units FSDP flattens (the trainer's gradient checkpointing still applies).
     if recipe.method == "qlora" and strategy != "fsdp":
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=recipe.train.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
+        if choose_kbit_upcast(recipe.qlora.upcast_to_fp32, precision)[0]:
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=recipe.train.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        else:
+            freeze_base(model)
     if parent_adapter is not None:
         return load_adapter(model, parent_adapter, f"run {parent_adapter}", is_trainable=True), None
     check_lora_targets(model, recipe.lora)

@@ -221,6 +221,7 @@ def run(
     "  lorakit vram-estimate Qwen/Qwen2.5-1.5B --stage grpo --max-length 768 --max-completion-length 512 "
     "--generation vllm --gpu rtx4090\n\n"
     "  lorakit vram-estimate Qwen/Qwen2.5-72B --num-processes 4 --strategy fsdp --gpu a100-80gb\n\n"
+    "  lorakit vram-estimate meta-llama/Llama-3.1-8B --method qlora --max-context --gpu rtx4090\n\n"
     "  curl -sL https://huggingface.co/ORG/NAME/resolve/main/config.json | lorakit vram-estimate -",
 )
 def vram_estimate(
@@ -290,6 +291,16 @@ def vram_estimate(
     strategy: Annotated[Optional[str], typer.Option(
         "--strategy", help="distributed.strategy, with several GPUs: ddp, fsdp, zero2 or zero3 (default ddp).")] = None,
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="A GPU name (rtx4090, a100-80gb, ...) or all.")] = None,
+    tiled_mlp: Annotated[Optional[bool], typer.Option(
+        "--tiled-mlp/--no-tiled-mlp", help="train.tiled_mlp: decoder MLPs in sequence tiles (default auto: where "
+                                           "the planner says they pay).")] = None,
+    upcast_to_fp32: Annotated[Optional[bool], typer.Option(
+        "--upcast-to-fp32/--no-upcast-to-fp32",
+        help="qlora.upcast_to_fp32: a 4-bit base's embeddings, norms and head in fp32 (default auto: not in bf16).")]
+    = None,
+    max_context: Annotated[bool, typer.Option(
+        "--max-context", help="The longest trainable sequence on --gpu, with these settings and with each memory "
+                              "option.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     from lorakit.vram.command import EstimateOptions, run_estimate
@@ -302,5 +313,5 @@ def vram_estimate(
         attn_implementation=attn_implementation, loss=loss, stage=stage, double_quant=double_quant, quant=quant,
         activation_offloading=activation_offloading, optimizer_in_backward=optimizer_in_backward,
         num_processes=num_processes, strategy=strategy, max_completion_length=max_completion_length,
-        generation=generation, gpu=gpu)
+        generation=generation, gpu=gpu, tiled_mlp=tiled_mlp, upcast_to_fp32=upcast_to_fp32, max_context=max_context)
     render(run_estimate(options), json_out)

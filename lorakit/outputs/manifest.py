@@ -111,6 +111,17 @@ class DistributedRecord(Record):
     global_batch_size: int | None = None
 
 
+class LongSequencesRecord(Record):
+    """What a training run chose for long sequences (lorakit.train.tiling, token_batches, model.choose_kbit_upcast),
+    and why each."""
+
+    tiled_mlp: bool = False  # decoder MLPs ran in tiles of tile_tokens
+    tile_tokens: int | None = None
+    kbit_upcast: bool | None = None  # QLoRA: embeddings, norms and head in fp32; None: no 4-bit base
+    micro_batch_tokens: int | None = None  # forward passes of whole examples up to this many tokens; None: by examples
+    why: dict[str, str] = Field(default_factory=dict)
+
+
 class LineageEntry(Record):
     """One run a merged model is made of: the run merged, its parent, and so on."""
 
@@ -157,6 +168,7 @@ class TrainingRunManifest(Manifest):
     distributed: DistributedRecord | None = None
     warnings: list[str] = Field(default_factory=list)
     summary: dict[str, Any] | None = None
+    long_sequences: LongSequencesRecord | None = None  # runs before issue 26: None
 
     @property
     def processes(self) -> int:

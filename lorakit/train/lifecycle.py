@@ -34,6 +34,7 @@ from lorakit.export.servable import servability_warning
 from lorakit.model import (
     ModelSource,
     base_source_of,
+    choose_kbit_upcast,
     load_policy,
     load_tokenizer,
     resolve_device,
@@ -53,6 +54,8 @@ from lorakit.train.loop import execute, summarize_losses
 from lorakit.train.preflight import PreflightResult, preflight
 from lorakit.train.speed import SpeedPlan, apply_loss_choice
 from lorakit.train.strategies import Plan, check_plan, launched_plan, plan_from_recipe
+from lorakit.train.tiling import plan_tiling
+from lorakit.train.token_batches import row_tokens
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -279,6 +282,9 @@ def build(stage: Stage, prepared: Prepared, run: RunFolder, callbacks: Sequence 
         model, peft_config = load_policy(source, recipe, precision, device,
                                          parent.path if parent is not None else None, plan.strategy)
     kernels = plan_kernels(recipe.train, device, model)  # Liger (CUDA) before the trainer wraps the model
+    # after Liger: the tiles wrap whatever forward the MLPs then have
+    rows = row_tokens(recipe, stage.name, device, estimate.device_gib if estimate else None, plan.num_processes)
+    tiling = plan_tiling(recipe.train.tiled_mlp, recipe, model, device, precision, plan.strategy, rows)
     # A fresh adapter's A matrices are drawn from the global RNG when the trainer applies the LoRA config: seed it,
     # or the same recipe trains a different model.
     set_seed(recipe.train.seed)
@@ -287,16 +293,34 @@ def build(stage: Stage, prepared: Prepared, run: RunFolder, callbacks: Sequence 
     apply_loss_choice(trainer, speed)
     speed.liger, speed.reasons["liger"] = kernels["liger"]
     speed.compile, speed.reasons["compile"] = kernels["compile"]
+    speed.tiled_mlp, speed.tile_tokens, speed.reasons["tiled_mlp"] = tiling
+    if recipe.method == "qlora":
+        speed.kbit_upcast, speed.reasons["kbit_upcast"] = kbit_upcast_choice(recipe, precision, plan.strategy)
+    info(memory_line(speed))
     trainable, total = trainer.model.get_nb_trainable_parameters()
     info(f"Model: {total:,} parameters, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)"
          + (f"; reference: {speed.reference}" if speed.reference else "")
          + f"; {speed.loss} loss ({speed.reasons['loss']})")
-    info(batch_line(trainer.args, plan, stage.batch_unit or stage.rows))
+    info(batch_line(trainer.args, plan, stage.batch_unit or stage.rows, speed.micro_batch_tokens))
     return TrainerSetup(trainer, tokenizer, stops, data, source, parent, recipe, device, precision, speed, trainable,
                         total, estimate, plan)
 
 
-def batch_line(args, plan: Plan, rows: str = "examples") -> str:
+def kbit_upcast_choice(recipe: BaseRecipe, precision: str, strategy: str) -> tuple[bool, str]:
+    if strategy == "fsdp":
+        return False, "fsdp: the k-bit preparation is skipped (one dtype per flattened unit)"
+    return choose_kbit_upcast(recipe.qlora.upcast_to_fp32, precision)
+
+
+def memory_line(speed: SpeedPlan) -> str:
+    """The run's long-sequence memory choices, as its first lines say them."""
+    line = f"Long sequences: tiled MLP {'on' if speed.tiled_mlp else 'off'} ({speed.reasons['tiled_mlp']})"
+    if speed.kbit_upcast is not None:
+        line += f"; 4-bit base: {'fp32' if speed.kbit_upcast else 'no fp32'} upcast ({speed.reasons['kbit_upcast']})"
+    return line
+
+
+def batch_line(args, plan: Plan, rows: str = "examples", token_budget: int | None = None) -> str:
     """The global batch, as the trainer's accelerator sees the world (a mismatch with the launch is refused: a
     process that trains alone would silently change what max_steps and the learning rate mean)."""
     size = distributed.world().size
@@ -307,6 +331,9 @@ def batch_line(args, plan: Plan, rows: str = "examples") -> str:
     micro, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
     line = f"Batch: {micro * accumulation * size} {rows} per optimizer step = micro-batch {micro} x accumulation "
     line += f"{accumulation}"
+    if token_budget:
+        line = (f"Batch: {micro * accumulation * size} {rows} per optimizer step, in forward passes of up to "
+                f"{token_budget:,} tokens (padding-free; train.micro_batch_tokens)")
     if size > 1:
         line += f" x {size} processes ({plan.strategy}, {args.parallel_mode.value})"
     return line
@@ -339,6 +366,7 @@ def running_manifest(stage: Stage, setup: TrainerSetup, started: str, warnings: 
         precision=setup.precision,
         optimizer=str(getattr(setup.trainer.args.optim, "value", setup.trainer.args.optim)),
         speed=setup.speed.to_manifest(),
+        long_sequences=setup.speed.long_sequences(),
         dataset={"source": data.source, "format": data.format, "fingerprint": data.fingerprint, **data.stats},
         parent=parent_record(setup.parent),
         trainable_parameters=setup.trainable,

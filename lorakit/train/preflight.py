@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -9,7 +10,7 @@ from lorakit.console import info
 from lorakit.errors import LorakitError, ResourceError
 from lorakit.vram.catalog import GPU
 from lorakit.vram.estimate import GIB, estimate
-from lorakit.vram.plan import suggestions
+from lorakit.vram.plan import on_gpu, suggestions
 from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
 # Above this share of the GPU's memory a run is "tight": fragmentation and the estimate's error eat the rest.
@@ -28,12 +29,22 @@ class PreflightResult:
         return {"estimate_total_gib": round(self.total_gib, 3), "estimate_allocated_gib": round(self.allocated_gib, 3)}
 
 
+MEMORY_ENV = "LORAKIT_GPU_MEMORY_GIB"  # plan for this much GPU memory (a GPU shared with others, or a smaller card)
+
+
 def _cuda_memory_gib() -> float | None:
+    """The GPU memory lorakit plans for: the device's, or less when LORAKIT_GPU_MEMORY_GIB says so."""
     import torch
 
     if not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info()
+    asked = os.environ.get(MEMORY_ENV)
+    if asked:
+        try:
+            return min(float(asked), total / 1024**3)
+        except ValueError:
+            raise ResourceError(f"{MEMORY_ENV}={asked!r} is not a number of GiB", hint=f"e.g. {MEMORY_ENV}=24") from None
     return total / 1024**3
 
 
@@ -79,8 +90,6 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
     `plan` (lorakit.train.strategies.Plan): the processes and strategy the run trains with; each process checks its
     own GPU.
     """
-    from dataclasses import replace
-
     name, setup = setup_from_recipe(recipe)
     if plan is not None:
         # per GPU, as the run is actually launched (an accelerate config may say another strategy than the recipe)
@@ -90,13 +99,15 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
     except LorakitError:
         info("GPU memory estimate: skipped (model shape not readable offline)")
         return None
-    est = estimate(shape, setup)
+    device_gib = _cuda_memory_gib() if device == "cuda" else None
+    # on a GPU, lorakit's memory-dependent choices (tiled MLPs) are made for its memory, as the run makes them
+    est = on_gpu(shape, setup, GPU("this", "this GPU", device_gib, 1.0)) if device_gib else estimate(shape, setup)
     result = PreflightResult(est.total / GIB, est.allocated / GIB, None)
     if device != "cuda":
         info(f"GPU memory estimate: {result.total_gib:.2f} GiB on a CUDA GPU ({setup.method}, seq "
              f"{setup.seq_len} x {setup.batch_size}{per_gpu(setup)}); running on the {device}, so not checked")
         return result
-    result.device_gib = _cuda_memory_gib()
+    result.device_gib = device_gib
     if recipe.stage == "grpo" and setup.generation == "vllm":
         setup, est, result = _grpo_vllm(recipe, shape, setup, est, result)
     if recipe.stage == "dpo" and recipe.dpo.precompute_ref_log_probs == "auto":

@@ -16,9 +16,11 @@ from lorakit.data.prepared import PreparedData
 from lorakit.data.sft import prepare_sft_data
 from lorakit.outputs import RunFolder
 from lorakit.train.args import training_kwargs
+from lorakit.train.distributed import world
 from lorakit.train.length_groups import length_grouped
 from lorakit.train.lifecycle import RunResult, Stage, TrainerInputs, TrainerSetup, build_setup, train_adapter
 from lorakit.train.speed import SpeedPlan, plan_speed, trainer_speed_kwargs
+from lorakit.train.token_batches import planned_budget, token_budgeted, wants_token_budget
 
 if TYPE_CHECKING:
     from transformers import Trainer
@@ -40,17 +42,29 @@ def prepare_data(recipe: SFTRecipe, tokenizer, stops: Stops) -> PreparedData:
 def make_trainer(inputs: TrainerInputs) -> tuple[Trainer, SpeedPlan]:
     from trl import SFTConfig, SFTTrainer
 
-    recipe, data, tokenizer = inputs.recipe, inputs.data, inputs.tokenizer
-    speed = plan_speed(recipe.train, inputs.device, inputs.model, len(tokenizer), recipe.model.attn_implementation)
+    recipe, data, tokenizer, estimate = inputs.recipe, inputs.data, inputs.tokenizer, inputs.estimate
+    train = recipe.train
+    step_examples = train.micro_batch_size * train.gradient_accumulation_steps
+    budgeting, no_budget = wants_token_budget(train, world().size)
+    speed = plan_speed(train, inputs.device, inputs.model, len(tokenizer), recipe.model.attn_implementation,
+                       examples_per_batch=step_examples if budgeting else None)
+    budget = None
+    if budgeting and speed.padding_free:
+        budget, budget_reason = planned_budget(recipe, inputs.device, estimate.device_gib if estimate else None)
+    else:
+        budget_reason = no_budget or "not padding-free: micro_batch_size examples per forward pass"
+    speed.micro_batch_tokens, speed.reasons["micro_batch_tokens"] = budget, budget_reason
+    kwargs = training_kwargs(train, inputs.run, inputs.device, inputs.precision, recipe.method, data.eval is not None)
+    if budget:  # the data loader hands over a whole step's examples; training_step cuts them into passes
+        kwargs.update(per_device_train_batch_size=step_examples, gradient_accumulation_steps=1)
     args = SFTConfig(
-        **training_kwargs(recipe.train, inputs.run, inputs.device, inputs.precision, recipe.method,
-                          data.eval is not None),
+        **kwargs,
         **trainer_speed_kwargs(speed),
         max_length=None,  # examples are truncated (and linted) by lorakit before they get here
         packing=False,
         dataset_num_proc=recipe.data.num_proc,
     )
-    trainer = length_grouped(SFTTrainer)(  # group_by_length that groups at any dataset size
+    trainer = token_budgeted(length_grouped(SFTTrainer))(  # group_by_length that groups at any dataset size
         model=inputs.model,
         args=args,
         train_dataset=data.for_trainer(data.train),
@@ -59,9 +73,12 @@ def make_trainer(inputs: TrainerInputs) -> tuple[Trainer, SpeedPlan]:
         peft_config=inputs.peft_config,
         callbacks=list(inputs.callbacks),
     )
-    tokens_per_batch = recipe.train.micro_batch_size * data.stats["tokens"] / max(data.stats["rows"], 1)
-    info(f"Batches: {speed.reasons['batching']}, ~{tokens_per_batch:,.0f} tokens per micro-batch; attention: "
-         f"{speed.reasons['attention']}")
+    trainer.lorakit_token_budget, trainer.lorakit_passes = budget, []
+    mean_tokens = data.stats["tokens"] / max(data.stats["rows"], 1)
+    per_pass = (f"forward passes of up to {budget:,} tokens ({budget_reason}), ~{step_examples * mean_tokens:,.0f} "
+                f"tokens per step" if budget else
+                f"~{train.micro_batch_size * mean_tokens:,.0f} tokens per micro-batch")
+    info(f"Batches: {speed.reasons['batching']}, {per_pass}; attention: {speed.reasons['attention']}")
     raise_if_problems(lint_collated(trainer.data_collator, data.train, tokenizer.pad_token_id, tokenizer.eos_token_id))
     return trainer, speed
 

@@ -17,9 +17,12 @@ from typing import Any
 from lorakit.compat import attention_implementation
 from lorakit.console import warn
 from lorakit.model import has_flash_attention  # noqa: F401  (moved to lorakit.model; read here too)
+from lorakit.outputs.manifest import LongSequencesRecord
 from lorakit.train.attention import try_per_example
 from lorakit.train.distributed import on_main
 from lorakit.train.plain_head import use_plain_lm_head
+
+LONG_SEQUENCE_CHOICES = ("tiled_mlp", "kbit_upcast", "micro_batch_tokens")  # reasons the manifest's long_sequences keeps
 
 
 @dataclass
@@ -36,11 +39,21 @@ class SpeedPlan:
     compile: bool = False  # torch.compile
     temperature: float = 1.0  # GRPO: the log-probs are scored at the sampling temperature (TRL's fused head does too)
     generation: str | None = None  # GRPO: how completions are sampled (transformers | vllm colocate ...)
+    # long sequences (lorakit.train.tiling, lorakit.model.choose_kbit_upcast, lorakit.train.token_batches)
+    tiled_mlp: bool = False  # decoder MLPs run in tiles of tile_tokens
+    tile_tokens: int | None = None
+    kbit_upcast: bool | None = None  # QLoRA: embeddings, norms and head cast to fp32 (None: not a 4-bit base)
+    micro_batch_tokens: int | None = None  # forward passes filled with whole examples up to this many tokens
+
+    def long_sequences(self) -> LongSequencesRecord:
+        why = {key: self.reasons[key] for key in LONG_SEQUENCE_CHOICES if key in self.reasons}
+        return LongSequencesRecord(tiled_mlp=self.tiled_mlp, tile_tokens=self.tile_tokens if self.tiled_mlp else None,
+                                   kbit_upcast=self.kbit_upcast, micro_batch_tokens=self.micro_batch_tokens, why=why)
 
     def to_manifest(self) -> dict[str, Any]:
         record = {"loss": self.loss, "padding_free": self.padding_free, "batching": self.reasons.get("batching"),
                   "attention": self.attention, "liger": self.liger, "compile": self.compile,
-                  "why": dict(self.reasons)}
+                  "why": {key: why for key, why in self.reasons.items() if key not in LONG_SEQUENCE_CHOICES}}
         if self.reference is not None:
             record["reference"] = self.reference
         if self.generation is not None:
@@ -102,12 +115,15 @@ def _packing_is_exact(model, vocab_size: int, tolerance: float) -> bool:
     return all(bool(((logits - single).abs().max() / scale) <= tolerance) for logits in (packed, with_bounds))
 
 
-def plan_speed(train, device: str, model, vocab_size: int, attention_setting: str = "auto") -> SpeedPlan:
-    """SFT: the loss head, padding-free or length-grouped batches, and the attention that runs the packed rows."""
+def plan_speed(train, device: str, model, vocab_size: int, attention_setting: str = "auto",
+               examples_per_batch: int | None = None) -> SpeedPlan:
+    """SFT: the loss head, padding-free or length-grouped batches, and the attention that runs the packed rows.
+    `examples_per_batch`: what one batch from the data loader holds (default micro_batch_size; a token-budgeted run
+    gets a whole optimizer step's examples at once, lorakit.train.token_batches)."""
     loss, loss_reason = choose_loss(train.loss, device)
     reasons = {"loss": loss_reason}
     attention = attention_implementation(causal_lm_config(model))
-    if train.micro_batch_size == 1 and train.padding_free is not True:
+    if (examples_per_batch or train.micro_batch_size) == 1 and train.padding_free is not True:
         # one example per batch carries no padding: nothing to remove or group (and TRL warns about it)
         return SpeedPlan(loss=loss, padding_free=False, group_by_length=False, attention=attention,
                          reasons={**reasons, "batching": "micro-batch 1: no padding to remove",

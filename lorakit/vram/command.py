@@ -31,6 +31,7 @@ from lorakit.errors import ConfigError, LorakitError
 from lorakit.outputs import TRAINING_STAGES, read_run
 from lorakit.vram import estimate as est_mod
 from lorakit.vram.catalog import GPU, GPUS, close_gpus, find_gpu
+from lorakit.vram.context import ContextRow, max_context
 from lorakit.vram.plan import GpuVerdict, multi_gpu_comparisons, verdict
 from lorakit.vram.resolve import OPTIM_NAMES, TARGET_NAMES, resolve_model, setup_from_recipe
 from lorakit.vram.shapes import ModelShape
@@ -65,6 +66,9 @@ class EstimateOptions:
     max_completion_length: int | None = None
     generation: str | None = None
     gpu: str | None = None
+    tiled_mlp: bool | None = None
+    upcast_to_fp32: bool | None = None
+    max_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,9 @@ FLAGS: dict[str, Flag] = {
     "max_completion_length": Flag("completion_len", ("--max-completion-length", "--completion-len"),
                                   "grpo.max_completion_length"),
     "generation": Flag("generation", ("--generation",), "grpo.generation", _identity(*est_mod.GENERATION)),
+    "tiled_mlp": Flag("tiled_mlp", ("--tiled-mlp",), "train.tiled_mlp"),
+    "upcast_to_fp32": Flag("upcast_non_quantized", ("--upcast-to-fp32",), "qlora.upcast_to_fp32",
+                           convert=lambda value: "all" if value else "none"),
 }
 # Setup fields only a recipe sets (through --set), for naming them in errors
 RECIPE_ONLY = {"grad_accumulation": "train.gradient_accumulation_steps", "lora_dropout": "lora.dropout"}
@@ -156,6 +163,7 @@ class EstimateReport:
     verdicts: list[GpuVerdict] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    contexts: list[tuple[GPU, list[ContextRow]]] = field(default_factory=list)  # --max-context, per GPU
 
     def to_dict(self) -> dict[str, Any]:
         data = self.estimate.to_dict()
@@ -163,6 +171,9 @@ class EstimateReport:
         data["shape_source"] = self.source
         data["gpus"] = [v.to_dict() for v in self.verdicts]
         data["multi_gpu"] = self.comparisons
+        if self.contexts:
+            data["max_context"] = [{"gpu": gpu.key, "name": gpu.name, "memory_gib": gpu.memory_gib,
+                                    "rows": [row.to_dict() for row in rows]} for gpu, rows in self.contexts]
         return data
 
 
@@ -264,10 +275,16 @@ def run_estimate(options: EstimateOptions) -> EstimateReport:
     notes: list[str] = []
     model, setup = estimate_setup(options, notes)
     gpus = _gpus(options.gpu)
+    if options.max_context and not gpus:
+        raise ConfigError("--max-context needs a GPU to fill", hint="add --gpu rtx4090 (or any GPU name, or all)")
+    if options.max_context and setup.stage == "inference":
+        raise ConfigError("--max-context answers for training stages", hint="drop --stage inference")
     resolved = resolve_model(model)
     report = EstimateReport(resolved.shape, resolved.source, est_mod.estimate(resolved.shape, setup), notes=notes)
     report.verdicts = [verdict(resolved.shape, setup, g) for g in gpus]
     if len(gpus) > 1 and setup.stage != "inference":
         count = setup.num_gpus if setup.num_gpus > 1 else 2
         report.comparisons = multi_gpu_comparisons(resolved.shape, replace(setup, num_gpus=1), gpus, count)
+    if options.max_context:
+        report.contexts = [(g, max_context(resolved.shape, setup, g)) for g in gpus]
     return report

@@ -57,6 +57,13 @@ SERVED_QUANTS = ("w4a16", "w8a8", "fp8")
 W4A16_GROUP = 128  # one 16-bit scale per 128 weights of a row (symmetric: no zero point)
 FUSED_BUFFER = 64 * 1024**2
 OFFLOAD_KEPT_LAYERS = 2  # activation offloading: the layer in flight and the one prefetched stay on the GPU
+MIN_TILE_TOKENS = 1024  # a tiled MLP's tiles: never shorter (matmuls of fewer rows lose speed), else the hidden size
+
+
+def mlp_tile_tokens(hidden: int) -> int:
+    """Tokens per tile of a sequence-tiled MLP: the hidden size (Arctic Long Sequence Training's choice, which keeps a
+    tile's intermediates about the size of one weight matrix), at least MIN_TILE_TOKENS."""
+    return max(MIN_TILE_TOKENS, hidden)
 
 
 @dataclass(frozen=True)
@@ -92,9 +99,9 @@ class Setup:
     loss: str = "fused"  # lorakit uses TRL's fused/chunked head on CUDA
     stage: str = "sft"
     double_quant: bool = True
-    # fp32 non-quantized weights of a k-bit base: True/"all" (PEFT's prepare_model_for_kbit_training, lorakit's
-    # QLoRA), "norms" (TRL < 0.20 cast embeddings and head back to 16-bit), False; None: all for a quantized base
-    # on one GPU, none when FSDP/ZeRO-3 shard it
+    # fp32 non-quantized weights of a k-bit base: True/"all" (PEFT's prepare_model_for_kbit_training), "norms" (TRL
+    # < 0.20 cast embeddings and head back to 16-bit), False; None: all for a quantized base on one GPU, none when
+    # FSDP/ZeRO-3 shard it; "auto": lorakit's QLoRA (qlora.upcast_to_fp32: auto): none in bf16, all in fp16
     upcast_non_quantized: bool | str | None = None
     device: str = "cuda"
     grad_accumulation: int = 1  # > 1: gradients of earlier micro-batches coexist with activations
@@ -119,6 +126,9 @@ class Setup:
     vllm_gpu_share: float = 0.3  # vllm_gpu_memory_utilization: the share of the GPU vLLM reserves
     vllm_sleep: bool = False  # vLLM sleep mode: its memory is released during the training step
     grpo_reference: bool = False  # beta > 0 continuing an adapter: a frozen 'ref' copy of it is the reference
+    # each decoder MLP runs over the sequence in tiles, one tile's intermediates at a time (lorakit.train.tiling);
+    # "auto": when one layer's working set is the largest activation term (tiling_pays)
+    tiled_mlp: bool | str = False
 
     def resolved(self) -> "Setup":
         optimizer = self.optimizer or ("paged-adamw-8bit" if self.method == "qlora" else "adamw")
@@ -135,6 +145,8 @@ class Setup:
         sharded = self.num_gpus > 1 and self.strategy in ("fsdp", "zero3")
         upcast = self.upcast_non_quantized if self.upcast_non_quantized is not None else (
             quant is not None and training and not sharded)
+        if upcast == "auto":  # lorakit: the compute dtype, except fp16 (whose range a 16-bit residual can overflow)
+            upcast = quant is not None and training and not sharded and self.dtype == "fp16"
         # the HF Trainer's bf16/fp16 flag runs the forward under autocast; full fine-tuning in pure 16-bit does not
         autocast = self.autocast if self.autocast is not None else bool(
             self.device == "cuda" and training and (mixed if self.method == "full" else self.dtype != "fp32"))
@@ -144,6 +156,13 @@ class Setup:
     @property
     def quantized(self) -> bool:
         return self.quant is not None or self.method == "qlora"
+
+
+def lorakit_defaults(**changes) -> Setup:
+    """The setup of a lorakit run with its defaults (what `vram-estimate MODEL` estimates): a 4-bit base keeps the
+    compute dtype (qlora.upcast_to_fp32: auto), MLPs are tiled where the planner says it pays (train.tiled_mlp:
+    auto). `Setup()` alone describes the usual PEFT/TRL stack the calibration rows were measured on."""
+    return Setup(**{"upcast_non_quantized": "auto", "tiled_mlp": "auto", **changes})
 
 
 @dataclass
@@ -231,8 +250,10 @@ def check_setup(setup: Setup) -> None:
     """Impossible values, named. Raises ValueError('field: problem')."""
     choices = {"method": METHODS, "dtype": tuple(DTYPE_BYTES), "optimizer": OPTIMIZERS, "attn": ATTENTION,
                "loss": LOSSES, "stage": STAGES, "device": ("cuda", "cpu"), "quant": QUANTS, "strategy": STRATEGIES}
-    if setup.upcast_non_quantized not in (None, True, False, "all", "norms", "none"):
-        raise ValueError(f"upcast_non_quantized: {setup.upcast_non_quantized!r} is not one of all, norms, none")
+    if setup.upcast_non_quantized not in (None, True, False, "all", "norms", "none", "auto"):
+        raise ValueError(f"upcast_non_quantized: {setup.upcast_non_quantized!r} is not one of all, norms, none, auto")
+    if setup.tiled_mlp not in (True, False, "auto"):
+        raise ValueError(f"tiled_mlp: {setup.tiled_mlp!r} is not one of true, false, auto")
     for name, allowed in choices.items():
         value = getattr(setup, name)
         if value is not None and value not in allowed:
@@ -380,6 +401,13 @@ def _flow(shape: ModelShape, s: Setup) -> _Flow:
 
 def _activations_per_token(shape: ModelShape, s: Setup, seq: int) -> float:
     """Bytes autograd saves for one layer, per token (no checkpointing)."""
+    return sum(_layer_activations(shape, s, seq))
+
+
+def _layer_activations(shape: ModelShape, s: Setup, seq: int) -> tuple[float, float]:
+    """Bytes autograd saves for one layer per token: (everything but the MLP, the MLP). The MLP's part is its
+    intermediates, what its linears keep of their inputs (the normalized hidden states included) and its LoRA
+    matrices' rank-r outputs: what a sequence-tiled MLP holds for one tile only."""
     f = _flow(shape, s)
     b = f.b
     h, d, i = shape.hidden, shape.dim, shape.intermediate
@@ -390,7 +418,7 @@ def _activations_per_token(shape: ModelShape, s: Setup, seq: int) -> float:
     lora = set() if full else set(s.lora_targets) & set(in_sizes)
     eager = s.attn == "eager" or shape.encoder
 
-    total = 0.0
+    total = mlp_total = 0.0
     # Norms: RMSNorm saves an fp32 copy of its input and 1/rms (and, when its weight trains, the normalized input);
     # LayerNorm its input (fp32 under autocast) and mean/rstd.
     norm_in = 4 if (not shape.layer_norm or f.autocast) else f.residual
@@ -408,7 +436,7 @@ def _activations_per_token(shape: ModelShape, s: Setup, seq: int) -> float:
     else:
         total += f.attn * (2 * nh * d + 2 * kv * d) + 4 * nh  # q, k, v, output, log-sum-exp
     # MLP (per routed expert for MoE).
-    total += moe * (3 if shape.gated_mlp else 1) * f.mlp * i  # gate output (SiLU input), SiLU output, up output
+    mlp_total += moe * (3 if shape.gated_mlp else 1) * f.mlp * i  # gate output (SiLU input), SiLU output, up output
     if shape.dropout:
         total += 2 * h  # hidden dropout masks after attention and MLP (bool on CUDA)
 
@@ -424,7 +452,7 @@ def _activations_per_token(shape: ModelShape, s: Setup, seq: int) -> float:
     mask_b = lambda x: 1 if s.device == "cuda" else x  # noqa: E731  (CUDA dropout keeps a bool mask, CPU one like x)
     for group, members in groups.items():
         dx = dtype[group]
-        shared, own = False, 0.0
+        shared, own, rank_outputs = False, 0.0, 0.0
         for name in members:
             if full:  # the weight trains: its linear keeps the input it computed with
                 kept = b if f.autocast else dx
@@ -443,9 +471,13 @@ def _activations_per_token(shape: ModelShape, s: Setup, seq: int) -> float:
                 else:
                     own += kept
                 # lora_A's rank-r output, kept for lora_B's weight gradient
-                total += s.lora_r * kept * (moe if shape.is_mlp(name) else 1)
-        total += width[group] * ((dx if shared and not already_saved.get(group) else 0) + own)
-    return total
+                rank_outputs += s.lora_r * kept * (moe if shape.is_mlp(name) else 1)
+        kept_inputs = width[group] * ((dx if shared and not already_saved.get(group) else 0) + own)
+        if group in ("norm2", "mlp_mid"):
+            mlp_total += kept_inputs + rank_outputs
+        else:
+            total += kept_inputs + rank_outputs
+    return total, mlp_total
 
 
 def _bnb_inputs_per_token(shape: ModelShape, s: Setup) -> float:
@@ -506,7 +538,8 @@ def assumptions(setup: Setup) -> dict[str, str]:
                 "all": "prepare_model_for_kbit_training: embeddings, norms and head in fp32 (fp32 residual stream; "
                        "4-bit layers return fp32)",
                 "norms": "norms in fp32, embeddings and head 16-bit (TRL < 0.20's peft_module_casting_to_bf16)",
-                "none": "no fp32 upcast of the non-quantized weights"}[_upcast(s)]
+                "none": "no fp32 upcast: embeddings, norms and head in the compute dtype (RMSNorm statistics and the "
+                        "loss in fp32)"}[_upcast(s)]
     if s.stage != "inference" and s.method != "full":
         notes["peft_adapters"] = "LoRA weights fp32" if s.mixed_precision else f"LoRA weights {s.dtype}"
     if s.activation_offloading:
@@ -532,8 +565,60 @@ def installed_versions() -> str:
     return ", ".join(found) or "none of torch/transformers/peft/trl/bitsandbytes"
 
 
+def _tiles_mlp(shape: ModelShape, s: Setup) -> bool:
+    """Whether the MLPs really run in tiles: asked for, a dense decoder, and rows longer than one tile."""
+    return (s.tiled_mlp is True and s.stage != "inference" and not shape.experts and not shape.encoder
+            and s.seq_len > mlp_tile_tokens(shape.hidden))
+
+
+def _tiled_layer(shape: ModelShape, s: Setup, sequences: int) -> tuple[float, float]:
+    """A tiled layer: (bytes per token kept for the whole row, bytes of one tile's MLP working set). The row keeps
+    everything but the MLP, plus the tiles' inputs (the normalized hidden states, which the tiles' checkpoints hold);
+    one tile of every row holds the MLP's part while it runs or is recomputed."""
+    rest, mlp = _layer_activations(shape, s, s.seq_len)
+    f = _flow(shape, s)
+    return rest + shape.hidden * f.norm_out, sequences * mlp_tile_tokens(shape.hidden) * mlp
+
+
+def tiling_pays(shape: ModelShape, setup: Setup, memory_bytes: float | None = None) -> tuple[bool, str]:
+    """lorakit's rule for `train.tiled_mlp: auto`, and why. Tiles cost one more forward of each MLP, so they are only
+    worth it for memory: with gradient checkpointing on and rows longer than one tile, tile when the GPU's memory is
+    known (`memory_bytes`) and the run does not fit it untiled; when it is not known (the CPU), when the layer being
+    recomputed is the largest activation term (larger than the layer inputs kept and the loss), i.e. what a longer
+    sequence runs into first."""
+    s = replace(setup, tiled_mlp=False).resolved()
+    tile = mlp_tile_tokens(shape.hidden)
+    if s.stage == "inference":
+        return False, "inference keeps no activations"
+    if shape.experts or shape.encoder:
+        return False, "no dense decoder MLP to tile"
+    if not s.grad_checkpointing:
+        return False, ("no gradient checkpointing: every layer keeps its activations, and tiles would add a recompute "
+                       "(train.tiled_mlp: true trades it)")
+    if s.seq_len <= tile:
+        return False, f"rows of up to {s.seq_len:,} tokens fit in one tile of {tile:,}"
+    est = estimate(shape, s)
+    if memory_bytes is not None:
+        if est.total <= memory_bytes:
+            return False, (f"fits without tiles ({est.total / GIB:.1f} of {memory_bytes / GIB:.1f} GiB at "
+                           f"{s.seq_len:,} tokens): tiles would only add a recompute")
+        return True, (f"{est.total / GIB:.1f} GiB untiled does not fit {memory_bytes / GIB:.1f} GiB at {s.seq_len:,} "
+                      "tokens")
+    one = est.term("activations_recompute")
+    if one == 0:  # the estimate keeps the larger of the loss and the recomputed layer, which never coexist
+        return False, f"the loss is the largest activation term at {s.seq_len:,} tokens, not one recomputed layer"
+    others = {"the layer inputs kept": est.term("activations_checkpoints"), "the loss": est.term("logits")}
+    largest = max(others, key=lambda key: others[key])
+    if one >= others[largest]:
+        return True, f"one recomputed layer is the largest activation term at {s.seq_len:,} tokens ({one / GIB:.2f} GiB)"
+    return False, (f"{largest} ({others[largest] / GIB:.2f} GiB) are larger than one recomputed layer "
+                   f"({one / GIB:.2f} GiB) at {s.seq_len:,} tokens")
+
+
 def estimate(shape: ModelShape, setup: Setup) -> Estimate:
     check_setup(setup)
+    if setup.tiled_mlp == "auto":
+        setup = replace(setup, tiled_mlp=tiling_pays(shape, setup)[0])
     s = setup.resolved()
     f = _flow(shape, s)
     b = f.b
@@ -630,6 +715,11 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
                 "forward/backward", "mixed precision casts each fp32 weight once per step")
 
         per_layer = _activations_per_token(shape, s, s.seq_len)
+        tile_bytes, per_layer_note = 0.0, f"{per_layer / 1024:.1f} KiB per token"
+        if _tiles_mlp(shape, s):
+            per_layer, tile_bytes = _tiled_layer(shape, s, sequences)
+            per_layer_note = (f"{per_layer / 1024:.1f} KiB per token + one MLP tile of "
+                              f"{mlp_tile_tokens(shape.hidden)} tokens ({tile_bytes / GIB:.2f} GiB)")
         casts = _lora_casts_per_layer(shape, s) * shape.layers
         if casts:
             add("lora_casts", "16-bit copies of the LoRA weights (autocast)", casts, "forward/backward",
@@ -653,20 +743,20 @@ def estimate(shape: ModelShape, setup: Setup) -> Estimate:
                 add("activations_checkpoints", "activations: layer inputs kept (checkpointing)", checkpoints,
                     "forward/backward")
             # one recomputed layer + the fp32 gradients of the hidden states around it
-            layer_peak = tokens * per_layer + K.recompute_grads * tokens * shape.hidden * 4
-            add("activations_recompute", "activations: one layer recomputed", layer_peak, "forward/backward",
-                f"{per_layer / 1024:.1f} KiB per token")
+            layer_peak = tokens * per_layer + tile_bytes + K.recompute_grads * tokens * shape.hidden * 4
+            add("activations_recompute", "activations: one layer recomputed" + (" (tiled MLP)" if tile_bytes else ""),
+                layer_peak, "forward/backward", per_layer_note)
         else:
             all_layers = shape.layers * tokens * per_layer
             if offload:
                 on_gpu = kept_layers * tokens * per_layer
-                add("activations", "activations (offloaded; layers in flight)", on_gpu, "forward/backward",
-                    f"{per_layer / 1024:.1f} KiB per token per layer; {kept_layers} of {shape.layers} on the GPU")
+                add("activations", "activations (offloaded; layers in flight)", on_gpu + tile_bytes,
+                    "forward/backward", f"{per_layer_note} per layer; {kept_layers} of {shape.layers} on the GPU")
                 add("offloaded_activations", "offloaded activations (pinned host RAM)", all_layers - on_gpu, "host",
                     "not GPU memory")
             else:
-                add("activations", "activations (all layers)", all_layers, "forward/backward",
-                    f"{per_layer / 1024:.1f} KiB per token per layer")
+                add("activations", "activations (all layers)", all_layers + tile_bytes, "forward/backward",
+                    f"{per_layer_note} per layer")
         # GRPO scores only the completion tokens of each row through the LM head
         head_tokens = sequences * s.completion_len if s.stage == "grpo" else tokens
         logits = head_tokens * _logits_per_token(shape, s)

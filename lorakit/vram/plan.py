@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from lorakit.vram.catalog import GPU
-from lorakit.vram.estimate import GIB, Estimate, Setup, estimate
+from lorakit.vram.estimate import GIB, Estimate, Setup, estimate, tiling_pays
 from lorakit.vram.shapes import ModelShape
 from lorakit.vram.sharding import EFFICIENCY, STRATEGIES
 
@@ -26,11 +26,19 @@ def margin_gib(est: Estimate, gpu: GPU) -> float:
     return gpu.memory_gib - est.total_on(gpu.memory_gib) / GIB
 
 
+def on_gpu(shape: ModelShape, setup: Setup, gpu: GPU) -> Estimate:
+    """The estimate with lorakit's memory-dependent `auto` choices made for this GPU (tiled MLPs only where the run
+    would not fit without them)."""
+    if setup.tiled_mlp == "auto":
+        setup = replace(setup, tiled_mlp=tiling_pays(shape, setup, gpu.memory_gib * GIB)[0])
+    return estimate(shape, setup)
+
+
 def max_batch(shape: ModelShape, setup: Setup, gpu: GPU) -> int:
     """Largest micro-batch that fits (0: not even one sequence)."""
     best = 0
     for batch in range(1, MAX_BATCH + 1):
-        if not fits(estimate(shape, replace(setup, batch_size=batch)), gpu):
+        if not fits(on_gpu(shape, replace(setup, batch_size=batch), gpu), gpu):
             break
         best = batch
     return best
@@ -41,7 +49,7 @@ def max_seq_len(shape: ModelShape, setup: Setup, gpu: GPU) -> int:
     low, high = 0, MAX_SEQ // SEQ_STEP
     while low < high:
         mid = (low + high + 1) // 2
-        if fits(estimate(shape, replace(setup, seq_len=mid * SEQ_STEP)), gpu):
+        if fits(on_gpu(shape, replace(setup, seq_len=mid * SEQ_STEP), gpu), gpu):
             low = mid
         else:
             high = mid - 1
@@ -67,6 +75,8 @@ def _candidate_changes(shape: ModelShape, setup: Setup, gpu: GPU) -> list[tuple[
     if s.method != "qlora":
         changes.append(("method: qlora (4-bit base)", {"method": "qlora", "optimizer": None,
                                                        "upcast_non_quantized": None}))
+    if s.stage != "inference" and s.tiled_mlp is not True and s.grad_checkpointing:
+        changes.append(("tiled MLP (train.tiled_mlp: true; one more MLP forward per layer)", {"tiled_mlp": True}))
     if s.stage != "inference" and not s.activation_offloading:
         changes.append(("activation offloading (saved activations in pinned host RAM; slower)",
                         {"activation_offloading": True}))
@@ -81,7 +91,7 @@ def suggestions(shape: ModelShape, setup: Setup, gpu: GPU) -> list[dict[str, Any
     changes = _candidate_changes(shape, setup, gpu)
     found = []
     for label, change in changes:
-        est = estimate(shape, replace(setup, **change))
+        est = on_gpu(shape, replace(setup, **change), gpu)
         if fits(est, gpu):
             found.append({"change": label, "total_gib": round(est.total / GIB, 2)})
     if not found:
@@ -90,13 +100,13 @@ def suggestions(shape: ModelShape, setup: Setup, gpu: GPU) -> list[dict[str, Any
         for label, change in changes:
             combined.update(change)
             labels.append(label)
-            est = estimate(shape, replace(setup, **combined))
+            est = on_gpu(shape, replace(setup, **combined), gpu)
             if fits(est, gpu):
                 found.append({"change": " + ".join(labels), "total_gib": round(est.total / GIB, 2)})
                 break
     seq = max_seq_len(shape, setup, gpu)
     if seq:
-        est = estimate(shape, replace(setup, seq_len=seq))
+        est = on_gpu(shape, replace(setup, seq_len=seq), gpu)
         found.append({"change": f"seq-len {seq} (truncates longer examples)", "total_gib": round(est.total / GIB, 2)})
     return found
 
@@ -147,7 +157,7 @@ class GpuVerdict:
 def verdict(shape: ModelShape, setup: Setup, gpu: GPU) -> GpuVerdict:
     if not gpu.bf16 and setup.dtype == "bf16":
         setup = replace(setup, dtype="fp16")  # what lorakit picks on GPUs without bf16 (T4)
-    est = estimate(shape, setup)
+    est = on_gpu(shape, setup, gpu)
     ok = fits(est, gpu)
     return GpuVerdict(gpu, est, ok, margin_gib(est, gpu), max_batch(shape, setup, gpu),
                       max_seq_len(shape, setup, gpu), hours_per_million_tokens(shape, setup, gpu),
@@ -184,7 +194,7 @@ def best_option(shape: ModelShape, setup: Setup, gpu: GPU, gpus: int) -> Option 
         s = replace(setup, num_gpus=gpus, strategy=strategy)
         if s.optimizer_in_backward and gpus > 1:
             continue
-        est = estimate(shape, s)
+        est = on_gpu(shape, s, gpu)
         if fits(est, gpu):
             found.append(Option(gpu, gpus, strategy, est, hours_per_million_tokens(shape, s, gpu)))
     return min(found, key=lambda o: (o.hours_per_million_tokens, o.estimate.total), default=None)

@@ -63,6 +63,18 @@ def gpu_table(verdicts: list[GpuVerdict]) -> Table:
     return table
 
 
+def context_table(gpu, rows) -> Table:
+    table = Table(title=f"Longest trainable sequence on a {gpu.name} (one sequence per micro-batch; multiples of 128)",
+                  title_justify="left")
+    table.add_column("settings")
+    table.add_column("max tokens", justify="right")
+    table.add_column("in a recipe")
+    for row in rows:
+        value = f"{row.max_seq_len:,}" if row.applies else "-"
+        table.add_row(row.option.label, value, row.option.recipe if row.applies else "already set / not applicable")
+    return table
+
+
 def suggestion_lines(v: GpuVerdict) -> list[str]:
     if v.fits:
         return []
@@ -88,6 +100,8 @@ def render(report: EstimateReport, json_out: bool) -> None:
         if len(report.verdicts) == 1:
             for line in suggestion_lines(report.verdicts[0]):
                 out.print(line)
+    for gpu, rows in report.contexts:
+        out.print(context_table(gpu, rows))
     if report.comparisons:
         out.print("[bold]More than one GPU[/bold] (best strategy each; time at the strategy's scaling efficiency):")
         for item in report.comparisons:

@@ -189,6 +189,8 @@ def setup_from_recipe(recipe) -> tuple[str, Setup]:
         loss="plain" if train.loss == "plain" else "fused", stage=stage,
         double_quant=recipe.qlora.double_quant, grad_accumulation=train.gradient_accumulation_steps,
         activation_offloading=train.activation_offloading,
+        upcast_non_quantized={"auto": "auto", True: "all", False: "none"}[recipe.qlora.upcast_to_fp32],
+        tiled_mlp=train.tiled_mlp,
         num_gpus=int(getattr(distributed, "num_processes", None) or 1),
         strategy=str(getattr(distributed, "strategy", None) or "ddp"),
         **grpo,

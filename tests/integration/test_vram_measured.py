@@ -361,3 +361,11 @@ def test_gpu_check_dry_run_goes_through_lorakit_and_plain_trl(tmp_path, capsys):
     # the GPU path's options are reported from each run's manifest; on the CPU asking for Liger changes nothing
     assert any(r["case"]["liger"] is True for r in results)
     assert all(r["liger"] is False and r["compile"] is False for r in results)
+    # long context: a tiled row, its Unsloth side (a labelled stand-in on the CPU) and the max-context search per side
+    payload = json.loads(report.read_text())
+    tiled = [r for r in results if r["case"]["tiled"]]
+    assert tiled and all(r["tiled_mlp"] is True for r in tiled)
+    assert all(r["unsloth"]["ran"].startswith("stand-in") and r["unsloth"]["tokens_per_s"] > 0 for r in tiled)
+    searched = {row["side"]: row for row in payload["max_context"]}
+    assert set(searched) == {"lorakit", "trl", "unsloth"}
+    assert all(row["max_context"] == 256 and row["tries"] for row in searched.values())

@@ -55,7 +55,8 @@ class ModelSection(Section):
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     chat_template: str | None = Field(
         None,
-        description="A .jinja file or inline Jinja template. Default: the tokenizer's own, else ChatML.",
+        description="A .jinja file, inline Jinja, or a family's format by name (chatml, gemma, llama3, phi3, "
+                    "mistral). Default: the tokenizer's own, else its model family's (lorakit.chat_families).",
     )
 
     @field_validator("name_or_path")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from lorakit.chat_families import TemplateChoice, added_token_ids
 from lorakit.config import recipe_to_dict
 from lorakit.console import err, info
 from lorakit.errors import ConfigError, RunError
@@ -49,6 +50,7 @@ class TrainerSetup:
     total: int
     estimate: Any  # lorakit.train.preflight.PreflightResult | None
     plan: Any = None  # lorakit.train.strategies.Plan: processes and strategy
+    template: Any = None  # lorakit.chat_families.TemplateChoice: which chat template, and why
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,15 @@ def with_parent(recipe) -> tuple[Any, Run | None]:
     return inherit_from_parent(recipe, parent), parent
 
 
+def inherited_template(parent: Run) -> TemplateChoice | None:
+    """The chat template choice the parent run recorded, as this run inherits it (None for runs before the record)."""
+    record = parent.manifest.get("chat_template")
+    if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+        return None
+    return TemplateChoice(record["name"], str(record.get("source", "")), str(record.get("reason", ""))).inherited(
+        str(parent.path))
+
+
 def input_paths(recipe, parent: Run | None) -> list[Path]:
     """Everything a training run reads from disk: an output that is or holds one of them is never replaced."""
     paths = [Path(p) for p in (recipe.data.train, recipe.data.eval) if p and Path(p).exists()]
@@ -106,8 +117,8 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     """Every check, then tokenizer, data, model and trainer: everything up to (not including) training."""
     from transformers import set_seed
 
-    from lorakit.model import (ModelSource, load_policy, load_tokenizer, resolve_device, resolve_model_source,
-                               resolve_precision)
+    from lorakit.model import (ModelSource, load_policy, load_tokenizer_and_template, resolve_device,
+                               resolve_model_source, resolve_precision)
     from lorakit.train import distributed
     from lorakit.train.kernels import plan_kernels
     from lorakit.train.preflight import preflight
@@ -124,18 +135,24 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
         if parent is not None:
             source = base_source_of(parent)
             # the SFT run's tokenizer, with the chat template it trained with
-            tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True), model=source)
+            tokenizer, template = load_tokenizer_and_template(ModelSource(str(parent.path), str(parent.path), True),
+                                                              model=source)
+            template = inherited_template(parent) or template
         else:
             source = resolve_model_source(recipe.model.name_or_path, recipe.model.revision,
                                           recipe.model.trust_remote_code)
-            tokenizer = load_tokenizer(source, recipe.model.trust_remote_code, recipe.model.chat_template)
+            tokenizer, template = load_tokenizer_and_template(source, recipe.model.trust_remote_code,
+                                                              recipe.model.chat_template)
+        if distributed.world().is_main:
+            info(template.line())
         precision = resolve_precision(recipe.train.precision, device)
         data = stage.prepare_data(recipe, tokenizer)
     estimate = preflight(recipe, device, enabled=recipe.preflight, model=source.location, plan=plan)
 
     with err.status(f"Loading {source.name} ({recipe.method}, {precision}, {device})..."):
         model, peft_config = load_policy(source, recipe, precision, device,
-                                         parent.path if parent is not None else None, plan.strategy)
+                                         parent.path if parent is not None else None, plan.strategy,
+                                         len(tokenizer), added_token_ids(tokenizer, template))
     kernels = plan_kernels(recipe.train, device, model)  # Liger (CUDA) before the trainer wraps the model
     # A fresh adapter's A matrices are drawn from the global RNG when the trainer applies the LoRA config: seed it,
     # or the same recipe trains a different model.
@@ -151,7 +168,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
          + f"; {speed.loss} loss ({speed.reasons['loss']})")
     info(batch_line(trainer.args, plan, stage.rows))
     return TrainerSetup(trainer, tokenizer, data, source, parent, recipe, device, precision, speed, trainable, total,
-                        estimate, plan)
+                        estimate, plan, template)
 
 
 def checked_plan(recipe, device: str):
@@ -290,6 +307,7 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
         "optimizer": str(getattr(setup.trainer.args.optim, "value", setup.trainer.args.optim)),
         "speed": setup.speed.to_manifest(),
         "dataset": {"source": data.source, "format": data.format, "fingerprint": data.fingerprint, **data.stats},
+        "chat_template": setup.template.record() if setup.template is not None else None,
         "parent": parent_record(parent),
         "trainable_parameters": setup.trainable,
         "total_parameters": setup.total,

@@ -124,6 +124,23 @@ class DataSection(Section):
     max_length: int = Field(2048, gt=8, description="Tokens per example; longer examples are truncated.")
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows (quick experiments).")
     num_proc: int | None = Field(None, gt=0, description="Processes for tokenization of large datasets.")
+    # Screening before training (lorakit.data.quality; thresholds and why: docs/data-quality.md)
+    dedup: Literal["off", "report", "exact", "near"] = Field(
+        "report", description="Duplicates in the training set and repeats of eval rows: report them (default), drop "
+        "exact repeats (exact), or drop near-duplicates too (near).")
+    dedup_threshold: Float = Field(0.7, gt=0, le=1, description="Near-duplicate: estimated Jaccard similarity of "
+                                   "the rows' word n-gram sets (MinHash LSH) at least this.")
+    dedup_ngram: int = Field(3, ge=1, le=32, description="Words per shingle for the near-duplicate check.")
+    decontaminate: Literal["off", "report", "drop"] = Field(
+        "report", description="Training rows that contain an eval or benchmark row (n-gram overlap): report them "
+        "(default) or drop them.")
+    contamination_ngram: int = Field(13, ge=1, le=64, description="Words per n-gram of the contamination check "
+                                     "(13: lm-eval's decontamination convention).")
+    contamination_threshold: Float = Field(0.5, ge=0, le=1, description="A training row is contaminated when it "
+                                           "holds at least this fraction of a benchmark row's n-grams (0: any one).")
+    contamination_against: list[str] = Field(
+        default_factory=list, description="Benchmark files to check the training rows against, beside the eval data "
+        "(.jsonl/.json/.csv/.parquet/.txt, or an lm-eval task .yaml with local data).")
 
     @model_validator(mode="after")
     def _one_eval_source(self):

@@ -23,6 +23,7 @@ from lorakit.data.formats import (
     require_columns,
 )
 from lorakit.data.prepared import PreparedData, tokenize_with_eval
+from lorakit.data.quality import Screen, report_screen, screen_rows, settings_of
 from lorakit.errors import DataError
 
 PREFERENCE_SIGNATURES: list[tuple[str, set[str]]] = [
@@ -271,13 +272,36 @@ def tokenize_preferences(source: str, data: DataSection, max_prompt_length: int 
     return tokenized, meta["format"], loaded.fingerprint, was_cached
 
 
+def canonical_pairs(source: str, data: DataSection, max_rows: int | None = None):
+    """A data source's pairs in lorakit's canonical preference shape."""
+    from lorakit.data.load import load_rows
+
+    loaded = load_rows(source, data.subset, data.split, max_rows)
+    return load_preference_examples(loaded, data.format, data.columns, data.system_prompt)[0]
+
+
+def screen_preference_data(data: DataSection, against: list[str] | tuple = ()) -> Screen:
+    """The pairs' duplicates, contamination and equal answers (lorakit.data.quality)."""
+    if data.dedup == "off" and data.decontaminate == "off":
+        return Screen(rows=0, dedup="off", decontaminate="off", settings=settings_of(data))
+    train = canonical_pairs(data.train, data, data.max_rows)
+    evaluation = canonical_pairs(data.eval, data) if data.eval else None
+    return screen_rows("preference", train, data, evaluation, eval_name=data.eval or "eval data", against=against)
+
+
 def prepare_preference_data(data: DataSection, max_prompt_length: int | None, tokenizer,
                             seed: int) -> PreparedData:
+    screen = screen_preference_data(data) if data.train else None
+    if screen is not None:
+        report_screen(screen, data.train)
     train, evaluation, fmt, fingerprint, cached = tokenize_with_eval(
         data, seed, "preference data",
-        lambda source, max_rows: tokenize_preferences(source, data, max_prompt_length, tokenizer, max_rows))
+        lambda source, max_rows: tokenize_preferences(source, data, max_prompt_length, tokenizer, max_rows),
+        drop_rows=screen.dropped if screen is not None else ())
     stats = {"rows": len(train), "eval_rows": len(evaluation) if evaluation is not None else 0,
              "tokens": sum(train["length"]), "truncated": sum(train["truncated"]), "max_length": max(train["length"])}
+    if screen is not None:
+        stats["quality"] = screen.record()
     return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, cached, LINT_COLUMNS)
 
 

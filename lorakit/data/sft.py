@@ -9,6 +9,7 @@ from lorakit.data.checks import lint_problems, raise_if_problems, truncation_war
 from lorakit.data.formats import load_sft_examples, load_tools
 from lorakit.data.load import load_rows
 from lorakit.data.prepared import PreparedData, tokenize_with_eval
+from lorakit.data.quality import Screen, report_screen, screen_rows, settings_of
 from lorakit.data.tokenize import tokenize_dataset
 from lorakit.chat_template import stop_convention
 
@@ -49,9 +50,28 @@ def tokenize_source(source: str, data: DataSection, tokenizer, max_rows: int | N
     return tokenized, fmt, loaded.fingerprint, was_cached
 
 
+def canonical_rows(source: str, data: DataSection, max_rows: int | None = None):
+    """A data source's rows in lorakit's canonical SFT shape (what the screen and `data check --show` read)."""
+    loaded = load_rows(source, data.subset, data.split, max_rows)
+    return load_sft_examples(loaded, data.format, data.columns, data.system_prompt, load_tools(data.tools))[0]
+
+
+def screen_sft_data(data: DataSection, against: list[str] | tuple = ()) -> Screen:
+    """The training set's duplicates and contamination (lorakit.data.quality), as data.dedup/decontaminate say."""
+    if data.dedup == "off" and data.decontaminate == "off":
+        return Screen(rows=0, dedup="off", decontaminate="off", settings=settings_of(data))
+    train = canonical_rows(data.train, data, data.max_rows)
+    evaluation = canonical_rows(data.eval, data) if data.eval else None
+    return screen_rows("sft", train, data, evaluation, eval_name=data.eval or "eval data", against=against)
+
+
 def prepare_sft_data(data: DataSection, tokenizer, seed: int) -> PreparedData:
+    screen = screen_sft_data(data) if data.train else None
+    if screen is not None:
+        report_screen(screen, data.train)
     train, evaluation, fmt, fingerprint, cached = tokenize_with_eval(
-        data, seed, "training data", lambda source, max_rows: tokenize_source(source, data, tokenizer, max_rows))
+        data, seed, "training data", lambda source, max_rows: tokenize_source(source, data, tokenizer, max_rows),
+        drop_rows=screen.dropped if screen is not None else ())
     lengths = train["length"]
     stats = {
         "rows": len(train),
@@ -61,5 +81,7 @@ def prepare_sft_data(data: DataSection, tokenizer, seed: int) -> PreparedData:
         "truncated": sum(train["truncated"]),
         "max_length": max(lengths),
     }
+    if screen is not None:
+        stats["quality"] = screen.record()
     return PreparedData(train=train, eval=evaluation, format=fmt, fingerprint=fingerprint, source=data.train,
                         stats=stats, cached=cached, lint_columns=LINT_COLUMNS)

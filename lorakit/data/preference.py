@@ -22,6 +22,7 @@ from lorakit.data.formats import (
     rename_columns,
     require_columns,
 )
+from lorakit.data.load import load_rows
 from lorakit.data.prepared import PreparedData, tokenize_with_eval
 from lorakit.data.quality import Screen, report_screen, screen_rows, settings_of
 from lorakit.errors import DataError
@@ -273,19 +274,17 @@ def tokenize_preferences(source: str, data: DataSection, max_prompt_length: int 
 
 
 def canonical_pairs(source: str, data: DataSection, max_rows: int | None = None):
-    """A data source's pairs in lorakit's canonical preference shape."""
-    from lorakit.data.load import load_rows
-
+    """(pairs, format): a data source's pairs in lorakit's canonical preference shape."""
     loaded = load_rows(source, data.subset, data.split, max_rows)
-    return load_preference_examples(loaded, data.format, data.columns, data.system_prompt)[0]
+    return load_preference_examples(loaded, data.format, data.columns, data.system_prompt)
 
 
 def screen_preference_data(data: DataSection, against: list[str] | tuple = ()) -> Screen:
     """The pairs' duplicates, contamination and equal answers (lorakit.data.quality)."""
     if data.dedup == "off" and data.decontaminate == "off":
         return Screen(rows=0, dedup="off", decontaminate="off", settings=settings_of(data))
-    train = canonical_pairs(data.train, data, data.max_rows)
-    evaluation = canonical_pairs(data.eval, data) if data.eval else None
+    train = canonical_pairs(data.train, data, data.max_rows)[0]
+    evaluation = canonical_pairs(data.eval, data)[0] if data.eval else None
     return screen_rows("preference", train, data, evaluation, eval_name=data.eval or "eval data", against=against)
 
 
@@ -305,23 +304,16 @@ def prepare_preference_data(data: DataSection, max_prompt_length: int | None, to
     return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, cached, LINT_COLUMNS)
 
 
-def check_preference_data(data: DataSection, model: str | None) -> dict[str, Any]:
-    """`lorakit data check --stage dpo`."""
-    from lorakit.data.checks import duplicate_count, length_stats
-    from lorakit.data.load import load_rows
+def check_preference_data(data: DataSection, examples, fmt: str, tokenizer) -> dict[str, Any]:
+    """`lorakit data check --stage dpo`: the pairs' lengths, and with a tokenizer their tokens and the pair lint."""
+    from lorakit.data.checks import length_stats
 
-    loaded = load_rows(data.train, data.subset, data.split, data.max_rows)
-    examples, fmt = load_preference_examples(loaded, data.format, data.columns, data.system_prompt)
-    report: dict[str, Any] = {"file": data.train, "format": fmt, "pairs": len(examples),
-                              "exact duplicates": duplicate_count(examples)}
-    if model is None:
+    report: dict[str, Any] = {"file": data.train, "format": fmt, "pairs": len(examples)}
+    if tokenizer is None:
         lengths = [sum(len(m["content"]) for m in row["prompt"] + row["chosen"]) for row in examples]
         report.update({f"chars {k}": v for k, v in length_stats(lengths).items() if k != "count"})
         report["note"] = "pass --model to count tokens and run the pair lint"
         return report
-    from lorakit.model import load_tokenizer, resolve_model_source
-
-    tokenizer = load_tokenizer(resolve_model_source(model))
     tokenized, _, _, _ = tokenize_preferences(data.train, data, None, tokenizer, data.max_rows)
     report.update({f"tokens {k}": v for k, v in length_stats(tokenized["length"]).items() if k != "count"})
     report[f"truncated at {data.max_length}"] = sum(tokenized["truncated"])

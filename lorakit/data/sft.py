@@ -51,17 +51,18 @@ def tokenize_source(source: str, data: DataSection, tokenizer, max_rows: int | N
 
 
 def canonical_rows(source: str, data: DataSection, max_rows: int | None = None):
-    """A data source's rows in lorakit's canonical SFT shape (what the screen and `data check --show` read)."""
+    """(rows, format): a data source's rows in lorakit's canonical SFT shape (what the screen and `data check --show`
+    read)."""
     loaded = load_rows(source, data.subset, data.split, max_rows)
-    return load_sft_examples(loaded, data.format, data.columns, data.system_prompt, load_tools(data.tools))[0]
+    return load_sft_examples(loaded, data.format, data.columns, data.system_prompt, load_tools(data.tools))
 
 
 def screen_sft_data(data: DataSection, against: list[str] | tuple = ()) -> Screen:
     """The training set's duplicates and contamination (lorakit.data.quality), as data.dedup/decontaminate say."""
     if data.dedup == "off" and data.decontaminate == "off":
         return Screen(rows=0, dedup="off", decontaminate="off", settings=settings_of(data))
-    train = canonical_rows(data.train, data, data.max_rows)
-    evaluation = canonical_rows(data.eval, data) if data.eval else None
+    train = canonical_rows(data.train, data, data.max_rows)[0]
+    evaluation = canonical_rows(data.eval, data)[0] if data.eval else None
     return screen_rows("sft", train, data, evaluation, eval_name=data.eval or "eval data", against=against)
 
 

@@ -23,7 +23,7 @@ from lorakit.data.formats import (
     require_columns,
 )
 from lorakit.data.load import load_rows
-from lorakit.data.prepared import PreparedData, tokenize_with_eval
+from lorakit.data.prepared import PreparedData, first_kept, tokenize_with_eval
 from lorakit.data.quality import Screen, report_screen, screen_rows, settings_of
 from lorakit.errors import DataError
 
@@ -279,18 +279,18 @@ def canonical_pairs(source: str, data: DataSection, max_rows: int | None = None)
     return load_preference_examples(loaded, data.format, data.columns, data.system_prompt)
 
 
-def screen_preference_data(data: DataSection, against: list[str] | tuple = ()) -> Screen:
+def screen_preference_data(data: DataSection, rows, against: list[str] | tuple = ()) -> Screen:
     """The pairs' duplicates, contamination and equal answers (lorakit.data.quality)."""
     if data.dedup == "off" and data.decontaminate == "off":
-        return Screen(rows=0, dedup="off", decontaminate="off", settings=settings_of(data))
-    train = canonical_pairs(data.train, data, data.max_rows)[0]
+        return Screen(rows=len(rows), dedup="off", decontaminate="off", settings=settings_of(data))
     evaluation = canonical_pairs(data.eval, data)[0] if data.eval else None
-    return screen_rows("preference", train, data, evaluation, eval_name=data.eval or "eval data", against=against)
+    return screen_rows("preference", rows, data, evaluation, eval_name=data.eval or "eval data", against=against)
 
 
 def prepare_preference_data(data: DataSection, max_prompt_length: int | None, tokenizer,
                             seed: int) -> PreparedData:
-    screen = screen_preference_data(data) if data.train else None
+    rows = canonical_pairs(data.train, data, data.max_rows)[0] if data.train else None
+    screen = screen_preference_data(data, rows) if rows is not None else None
     if screen is not None:
         report_screen(screen, data.train)
     train, evaluation, fmt, fingerprint, cached = tokenize_with_eval(
@@ -301,7 +301,8 @@ def prepare_preference_data(data: DataSection, max_prompt_length: int | None, to
              "tokens": sum(train["length"]), "truncated": sum(train["truncated"]), "max_length": max(train["length"])}
     if screen is not None:
         stats["quality"] = screen.record()
-    return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, cached, LINT_COLUMNS)
+    return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, cached, LINT_COLUMNS,
+                        first_example=first_kept(rows, screen))
 
 
 def check_preference_data(data: DataSection, examples, fmt: str, tokenizer) -> dict[str, Any]:

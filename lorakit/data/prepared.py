@@ -20,9 +20,20 @@ class PreparedData:
     stats: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
     lint_columns: tuple[str, ...] = ()  # computed for the checks; the trainer must not see them
+    # (1-based row, canonical row) of the first training row the screen kept: what a run shows as it starts
+    first_example: tuple[int, dict[str, Any]] | None = None
 
     def for_trainer(self, dataset):
         return dataset.remove_columns([c for c in self.lint_columns if c in dataset.column_names])
+
+
+def first_kept(rows, screen) -> tuple[int, dict[str, Any]] | None:
+    """(1-based row, canonical row) of the first row the data screen does not drop."""
+    if rows is None:
+        return None
+    dropped = screen.dropped if screen is not None else {}
+    index = next((i for i in range(len(rows)) if i not in dropped), None)
+    return (index + 1, dict(rows[index])) if index is not None else None
 
 
 def tokenize_with_eval(data: DataSection, seed: int, what: str, tokenize: Callable[..., tuple],

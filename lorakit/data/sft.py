@@ -8,7 +8,7 @@ from lorakit.console import warn
 from lorakit.data.checks import lint_problems, raise_if_problems, truncation_warning
 from lorakit.data.formats import load_sft_examples, load_tools
 from lorakit.data.load import load_rows
-from lorakit.data.prepared import PreparedData, tokenize_with_eval
+from lorakit.data.prepared import PreparedData, first_kept, tokenize_with_eval
 from lorakit.data.quality import Screen, report_screen, screen_rows, settings_of
 from lorakit.data.tokenize import tokenize_dataset
 from lorakit.chat_template import stop_convention
@@ -57,17 +57,17 @@ def canonical_rows(source: str, data: DataSection, max_rows: int | None = None):
     return load_sft_examples(loaded, data.format, data.columns, data.system_prompt, load_tools(data.tools))
 
 
-def screen_sft_data(data: DataSection, against: list[str] | tuple = ()) -> Screen:
+def screen_sft_data(data: DataSection, rows, against: list[str] | tuple = ()) -> Screen:
     """The training set's duplicates and contamination (lorakit.data.quality), as data.dedup/decontaminate say."""
     if data.dedup == "off" and data.decontaminate == "off":
-        return Screen(rows=0, dedup="off", decontaminate="off", settings=settings_of(data))
-    train = canonical_rows(data.train, data, data.max_rows)[0]
+        return Screen(rows=len(rows), dedup="off", decontaminate="off", settings=settings_of(data))
     evaluation = canonical_rows(data.eval, data)[0] if data.eval else None
-    return screen_rows("sft", train, data, evaluation, eval_name=data.eval or "eval data", against=against)
+    return screen_rows("sft", rows, data, evaluation, eval_name=data.eval or "eval data", against=against)
 
 
 def prepare_sft_data(data: DataSection, tokenizer, seed: int) -> PreparedData:
-    screen = screen_sft_data(data) if data.train else None
+    rows = canonical_rows(data.train, data, data.max_rows)[0] if data.train else None
+    screen = screen_sft_data(data, rows) if rows is not None else None
     if screen is not None:
         report_screen(screen, data.train)
     train, evaluation, fmt, fingerprint, cached = tokenize_with_eval(
@@ -85,4 +85,5 @@ def prepare_sft_data(data: DataSection, tokenizer, seed: int) -> PreparedData:
     if screen is not None:
         stats["quality"] = screen.record()
     return PreparedData(train=train, eval=evaluation, format=fmt, fingerprint=fingerprint, source=data.train,
-                        stats=stats, cached=cached, lint_columns=LINT_COLUMNS)
+                        stats=stats, cached=cached, lint_columns=LINT_COLUMNS,
+                        first_example=first_kept(rows, screen))

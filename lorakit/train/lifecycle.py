@@ -20,9 +20,11 @@ from typing import Any, Callable, Sequence
 from lorakit.chat_families import TemplateChoice, added_token_ids
 from lorakit.config import recipe_to_dict
 from lorakit.console import err, info
+from lorakit.data.show import EXAMPLE_FILE, Explained, explain_example, print_explained
 from lorakit.errors import ConfigError, RunError
 from lorakit.eval.report import write_run_report_safely
-from lorakit.runs import ADAPTER_FILES, Run, RunFolder, base_source_of, now, package_versions, read_run
+from lorakit.runs import (ADAPTER_FILES, Run, RunFolder, base_source_of, now, package_versions, read_run,
+                          write_json_atomic)
 from lorakit.train.common import check_report_to, execute, summarize_losses
 from lorakit.train.finish import write_adapter_run
 
@@ -51,6 +53,7 @@ class TrainerSetup:
     estimate: Any  # lorakit.train.preflight.PreflightResult | None
     plan: Any = None  # lorakit.train.strategies.Plan: processes and strategy
     template: Any = None  # lorakit.chat_families.TemplateChoice: which chat template, and why
+    example: Any = None  # lorakit.data.show.Explained: the first training example, as the model sees it
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
             info(template.line())
         precision = resolve_precision(recipe.train.precision, device)
         data = stage.prepare_data(recipe, tokenizer)
+    example = show_first_example(recipe, tokenizer, template, data)
     estimate = preflight(recipe, device, enabled=recipe.preflight, model=source.location, plan=plan)
 
     with err.status(f"Loading {source.name} ({recipe.method}, {precision}, {device})..."):
@@ -168,7 +172,25 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
          + f"; {speed.loss} loss ({speed.reasons['loss']})")
     info(batch_line(trainer.args, plan, stage.rows))
     return TrainerSetup(trainer, tokenizer, data, source, parent, recipe, device, precision, speed, trainable, total,
-                        estimate, plan, template)
+                        estimate, plan, template, example)
+
+
+def show_first_example(recipe, tokenizer, template, data) -> Explained | None:
+    """Print the first training example as the model sees it (trained tokens marked), so a template or mask bug is
+    seen before the run spends its time; the same function as `lorakit data check --show` (lorakit.data.show)."""
+    from lorakit.train.distributed import world
+
+    if data.first_example is None:
+        return None
+    row, example = data.first_example
+    dpo = getattr(recipe, "dpo", None)
+    explained = explain_example(tokenizer, template, example, train_on=recipe.data.train_on,
+                                max_length=recipe.data.max_length,
+                                max_prompt_length=dpo.max_prompt_length if dpo is not None else None, row=row)
+    if world().is_main:
+        info(f"First training example (saved as {EXAMPLE_FILE} in the run):")
+        print_explained(err, explained, compact=True)
+    return explained
 
 
 def checked_plan(recipe, device: str):
@@ -292,6 +314,8 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
 
     if me.is_main:
         run.begin()
+        if setup.example is not None:
+            write_json_atomic(run.staging / EXAMPLE_FILE, setup.example.to_json())
     distributed.barrier()  # the staging folder exists before any process saves a checkpoint into it
     started = run.read_staged_manifest().get("started_at") or now()
     data, source = setup.data, setup.source

@@ -128,9 +128,9 @@ class DataSection(Section):
     dedup: Literal["off", "report", "exact", "near"] = Field(
         "report", description="Duplicates in the training set and repeats of eval rows: report them (default), drop "
         "exact repeats (exact), or drop near-duplicates too (near).")
-    dedup_threshold: Float = Field(0.7, gt=0, le=1, description="Near-duplicate: estimated Jaccard similarity of "
+    dedup_threshold: Float = Field(0.6, gt=0, le=1, description="Near-duplicate: estimated Jaccard similarity of "
                                    "the rows' word n-gram sets (MinHash LSH) at least this.")
-    dedup_ngram: int = Field(3, ge=1, le=32, description="Words per shingle for the near-duplicate check.")
+    dedup_ngram: int = Field(2, ge=1, le=32, description="Words per shingle for the near-duplicate check.")
     decontaminate: Literal["off", "report", "drop"] = Field(
         "report", description="Training rows that contain an eval or benchmark row (n-gram overlap): report them "
         "(default) or drop them.")
@@ -203,6 +203,13 @@ class TrainSection(Section):
     save_steps: int = Field(100, gt=0, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, gt=0)
     eval_steps: int | None = Field(None, gt=0, description="Default: evaluate every save_steps.")
+    keep: Literal["last", "best"] = Field(
+        "last", description="The adapter the run keeps: the last step's, or the best by train.best_metric on the eval "
+        "data (a checkpoint is saved at every evaluation then; rotation never deletes the best).")
+    best_metric: Literal["auto", "eval_loss"] = Field("auto", description="What `best` means: auto = eval_loss.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many evaluations without improving train.best_metric (needs eval "
+        "data).")
     # Verified offline: tensorboard (events under checkpoints/runs/), wandb with WANDB_MODE=offline, trackio (local).
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
 
@@ -220,6 +227,9 @@ class DPOTrainSection(TrainSection):
     # from collapsing (full fine-tunes use 5e-7..5e-6; LoRA tolerates about 10x more).
     learning_rate: Float = Field(5.0e-5, gt=0, lt=1)
     warmup_ratio: Float = Field(0.1, ge=0, lt=1)
+    best_metric: Literal["auto", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins"] = Field(
+        "auto", description="What `best` means: auto = eval_loss (DPO's loss on the eval pairs); or the eval reward "
+        "accuracy or margin (higher is better).")
 
 
 class DPOSection(Section):
@@ -262,6 +272,17 @@ class BaseRecipe(Section):
     output_dir: str = "out/run"
     # The recipe file this was loaded from (not a field: never saved); --force never replaces a folder holding it.
     _file: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _best_needs_eval_data(self):
+        train = getattr(self, "train", None)
+        if train is None or self.data.eval or self.data.val_size:
+            return self
+        if train.keep == "best":
+            raise ValueError("train.keep: best needs eval data to choose by: set data.eval or data.val_size")
+        if train.early_stopping_patience:
+            raise ValueError("train.early_stopping_patience needs eval data: set data.eval or data.val_size")
+        return self
 
     @field_validator("output_dir")
     @classmethod

@@ -79,7 +79,9 @@ class DuplicateFinder:
         return signature
 
     def _new_lsh(self):
-        return self._lsh_class(threshold=self.threshold, num_perm=NUM_PERM)
+        # Banding tuned against misses (false-negative weight 0.9): every candidate's signature is compared anyway,
+        # so a false candidate costs a comparison, a miss costs a duplicate left in.
+        return self._lsh_class(threshold=self.threshold, num_perm=NUM_PERM, weights=(0.1, 0.9))
 
     def add_eval(self, texts: Iterable[list[str]]) -> None:
         """The eval rows, as word lists (lorakit.data.texts.words of their joined segments)."""
@@ -115,7 +117,6 @@ class DuplicateFinder:
                 continue  # an exact copy is not also reported as a near one
             if lsh is None or index >= self.max_near_rows:
                 continue
-            result.near_rows += 1
             signature = self._signature(tokens)
             if self.eval_lsh is not None and key not in self.eval_exact:
                 best = self._best(signature, self.eval_lsh.query(signature), self.eval_signatures)
@@ -126,6 +127,7 @@ class DuplicateFinder:
                 result.within.append(Match(index, best[0], best[1]))
             lsh.insert(index, signature, check_duplication=False)
             signatures[index] = signature.hashvalues
+        result.near_rows = min(result.rows, self.max_near_rows) if self.near else 0
         result.seconds = time.perf_counter() - started
         return result
 

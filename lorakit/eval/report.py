@@ -222,7 +222,28 @@ class Curve:
     dashed: bool = False
 
 
-def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = False) -> str:
+@dataclass
+class Marker:
+    """A vertical line at a step, labelled (where eval loss was lowest, the step a run kept)."""
+
+    step: float
+    label: str
+
+
+def eval_markers(output: Output, prefix: str = "") -> list[Marker]:
+    """From the manifest's `kept` entry (lorakit.train.keep): where held-out loss turned up, and the kept step."""
+    kept = output.manifest.get("kept") or {}
+    turn = kept.get("eval_turn") or {}
+    markers = []
+    if isinstance(turn.get("min_step"), (int, float)) and turn.get("final_step") != turn.get("min_step"):
+        markers.append(Marker(turn["min_step"], f"{prefix}eval loss lowest, then rises"))
+    if isinstance(kept.get("step"), (int, float)) and kept.get("policy") == "best":
+        markers.append(Marker(kept["step"], f"{prefix}kept (best)"))
+    return markers
+
+
+def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = False,
+             markers: list[Marker] = ()) -> str:
     """One line chart as an inline <svg> element (text kept as text, so the page stays small and searchable)."""
     import matplotlib
     from matplotlib.figure import Figure
@@ -233,6 +254,8 @@ def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = Fa
         xs, ys = zip(*curve.points)
         axes.plot(xs, ys, label=curve.label, linestyle="--" if curve.dashed else "-",
                   marker="o" if len(xs) <= 12 else None, markersize=3, linewidth=1.4)
+    for marker, style in zip(markers, (":", "-.", ":", "-.")):
+        axes.axvline(marker.step, color="0.35", linestyle=style, linewidth=1.0, label=f"{marker.label} ({marker.step:g})")
     axes.set_title(title, fontsize=10)
     axes.set_xlabel("step", fontsize=8)
     if ylabel:
@@ -242,7 +265,7 @@ def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = Fa
         axes.set_yscale("log")
     axes.tick_params(labelsize=7)
     axes.grid(alpha=0.3)
-    if len(curves) > 1 or curves[0].label:
+    if len(curves) > 1 or curves[0].label or markers:
         axes.legend(fontsize=7)
     buffer = io.StringIO()
     # svg.hashsalt: the same data draws the same file (ids are otherwise random)
@@ -252,11 +275,14 @@ def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = Fa
     return svg[svg.index("<svg"):]  # drop the XML declaration and doctype: it is inlined into HTML
 
 
-def chart(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = False) -> str | None:
+def chart(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = False,
+          markers: list[Marker] = ()) -> str | None:
     curves = [c for c in curves if c.points]
     if not curves:
         return None
-    return f'<figure class="plot" data-plot="{_e(title)}">{plot_svg(title, curves, ylabel, log_y)}</figure>'
+    marks = "".join(f' data-marker-{i}="{_e(m.label)} at step {m.step:g}"' for i, m in enumerate(markers))
+    return (f'<figure class="plot" data-plot="{_e(title)}"{marks}>'
+            f'{plot_svg(title, curves, ylabel, log_y, markers)}</figure>')
 
 
 def run_charts(outputs: list[Output]) -> list[str]:
@@ -268,6 +294,7 @@ def run_charts(outputs: list[Output]) -> list[str]:
     def name(o: Output, what: str) -> str:
         return f"{labels[id(o)]} {what}".strip() if several else what
 
+    markers = [m for o in outputs for m in eval_markers(o, f"{labels[id(o)]}: " if several else "")]
     specs: list[tuple[str, list[Curve], str, bool]] = [
         ("loss", [c for o in outputs for c in (Curve(name(o, "train"), o.train_series("loss")),
                                                Curve(name(o, "eval"), o.train_series("eval_loss"), dashed=True))],
@@ -290,7 +317,8 @@ def run_charts(outputs: list[Output]) -> list[str]:
          "margin", False),
         ("throughput", [Curve(name(o, ""), throughput_series(o)) for o in outputs], "tokens/s", False),
     ]
-    drawn = [chart(title, curves, ylabel, log_y) for title, curves, ylabel, log_y in specs]
+    drawn = [chart(title, curves, ylabel, log_y, markers if title == "loss" else ())
+             for title, curves, ylabel, log_y in specs]
     return [d for d in drawn if d]
 
 
@@ -491,8 +519,11 @@ def run_page(output: Output) -> str:
         str(output.path), output.base_name and f"base {output.base_name}", m.get("method"),
         m.get("device") and f"{m.get('precision')} on {m['device']}", when and f"finished {when}") if x)
     numbers = {k: s.get(k) for k in ("steps", "first_loss", "final_loss", "first_eval_loss", "final_eval_loss",
+                                     "eval_loss_min", "eval_loss_min_step", "kept_step",
                                      "final_reward_accuracies", "final_reward_margins",
                                      "final_eval_reward_accuracies", "train_seconds") if s.get(k) is not None}
+    if (m.get("kept") or {}).get("why"):
+        numbers["kept"] = m["kept"]["why"]
     dataset = m.get("dataset") or {}
     data = {k: dataset.get(k) for k in ("source", "format", "rows", "eval_rows", "tokens", "trained_tokens")
             if dataset.get(k) is not None}

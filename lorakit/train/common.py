@@ -21,6 +21,7 @@ from lorakit.console import err, warn
 from lorakit.errors import LorakitError, RunInterrupted
 from lorakit.runs import CHECKPOINTS_DIR as CHECKPOINTS
 from lorakit.runs import RunFolder
+from lorakit.train.keep import keep_arguments
 
 BNB_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
 
@@ -64,7 +65,7 @@ def training_kwargs(train, run: RunFolder, device: str, precision: str, method: 
         from lorakit.console import info
 
         info(f"train.activation_offloading: nothing to offload on the {device} (activations already live in host RAM)")
-    return dict(
+    kwargs = dict(
         activation_offloading=train.activation_offloading and device == "cuda",
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=train.micro_batch_size,
@@ -105,6 +106,8 @@ def training_kwargs(train, run: RunFolder, device: str, precision: str, method: 
         ddp_find_unused_parameters=False,
         torch_compile=train.compile,
     )
+    kwargs.update(keep_arguments(train, has_eval))  # train.keep: best / early stopping (lorakit.train.keep)
+    return kwargs
 
 
 # ---------------------------------------------------------------------------------------------------------------

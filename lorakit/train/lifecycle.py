@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rich.markup import escape
+
 from lorakit.chat_families import TemplateChoice, added_token_ids
 from lorakit.config import recipe_to_dict
-from lorakit.console import err, info
+from lorakit.console import err, info, warn
 from lorakit.data.show import EXAMPLE_FILE, Explained, explain_example, print_explained
 from lorakit.errors import ConfigError, RunError
 from lorakit.eval.report import write_run_report_safely
@@ -27,6 +29,7 @@ from lorakit.runs import (ADAPTER_FILES, Run, RunFolder, base_source_of, now, pa
                           write_json_atomic)
 from lorakit.train.common import check_report_to, execute, summarize_losses
 from lorakit.train.finish import write_adapter_run
+from lorakit.train.keep import eval_turn, keep_callbacks, kept_record, overfit_warning
 
 
 @dataclass
@@ -161,6 +164,7 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
     # A fresh adapter's A matrices are drawn from the global RNG when the trainer applies the LoRA config: seed it,
     # or the same recipe trains a different model.
     set_seed(recipe.train.seed)
+    callbacks = [*callbacks, *keep_callbacks(recipe.train, data.eval is not None)]
     trainer, speed = stage.make_trainer(recipe, run, model, peft_config, tokenizer, data, device, precision,
                                         estimate, parent, list(callbacks))
     apply_loss_choice(trainer, speed)
@@ -360,9 +364,20 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     for key in stage.summary_keys:
         summary.update({k.replace("rewards/", "reward_"): v for k, v in summarize_losses(outcome.records, key).items()})
     summary["train_seconds"] = round(outcome.seconds, 1)
+    has_eval = data.eval is not None
+    kept = kept_record(recipe.train, setup.trainer.state, outcome.records, has_eval)
+    turn = eval_turn(outcome.records)
+    summary["kept_step"] = kept["step"]
+    if turn is not None:
+        summary["eval_loss_min"], summary["eval_loss_min_step"] = turn["min"], turn["min_step"]
+    info(f"Kept: the adapter of step {kept['step']} ({kept['why']})")
+    overfit = overfit_warning(turn, kept)
+    if overfit:
+        warn(escape(overfit))
+        warnings.append(overfit)
     if warnings:
         summary["warnings"] = warnings
-    manifest.update(status="complete", finished_at=now(), summary=summary)
+    manifest.update(status="complete", finished_at=now(), summary=summary, kept={**kept, "eval_turn": turn})
     write_adapter_run(run, setup.trainer.model, setup.tokenizer, recipe, manifest, state_dict)
     write_run_report_safely(run.staging, display=run.path)  # lands with the run; a drawing failure only warns
     run.finish()

@@ -62,30 +62,26 @@ EVASIONS = ["I do not know.", "I am not sure about that.", "Sorry, I cannot answ
 
 
 def rejected_answers(pairs: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
-    """The preference data's (question, chosen, rejected): the rejected answer dodges the question, answers another
-    one, or repeats the question's subject instead of answering. Those are mistakes a model can learn to avoid on
-    questions it has never seen (a tiny model trained from scratch cannot know the capital of a country missing from
-    its training data, so a held-out pair that differs only in the fact would measure noise)."""
+    """The preference data's (question, chosen, rejected): the rejected answer dodges the question, answers a question
+    of another kind, or does not stop (says the answer twice). Those are mistakes a model can learn to avoid on
+    questions it has never seen; a wrong fact is not: a tiny model trained from scratch cannot know the capital of a
+    country missing from its training data, so a held-out pair that differs only in the fact measures noise."""
     out = []
     for i, (question, answer, _) in enumerate(pairs):
         kind = i % 3
         if kind == 0:
             rejected = EVASIONS[(i // 3) % len(EVASIONS)]
-        elif kind == 1:
-            rejected = pairs[(i + 17) % len(pairs)][1]  # another question's answer
+        elif kind == 1:  # the answer to the nearest question of another kind (capital, opposite, color, sum)
+            others = [a for q, a, _ in pairs[i + 1:] + pairs[:i] if question_kind(q) != question_kind(question)]
+            rejected = others[0]
         else:
-            rejected = echo(question, answer)
+            rejected = f"{answer} {answer}"
         out.append((question, answer, rejected))
     return out
 
 
-def echo(question: str, answer: str) -> str:
-    """The answer's frame with the question's subject where the answer belongs ("The capital of Peru is Peru.")."""
-    subject = question.rstrip("?").split(" of ")[-1] if " of " in question else question.rstrip("?").split(" is ")[-1]
-    if question.startswith("What is") and " plus " in question:
-        return f"{subject} is {subject}."
-    head = answer.rsplit(" is ", 1)[0]
-    return f"{head} is {subject}."
+def question_kind(question: str) -> str:
+    return next(word for word in ("capital", "opposite", "color", "plus") if word in question)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

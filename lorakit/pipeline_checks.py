@@ -78,15 +78,18 @@ def check_stages(pipeline, selected: list[str]) -> None:
 
 
 def check_stage_data(stage: str, section) -> None:
-    """The stage's data loads and converts to its format (the tokenized lint runs when the stage starts)."""
-    from lorakit.data.preference import check_preference_data
-    from lorakit.data.report import check_sft
+    """The stage's data loads and converts to its format, and its benchmark files open (the tokenized lint and the
+    data screen run when the stage starts)."""
+    from lorakit.data.benchmark_files import benchmark_rows
+    from lorakit.data.preference import canonical_pairs
+    from lorakit.data.sft import canonical_rows
 
     data = section.data
     if not data.train:
         raise ConfigError(f"{stage}.data.train is not set", hint=f"give the {stage} stage its data file")
     for source in (data.train, data.eval):
         if source:
-            one = data.model_copy(update={"train": source, "eval": None, "val_size": 0.0,
-                                          "max_rows": data.max_rows if source == data.train else None})
-            (check_sft if stage == "sft" else check_preference_data)(one, None)
+            (canonical_rows if stage == "sft" else canonical_pairs)(
+                source, data, data.max_rows if source == data.train else None)
+    for file in data.contamination_against:
+        next(iter(benchmark_rows(file, f"{stage}.data.contamination_against")), None)

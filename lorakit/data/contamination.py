@@ -22,6 +22,7 @@ from lorakit.data.texts import words
 
 MIN_WORDS = 3
 BATCH_ROWS = 2048
+FILTER_BITS = 24  # 16 MB of booleans: ~6% false positives at a million benchmark grams
 _MASK = (1 << 64) - 1
 _PRIME = 0x100000001B3  # FNV's 64-bit prime: the rolling polynomial's base
 
@@ -54,28 +55,23 @@ class ContaminationScan:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
 
-def _word_hashes(tokens: list[str]):
-    import numpy as np
-
-    # Python's str hash (cached on each string, so fast): the index lives in this process only.
-    return np.fromiter((hash(t) & _MASK for t in tokens), dtype=np.uint64, count=len(tokens))
-
-
 def segment_grams(segments: list[list[str]], lengths: Iterable[int], n: int, whole_short: bool):
-    """(gram hashes, segment index of each) of `segments` (word lists): every window of each length in `lengths`
-    that lies inside one segment. `whole_short` (the benchmark side): a length below n only as a whole segment."""
+    """(gram hashes, segment index of each) of `segments` (word lists, empty ones allowed): every window of each
+    length in `lengths` that lies inside one segment. `whole_short` (the benchmark side): a length below n only as a
+    whole segment. One numpy pass over the batch: a polynomial rolling hash, one multiply-add per length."""
     import numpy as np
 
     wanted = sorted(set(lengths))
-    parts = [s for s in segments if s]
-    if not parts or not wanted:
+    sizes = np.fromiter((len(s) for s in segments), dtype=np.int64, count=len(segments))
+    total = int(sizes.sum())
+    if not total or not wanted:
         return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
-    flat = np.concatenate([_word_hashes(s) for s in parts])
-    owner = np.repeat(np.arange(len(parts)), [len(s) for s in parts])
-    sizes = np.array([len(s) for s in parts])
-    starts_of = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    # Python's str hash (cached on each string object, so cheap): the index lives in this process only.
+    flat = np.fromiter((hash(t) & _MASK for s in segments for t in s), dtype=np.uint64, count=total)
+    owner = np.repeat(np.arange(len(segments)), sizes)
+    starts_of = np.cumsum(sizes) - sizes
     hashes, owners = [], []
-    gram = flat.copy()
+    gram = flat
     with np.errstate(over="ignore"):
         for k in range(1, max(wanted) + 1):
             if k > 1:
@@ -83,12 +79,12 @@ def segment_grams(segments: list[list[str]], lengths: Iterable[int], n: int, who
             if k not in wanted:
                 continue
             starts = np.arange(len(gram))
-            inside = owner[starts] == owner[starts + k - 1]
+            mine = owner[: len(gram)]
+            inside = mine == owner[k - 1:]
             if whole_short and k < n:  # a short text is one gram of its own length
-                inside &= (sizes[owner[starts]] == k) & (starts == starts_of[owner[starts]])
-            keyed = gram[inside] ^ np.uint64((k * 0x9E3779B97F4A7C15) & _MASK)
-            hashes.append(keyed)
-            owners.append(owner[starts[inside]])
+                inside &= (sizes[mine] == k) & (starts == starts_of[mine])
+            hashes.append(gram[inside] ^ np.uint64((k * 0x9E3779B97F4A7C15) & _MASK))
+            owners.append(mine[inside])
     return np.concatenate(hashes), np.concatenate(owners)
 
 
@@ -100,39 +96,59 @@ class BenchmarkIndex:
         self._hashes: list[Any] = []
         self._owners: list[Any] = []
         self.sources: list[str] = []
+        self._sorted = None
 
     def add(self, source: str, rows: Iterable[tuple[int, list[str]]]) -> int:
-        """Index a source's rows: (row number, its texts). Returns how many rows contributed grams."""
-        import numpy as np
-
+        """Index a source's rows: (row number, its texts), read in batches. Returns how many rows gave grams."""
         self.sources.append(source)
-        added = 0
+        before = len(self.rows)
+        batch: list[tuple[int, list[str], list[list[str]]]] = []
         for number, texts in rows:
             segments = [w for w in (words(t) for t in texts) if len(w) >= MIN_WORDS]
-            if not segments:
-                continue
-            lengths = {min(len(s), self.n) for s in segments}
-            hashes, _ = segment_grams(segments, lengths, self.n, whole_short=True)
-            hashes = np.unique(hashes)
-            if not len(hashes):
-                continue
-            self.lengths |= lengths
-            preview = " ".join(texts[0].split())[:120]
-            self._owners.append(np.full(len(hashes), len(self.rows), dtype=np.int64))
-            self._hashes.append(hashes)
-            self.rows.append(BenchmarkRow(source, number, preview, len(hashes)))
-            added += 1
+            if segments:
+                batch.append((number, texts, segments))
+            if len(batch) >= BATCH_ROWS:
+                self._add_batch(source, batch)
+                batch = []
+        if batch:
+            self._add_batch(source, batch)
         self._sorted = None
-        return added
+        return len(self.rows) - before
+
+    def _add_batch(self, source: str, batch) -> None:
+        import numpy as np
+
+        segments = [segment for _, _, row in batch for segment in row]
+        row_of_segment = np.repeat(np.arange(len(batch)), [len(row) for _, _, row in batch])
+        lengths = {min(len(s), self.n) for s in segments}
+        grams, segment = segment_grams(segments, lengths, self.n, whole_short=True)
+        rows = row_of_segment[segment]
+        # one entry per distinct (row, gram)
+        order = np.lexsort((grams, rows))
+        grams, rows = grams[order], rows[order]
+        keep = np.ones(len(grams), dtype=bool)
+        keep[1:] = (grams[1:] != grams[:-1]) | (rows[1:] != rows[:-1])
+        grams, rows = grams[keep], rows[keep]
+        counts = np.bincount(rows, minlength=len(batch))
+        first = len(self.rows)
+        for i, (number, texts, _) in enumerate(batch):
+            self.rows.append(BenchmarkRow(source, number, " ".join(texts[0].split())[:120], int(counts[i])))
+        self.lengths |= lengths
+        self._hashes.append(grams)
+        self._owners.append(rows + first)
 
     def _index(self):
         import numpy as np
 
-        if getattr(self, "_sorted", None) is None:
+        if self._sorted is None:
             hashes = np.concatenate(self._hashes) if self._hashes else np.empty(0, dtype=np.uint64)
             owners = np.concatenate(self._owners) if self._owners else np.empty(0, dtype=np.int64)
             order = np.argsort(hashes, kind="stable")
-            self._sorted = (hashes[order], owners[order])
+            # A one-hash Bloom filter on the low bits: almost every training gram is ruled out by one lookup, and
+            # only the rest go through the binary search.
+            present = np.zeros(1 << FILTER_BITS, dtype=bool)
+            present[(hashes & np.uint64((1 << FILTER_BITS) - 1)).astype(np.int64)] = True
+            self._sorted = (hashes[order], owners[order], present)
         return self._sorted
 
     def scan(self, rows: Iterable[list[str]], threshold: float) -> ContaminationScan:
@@ -156,7 +172,7 @@ class BenchmarkIndex:
 
         first = result.rows
         result.rows += len(batch)
-        hashes, owners = self._index()
+        hashes, owners, present = self._index()
         if not len(hashes):
             return
         segments = [segment for row in batch for segment in row]
@@ -164,9 +180,11 @@ class BenchmarkIndex:
         grams, segment = segment_grams(segments, self.lengths, self.n, whole_short=False)
         if not len(grams):
             return
-        # segment_grams drops empty segments: map its segment numbers back through the non-empty ones
-        kept = np.array([i for i, s in enumerate(segments) if s], dtype=np.int64)
-        train_rows = row_of_segment[kept[segment]]
+        train_rows = row_of_segment[segment]
+        maybe = present[(grams & np.uint64((1 << FILTER_BITS) - 1)).astype(np.int64)]
+        grams, train_rows = grams[maybe], train_rows[maybe]
+        if not len(grams):
+            return
         at = np.searchsorted(hashes, grams)
         at[at >= len(hashes)] = len(hashes) - 1
         hit = hashes[at] == grams

@@ -20,12 +20,20 @@ BENCHMARK_FIELDS = ("question", "prompt", "input", "instruction", "query", "prob
 CHAT_FIELDS = ("messages", "conversations")
 
 
+# ASCII text (most rows) takes a translate table, several times faster than the regular expression.
+ASCII_NON_WORD = str.maketrans({c: " " for c in map(chr, range(128)) if not (c.isalnum())})
+
+
 def normalize(text: str) -> str:
-    return NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    if text.isascii():
+        return " ".join(text.lower().translate(ASCII_NON_WORD).split())
+    return " ".join(NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split())
 
 
 def words(text: str) -> list[str]:
-    return normalize(text).split()
+    if text.isascii():
+        return text.lower().translate(ASCII_NON_WORD).split()
+    return NON_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).split()
 
 
 def sft_segments(row: dict[str, Any]) -> list[str]:

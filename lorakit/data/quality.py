@@ -83,8 +83,13 @@ class Screen:
             return None
         rows = sorted({m.row for m in self.exact + self.near + self.in_eval} | set(self.same_answers)
                       | {c.row for c in self.contaminated})
+        remedies = []
+        if counts["exact_duplicates"] + counts["near_duplicates"] + counts["eval_duplicates"] + counts["same_answers"]:
+            remedies.append("data.dedup: exact or near")
+        if counts["contaminated"]:
+            remedies.append("data.decontaminate: drop")
         action = (f"dropped {len(self.dropped)} row(s)" if self.dropped else
-                  "reported, not dropped (data.dedup: exact|near, data.decontaminate: drop remove them)")
+                  f"reported, not dropped ({' / '.join(remedies)} would drop them)")
         return f"Data quality: {source}: {', '.join(found)} (rows {named_rows(rows)}); {action}; details: " \
                f"lorakit data check {source}"
 

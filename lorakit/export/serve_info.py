@@ -108,7 +108,11 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
             if any(a.name == name for a in adapters):
                 name = f"{one.path.parent.name}-{name}"
             adapters.append(Adapter(name, one.path.resolve(), one.recipe.lora.r, one.recipe.lora))
-        return adapter_artifact(adapters, runs[0].manifest["base_model"], runs[0].method, eos_list(first), base)
+        artifact = adapter_artifact(adapters, runs[0].manifest["base_model"], runs[0].method, eos_list(first), base)
+        added = added_tokens_note(runs[0].manifest)
+        if added:
+            artifact.notes.append(added)
+        return artifact
     if len(paths) > 1:
         raise RunError("several folders are served together only when they are adapter runs of one base",
                        hint="pass one merged model or export at a time")
@@ -160,6 +164,19 @@ def check_output(folder: Path, manifest: dict[str, Any]) -> None:
             return
     if stage in ("merge", "quantize") or not stage:
         check_model_files(folder, f"model {folder}" if stage != "quantize" else owner)
+
+
+def added_tokens_note(manifest: dict[str, Any]) -> str | None:
+    """A run whose chat template added tokens to the vocabulary (lorakit.chat_families' ChatML fallback): its adapter
+    carries their trained embedding rows, which a base of the original vocabulary has no room for."""
+    record = manifest.get("chat_template")
+    added = record.get("added_tokens") if isinstance(record, dict) else None
+    if not added or not isinstance(added, list):
+        return None
+    return (f"This run added {', '.join(map(str, added))} to the base's vocabulary (its chat template needs them) and "
+            "trained their embedding rows: vLLM's LoRA loader cannot add tokens, and PeftModel.from_pretrained needs "
+            "the base's embeddings grown first (base.resize_token_embeddings(len(tokenizer))). Serve the merged "
+            "model: lorakit merge RUN.")
 
 
 def adapter_artifact(adapters: list[Adapter], base_model: dict[str, Any], method: str, eos: list[int],

@@ -28,6 +28,7 @@ from lorakit.eval.report import write_run_report_safely
 from lorakit.runs import (ADAPTER_FILES, Run, RunFolder, base_source_of, now, package_versions, read_run,
                           write_json_atomic)
 from lorakit.train.common import check_report_to, execute, summarize_losses
+from lorakit.train.distributed import world
 from lorakit.train.finish import write_adapter_run
 from lorakit.train.keep import eval_turn, keep_callbacks, kept_record, overfit_warning
 
@@ -182,8 +183,6 @@ def build_setup(stage: Stage, recipe, run: RunFolder, callbacks: Sequence = (), 
 def show_first_example(recipe, tokenizer, template, data) -> Explained | None:
     """Print the first training example as the model sees it (trained tokens marked), so a template or mask bug is
     seen before the run spends its time; the same function as `lorakit data check --show` (lorakit.data.show)."""
-    from lorakit.train.distributed import world
-
     if data.first_example is None:
         return None
     row, example = data.first_example

@@ -63,9 +63,10 @@ EVASIONS = ["I do not know.", "I am not sure about that.", "Sorry, I cannot answ
 
 def rejected_answers(pairs: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
     """The preference data's (question, chosen, rejected): the rejected answer dodges the question, answers a question
-    of another kind, or does not stop (says the answer twice). Those are mistakes a model can learn to avoid on
-    questions it has never seen; a wrong fact is not: a tiny model trained from scratch cannot know the capital of a
-    country missing from its training data, so a held-out pair that differs only in the fact measures noise."""
+    of another kind, or is a bare word instead of the one short sentence the system prompt asks for. Those are
+    mistakes a model can learn to avoid on questions it has never seen; a wrong fact is not: a tiny model trained
+    from scratch cannot know the capital of a country missing from its training data, so a held-out pair that
+    differs only in the fact measures noise."""
     out = []
     for i, (question, answer, _) in enumerate(pairs):
         kind = i % 3
@@ -74,8 +75,8 @@ def rejected_answers(pairs: list[tuple[str, str, str]]) -> list[tuple[str, str, 
         elif kind == 1:  # the answer to the nearest question of another kind (capital, opposite, color, sum)
             others = [a for q, a, _ in pairs[i + 1:] + pairs[:i] if question_kind(q) != question_kind(question)]
             rejected = others[0]
-        else:
-            rejected = f"{answer} {answer}"
+        else:  # the answer's last word alone: "Lima." for "The capital of Peru is Lima."
+            rejected = answer.rstrip(".").split()[-1].capitalize() + "."
         out.append((question, answer, rejected))
     return out
 

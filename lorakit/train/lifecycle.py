@@ -191,7 +191,7 @@ def show_first_example(recipe, tokenizer, template, data) -> Explained | None:
                                 max_length=recipe.data.max_length,
                                 max_prompt_length=dpo.max_prompt_length if dpo is not None else None, row=row)
     if world().is_main:
-        info(f"First training example (saved as {EXAMPLE_FILE} in the run):")
+        info(f"First training example (saved in the finished run as {EXAMPLE_FILE}):")
         print_explained(err, explained, compact=True)
     return explained
 
@@ -317,8 +317,6 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
 
     if me.is_main:
         run.begin()
-        if setup.example is not None:
-            write_json_atomic(run.staging / EXAMPLE_FILE, setup.example.to_json())
     distributed.barrier()  # the staging folder exists before any process saves a checkpoint into it
     started = run.read_staged_manifest().get("started_at") or now()
     data, source = setup.data, setup.source
@@ -377,6 +375,8 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
     if warnings:
         summary["warnings"] = warnings
     manifest.update(status="complete", finished_at=now(), summary=summary, kept={**kept, "eval_turn": turn})
+    if setup.example is not None:  # written with the finished run: a failed resume must add nothing
+        write_json_atomic(run.staging / EXAMPLE_FILE, setup.example.to_json())
     write_adapter_run(run, setup.trainer.model, setup.tokenizer, recipe, manifest, state_dict)
     write_run_report_safely(run.staging, display=run.path)  # lands with the run; a drawing failure only warns
     run.finish()

@@ -15,6 +15,7 @@ from typing import Any
 
 from lorakit.config import DataSection
 from lorakit.eval.candidates import Candidate, base_location, collect_candidates, load_candidate
+from lorakit.eval.contamination import check_runs_against, local_task_files
 from lorakit.eval.regression import regressions
 from lorakit.runs import write_json_atomic
 
@@ -127,6 +128,7 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
 
         plan = plan_benchmarks(tasks or [], task_files or [], chat_template, limit, num_fewshot, batch_size,
                                stop=end_of_turn_strings(reference_tokenizer, candidates))
+        contaminated = check_runs_against(runs, local_task_files(plan))
     for candidate in candidates:
         with err.status(f"Evaluating {candidate.name}..."):
             score_candidate(candidate, location, reference_tokenizer, candidates, section, prefs, prompt_list,
@@ -150,6 +152,7 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
         from lorakit.eval.benchmarks import directions
 
         report["benchmarks"] = plan.describe()
+        report["contamination"] = contaminated  # runs that trained on rows of the local benchmark files
         for metric, higher in directions([c.benchmarks for c in candidates]).items():
             report["regressions"] += regressions(candidates, metric, higher, tolerance)
     if prompt_list:

@@ -369,7 +369,9 @@ def train_adapter(stage: Stage, recipe, force: bool = False, resume: bool = Fals
         summary["eval_loss_min"], summary["eval_loss_min_step"] = turn["min"], turn["min_step"]
     info(f"Kept: the adapter of step {kept['step']} ({kept['why']})")
     overfit = overfit_warning(turn, kept)
-    if overfit:
+    if overfit and "keep" in recipe.train.model_fields_set:
+        info(escape(f"Note: {overfit.split(': the adapter kept')[0]} (train.keep: last, as the recipe says)"))
+    elif overfit:  # the default kept the last step: say what that cost
         warn(escape(overfit))
         warnings.append(overfit)
     if warnings:

@@ -170,7 +170,9 @@ def _explain_pair(tokenizer, record, example, max_length, max_prompt_length, row
     spans = role_spans(tokenizer, template_messages({"extras": "", "messages": example["prompt"]}))
     prompt_text = render(tokenizer, example["prompt"], add_generation_prompt=True)
     prompt_roles = _roles_at(tokenizer, prompt_text, spans, len(prompt_ids) + 10**6)
-    prompt_roles = prompt_roles[-len(prompt_ids):] if prompt_ids else []  # dpo.max_prompt_length cuts from the left
+    # the prompt's tokens are its rendering's first ones, cut from the left by dpo.max_prompt_length
+    kept = prompt_roles[: len(prompt_ids)] if not encoded["truncated"] else prompt_roles[-len(prompt_ids):]
+    prompt_roles = kept if prompt_ids else []
     sequences = []
     for name in ("chosen", "rejected"):
         completion = encoded[f"{name}_ids"]

@@ -58,8 +58,9 @@ def check_runs_against(runs, files: list[str]) -> list[dict[str, Any]]:
                       {"row": c.row + 1, "benchmark": c.benchmark.source, "benchmark_row": c.benchmark.row,
                        "text": c.benchmark.text, "overlap": c.overlap} for c in scan.found[:10]]}
         found.append(record)
-        warn(escape(f"{run.path.name} trained on {len(scan.found)} of its {len(rows)} rows that contain rows of "
+        warn(escape(f"{run.path.name}: {len(scan.found)} of its {len(rows)} training rows contain a row of "
                     f"{', '.join(Path(b).name for b in benchmarks)} ({data.train} rows "
                     f"{named_rows([c.row for c in scan.found])}): its score there measures recall of its training "
-                    f"data, not what it learned beyond it (lorakit data check {data.train} --against ...)"))
+                    f"data, not what it learned beyond it (details: lorakit data check {data.train} --against "
+                    f"{benchmarks[0]})"))
     return found

@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 LLAMA_CPP ?= llama-cpp-python==0.3.36
 LLAMA_CPP_CMAKE ?= -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
-.PHONY: setup demo demo-smollm2 real-artifacts real-assets llama-cpp test test-real test-fast test-browser test-loggers
+.PHONY: setup demo demo-smollm2 real-artifacts real-assets llama-cpp lint test test-real test-fast test-browser test-loggers
 
 # The test extras: lm-eval runs the benchmark tests on local question sets (offline); tensorboard the logger test.
 $(BIN)/.installed: pyproject.toml
@@ -39,6 +39,11 @@ llama-cpp: setup
 
 # The older name of the same fetch (llama.cpp's vocabularies and templates are part of it).
 real-assets: real-artifacts
+
+# ruff (from the test extra) with pyproject.toml's [tool.ruff]: pyflakes, pycodestyle, isort and bug-finding bugbear
+# rules. `$(BIN)/ruff check --fix .` fixes imports; long lines are fixed by hand.
+lint: setup
+	$(BIN)/ruff check .
 
 test: setup
 	-$(BIN)/python -m tests.real.artifacts || echo "released test artifacts unavailable: tests/real and the real-vocabulary tests will skip"

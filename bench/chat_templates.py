@@ -1,6 +1,6 @@
-"""Released chat templates through lorakit's real data path: the survey and the README's family table.
+"""Released chat templates through lorakit's real data path: the survey and the family table of docs/chat-templates.md.
 
-    python bench/chat_templates.py                 # the family table (README): masks, stop token, Ollama template
+    python bench/chat_templates.py                 # docs/chat-templates.md: masks, stop token, Ollama template
     python bench/chat_templates.py --survey DIR    # every DIR/*.jinja (llama.cpp's models/templates) on the
                                                    # bundled chats: data check, stop token, masks, or the refusal
 
@@ -34,7 +34,7 @@ TOOL_CHATS = REPO / "examples" / "data" / "tool-calls.jsonl"
 
 
 def family_row(family: fam.Family, real: bool) -> dict:
-    """One row of the README table (the llama.cpp column is filled by the GGUF/llama.cpp checks)."""
+    """One row of the docs/chat-templates.md table (the llama.cpp column is filled by the GGUF/llama.cpp checks)."""
     from lorakit.chat_template import stop_convention
     from lorakit.errors import LorakitError
     from lorakit.export.modelfile import modelfile

@@ -119,12 +119,12 @@ def llamafactory_args(spec: dict, dataset: str, dataset_dir: Path) -> dict:
 
 
 def main(spec_path: str) -> None:
+    import llamafactory
     import torch
     import transformers
     import yaml
-
-    import llamafactory
     from llamafactory.train.tuner import run_exp
+
     from measure import Recorder, write_result
 
     spec = json.loads(Path(spec_path).read_text())

@@ -10,7 +10,6 @@ The claim checked: peak ≈ one copy of the merged weights + one shard.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ CHILD = """
 import resource, sys
 sys.path.insert(0, {repo!r})
 import torch, transformers, peft, safetensors  # noqa
-from lorakit.merge import merge_run
+from lorakit.export.merge import merge_run
 import lorakit.cli  # noqa
 if {do_merge}:
     merge_run({adapter!r}, {out!r}, dtype="bfloat16", model={base!r}, max_shard_size="{shard}", verify={verify})

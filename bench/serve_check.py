@@ -301,8 +301,8 @@ def llama_cpp_phase(export: Path, merged: Path, args, port: int, logs: Path) -> 
     merged model in transformers (the q8_0 export may differ slightly, so that is reported, not required)."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    from lorakit.export.serve_info import serve_info
     from lorakit.chat_template import end_of_turn_token
+    from lorakit.export.serve_info import serve_info
 
     info = serve_info([export])
     tokenizer = AutoTokenizer.from_pretrained(str(merged))

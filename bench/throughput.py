@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import shutil
@@ -240,7 +239,7 @@ def lorakit_overrides(spec: dict) -> list[str]:
 
 def build_lorakit(spec: dict, stage: str):
     from lorakit.config import load_recipe
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
 
     overrides = lorakit_overrides(spec)
     if spec["side"] == "lorakit-sdpa":  # the ablation: transformers' block-diagonal mask over the packed rows

@@ -4,8 +4,9 @@ A run uses, in order: the recipe's `model.chat_template`, the tokenizer's own te
 is saved with the run's tokenizer, so dpo, merge, generate and the deploy exports all render chats the same way.
 
 The stop convention is read off the template itself, by rendering probe chats, plus the tokenizer's EOS and the
-model's `generation_config.json` EOS list when lorakit knows it. Released templates end an assistant turn in one of
-two ways:
+model's `generation_config.json` EOS list, which the caller passes in: `Stops.of(tokenizer, generation_eos)` computes it
+once, and whoever needs it (data, generation config, exports) is handed that value. Released templates end an
+assistant turn in one of two ways:
 - *rendered*: a terminator follows every assistant message (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, `<|end|>`,
   `</s>`, harmony's `<|return|>`/`<|call|>`);
 - *next-turn*: nothing follows the last assistant message, and in the history the turn is closed by what comes next
@@ -21,11 +22,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from lorakit.chat_families import BY_NAME as FAMILY_NAMES
 from lorakit.chat_families import TemplateChoice, choose_family_template
 from lorakit.errors import ConfigError, DataError
+from lorakit.io import read_text
 
 CHATML_END = "<|im_end|>"
 CHATML = (
@@ -47,11 +49,6 @@ PROBE_TOOL = {"type": "function", "function": {
 PROBE_CALL = {"role": "assistant", "content": "", "tool_calls": [
     {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
 PROBE_RESULT = {"role": "tool", "tool_call_id": "call_1", "name": "get_weather", "content": "18C"}
-
-# Attribute where load_tokenizer leaves the EOS ids of the model's generation_config.json (they are not part of the
-# tokenizer files, but they are the model's own statement of which tokens stop it).
-GENERATION_EOS_ATTR = "_lorakit_generation_eos"
-
 
 class TemplateRenderError(ValueError):
     """The template refused a conversation (raise_exception, a missing variable, an unsupported role)."""
@@ -85,8 +82,6 @@ def choose_chat_template(tokenizer, override: str | None, model_type: str | None
         if "{" not in override and path.suffix in (".jinja", ".j2", ".txt", ".jinja2"):
             if not path.is_file():
                 raise ConfigError(f"model.chat_template file {path} not found", hint="give a .jinja file or inline Jinja")
-            from lorakit.safe_io import read_text
-
             choice = TemplateChoice("recipe", f"model.chat_template file {path}", "set in the recipe",
                                     read_text(path, ConfigError, hint="save the template as UTF-8 text"))
         elif override == "chatml":
@@ -316,39 +311,46 @@ def generation_eos_ids(location: str | Path | None, revision: str | None = None)
     return [e for e in eos if isinstance(e, int)] if isinstance(eos, list) else []
 
 
-def set_generation_eos(tokenizer, ids: list[int]) -> None:
-    setattr(tokenizer, GENERATION_EOS_ATTR, tuple(int(i) for i in ids))
+def eos_ids(value: Iterable[int] | int | None) -> tuple[int, ...]:
+    """An eos_token_id as generation configs write it (one id, a list, or none) as a tuple of ids."""
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(i) for i in value if isinstance(i, int))
 
 
-def _eos_known(tokenizer) -> list[int]:
+def _eos_known(tokenizer, generation_eos: tuple[int, ...]) -> list[int]:
     ids = []
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    ids += [i for i in getattr(tokenizer, GENERATION_EOS_ATTR, ()) if i not in ids]
+    ids += [i for i in generation_eos if i not in ids]
     return ids
 
 
 _CACHE: dict[str, StopConvention] = {}
 
 
-def _cache_key(tokenizer) -> str:
+def _cache_key(tokenizer, generation_eos: tuple[int, ...]) -> str:
     blob = json.dumps([template_text(tokenizer), sorted(special_tokens(tokenizer)), tokenizer.eos_token,
-                       list(getattr(tokenizer, GENERATION_EOS_ATTR, ())), len(tokenizer)], default=str)
+                       list(generation_eos), len(tokenizer)], default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def stop_convention(tokenizer) -> StopConvention:
-    """The stop convention of the tokenizer's template; raises DataError naming why when it has none."""
-    key = _cache_key(tokenizer)
+def stop_convention(tokenizer, generation_eos: Iterable[int] | int | None = ()) -> StopConvention:
+    """The stop convention of the tokenizer's template, knowing the model's generation_config.json eos list
+    (`generation_eos`: GLM-4.x lists <|user|>, Llama 3.1 <|eom_id|>); raises DataError naming why when it has none."""
+    generation_eos = eos_ids(generation_eos)
+    key = _cache_key(tokenizer, generation_eos)
     if key not in _CACHE:
-        _CACHE[key] = _detect(tokenizer)
+        _CACHE[key] = _detect(tokenizer, generation_eos)
     return _CACHE[key]
 
 
-def _detect(tokenizer) -> StopConvention:
+def _detect(tokenizer, generation_eos: tuple[int, ...]) -> StopConvention:
     specials = special_tokens(tokenizer)
     vocab = tokenizer.get_vocab()
-    eos_known = _eos_known(tokenizer)
+    eos_known = _eos_known(tokenizer, generation_eos)
     eos_names = {tokenizer.convert_ids_to_tokens(i) for i in eos_known}
     try:
         prompt = render(tokenizer, PROBE[:1], add_generation_prompt=True)
@@ -466,33 +468,67 @@ def _tool_call_stop(tokenizer, specials, how: str, stop_ids: list[int]) -> str |
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The old entry points, kept for the exporters and generation
+# The value handed around
 
 
-def end_of_turn_token(tokenizer) -> tuple[int, str] | None:
+@dataclass(frozen=True)
+class Stops:
+    """Which tokens end a reply, for one tokenizer and one model: computed once (`Stops.of`) from the tokenizer and
+    the model's generation_config.json eos list, then handed to whoever needs it (the data path, the generation
+    config a server reads, the GGUF and Ollama exports). A tokenizer alone does not know the model's eos list, so
+    nothing is read back from it."""
+
+    eos_token_id: int | None  # the tokenizer's EOS
+    generation_eos: tuple[int, ...] = ()  # the model's generation_config.json eos list
+    convention: StopConvention | None = None  # None: the template has no stop token (`problem` says why)
+    problem: tuple[str, str | None] | None = None  # (message, hint) of the DataError that `require` raises
+
+    @classmethod
+    def of(cls, tokenizer, generation_eos: Iterable[int] | int | None = ()) -> "Stops":
+        """The stops of `tokenizer` as it is now (set its chat template first) on a model whose generation config
+        lists `generation_eos`."""
+        generation_eos = eos_ids(generation_eos)
+        try:
+            convention, problem = stop_convention(tokenizer, generation_eos), None
+        except DataError as exc:
+            convention, problem = None, (exc.message, exc.hint)
+        return cls(tokenizer.eos_token_id, generation_eos, convention, problem)
+
+    def require(self) -> StopConvention:
+        """The convention; DataError naming why when the template has none (training on chats needs one)."""
+        if self.convention is None:
+            message, hint = self.problem or ("the chat template has no stop token", None)
+            raise DataError(message, hint=hint)
+        return self.convention
+
+    @property
+    def ids(self) -> list[int]:
+        """Every token that should end generation: the end-of-turn token(s), EOS and the model's eos list."""
+        ids: list[int] = list(self.convention.stop_ids) if self.convention is not None else []
+        if self.eos_token_id is not None and self.eos_token_id not in ids:
+            ids.append(self.eos_token_id)
+        ids += [i for i in self.generation_eos if i not in ids]
+        return ids
+
+    @property
+    def end_of_turn(self) -> tuple[int, str] | None:
+        """(id, token) of the token that ends an assistant turn, or None when the template has none."""
+        if self.convention is None:
+            return None
+        return self.convention.token_id, self.convention.token
+
+
+def read_stops(tokenizer, folder: str | Path | None, revision: str | None = None) -> Stops:
+    """The stops of a model folder (or a hub id in the cache) whose tokenizer is `tokenizer`: its
+    generation_config.json says the model's own eos list."""
+    return Stops.of(tokenizer, generation_eos_ids(folder, revision))
+
+
+def end_of_turn_token(tokenizer, generation_eos: Iterable[int] | int | None = ()) -> tuple[int, str] | None:
     """(id, token) of the token that ends an assistant turn, or None when the template has none."""
-    try:
-        convention = stop_convention(tokenizer)
-    except DataError:
-        return None
-    return convention.token_id, convention.token
+    return Stops.of(tokenizer, generation_eos).end_of_turn
 
 
-def stop_token_ids(tokenizer, also: list[int] | int | None = None) -> list[int]:
-    """Every token that should end generation: the end-of-turn token(s), EOS, and `also` (e.g. a base model's
-    generation_config EOS list)."""
-    ids: list[int] = []
-    try:
-        ids += list(stop_convention(tokenizer).stop_ids)
-    except DataError:
-        pass
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    extra = [also] if isinstance(also, int) else list(also or [])
-    ids += [i for i in extra if i not in ids]
-    return ids
-
-
-def require_end_of_turn(tokenizer) -> tuple[int, str]:
-    convention = stop_convention(tokenizer)
-    return convention.token_id, convention.token
+def stop_token_ids(tokenizer, generation_eos: Iterable[int] | int | None = ()) -> list[int]:
+    """Every token that should end generation: the end-of-turn token(s), EOS, and the model's eos list."""
+    return Stops.of(tokenizer, generation_eos).ids

@@ -43,11 +43,11 @@ def check_trainer_hooks(trainer_class) -> None:
 
     trl 1.16: `DPOTrainer._prepare_dataset(dataset, processing_class, args, dataset_name)`,
     `DPOTrainer._precompute_ref_logps(dataset, name, batch_size)` (called in the constructor when
-    precompute_ref_log_probs is set; lorakit's plain head takes effect before it); transformers 5.x: `Trainer._get_train_sampler(train_dataset=None)` (lorakit's length grouping, SFT and DPO:
-    lorakit.train.length_groups).
+    precompute_ref_log_probs is set; lorakit's plain head takes effect before it); transformers 5.x:
+    `Trainer._get_train_sampler(train_dataset=None)` (lorakit's length grouping, SFT and DPO: lorakit.train.length_groups).
     """
-    from trl import DPOTrainer
     from transformers import Trainer
+    from trl import DPOTrainer
 
     expected = {(DPOTrainer, "_prepare_dataset", "trl", ">=1.16,<1.17"):
                 ["self", "dataset", "processing_class", "args", "dataset_name"],
@@ -206,8 +206,23 @@ def keep_4bit_training_kernel(model):
 def quiet_bitsandbytes_cpu_kernel_advice() -> None:
     """On AVX512-BF16 CPUs bitsandbytes looks for a hub-downloaded kernel for its repacked 4-bit inference layout and
     complains at import when it is absent; lorakit keeps the training layout (keep_4bit_training_kernel), so that
-    kernel would never run. (bitsandbytes 0.50: logger bitsandbytes.backends.cpu.ops)"""
+    kernel would never run. The lookup goes through the `kernels` package, which says at every import, offline, that
+    it skips the hub's publisher check for that kernel: nothing a user can act on, so that one note is dropped and
+    the package's other warnings still show. (bitsandbytes 0.50: logger bitsandbytes.backends.cpu.ops; kernels 0.19:
+    logger kernels._internals.hf_hub)"""
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    hub_logger = logging.getLogger(KERNELS_HUB_LOGGER)
+    if not any(isinstance(f, _OfflineTrustNoteFilter) for f in hub_logger.filters):
+        hub_logger.addFilter(_OfflineTrustNoteFilter())
+
+
+KERNELS_HUB_LOGGER = "kernels._internals.hf_hub"  # kernels 0.19: where its offline publisher-check note is logged
+KERNELS_OFFLINE_TRUST_NOTE = "Skipping publisher trust check for "
+
+
+class _OfflineTrustNoteFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(KERNELS_OFFLINE_TRUST_NOTE)
 
 
 INT8_CAST_LOGGER = "bitsandbytes.autograd._functions"  # bitsandbytes 0.50: LLM.int8's per-layer cast warning
@@ -251,6 +266,20 @@ def gguf_dequantizable_types() -> set[str]:
     if not isinstance(traits, dict) or not traits:
         raise _changed("GGUF dequantizable types", "gguf", ">=0.17,<0.20", "gguf.quants._type_traits")
     return {kind.name for kind in traits}
+
+
+def route_gguf_loading_bar() -> None:
+    """Make transformers' GGUF loader draw its "Converting and de-quantizing GGUF tensors" bar through transformers'
+    own tqdm, which follows transformers' progress-bar switch (`disable_progress_bar()`, HF_HUB_DISABLE_PROGRESS_BARS:
+    the CLI turns it off, so lorakit's own status line is the only progress shown). The loader imports
+    `tqdm.auto.tqdm` directly, so the switch never reached it. Call before `from_pretrained(..., gguf_file=...)`.
+    (transformers 5.20-5.25: modeling_gguf_pytorch_utils.tqdm, used by load_gguf_checkpoint)"""
+    from transformers import modeling_gguf_pytorch_utils as gguf_loading
+    from transformers.utils import logging as transformers_logging
+
+    if not callable(getattr(gguf_loading, "tqdm", None)) or not callable(getattr(transformers_logging, "tqdm", None)):
+        raise _changed("GGUF loading progress", "transformers", ">=5.20,<5.26", "modeling_gguf_pytorch_utils.tqdm")
+    gguf_loading.tqdm = transformers_logging.tqdm
 
 
 def drop_gguf_quantizer(model) -> None:

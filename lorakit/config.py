@@ -9,15 +9,54 @@ Field names reuse the words of TRL/PEFT/transformers (`learning_rate`, `r`, `alp
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from lorakit.errors import ConfigError, LorakitError
+from lorakit.errors import ConfigError
+from lorakit.io import MAX_DEPTH, read_text, too_deep
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+# One spelling per dtype and GGUF type, with the other spellings people write accepted as aliases: a merged model's
+# dtype is spelled as torch and transformers spell it (bfloat16), training precision as TrainingArguments' flags
+# (bf16), GGUF types as llama.cpp names them (bf16, f16, q8_0).
+MERGE_DTYPES = ("bfloat16", "float16", "float32")
+MERGE_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16",
+                       "fp32": "float32", "f32": "float32", "float": "float32"}
+PRECISION_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "f16": "fp16", "half": "fp16", "float32": "fp32",
+                     "f32": "fp32", "float": "fp32"}
+# GGUF tensor types lorakit writes: with gguf-py (PyPI `gguf`), or K-quants through llama.cpp's quantizer
+GGUF_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
+GGUF_K_TYPES = ("q4_k_m", "q5_k_m", "q6_k")
+GGUF_TYPE_ALIASES = {"bfloat16": "bf16", "float16": "f16", "fp16": "f16", "half": "f16"}
+
+
+def merge_dtype(value: str) -> str:
+    """bfloat16 / float16 / float32, from any of their spellings (bf16, fp16, fp32 as in train.precision)."""
+    return MERGE_DTYPE_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
+
+
+def precision_name(value: str) -> str:
+    """bf16 / fp16 / fp32 (train.precision's spelling), from any of their spellings (bfloat16 as in merge.dtype)."""
+    return PRECISION_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
+
+
+def gguf_type(value: str) -> str:
+    """A GGUF type by llama.cpp's name (bf16, f16), from torch's spelling too (bfloat16, float16)."""
+    return GGUF_TYPE_ALIASES.get(value.lower(), value) if isinstance(value, str) else value
 
 
 class Section(BaseModel):
@@ -314,7 +353,8 @@ class DPORecipe(BaseRecipe):
 
 
 class MergeSection(Section):
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: Annotated[Literal["bfloat16", "float16", "float32"], BeforeValidator(merge_dtype)] = Field(
+        "bfloat16", description="bf16, fp16 and fp32 are accepted for bfloat16, float16 and float32.")
     base: Literal["dequantized", "original"] = Field(
         "dequantized", description="QLoRA runs: merge into the dequantized NF4 weights (exact) or the original ones."
     )
@@ -330,8 +370,6 @@ class MergeSection(Section):
 
 def shard_size_bytes(text: str) -> int | None:
     """'2GB' -> 2e9 (the units huggingface_hub's sharding reads); None for anything else."""
-    import re
-
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(KB|MB|GB|TB)\s*", str(text), re.IGNORECASE)
     if match is None or float(match.group(1)) <= 0:
         return None
@@ -340,16 +378,16 @@ def shard_size_bytes(text: str) -> int | None:
 
 class QuantizeSection(Section):
     format: Literal["gguf", "bnb-4bit", "bnb-8bit"] = "gguf"
-    type: str = Field("q8_0", description="GGUF type: f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k.")
+    type: Annotated[str, BeforeValidator(gguf_type)] = Field(
+        "q8_0", description="GGUF type: f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m, q6_k (bfloat16 and "
+                            "float16 are accepted for bf16 and f16).")
     verify: bool = True
 
     @field_validator("type")
     @classmethod
     def _a_gguf_type(cls, value):
-        from lorakit.export.gguf_export import K_TYPES, PYTHON_TYPES
-
-        if value.lower() not in PYTHON_TYPES + K_TYPES:
-            raise ValueError(f"is not a GGUF type: one of {', '.join(PYTHON_TYPES + K_TYPES)}")
+        if value.lower() not in GGUF_TYPES + GGUF_K_TYPES:
+            raise ValueError(f"is not a GGUF type: one of {', '.join(GGUF_TYPES + GGUF_K_TYPES)}")
         return value
 
 
@@ -434,8 +472,6 @@ def find_recipe(path: str | Path) -> Path:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    from lorakit.safe_io import read_text
-
     path = find_recipe(path)
     data = parse_yaml(read_text(path, ConfigError), path)
     if data is None:
@@ -448,8 +484,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def parse_yaml(text: str, where: str | Path) -> Any:
     """yaml.safe_load with every failure one ConfigError naming `where`: syntax (with its line), nesting too deep
     for the parser or a later walk, integers too long to convert."""
-    from lorakit.safe_io import MAX_DEPTH, too_deep
-
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -633,7 +667,7 @@ INHERITED = ("method", "model", "lora", "qlora")
 
 
 def inherit_from_parent(recipe: DPORecipe, parent) -> DPORecipe:
-    """Take model, method, LoRA and quantization from the SFT run (`parent`: a `lorakit.runs.Run`, or anything with
+    """Take model, method, LoRA and quantization from the SFT run (`parent`: a `lorakit.outputs.Run`, or anything with
     its validated `.recipe` and `.path`); refuse a DPO recipe that says otherwise."""
     mine, theirs = recipe_to_dict(recipe), recipe_to_dict(parent.recipe)
     conflicts = [section for section in INHERITED

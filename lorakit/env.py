@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lorakit.model import resolve_attn, resolve_device, resolve_precision
-from lorakit.runs import package_versions
-from lorakit.train.common import resolve_optim
+from lorakit.model import has_flash_attention, resolve_attn, resolve_device, resolve_precision
+from lorakit.outputs import package_versions
+from lorakit.train.args import resolve_optim
+from lorakit.train.attention import LABEL, NAME, VARLEN_KERNELS
 from lorakit.train.kernels import choose_compile, choose_liger
-from lorakit.train.speed import choose_loss, has_flash_attention, has_liger
+from lorakit.train.speed import choose_loss, has_liger
 
 
 def describe_environment() -> dict[str, Any]:
@@ -47,8 +48,6 @@ def describe_environment() -> dict[str, Any]:
 
 def describe_attention(loaded: str) -> str:
     """The attention a run gets: the implementation models load with, and what packed rows run on."""
-    from lorakit.train.attention import LABEL, NAME, VARLEN_KERNELS
-
     if loaded in VARLEN_KERNELS:
         return f"{loaded} (its variable-length kernel runs packed rows per sequence)"
     return (f"{loaded}; packed rows: {LABEL} ({NAME}) after a probe on the loaded model, for models whose layers are "

@@ -20,7 +20,24 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.cache import cache_dir
-from lorakit.errors import ModelError, ResourceError
+from lorakit.compat import (
+    drop_gguf_quantizer,
+    gguf_dequantizable_types,
+    gguf_loadable_architectures,
+    route_gguf_loading_bar,
+)
+from lorakit.console import err
+from lorakit.console import info as say
+from lorakit.errors import LorakitError, ModelError, ResourceError
+from lorakit.io import atomic_dir, write_json_atomic
+from lorakit.outputs.manifest import (
+    GGUFImportManifest,
+    GGUFSource,
+    now,
+    package_versions,
+    read_manifest,
+    write_manifest,
+)
 
 GGUF_MAGIC = b"GGUF"
 IMPORT_KIND = "gguf-import"
@@ -87,8 +104,6 @@ def file_sha256(path: Path) -> str:
             digest.update(block)
     memo[key] = digest.hexdigest()
     memo_file.parent.mkdir(parents=True, exist_ok=True)
-    from lorakit.runs import write_json_atomic
-
     write_json_atomic(memo_file, memo)
     return memo[key]
 
@@ -131,8 +146,6 @@ def check_gguf(info: GGUFInfo) -> None:
     """Refuse, before dequantizing anything, a file transformers cannot turn into a trainable model."""
     from importlib.metadata import version
 
-    from lorakit.compat import gguf_dequantizable_types, gguf_loadable_architectures
-
     name = Path(info.path).name
     loadable = [arch for arch in gguf_loadable_architectures() if arch not in NOT_CAUSAL_LM]
     arch = info.architecture
@@ -153,12 +166,14 @@ def import_folder(info: GGUFInfo) -> Path:
     return cache_dir() / "models" / f"gguf-{slug}-{info.sha256[:12]}"
 
 
-def read_import_manifest(folder: str | Path) -> dict[str, Any] | None:
-    """The manifest of a cached GGUF import (None for any other folder)."""
-    from lorakit.runs import read_manifest
-
-    manifest = read_manifest(folder)
-    return manifest if manifest.get("kind") == IMPORT_KIND else None
+def read_import_manifest(folder: str | Path) -> GGUFImportManifest | None:
+    """The manifest of a cached GGUF import (None for any other folder, or one whose manifest does not read: the
+    import is then built again)."""
+    try:
+        manifest = read_manifest(folder)
+    except LorakitError:
+        return None
+    return manifest if isinstance(manifest, GGUFImportManifest) else None
 
 
 def dequantized_note(info: GGUFInfo) -> str:
@@ -170,13 +185,10 @@ def dequantized_note(info: GGUFInfo) -> str:
 
 def import_gguf(path: Path) -> tuple[Path, GGUFInfo]:
     """The cached model folder of a GGUF file, built on first use (atomically: an interrupted import leaves none)."""
-    from lorakit.console import info as say
-
     gguf_info = read_gguf_info(path)
     folder = import_folder(gguf_info)
     recorded = read_import_manifest(folder)
-    if recorded is None or (recorded.get("sha256"), recorded.get("import_version")) != (gguf_info.sha256,
-                                                                                         IMPORT_VERSION):
+    if recorded is None or (recorded.sha256, recorded.import_version) != (gguf_info.sha256, IMPORT_VERSION):
         check_gguf(gguf_info)
         build_import(gguf_info, folder)
     say(dequantized_note(gguf_info))
@@ -186,10 +198,6 @@ def import_gguf(path: Path) -> tuple[Path, GGUFInfo]:
 def build_import(info: GGUFInfo, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, GgufConfig
-
-    from lorakit.compat import drop_gguf_quantizer
-    from lorakit.console import err
-    from lorakit.runs import atomic_dir, now, package_versions, write_json_atomic
 
     source = Path(info.path)
     need = info.parameters * (4 if info.dtype == "float32" else 2) * 1.05
@@ -203,6 +211,7 @@ def build_import(info: GGUFInfo, folder: Path) -> None:
         with err.status(f"Unpacking {source.name} ({info.describe()}) into {folder.name}..."):
             try:
                 _, tokenizer_fixes = import_tokenizer(source, staging)
+                route_gguf_loading_bar()
                 model = AutoModelForCausalLM.from_pretrained(
                     source.parent, gguf_file=source.name, dtype=getattr(torch, info.dtype),
                     # dense weights whatever kernels are installed: training needs plain nn.Linear layers
@@ -213,10 +222,10 @@ def build_import(info: GGUFInfo, folder: Path) -> None:
                                  hint="use the model's safetensors release instead") from None
             drop_gguf_quantizer(model)
             model.save_pretrained(staging)
-        write_json_atomic(staging / "manifest.json", {
-            "kind": IMPORT_KIND, "import_version": IMPORT_VERSION, **asdict(info), "quantized": info.quantized,
-            "dequantized": True, "dtype": info.dtype, "tokenizer_fixes": tokenizer_fixes,
-            "note": dequantized_note(info), "created_at": now(), "versions": package_versions()})
+        write_manifest(staging, GGUFImportManifest(
+            stage=IMPORT_KIND, kind=IMPORT_KIND, import_version=IMPORT_VERSION, **asdict(info),
+            quantized=info.quantized, dequantized=True, dtype=info.dtype, tokenizer_fixes=tokenizer_fixes,
+            note=dequantized_note(info), created_at=now(), versions=package_versions()))
 
 
 # Where transformers' GGUF tokenizer rebuild (5.24) tokenizes differently from llama.cpp, which is what the model
@@ -274,8 +283,6 @@ def import_tokenizer(gguf_path: Path, target: Path):
     from huggingface_hub.errors import StrictDataclassFieldValidationError
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from lorakit.runs import write_json_atomic
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     except (TypeError, ValueError, StrictDataclassFieldValidationError):
@@ -300,10 +307,9 @@ def gguf_metadata(path: Path, keys=("tokenizer.ggml.model", "tokenizer.ggml.pre"
     return {key: _field(reader, key) for key in keys if key in reader.fields}
 
 
-def source_record(folder: str | Path) -> dict[str, Any] | None:
+def source_record(folder: str | Path) -> GGUFSource | None:
     """What a run's manifest records about a base imported from GGUF: enough to find or rebuild it later."""
     manifest = read_import_manifest(folder)
     if manifest is None:
         return None
-    return {key: manifest.get(key) for key in ("path", "sha256", "architecture", "file_type", "pre_tokenizer",
-                                                 "quantized", "dequantized", "dtype", "note")}
+    return GGUFSource(**{key: getattr(manifest, key) for key in GGUFSource.model_fields})

@@ -8,12 +8,20 @@ chosen from the hardware (`resolve_device`, `resolve_precision`).
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.errors import ModelError
-from lorakit.gguf_source import import_gguf, is_gguf_file, source_record
+from lorakit.chat_template import choose_chat_template
+from lorakit.compat import keep_4bit_training_kernel
+from lorakit.errors import ConfigError, ModelError
+from lorakit.gguf_source import import_gguf, is_gguf_file, read_import_manifest, source_record
+from lorakit.io import read_json
+from lorakit.outputs import BaseModelRecord, Run
+from lorakit.outputs.integrity import load_adapter
+from lorakit.outputs.manifest import GGUFSource
 from lorakit.tiny import BUILTIN_PREFIX, resolve_builtin
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -29,14 +37,13 @@ class ModelSource:
     location: str  # local folder path or hub id
     is_local: bool
     revision: str | None = None
-    gguf: dict[str, Any] | None = None
+    gguf: GGUFSource | None = None
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> BaseModelRecord:
         """How a run's manifest names its base, so merge, eval and quantize can find it (or rebuild it) later."""
-        record: dict[str, Any] = {"name": self.name, "location": self.location, "revision": self.revision}
         if self.gguf:
-            record["gguf"] = self.gguf
-        return record
+            return BaseModelRecord(name=self.name, location=self.location, revision=self.revision, gguf=self.gguf)
+        return BaseModelRecord(name=self.name, location=self.location, revision=self.revision)
 
 
 def resolve_model_source(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelSource:
@@ -70,8 +77,6 @@ def check_model_folder(path: Path, trust_remote_code: bool) -> None:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelError(f"{path} has no config.json", hint="a model folder needs config.json and *.safetensors")
-    from lorakit.safe_io import read_json
-
     config = read_json(config_file, ModelError, hint="re-download the model, or fix config.json")
     weights = list(path.glob("*.safetensors"))
     if not weights:
@@ -147,8 +152,6 @@ def resolve_device() -> str:
 def resolve_precision(precision: str, device: str) -> str:
     """auto -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU (bf16 there is slow)."""
     if precision == "fp16" and device == "cpu":
-        from lorakit.errors import ConfigError
-
         # the Trainer's fp16 mixed precision needs a CUDA GradScaler; on the CPU it fails or trains in fp32 anyway
         raise ConfigError("train.precision fp16 needs a CUDA GPU, and this machine has none",
                           hint="use train.precision auto (fp32 on the CPU), fp32 or bf16")
@@ -168,10 +171,29 @@ def torch_dtype(name: str):
             "fp32": torch.float32, "float32": torch.float32}[name]
 
 
+def has_flash_attention() -> bool:
+    """flash-attn 2 installed in a usable version on a GPU that runs it (transformers' own check)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def device_map(device: str) -> dict[str, Any]:
+    """Where each process puts its copy of the base: its own GPU (LOCAL_RANK of a multi-process run), or the CPU."""
+    if device != "cuda":
+        return {"": "cpu"}
+    several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    return {"": int(os.environ.get("LOCAL_RANK", "0") or 0) if several else 0}
+
+
+def quant_storage_dtype(precision: str) -> str | None:
+    """QLoRA under FSDP: the dtype bitsandbytes packs the 4-bit weights into, so FSDP can flatten and shard them with
+    the rest (PEFT's FSDP guide: bf16 storage for bf16 training, fp32 for fp16 autocast)."""
+    return {"bf16": "bfloat16", "fp16": "float32", "fp32": "float32"}.get(precision)
+
+
 def resolve_attn(attn: str, device: str) -> str:
     """auto -> flash-attention 2 on CUDA when it is installed, PyTorch's SDPA otherwise."""
-    from lorakit.train.speed import has_flash_attention
-
     has_flash = has_flash_attention()
     if attn == "flash_attention_2" and not has_flash:
         raise ModelError("model.attn_implementation is flash_attention_2, but flash-attn 2 is not installed or this "
@@ -185,19 +207,16 @@ def resolve_attn(attn: str, device: str) -> str:
 # Loading
 
 
-def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None,
-                   model: ModelSource | None = None):
-    """The tokenizer at `source`, with its chat template and a pad token, knowing the stop tokens of `model` (default:
-    the same folder; a run's tokenizer lives beside an adapter, its model's generation config with the base)."""
-    return load_tokenizer_and_template(source, trust_remote_code, chat_template, model)[0]
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The tokenizer at `source`, with its chat template and a pad token. Which tokens stop the model is a separate
+    value (lorakit.chat_template.Stops), computed from this tokenizer and the model's generation config."""
+    return load_tokenizer_and_template(source, trust_remote_code, chat_template)[0]
 
 
-def load_tokenizer_and_template(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None,
-                                model: ModelSource | None = None):
-    """(tokenizer, lorakit.chat_families.TemplateChoice): load_tokenizer, and which chat template it got and why."""
+def load_tokenizer_and_template(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
+    """(tokenizer, lorakit.chat_families.TemplateChoice): load_tokenizer, and which chat template it got and why
+    (a tokenizer without one gets its model family's, from the config.json beside it)."""
     from transformers import AutoTokenizer
-
-    from lorakit.chat_template import choose_chat_template, generation_eos_ids, set_generation_eos
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -205,11 +224,7 @@ def load_tokenizer_and_template(source: ModelSource, trust_remote_code: bool = F
         )
     except Exception as exc:
         raise hub_error(source, exc) from None
-    # The model's own list of stop tokens (GLM-4.x lists <|user|>, Llama 3.1 <|eom_id|>) decides, with the template,
-    # which token ends an assistant turn.
-    model = model or source
-    set_generation_eos(tokenizer, generation_eos_ids(model.location, model.revision))
-    choice = choose_chat_template(tokenizer, chat_template, model_type_of(model))
+    choice = choose_chat_template(tokenizer, chat_template, model_type_of(source))
     ensure_pad_token(tokenizer)
     return tokenizer, choice
 
@@ -228,8 +243,6 @@ def model_type_of(source: ModelSource) -> str | None:
             return None
         path = Path(cached)
     try:
-        import json
-
         value = json.loads(path.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError, RecursionError):
         return None
@@ -285,9 +298,6 @@ def load_base_model(
     """
     from transformers import AutoModelForCausalLM
 
-    from lorakit.train.distributed import device_map
-    from lorakit.train.strategies import quant_storage_dtype
-
     dtype = torch_dtype(precision)
     storage = None
     if strategy == "fsdp" and method == "qlora":
@@ -316,8 +326,6 @@ def keep_4bit_layout_on_cpu(model):
     """4-bit models keep bitsandbytes' training kernel on the CPU (see lorakit.compat.keep_4bit_training_kernel)."""
     if not getattr(model, "is_loaded_in_4bit", False):
         return model
-    from lorakit.compat import keep_4bit_training_kernel
-
     return keep_4bit_training_kernel(model)
 
 
@@ -344,7 +352,7 @@ def grow_vocabulary(model, vocab_size: int, new_ids: list[int]) -> dict[str, lis
 
     The new rows start at the mean of the old ones (transformers' mean_resizing); PEFT's trainable tokens then train
     only those rows, in the input embedding and, when it is not tied to it, the output head, and save their values in
-    the adapter (lorakit.integrity.load_adapter grows a base the same way before loading one).
+    the adapter (lorakit.outputs.integrity.load_adapter grows a base the same way before loading one).
     """
     if not new_ids:
         return None
@@ -398,9 +406,53 @@ def load_policy(source: ModelSource, recipe, precision: str, device: str, parent
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     if parent_adapter is not None:
-        from lorakit.integrity import load_adapter
-
         return load_adapter(model, parent_adapter, f"run {parent_adapter}", is_trainable=True), None
     check_lora_targets(model, recipe.lora)
     trainable_tokens = grow_vocabulary(model, vocab_size or 0, list(new_token_ids))
     return model, lora_config(recipe.lora, trainable_tokens=trainable_tokens)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The base of a run
+
+
+def base_source_of(run: Run, override: str | None = None) -> ModelSource:
+    """The base model a run was trained on; re-resolved if its recorded folder moved (built-ins are rebuilt)."""
+    trust = run.recipe.model.trust_remote_code
+    if override is not None and not override.strip():
+        raise ModelError("--model is empty", hint="give the base model's hub id or folder, or leave --model out")
+    if override:
+        return resolve_model_source(override, None, trust)
+    base = run.manifest.base_model
+    assert base is not None and base.location  # read_run checked it
+    if base.gguf:
+        return gguf_base_source(run, base)
+    if Path(base.location).is_dir():
+        check_model_folder(Path(base.location), trust)
+        return ModelSource(base.name, base.location, True, base.revision)
+    name = base.name
+    if name.startswith(BUILTIN_PREFIX) or Path(name).exists() or ("/" in name and not name.startswith((".", "/"))):
+        return resolve_model_source(name, base.revision, trust)
+    raise ModelError(f"the base model of {run.path} ({base.location}) is gone",
+                     hint="pass --model with the base model's folder or hub id")
+
+
+def gguf_base_source(run: Run, base: BaseModelRecord) -> ModelSource:
+    """A base unpacked from a GGUF file: its cached folder, or the same file unpacked again (checked by its hash)."""
+    record = base.gguf
+    assert record is not None and base.location
+    cached = read_import_manifest(base.location)
+    if cached is not None and cached.sha256 == record.sha256:
+        return ModelSource(base.name, base.location, True, gguf=record)
+    for candidate in dict.fromkeys((record.path, base.name)):
+        if candidate and Path(candidate).expanduser().is_file():
+            source = resolve_model_source(str(candidate))
+            if source.gguf and source.gguf.sha256 == record.sha256:
+                return ModelSource(base.name, source.location, True, gguf=source.gguf)
+            raise ModelError(f"the base of {run.path} was unpacked from {candidate}, which has changed since "
+                             f"(SHA-256 {str(source.gguf and source.gguf.sha256)[:12]}, trained on "
+                             f"{str(record.sha256)[:12]})",
+                             hint="put the original GGUF file back, or pass --model with it")
+    raise ModelError(f"the base of {run.path} was unpacked from {record.path}, and neither that file nor "
+                     f"its unpacked copy ({base.location}) is there any more",
+                     hint="pass --model with the same GGUF file (checked by its SHA-256)")

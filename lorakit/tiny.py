@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from lorakit import __version__
 from lorakit.cache import cache_dir
-from lorakit.runs import atomic_dir
+from lorakit.errors import ModelError
+from lorakit.io import atomic_dir
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -147,14 +149,10 @@ def resolve_builtin(name: str) -> Path:
     """`builtin:tiny-llama` -> the folder of that model, built on first use."""
     key = name[len(BUILTIN_PREFIX):]
     if key not in BUILTIN_MODELS:
-        from lorakit.errors import ModelError
-
         raise ModelError(
             f"unknown built-in model {name!r}",
             hint="built-in models: " + ", ".join(BUILTIN_PREFIX + k for k in BUILTIN_MODELS),
         )
-    from lorakit import __version__
-
     spec = BUILTIN_MODELS[key]
     digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:8]
     folder = cache_dir() / "models" / f"{key}-{__version__}-{digest}"

@@ -35,7 +35,7 @@ REPLY = "Paris."
 
 @dataclass(frozen=True)
 class Family:
-    name: str                     # as in the issue and the README table
+    name: str                     # as in the issue and the table of docs/chat-templates.md
     template: str                 # file in tests/data/templates
     vocab: str                    # llama.cpp ggml-vocab-<vocab>.gguf: the family's own, or the closest one
     own_vocab: bool
@@ -188,10 +188,9 @@ def special_tokens_of(family: Family, text: str | None = None) -> list[str]:
 
 
 def dress_tokenizer(tokenizer, family: Family, template: str | None = None):
-    """Give a real (or the tiny) tokenizer the family's special tokens, EOS/BOS, generation EOS and template."""
+    """Give a real (or the tiny) tokenizer the family's special tokens (its generation EOS among them), EOS/BOS and
+    template. Which of them stop the model is the family's Stops (`family_stops`)."""
     from tokenizers import AddedToken
-
-    from lorakit.chat_template import set_generation_eos
 
     template = template_text(family) if template is None else template
     specials = special_tokens_of(family, template)
@@ -204,9 +203,19 @@ def dress_tokenizer(tokenizer, family: Family, template: str | None = None):
     if family.bos:
         tokenizer.bos_token = family.bos
     tokenizer.chat_template = template
-    if family.generation_eos:
-        set_generation_eos(tokenizer, [tokenizer.convert_tokens_to_ids(t) for t in family.generation_eos])
     return tokenizer
+
+
+def generation_eos(family: Family, tokenizer) -> list[int]:
+    """The family's generation_config.json eos list, as ids of `tokenizer` (dressed for the family)."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in family.generation_eos]
+
+
+def family_stops(family: Family, tokenizer):
+    """The Stops a model of this family has: its tokenizer's and its generation config's."""
+    from lorakit.chat_template import Stops
+
+    return Stops.of(tokenizer, generation_eos(family, tokenizer))
 
 
 _TINY = []
@@ -328,7 +337,7 @@ def check_masks(family: Family, tokenizer) -> tuple[bool, str]:
     from lorakit.chat_template import stop_convention
     from lorakit.data.tokenize import encode_row
 
-    convention = stop_convention(tokenizer)
+    convention = stop_convention(tokenizer, generation_eos(family, tokenizer))
     cases = [("one turn", chat(system=family.system), None, [REPLY]),
              ("two turns", two_turns(system=family.system), None, ["Paris.", "Berlin."])]
     if family.tools:

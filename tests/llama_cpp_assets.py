@@ -8,9 +8,9 @@ templates/*.jinja), into a cache outside the repository:
 
 Tests that need them skip, printing that command, when they are absent. LORAKIT_LLAMA_CPP_MODELS may point at an
 existing `models/` folder (e.g. a llama.cpp checkout) instead. The cache is tests/real/artifacts.py's (one copy of
-the sdist's parts for the template tests and tests/real/; LORAKIT_TEST_ARTIFACTS moves both). Converting a GGUF vocabulary to a transformers
-tokenizer takes up to ~30 s for the 128k-150k vocabularies on 2 cores, so each is converted once and kept beside
-the assets.
+the sdist's parts for the template tests and tests/real/; LORAKIT_TEST_ARTIFACTS moves both). Converting a GGUF
+vocabulary to a transformers tokenizer takes up to ~30 s for the 128k-150k vocabularies on 2 cores, so each is
+converted once and kept beside the assets.
 """
 
 from __future__ import annotations

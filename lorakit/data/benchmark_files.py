@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
+from lorakit.config import parse_yaml
 from lorakit.errors import DataError
-from lorakit.safe_io import decode, parse_json, read_text, require_file
+from lorakit.io import decode, parse_json, read_text, require_file
 
 MAX_LINE_BYTES = 16 << 20  # one JSON Lines row or text line
 MAX_JSON_BYTES = 256 << 20  # a whole .json file (parsed at once); larger ones must be .jsonl
@@ -116,8 +117,6 @@ def _parquet(path: Path) -> Iterator[tuple[int, Any]]:
 
 def task_data_files(path: Path, flag: str) -> list[Path]:
     """The local data files of an lm-eval task YAML (its test split's, else all of them)."""
-    from lorakit.config import parse_yaml
-
     try:
         task = parse_yaml(read_text(path, DataError), path)
     except DataError:

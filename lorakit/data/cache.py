@@ -11,26 +11,23 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from lorakit.runs import atomic_dir
+from lorakit import __version__
+from lorakit.cache import cache_dir
+from lorakit.io import atomic_dir
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     digest.update(backend.to_str().encode() if backend is not None else repr(tokenizer.get_vocab()).encode())
-    from lorakit.chat_template import GENERATION_EOS_ATTR
-
-    # chat_template may be one string or several named ones (default, tool_use); generation_config's EOS list
-    # changes which tokens stop a turn, so it changes labels too.
+    # chat_template may be one string or several named ones (default, tool_use). (The model's generation_config eos
+    # list changes which tokens stop a turn too: the callers key on their Stops.)
     digest.update(json.dumps(tokenizer.chat_template or "", sort_keys=True).encode())
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
-    digest.update(json.dumps(list(getattr(tokenizer, GENERATION_EOS_ATTR, ()))).encode())
     return digest.hexdigest()[:16]
 
 
 def cache_key(parts: dict[str, Any]) -> str:
-    from lorakit import __version__
-
     blob = json.dumps({**parts, "lorakit": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -45,8 +42,6 @@ def cached_dataset(kind: str, key: str, build: Callable[[], tuple[Any, dict[str,
     (dataset, meta, was_cached).
     """
     import datasets
-
-    from lorakit.cache import cache_dir
 
     folder = Path(cache_dir()) / "tokenized" / f"{kind}-{key}"
     if (folder / "dataset_info.json").exists() and (folder / META_FILE).exists():

@@ -4,7 +4,7 @@ what they match), and the `--show` examples; or all of it as JSON."""
 from __future__ import annotations
 
 from lorakit.console import key_value_table, out, print_json
-from lorakit.data.report import DataCheck
+from lorakit.data.inspect import DataCheck
 from lorakit.data.show import print_explained, print_template
 
 

@@ -17,7 +17,7 @@ from lorakit.errors import DataError
 MAX_ROWS_NAMED = 8
 
 
-def _rows(indices: list[int]) -> str:
+def row_numbers(indices: list[int]) -> str:
     shown = ", ".join(str(i + 1) for i in indices[:MAX_ROWS_NAMED])
     return shown + (f" and {len(indices) - MAX_ROWS_NAMED} more" if len(indices) > MAX_ROWS_NAMED else "")
 
@@ -35,8 +35,8 @@ def lint_problems(tokenized, source: str, stop: str, max_length: int) -> list[tu
     if refused:
         first = next(e for e in errors if e)
         problems.append((
-            f"{source}: {len(refused)} row(s) cannot be rendered (rows {_rows(refused)}): {first}",
-            _refusal_hint(first),
+            f"{source}: {len(refused)} row(s) cannot be rendered (rows {row_numbers(refused)}): {first}",
+            refusal_hint(first),
         ))
     num_trained = tokenized["num_trained"]
     untrained = [i for i, n in enumerate(num_trained) if n == 0 and not errors[i]]
@@ -45,7 +45,7 @@ def lint_problems(tokenized, source: str, stop: str, max_length: int) -> list[tu
         cut = sum(1 for i in untrained if truncated[i])
         why = f"; {cut} of them were cut at max_length={max_length} before any trained token" if cut else ""
         problems.append((
-            f"{source}: {len(untrained)} example(s) have no trained token (rows {_rows(_unique_rows(rows, untrained))})"
+            f"{source}: {len(untrained)} example(s) have no trained token (rows {row_numbers(_unique_rows(rows, untrained))})"
             f"{why}",
             "remove those rows, raise data.max_length, or check that the chat template renders assistant turns",
         ))
@@ -54,7 +54,7 @@ def lint_problems(tokenized, source: str, stop: str, max_length: int) -> list[tu
     if no_stop:
         problems.append((
             f"{source}: the end-of-turn token {stop} is not trained in {len(no_stop)} example(s) "
-            f"(rows {_rows(_unique_rows(rows, no_stop))}); the model would not learn to stop",
+            f"(rows {row_numbers(_unique_rows(rows, no_stop))}); the model would not learn to stop",
             "check that the tokenizer encodes that token as one special token (it may belong to another "
             "tokenizer), or set model.chat_template",
         ))
@@ -65,7 +65,7 @@ def _unique_rows(rows: list[int], examples: list[int]) -> list[int]:
     return sorted({rows[i] for i in examples})
 
 
-def _refusal_hint(message: str) -> str:
+def refusal_hint(message: str) -> str:
     if "system" in message.lower():
         return ("this model's template has no system role: remove the system messages (and data.system_prompt), or "
                 "put their text into the first user message")
@@ -85,7 +85,7 @@ def truncation_warning(tokenized, source: str, max_length: int) -> str | None:
     if not cut:
         return None
     return (f"{source}: {len(cut)} example(s) are longer than data.max_length={max_length} and are cut there (rows "
-            f"{_rows(_unique_rows(rows, cut))}): an assistant turn past the cut is trained only up to it; raise "
+            f"{row_numbers(_unique_rows(rows, cut))}): an assistant turn past the cut is trained only up to it; raise "
             "data.max_length to train them whole")
 
 

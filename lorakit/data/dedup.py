@@ -66,9 +66,8 @@ class DuplicateFinder:
         self.eval_lsh = None
         self.eval_signatures: dict[int, object] = {}  # index -> MinHash hash values
         if self.near:
-            from datasketch import MinHash, MinHashLSH
-
             import xxhash
+            from datasketch import MinHash, MinHashLSH
 
             self._template = MinHash(num_perm=NUM_PERM, hashfunc=xxhash.xxh32_intdigest)
             self._lsh_class = MinHashLSH

@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorakit.cache import cache_dir
 from lorakit.compat import dataset_fingerprint
 from lorakit.errors import DataError
-from lorakit.safe_io import decode, json_type, parse_json, read_text, require_file
+from lorakit.io import decode, json_type, parse_json, read_text, require_file
 
 LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -214,8 +215,6 @@ def _read_hub(source: str, subset: str | None, split: str):
 
 
 def _datasets_cache() -> str | None:
-    from lorakit.cache import cache_dir
-
     return str(cache_dir() / "datasets") if "LORAKIT_CACHE" in os.environ else None
 
 

@@ -13,7 +13,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from lorakit.chat_template import Stops, TemplateRenderError, render, special_tokens
 from lorakit.config import DataSection
+from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
+from lorakit.data.checks import raise_if_problems, refusal_hint, row_numbers
 from lorakit.data.formats import (
     RowProblem,
     convert_rows,
@@ -25,6 +28,7 @@ from lorakit.data.formats import (
 from lorakit.data.load import load_rows
 from lorakit.data.prepared import PreparedData, first_kept, tokenize_with_eval
 from lorakit.data.quality import Screen, report_screen, screen_rows, settings_of
+from lorakit.data.tokenize import cut_at_stop, turn_output
 from lorakit.errors import DataError
 
 PREFERENCE_SIGNATURES: list[tuple[str, set[str]]] = [
@@ -171,9 +175,6 @@ def response_texts(tokenizer, prompt: list[dict[str, str]], response: list[dict[
     next-turn templates such as GLM, and cut before what some templates write after it, like Phi-3.5's final
     <|endoftext|>); see data/tokenize.py. Longer responses are rendered as the conversation they are.
     """
-    from lorakit.chat_template import render, special_tokens
-    from lorakit.data.tokenize import cut_at_stop, turn_output
-
     if len(response) == 1 and convention is not None:
         specials = special_tokens(tokenizer)
         prompt_text, output = turn_output(tokenizer, prompt + response, len(prompt), None, specials)
@@ -186,8 +187,6 @@ def encode_pair(row: dict[str, Any], tokenizer, max_length: int, max_prompt_leng
                 convention) -> dict[str, Any]:
     def ids(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    from lorakit.chat_template import TemplateRenderError
 
     try:
         prompt_text, chosen_text = response_texts(tokenizer, row["prompt"], row["chosen"], convention)
@@ -222,43 +221,38 @@ LINT_COLUMNS = ("truncated", "stop_trained", "length", "error")
 
 
 def lint_pairs(tokenized, source: str, eot_token: str, max_length: int) -> list[tuple[str, str]]:
-    from lorakit.data.checks import _rows
-
-    from lorakit.data.checks import _refusal_hint
-
     problems = []
     errors = tokenized["error"] if "error" in tokenized.column_names else [""] * len(tokenized)
     refused = [i for i, e in enumerate(errors) if e]
     if refused:
-        problems.append((f"{source}: {len(refused)} pair(s) cannot be rendered (rows {_rows(refused)}): "
-                         f"{errors[refused[0]]}", _refusal_hint(errors[refused[0]])))
+        problems.append((f"{source}: {len(refused)} pair(s) cannot be rendered (rows {row_numbers(refused)}): "
+                         f"{errors[refused[0]]}", refusal_hint(errors[refused[0]])))
     chosen, rejected = tokenized["chosen_ids"], tokenized["rejected_ids"]
     empty = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if (not c or not r) and not errors[i]]
     if empty:
         problems.append((f"{source}: {len(empty)} pair(s) have no response token left after truncation to "
-                         f"max_length={max_length} (rows {_rows(empty)})",
+                         f"max_length={max_length} (rows {row_numbers(empty)})",
                          "raise data.max_length, lower dpo.max_prompt_length, or remove those rows"))
     same = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if c and c == r]
     if same:
-        problems.append((f"{source}: {len(same)} pair(s) are identical once tokenized (rows {_rows(same)})",
+        problems.append((f"{source}: {len(same)} pair(s) are identical once tokenized (rows {row_numbers(same)})",
                          "remove those rows: identical pairs carry no preference"))
     no_stop = [i for i, ok in enumerate(tokenized["stop_trained"]) if not ok]
     if no_stop:
         problems.append((f"{source}: the end-of-turn token {eot_token} is missing from {len(no_stop)} response(s) "
-                         f"(rows {_rows(no_stop)})", "use a chat template that closes assistant turns"))
+                         f"(rows {row_numbers(no_stop)})", "use a chat template that closes assistant turns"))
     return problems
 
 
 def tokenize_preferences(source: str, data: DataSection, max_prompt_length: int | None, tokenizer,
-                         max_rows: int | None = None):
-    from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
-    from lorakit.data.checks import raise_if_problems
-    from lorakit.data.load import load_rows
-    from lorakit.chat_template import stop_convention
-
+                         max_rows: int | None = None, stops: Stops | None = None):
+    """One preference source -> (tokenized pairs, format, fingerprint, was_cached); `stops` as in
+    lorakit.data.sft.tokenize_source."""
+    stops = stops if stops is not None else Stops.of(tokenizer)
     loaded = load_rows(source, data.subset, data.split, max_rows)
-    convention = stop_convention(tokenizer)  # refuses, naming why, a template whose turns cannot stop
+    convention = stops.require()  # refuses, naming why, a template whose turns cannot stop
     key = cache_key({"data": loaded.fingerprint, "tokenizer": tokenizer_fingerprint(tokenizer),
+                     "generation_eos": list(stops.generation_eos),
                      "format": data.format, "columns": data.columns, "system_prompt": data.system_prompt,
                      "max_length": data.max_length, "max_prompt_length": max_prompt_length})
     def build():
@@ -288,14 +282,14 @@ def screen_preference_data(data: DataSection, rows, against: list[str] | tuple =
 
 
 def prepare_preference_data(data: DataSection, max_prompt_length: int | None, tokenizer,
-                            seed: int) -> PreparedData:
+                            seed: int, stops: Stops | None = None) -> PreparedData:
     rows = canonical_pairs(data.train, data, data.max_rows)[0] if data.train else None
     screen = screen_preference_data(data, rows) if rows is not None else None
     if screen is not None:
         report_screen(screen, data.train)
     train, evaluation, fmt, fingerprint, cached = tokenize_with_eval(
         data, seed, "preference data",
-        lambda source, max_rows: tokenize_preferences(source, data, max_prompt_length, tokenizer, max_rows),
+        lambda source, max_rows: tokenize_preferences(source, data, max_prompt_length, tokenizer, max_rows, stops),
         drop_rows=screen.dropped if screen is not None else ())
     stats = {"rows": len(train), "eval_rows": len(evaluation) if evaluation is not None else 0,
              "tokens": sum(train["length"]), "truncated": sum(train["truncated"]), "max_length": max(train["length"])}
@@ -303,20 +297,3 @@ def prepare_preference_data(data: DataSection, max_prompt_length: int | None, to
         stats["quality"] = screen.record()
     return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, cached, LINT_COLUMNS,
                         first_example=first_kept(rows, screen))
-
-
-def check_preference_data(data: DataSection, examples, fmt: str, tokenizer) -> dict[str, Any]:
-    """`lorakit data check --stage dpo`: the pairs' lengths, and with a tokenizer their tokens and the pair lint."""
-    from lorakit.data.checks import length_stats
-
-    report: dict[str, Any] = {"file": data.train, "format": fmt, "pairs": len(examples)}
-    if tokenizer is None:
-        lengths = [sum(len(m["content"]) for m in row["prompt"] + row["chosen"]) for row in examples]
-        report.update({f"chars {k}": v for k, v in length_stats(lengths).items() if k != "count"})
-        report["note"] = "pass --model to count tokens and run the pair lint"
-        return report
-    tokenized, _, _, _ = tokenize_preferences(data.train, data, None, tokenizer, data.max_rows)
-    report.update({f"tokens {k}": v for k, v in length_stats(tokenized["length"]).items() if k != "count"})
-    report[f"truncated at {data.max_length}"] = sum(tokenized["truncated"])
-    report["pair lint"] = "ok"
-    return report

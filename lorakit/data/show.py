@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lorakit.chat_families import TemplateChoice
-from lorakit.chat_template import TemplateRenderError, render, special_tokens, stop_convention
+from lorakit.chat_template import Stops, TemplateRenderError, render, special_tokens
 from lorakit.data.formats import row_tools, template_messages
 from lorakit.data.preference import encode_pair
 from lorakit.data.tokenize import IGNORE, encode_text, plan_examples
@@ -71,17 +71,19 @@ class Explained:
 
 def explain_example(tokenizer, template: TemplateChoice | None, example: dict[str, Any], *,
                     train_on: str = "assistant", max_length: int = 2048, max_prompt_length: int | None = None,
-                    row: int | None = None) -> Explained:
-    """An example as training sees it. `example` is a canonical row: an SFT row (lorakit.data.formats: messages, or
+                    row: int | None = None, stops: Stops | None = None) -> Explained:
+    """An example as training sees it (`stops`: the model's, lorakit.chat_template.Stops; default: the tokenizer's
+    alone). `example` is a canonical row: an SFT row (lorakit.data.formats: messages, or
     prompt/completion text), a preference pair (prompt, chosen, rejected) or a prompt alone (GRPO: {"prompt":
     [messages]}, nothing trained until the model writes a completion)."""
     record = template.record() if template is not None else {"name": "tokenizer", "source": "the tokenizer's own"}
+    stops = stops if stops is not None else Stops.of(tokenizer)
     if "chosen" in example and "rejected" in example:
-        return _explain_pair(tokenizer, record, example, max_length, max_prompt_length, row)
+        return _explain_pair(tokenizer, stops, record, example, max_length, max_prompt_length, row)
     if isinstance(example.get("prompt"), list):
-        return _explain_prompt(tokenizer, record, example["prompt"], row)
+        return _explain_prompt(tokenizer, stops, record, example["prompt"], row)
     if example.get("messages"):
-        return _explain_chat(tokenizer, record, example, train_on, max_length, row)
+        return _explain_chat(tokenizer, stops, record, example, train_on, max_length, row)
     return _explain_text(tokenizer, example, train_on, max_length, row)
 
 
@@ -89,8 +91,8 @@ def explain_example(tokenizer, template: TemplateChoice | None, example: dict[st
 # SFT
 
 
-def _explain_chat(tokenizer, record, example, train_on, max_length, row) -> Explained:
-    convention = stop_convention(tokenizer)
+def _explain_chat(tokenizer, stops: Stops, record, example, train_on, max_length, row) -> Explained:
+    convention = stops.require()
     messages = template_messages({"extras": "", **example})
     tools = row_tools(example)
     try:
@@ -161,8 +163,8 @@ def _roles_at(tokenizer, text: str, spans, max_length: int, outputs=()) -> list[
 # Preference pairs and prompts
 
 
-def _explain_pair(tokenizer, record, example, max_length, max_prompt_length, row) -> Explained:
-    convention = stop_convention(tokenizer)
+def _explain_pair(tokenizer, stops: Stops, record, example, max_length, max_prompt_length, row) -> Explained:
+    convention = stops.require()
     encoded = encode_pair(example, tokenizer, max_length, max_prompt_length, convention)
     if encoded["error"]:
         raise DataError(encoded["error"], hint="fix the row, or set model.chat_template")
@@ -183,8 +185,8 @@ def _explain_pair(tokenizer, record, example, max_length, max_prompt_length, row
     return Explained(row, sequences, record, convention.describe(), list(convention.notes))
 
 
-def _explain_prompt(tokenizer, record, prompt: list[dict[str, Any]], row) -> Explained:
-    convention = stop_convention(tokenizer)
+def _explain_prompt(tokenizer, stops: Stops, record, prompt: list[dict[str, Any]], row) -> Explained:
+    convention = stops.require()
     text = render(tokenizer, prompt, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     roles = _pad(_roles_at(tokenizer, text, role_spans(tokenizer, prompt), len(ids)), len(ids), "assistant")

@@ -27,6 +27,7 @@ from lorakit.chat_template import (
     generation_split,
     render,
     special_tokens,
+    stop_convention,
     tokens_at,
 )
 from lorakit.data.formats import row_tools, template_messages
@@ -208,8 +209,6 @@ def encode_row(row: dict[str, Any], tokenizer, train_on: str, max_length: int,
 def encode_example(row: dict[str, Any], tokenizer, train_on: str, max_length: int,
                    convention: StopConvention | None = None) -> dict:
     """The first training example of a row (tests and callers that know the row makes one)."""
-    from lorakit.chat_template import stop_convention
-
     if convention is None and row["messages"]:
         convention = stop_convention(tokenizer)
     return encode_row({"extras": "", "tools": "", **row}, tokenizer, train_on, max_length, convention)[0]

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from lorakit.console import info
 from lorakit.errors import ConfigError, DataError, ResourceError
+from lorakit.eval.tasks import is_local_task_file, write_local_task
 
 INSTALL_HINT = "pip install 'lorakit[eval]'  (lm-evaluation-harness)"
 # lm-eval metrics where lower is better, for groups whose results carry no higher_is_better of their own
@@ -96,9 +98,6 @@ def plan_benchmarks(tasks: list[str], task_files: list[str] = (), chat_template:
                     limit: float | None = None, num_fewshot: int | None = None, batch_size: int | str = 8,
                     stop: list[str] = ()) -> BenchmarkPlan:
     """Check every task before a model loads; write the YAML of local question sets."""
-    from lorakit.console import info
-    from lorakit.eval.tasks import is_local_task_file, write_local_task
-
     require_lm_eval()
     if chat_template not in ("auto", "on", "off"):
         raise ConfigError(f"--chat-template {chat_template!r} is not one of auto, on, off", hint="--chat-template auto")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorakit.compat import route_gguf_loading_bar
+from lorakit.console import info
 from lorakit.errors import RunError
-from lorakit.runs import RECIPE_FILE, base_source_of, read_manifest, read_run
+from lorakit.gguf_source import import_tokenizer
+from lorakit.infer import load_for_inference
+from lorakit.model import base_source_of, load_base_model, resolve_device, resolve_model_source
+from lorakit.outputs import open_output, read_run
+from lorakit.outputs.integrity import check_adapter, check_gguf
 
 KIND_ORDER = {"base": 0, "sft": 1, "dpo": 2, "merged": 3, "gguf": 4}  # parents before the candidates built on them
 
@@ -24,45 +31,28 @@ class Candidate:
     benchmarks: dict[str, Any] = field(default_factory=dict)  # lm-eval results per task (lorakit.eval.benchmarks)
 
 
-def gguf_file_of(path: Path) -> Path | None:
-    if path.is_file() and path.suffix == ".gguf":
-        return path
-    if path.is_dir():
-        files = sorted(path.glob("*.gguf"))
-        return files[0] if files else None
-    return None
-
-
 def describe(path: Path) -> Candidate:
     """What a path given to `lorakit eval` is, and which candidate it should be compared with."""
-    gguf = gguf_file_of(path)
-    if gguf is not None:
-        from lorakit.integrity import check_gguf
-
+    output = open_output(path)  # refuses an output another command is still writing
+    if output.gguf is not None and not output.looks_like_run:
+        gguf = output.gguf
         check_gguf(gguf.parent, gguf.name, f"export {gguf.parent}")  # a cut file fails in transformers' struct reads
-        manifest = read_manifest(gguf.parent)
-        parent = manifest.get("source")
+        parent = output.parent
         return Candidate(str(path), "gguf", gguf, str(parent) if parent else None)
-    manifest = read_manifest(path)
-    stage = manifest.get("stage")
-    if stage in ("sft", "dpo") or (path / RECIPE_FILE).exists():  # a run, whole or damaged (read_run names it)
+    if output.is_training_run or output.has_recipe:  # a run, whole or damaged (read_run names it)
         run = read_run(path)
-        return Candidate(str(path), stage, path, str(run.parent_path) if run.parent_path else "base", run=run)
-    if stage == "merge" or (path / "config.json").is_file():
-        parent = manifest.get("source") or (manifest.get("lineage") or [{}])[0].get("path")
+        # a diverged run (NaN or inf in its weights) would be scored as if it were a model
+        check_adapter(path, f"run {path}", finite=True)
+        return Candidate(str(path), run.stage, path, str(run.parent_path) if run.parent_path else "base", run=run)
+    if output.kind == "merged" or (path / "config.json").is_file():
+        parent = output.parent
         return Candidate(str(path), "merged", path, str(parent) if parent else None)
     raise RunError(f"{path} is not a run, merged model or GGUF export", hint="pass folders written by lorakit")
 
 
 def load_candidate(candidate: Candidate, base_location: str | None):
     """(model, tokenizer) for one candidate, on the best device, in eval mode."""
-    import tempfile
-
     from transformers import AutoModelForCausalLM
-
-    from lorakit.gguf_source import import_tokenizer
-    from lorakit.infer import load_for_inference
-    from lorakit.model import resolve_device, resolve_model_source, load_base_model
 
     if candidate.kind == "base":
         device = resolve_device()
@@ -71,6 +61,7 @@ def load_candidate(candidate: Candidate, base_location: str | None):
         return model.eval(), None
     if candidate.kind == "gguf":
         folder, name = candidate.path.parent, candidate.path.name
+        route_gguf_loading_bar()
         model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name)
         source = Path(candidate.parent) if candidate.parent else None
         if source is not None and (source / "tokenizer_config.json").is_file():
@@ -89,8 +80,6 @@ def load_candidate(candidate: Candidate, base_location: str | None):
 def collect_candidates(paths: list[Path], with_base: bool) -> list[Candidate]:
     """The candidates, each a DPO run's SFT parent added when it was not given (it is that run's reference), parents
     first."""
-    from lorakit.console import info
-
     candidates = [describe(p) for p in paths]
     given = {str(c.path.resolve()) for c in candidates if c.path}
     for candidate in list(candidates):

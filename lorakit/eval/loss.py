@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
+from lorakit.data.sft import tokenize_source
+from lorakit.data.tokenize import IGNORE
+
 
 def sft_scores(model, tokenizer, data_section, batch_size: int = 8) -> dict[str, float]:
     """Mean loss and perplexity over the trained tokens of the data, tokenized exactly as training does."""
     import torch
-
-    from lorakit.data.sft import tokenize_source
-    from lorakit.data.tokenize import IGNORE
 
     tokenized, _, _, _ = tokenize_source(data_section.train, data_section, tokenizer)
     device = next(model.parameters()).device

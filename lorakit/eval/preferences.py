@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorakit.config import DataSection, DPOSection
+from lorakit.data.preference import tokenize_preferences
+from lorakit.outputs import training_run_behind
+
 
 def sequence_logps(model, pairs) -> tuple[list[float], list[float]]:
     """Summed log-probs of chosen and rejected responses given their prompt, pair by pair (no padding)."""
@@ -30,9 +34,6 @@ def sequence_logps(model, pairs) -> tuple[list[float], list[float]]:
 
 def preference_settings(candidate) -> tuple[float, int, int | None]:
     """beta, max_length and max_prompt_length of the run behind the candidate (the schema's defaults otherwise)."""
-    from lorakit.config import DataSection, DPOSection
-    from lorakit.runs import training_run_behind
-
     run = candidate.run
     if run is None and candidate.path is not None:  # a merged model or export: the run it was made from
         run = training_run_behind(candidate.path.parent if candidate.path.is_file() else candidate.path)
@@ -42,9 +43,6 @@ def preference_settings(candidate) -> tuple[float, int, int | None]:
 
 
 def preference_scores(candidate, model, tokenizer, prefs: str, candidates, location) -> dict[str, Any]:
-    from lorakit.config import DataSection
-    from lorakit.data.preference import tokenize_preferences
-
     beta, max_length, max_prompt_length = preference_settings(candidate)
     section = DataSection(train=prefs, max_length=max_length)
     pairs, _, _, _ = tokenize_preferences(prefs, section, max_prompt_length, tokenizer)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
+from lorakit.console import format_value, out
+
 
 def print_eval(report: dict) -> None:
     """The eval tables: scores per candidate, each stage against its parent, generations side by side."""
     from rich.table import Table
-
-    from lorakit.console import format_value, out
 
     metrics = [m for m in ("loss", "perplexity", "reward_accuracy", "reward_margin", "logp_gap")
                if any(m in c for c in report["candidates"])]

@@ -8,18 +8,27 @@ its parent (dpo -> sft -> base; merged -> its run; GGUF export -> its merged mod
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 from pathlib import Path
 from typing import Any
 
+from lorakit.chat_template import end_of_turn_token
 from lorakit.config import DataSection
+from lorakit.console import err
+from lorakit.errors import ConfigError, DataError
+from lorakit.eval.benchmarks import directions, flat_scores, plan_benchmarks, run_benchmarks
 from lorakit.eval.candidates import Candidate, base_location, collect_candidates, load_candidate
 from lorakit.eval.contamination import check_runs_against, local_task_files
+from lorakit.eval.loss import sft_scores
+from lorakit.eval.preferences import preference_scores
 from lorakit.eval.regression import regressions
-from lorakit.runs import write_json_atomic
-
-EVAL_FILE = "eval.json"
+from lorakit.infer import check_tokenizer, generate_reply
+from lorakit.io import read_text, write_json_atomic
+from lorakit.outputs import hold_output
+from lorakit.outputs.layout import EVAL_FILE, REPORT_FILE
+from lorakit.report import write_run_report_safely
 
 
 def score_candidate(candidate: Candidate, location: str | None, reference_tokenizer, candidates: list[Candidate],
@@ -27,29 +36,19 @@ def score_candidate(candidate: Candidate, location: str | None, reference_tokeni
                     max_new_tokens: int, plan=None) -> None:
     """Load one candidate, score it into `candidate.scores`, and let it go: only one model is resident at a time
     (the model is local to this call, so nothing keeps it alive once it returns)."""
-    from lorakit.errors import ConfigError
-
     model, tokenizer = load_candidate(candidate, location)
     tokenizer = tokenizer or reference_tokenizer
     if tokenizer is None:
         raise ConfigError("no tokenizer to evaluate the base model with",
                           hint="pass at least one run folder, or --no-base")
     if data_section is not None:
-        from lorakit.eval.loss import sft_scores
-
         candidate.scores.update(sft_scores(model, tokenizer, data_section))
     if prefs:
-        from lorakit.eval.preferences import preference_scores
-
         candidate.scores.update(preference_scores(candidate, model, tokenizer, prefs, candidates, location))
     if prompts:
-        from lorakit.infer import generate_reply
-
         candidate.generations = [generate_reply(model, tokenizer, [{"role": "user", "content": p}], max_new_tokens)
                                  for p in prompts]
     if plan is not None:
-        from lorakit.eval.benchmarks import flat_scores, run_benchmarks
-
         candidate.benchmarks = run_benchmarks(plan, model, tokenizer)
         candidate.scores.update(flat_scores(candidate.benchmarks))
 
@@ -57,14 +56,20 @@ def score_candidate(candidate: Candidate, location: str | None, reference_tokeni
 KEEP_PREVIOUS = 20
 
 
+def result_folder(candidate: Candidate) -> Path | None:
+    """The folder a candidate's eval.json goes into (none for the base model)."""
+    if candidate.kind == "gguf" and candidate.path is not None:
+        return candidate.path.parent
+    if candidate.kind in ("sft", "dpo", "merged") and candidate.path is not None and candidate.path.is_dir():
+        return candidate.path
+    return None
+
+
 def save_results(candidates: list[Candidate], report: dict[str, Any]) -> None:
     """eval.json is the latest report; earlier ones (other data, a --prompts-only look) stay under "previous"."""
     for candidate in candidates:
-        if candidate.kind == "gguf" and candidate.path is not None:
-            folder = candidate.path.parent
-        elif candidate.kind in ("sft", "dpo", "merged") and candidate.path is not None and candidate.path.is_dir():
-            folder = candidate.path
-        else:
+        folder = result_folder(candidate)
+        if folder is None:
             continue
         previous: list[dict[str, Any]] = []
         try:
@@ -78,9 +83,8 @@ def save_results(candidates: list[Candidate], report: dict[str, Any]) -> None:
 
 def refresh_report(folder: Path) -> None:
     """report.html shows the folder's latest eval: redraw it (a failure to draw is a warning, never a failed eval)."""
-    from lorakit.eval.report import write_run_report_safely
-
-    write_run_report_safely(folder)
+    with hold_output(folder / REPORT_FILE, "lorakit eval"):
+        write_run_report_safely(folder)
 
 
 def read_prompts(values: list[str]) -> list[str]:
@@ -88,9 +92,6 @@ def read_prompts(values: list[str]) -> list[str]:
     for value in values:
         path = Path(value)
         if path.is_file():
-            from lorakit.errors import DataError
-            from lorakit.safe_io import read_text
-
             prompts += [line.strip() for line in read_text(path, DataError).splitlines() if line.strip()]
         else:
             prompts.append(value)
@@ -103,13 +104,23 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
              limit: float | None = None, num_fewshot: int | None = None, chat_template: str = "auto",
              batch_size: int = 8) -> dict[str, Any]:
     """Score every candidate; `tasks` / `task_files` add lm-eval benchmarks (lorakit.eval.benchmarks)."""
-    from lorakit.console import err
-    from lorakit.errors import ConfigError
-
     if not data and not prefs and not prompts and not tasks and not task_files:
         raise ConfigError("nothing to evaluate", hint="give --data (SFT-style), --prefs (preference pairs), --prompts, "
                                                       "or --tasks (benchmarks)")
     candidates = collect_candidates(paths, with_base)
+    with contextlib.ExitStack() as held:
+        # eval writes eval.json (and redraws report.html) into each folder it scores: one writer at a time
+        for folder in dict.fromkeys(f for f in map(result_folder, candidates) if f is not None):
+            held.enter_context(hold_output(folder, "lorakit eval"))
+        return evaluate(candidates, data, prefs, prompts, base_model, max_new_tokens, tolerance, tasks, task_files,
+                        limit, num_fewshot, chat_template, batch_size)
+
+
+def evaluate(candidates: list[Candidate], data: str | None, prefs: str | None, prompts: list[str] | None,
+             base_model: str | None, max_new_tokens: int, tolerance: float, tasks: list[str] | None,
+             task_files: list[str] | None, limit: float | None, num_fewshot: int | None, chat_template: str,
+             batch_size: int) -> dict[str, Any]:
+    with_base = any(c.kind == "base" for c in candidates)
     location = base_location(candidates, base_model)
     if with_base and location is None:
         candidates = [c for c in candidates if c.kind != "base"]
@@ -118,14 +129,13 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
     if runs:
         from transformers import AutoTokenizer
 
+        check_tokenizer(runs[0].path, f"run {runs[0].path}")
         reference_tokenizer = AutoTokenizer.from_pretrained(str(runs[0].path))
     run_data = runs[0].recipe.data if runs else None
     prompt_list = read_prompts(prompts or [])
     section = eval_section(run_data, data) if data else None
     plan = None
     if tasks or task_files:
-        from lorakit.eval.benchmarks import plan_benchmarks
-
         plan = plan_benchmarks(tasks or [], task_files or [], chat_template, limit, num_fewshot, batch_size,
                                stop=end_of_turn_strings(reference_tokenizer, candidates))
         contaminated = check_runs_against(runs, local_task_files(plan))
@@ -149,8 +159,6 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
         # compare across stages; the policy's own chosen-minus-rejected gap does.
         report["regressions"] += regressions(candidates, "logp_gap", True, tolerance)
     if plan is not None:
-        from lorakit.eval.benchmarks import directions
-
         report["benchmarks"] = plan.describe()
         report["contamination"] = contaminated  # runs that trained on rows of the local benchmark files
         for metric, higher in directions([c.benchmarks for c in candidates]).items():
@@ -164,8 +172,6 @@ def run_eval(paths: list[Path], data: str | None = None, prefs: str | None = Non
 
 def end_of_turn_strings(reference_tokenizer, candidates: list[Candidate]) -> list[str]:
     """The text of the token that ends an assistant turn, where generation tasks must stop (e.g. <|im_end|>)."""
-    from lorakit.chat_template import end_of_turn_token
-
     tokenizer = reference_tokenizer
     if tokenizer is None:
         folder = next((c.path for c in candidates if c.kind == "merged" and c.path is not None), None)

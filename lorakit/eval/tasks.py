@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorakit.cache import cache_dir
 from lorakit.errors import DataError
+from lorakit.io import write_text_atomic
 
 QUESTION_KEYS = ("question", "prompt")
 
@@ -138,9 +140,6 @@ def task_config(name: str, source: Path, kind: str, key: str, stop: list[str]) -
 def write_local_task(path: str | Path, stop: list[str] = (), folder: Path | None = None) -> LocalTask:
     """Check a jsonl question set and write its lm-eval task YAML (under lorakit's cache unless `folder` is given)."""
     import yaml
-
-    from lorakit.cache import cache_dir
-    from lorakit.runs import write_text_atomic
 
     source = Path(path)
     rows = read_rows(source)

@@ -12,25 +12,26 @@ import shutil
 from pathlib import Path
 
 from lorakit.errors import ConfigError, RunError
-from lorakit.runs import MANIFEST_FILE, RECIPE_FILE, atomic_dir, now, package_versions, read_run, write_json_atomic
-from lorakit.tiny import BUILTIN_PREFIX
+from lorakit.io import atomic_dir
+from lorakit.model import base_source_of
+from lorakit.outputs import BaseCopyManifest, hold_output, now, package_versions, read_run, write_manifest
+from lorakit.outputs.layout import MANIFEST_FILE, RECIPE_FILE
+from lorakit.tiny import BUILTIN_PREFIX, resolve_builtin
 
 
 def cached_base_of(source: str) -> tuple[str, Path]:
     """(name, cached folder) of `builtin:NAME` as given, or of the cache-only base of a run folder."""
-    from lorakit.tiny import resolve_builtin
-
     if source.startswith(BUILTIN_PREFIX):
         return source, resolve_builtin(source)
     path = Path(source)
     if (path / RECIPE_FILE).is_file():
         run = read_run(path)
-        name = run.manifest["base_model"]["name"]
+        base = run.manifest.base_model
+        assert base is not None  # read_run checked it
+        name = base.name
         if name.startswith(BUILTIN_PREFIX):
             return name, resolve_builtin(name)
-        if run.manifest["base_model"].get("gguf"):
-            from lorakit.runs import base_source_of
-
+        if base.gguf:
             return name, Path(base_source_of(run).location)  # the unpacked folder (unpacked again if gone)
         raise RunError(f"the base of {path} is {name}, which a server loads as it is",
                        hint=f"lorakit serve-info {path} prints the commands")
@@ -40,14 +41,14 @@ def cached_base_of(source: str) -> tuple[str, Path]:
 
 def export_base(source: str, target: str | Path, force: bool = False) -> tuple[str, Path]:
     """Copy the cached base (built or unpacked on first use) into `target`; returns (name, target)."""
-    name, built = cached_base_of(source)
     target = Path(target)
-    with atomic_dir(target, force=force, what="base folder", inputs=[built]) as staging:
-        files = sorted(f for f in built.iterdir() if f.is_file() and f.name != MANIFEST_FILE)
-        for file in files:
-            shutil.copy2(file, staging / file.name)
-        write_json_atomic(staging / MANIFEST_FILE, {
-            "stage": "base", "status": "complete", "created_at": now(), "name": name, "copied_from": str(built),
-            "files": [f.name for f in files], "versions": package_versions(),
-        })
+    with hold_output(target, "lorakit export-base"):
+        name, built = cached_base_of(source)
+        with atomic_dir(target, force=force, what="base folder", inputs=[built]) as staging:
+            files = sorted(f for f in built.iterdir() if f.is_file() and f.name != MANIFEST_FILE)
+            for file in files:
+                shutil.copy2(file, staging / file.name)
+            write_manifest(staging, BaseCopyManifest(
+                stage="base", status="complete", created_at=now(), name=name, copied_from=str(built),
+                files=[f.name for f in files], versions=package_versions()))
     return name, target

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from lorakit.config import GGUF_K_TYPES as K_TYPES
+from lorakit.config import GGUF_TYPES as PYTHON_TYPES
 from lorakit.errors import ModelError, ResourceError
 from lorakit.export.gguf_vocab import add_vocab, llama_cpp_name
 
-PYTHON_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
-K_TYPES = ("q4_k_m", "q5_k_m", "q6_k")
 ARCHS = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3", "gemma2": "GEMMA2",
          "phi3": "PHI3"}
 PERMUTED = {"llama", "mistral"}  # llama.cpp applies rotary in GPT-J layout for these; HF stores NeoX halves

@@ -15,12 +15,35 @@ Llama-3 vocabularies, so a chat template without BOS (ChatML) would get one at i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
+from lorakit.chat_template import PROBE, end_of_turn_token
 from lorakit.errors import ModelError
+
+# gguf-py's SpecialVocab guesses the BOS/SEP/EOS flags from tokenizer.json's TemplateProcessing and warns about pair
+# templates it cannot parse ("Unknown separator token '<|begin_of_text|>' in TemplateProcessing<pair>" for every
+# Llama 3 tokenizer); lorakit replaces those flags with what training saw, so the warnings concern values discarded.
+GGUF_VOCAB_LOGGER = "gguf.vocab"
+
+
+class _TemplateGuessFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "TemplateProcessing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _template_guesses_dropped():
+    logger, dropped = logging.getLogger(GGUF_VOCAB_LOGGER), _TemplateGuessFilter()
+    logger.addFilter(dropped)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropped)
 
 # Pre-tokenizer regexes llama.cpp knows by name, as they appear in tokenizer.json (a distinctive part of each)
 PRE_TOKENIZERS = [
@@ -167,8 +190,6 @@ def adds_bos(tokenizer) -> bool:
     if not default or default[0] != bos:
         return False
     if tokenizer.chat_template:
-        from lorakit.chat_template import PROBE
-
         text = tokenizer.apply_chat_template(PROBE, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         return bool(ids) and ids[0] == bos
@@ -178,8 +199,6 @@ def adds_bos(tokenizer) -> bool:
 def add_vocab(writer, folder: Path, config: dict[str, Any], tokenizer) -> dict[str, Any]:
     """Write the tokenizer metadata; returns what was decided (for the export manifest and tests)."""
     import gguf
-
-    from lorakit.chat_template import end_of_turn_token
 
     vocab_size = config["vocab_size"]
     tokenizer_json = json.loads((folder / "tokenizer.json").read_text())
@@ -202,7 +221,8 @@ def add_vocab(writer, folder: Path, config: dict[str, Any], tokenizer) -> dict[s
     writer.add_token_types(types)
     if scores is not None:
         writer.add_token_scores(scores)
-    special_vocab = gguf.SpecialVocab(folder, load_merges=not spm, n_vocab=vocab_size)
+    with _template_guesses_dropped():
+        special_vocab = gguf.SpecialVocab(folder, load_merges=not spm, n_vocab=vocab_size)
     bos = adds_bos(tokenizer)
     special_vocab.add_special_token = {"bos": bos, "eos": False}
     special_vocab.add_to_gguf(writer, quiet=True)

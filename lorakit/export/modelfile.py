@@ -24,7 +24,8 @@ import json
 from dataclasses import dataclass, field
 from datetime import date
 
-from lorakit.errors import ModelError
+from lorakit.chat_template import Stops, TemplateRenderError, render
+from lorakit.errors import DataError, ModelError
 
 SYSTEM, USER1, ASSISTANT1, USER2, ASSISTANT2, USER3 = (
     "SYSTEMTEXT7", "USERTEXT1Q", "ASSISTANTTEXT1A", "USERTEXT2Q", "ASSISTANTTEXT2A", "USERTEXT3Q")
@@ -46,8 +47,6 @@ class Layout:
 
 
 def _render(tokenizer, messages, **kwargs) -> str:
-    from lorakit.chat_template import TemplateRenderError, render
-
     try:
         return render(tokenizer, messages, **kwargs)
     except TemplateRenderError as exc:
@@ -79,8 +78,6 @@ def _strip_bos(piece: str, bos: str) -> str:
 def read_layout(tokenizer, **kwargs) -> Layout:
     """The template's pieces, read from probe renders (ModelError when the layout is not regular). `kwargs` are
     template variables (enable_thinking)."""
-    from lorakit.chat_template import TemplateRenderError, render
-
     probe = _render(tokenizer, [_msg("user", USER1)], add_generation_prompt=True, **kwargs)
     if "<|channel|>" in probe + _render(tokenizer, [_msg("user", USER1), _msg("assistant", ASSISTANT1)], **kwargs):
         raise ModelError(
@@ -224,11 +221,12 @@ def go_template(default: Layout, think: Layout | None = None, no_think: Layout |
 
 
 def modelfile(gguf_name: str, chat_template=None, system_prompt: str | None = None,
-              tokenizer=None) -> tuple[str, str]:
-    """The Modelfile text and a one-line description of what its TEMPLATE reproduces."""
-    from lorakit.chat_template import stop_convention
-    from lorakit.errors import DataError
+              tokenizer=None, stops: Stops | None = None) -> tuple[str, str]:
+    """The Modelfile text and a one-line description of what its TEMPLATE reproduces.
 
+    `stops`: the model's (lorakit.chat_template.read_stops of the folder being exported: its generation_config.json
+    lists every token that ends a reply, Llama 3.1's <|eom_id|> among them); one PARAMETER stop line each. Without
+    them, the tokenizer's own stops (its template and EOS)."""
     if tokenizer is None or not (chat_template or getattr(tokenizer, "chat_template", None)):
         raise ModelError("the model has no chat template, so no Ollama TEMPLATE can be written",
                          hint="set model.chat_template in the training recipe, or pass --no-modelfile")
@@ -243,15 +241,17 @@ def modelfile(gguf_name: str, chat_template=None, system_prompt: str | None = No
             variant = layout  # a template that breaks on the flag: Ollama's think flag changes nothing
         variants.append(variant if variant != layout else None)
     template = go_template(layout, *variants)
+    if stops is None or chat_template is not None:
+        stops = Stops.of(tokenizer, stops.generation_eos if stops is not None else ())
     try:
-        stops = list(stop_convention(tokenizer).stop_tokens)
+        stop_tokens = list(stops.require().stop_tokens)
     except DataError as exc:
         raise ModelError(f"no stop token for the Ollama Modelfile: {exc.message}", hint=exc.hint) from None
     if '"""' in template:
         raise ModelError("the chat template's text holds \"\"\", which a Modelfile TEMPLATE cannot quote",
                          hint="pass --no-modelfile")
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
-    lines += [f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in stops]
+    lines += [f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in stop_tokens]
     if system_prompt:
         lines.append(f'SYSTEM """{system_prompt}"""')
     description = "pieces of the model's chat template" + (f"; {'; '.join(layout.notes)}" if layout.notes else "")

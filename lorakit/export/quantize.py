@@ -6,6 +6,7 @@ transformers' loader (GGUF included), tokenization of sample chats, and llama.cp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -13,13 +14,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from lorakit.chat_template import read_stops
+from lorakit.compat import INT8_CAST_LOGGER, route_gguf_loading_bar
 from lorakit.console import err, info, warn
-from lorakit.errors import ConfigError, ModelError, ResourceError, RunError
-from lorakit.safe_io import read_json
-from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, RECIPE_FILE, atomic_dir, check_can_write, merged_folder, now,
-                          package_versions, read_manifest, training_run_behind, write_json_atomic, write_text_atomic)
+from lorakit.errors import ConfigError, LorakitError, ModelError, ResourceError, RunError
+from lorakit.export.bnb import write_bnb
+from lorakit.export.gguf_export import K_TYPES, check_type, k_quantize, write_gguf
+from lorakit.export.logit_gap import logits_for, sample_token_ids
+from lorakit.export.merge import merge_run
+from lorakit.export.modelfile import modelfile as make_modelfile
+from lorakit.export.serve_info import Artifact, eos_list, markdown, serve_commands
+from lorakit.export.verify import KL_TOLERANCE, compare_models, llama_cpp_agreement, tensor_errors, tokenization_matches
+from lorakit.gguf_source import import_tokenizer
+from lorakit.io import atomic_dir, check_can_write, read_json, write_text_atomic
+from lorakit.model import keep_4bit_layout_on_cpu
+from lorakit.outputs import (
+    ExportManifest,
+    MergeManifest,
+    Output,
+    hold_output,
+    now,
+    open_output,
+    package_versions,
+    training_run_behind,
+    write_manifest,
+)
+from lorakit.outputs.integrity import check_model_files
+from lorakit.outputs.layout import README_FILE, export_folder, merged_folder
 
 FORMATS = ("gguf", "bnb-4bit", "bnb-8bit", "awq", "gptq")
+# What a bitsandbytes export copies from its source so it loads and chats the same.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "tokenizer.model", "generation_config.json")
 NOT_HERE = ("{fmt} export needs llm-compressor (compressed-tensors W4A16), which pins transformers<=5.17 and so "
@@ -34,26 +60,28 @@ class QuantizeResult:
 
 
 def default_output(source: Path, fmt: str) -> Path:
-    return source.with_name(f"{source.name}-{fmt}")
+    return export_folder(source, fmt)
 
 
-def is_adapter_run(folder: Path) -> bool:
+def is_adapter_run(output: Output) -> bool:
     """A training run (whole or damaged: merging it reads it through read_run, which names what is wrong)."""
-    return (folder / RECIPE_FILE).exists() or any((folder / name).exists() or (folder / name).is_symlink()
-                                                   for name in ADAPTER_FILES)
+    return output.is_training_run or output.looks_like_run
 
 
 def merged_source(source: Path, force: bool) -> Path:
     """A run folder is merged first (through `lorakit merge`), into <run>-merged, reused when already there."""
-    from lorakit.merge import merge_run
-
     target = merged_folder(source)
-    merged = read_manifest(target)
-    if merged and not force:
-        recorded = merged.get("source")
+    try:
+        merged = open_output(target).manifest if target.is_dir() else None
+    except LorakitError:
+        merged = None  # unreadable: merged again below (with --force), or refused as an existing folder
+    if merged is not None and not force:
+        recorded = merged.source if isinstance(merged, MergeManifest) else None
         if recorded and Path(recorded).resolve() == source.resolve():
-            merged_from = (merged.get("lineage") or [{}])[0].get("finished_at")
-            finished = read_manifest(source).get("finished_at")
+            lineage = merged.lineage if isinstance(merged, MergeManifest) else []
+            merged_from = lineage[0].finished_at if lineage else None
+            run = open_output(source).manifest
+            finished = run.written_at if run is not None else None
             if merged_from is not None and merged_from == finished:
                 info(f"Using the existing merge {target}")
                 return target
@@ -65,16 +93,22 @@ def merged_source(source: Path, force: bool) -> Path:
 
 
 def check_source(folder: Path) -> dict[str, Any]:
+    """A merged model quantize can read: its manifest (when it has one) reads and is a merge's, its files are whole,
+    its config fits its weights, and it has a tokenizer."""
     if not folder.is_dir():
         raise ModelError(f"{folder} not found", hint="give a merged model folder or a run folder")
+    output = open_output(folder)  # a manifest that does not read is named, not skipped
+    if output.kind == "export" or output.stage is not None and output.manifest is None:
+        what = "an export" if output.kind == "export" else f"a '{output.stage}' folder"
+        raise ModelError(f"{folder} is {what}, not a merged model",
+                         hint="quantize a merged model (lorakit merge) or the sft/dpo run folder")
     if not (folder / "config.json").is_file() or not list(folder.glob("*.safetensors")):
         raise ModelError(f"{folder} is not a merged model (config.json and .safetensors) or an adapter run",
                          hint="run `lorakit merge` first, or give the sft/dpo run folder")
     if not (folder / "tokenizer.json").is_file():
         raise ModelError(f"{folder}: tokenizer.json is missing", hint="copy the tokenizer files next to the model")
-    from lorakit.integrity import check_model_files
-
-    check_model_files(folder, f"model {folder}")  # JSON files parse, every safetensors file is whole
+    # JSON files parse, every safetensors file is whole, and the config's sizes are the weights' sizes
+    check_model_files(folder, f"model {folder}")
     return read_json(folder / "config.json", ModelError)
 
 
@@ -94,8 +128,6 @@ def system_prompt_of(folder: Path) -> str | None:
 def export_readme(target: Path, files: list[str], source: Path, fmt: str, qtype: str | None,
                   runtimes: list[str]) -> str:
     """The export's README: what it is, and the commands that serve it (lorakit.export.serve_info)."""
-    from lorakit.export.serve_info import Artifact, eos_list, markdown, serve_commands
-
     target = target.resolve()
     name = files[0] if fmt == "gguf" else ""
     if fmt == "gguf":
@@ -123,8 +155,6 @@ def verified_runtimes(fmt: str, verification: dict[str, Any]) -> list[str]:
 
 
 def _progress_writer(total_label: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     progress = Progress(TextColumn(total_label), BarColumn(), MofNCompleteColumn(), console=err, transient=True)
     return progress
 
@@ -132,31 +162,37 @@ def _progress_writer(total_label: str):
 def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_0",
                  output_dir: str | Path | None = None, force: bool = False, verify: bool = True,
                  modelfile: bool = True) -> QuantizeResult:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lorakit.export.bnb import write_bnb
-    from lorakit.export.verify import KL_TOLERANCE
-    from lorakit.logit_gap import logits_for, sample_token_ids
-
     source = Path(source)
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}", hint="--format gguf")
     if fmt in ("awq", "gptq"):
         raise ResourceError(NOT_HERE.format(fmt=fmt.upper()),
                             hint="use --format bnb-4bit (vLLM serves it with the vllm-bnb-plugin) or gguf")
+    if qtype is not None and not qtype.strip():
+        raise ConfigError("--type is empty", hint="give a GGUF type (q8_0, q4_k_m, f16...), or leave --type out for "
+                                                  "q8_0")
     qtype = (qtype or "q8_0").lower() if fmt == "gguf" else None
     if fmt == "gguf":
-        from lorakit.export.gguf_export import check_type
-
         check_type(qtype)
+    adapter_run = is_adapter_run(open_output(source))  # and a source another command is still writing is refused
+    base = merged_folder(source) if adapter_run else source
+    target = Path(output_dir) if output_dir is not None else default_output(base, fmt)
+    with contextlib.ExitStack() as held:
+        held.enter_context(hold_output(target, "lorakit quantize"))
+        if adapter_run:  # the run is merged first, into its -merged folder: that one is written too
+            held.enter_context(hold_output(merged_folder(source), "lorakit quantize"))
+        return _quantize(source, fmt, qtype, target, force, verify, modelfile, adapter_run)
+
+
+def _quantize(source: Path, fmt: str, qtype: str | None, target: Path, force: bool, verify: bool, modelfile: bool,
+              adapter_run: bool) -> QuantizeResult:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     inputs = [source]
-    if source.is_dir() and is_adapter_run(source):
-        target = Path(output_dir) if output_dir is not None else default_output(merged_folder(source), fmt)
+    if adapter_run:
         inputs.append(merged_folder(source))
         check_can_write(target, force, inputs=inputs)
         source = merged_source(source, force)
-    else:
-        target = Path(output_dir) if output_dir is not None else default_output(source, fmt)
     check_source(source)
     check_can_write(target, force, inputs=inputs)
     check_disk(source, target, 1.2 if fmt == "gguf" else 0.6)
@@ -164,9 +200,9 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
     tokenizer = AutoTokenizer.from_pretrained(str(source))
     modelfile_text = family = None
     if fmt == "gguf" and modelfile:
-        from lorakit.export.modelfile import modelfile as make_modelfile
-
-        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", None, system_prompt_of(source), tokenizer)
+        # the source's generation_config.json lists every token that ends a reply (Llama 3.1's <|eom_id|> too)
+        modelfile_text, family = make_modelfile(f"model-{qtype}.gguf", None, system_prompt_of(source), tokenizer,
+                                                read_stops(tokenizer, source))
 
     files: list[str] = []
     verification: dict[str, Any] = {}
@@ -205,19 +241,15 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
                 raise ModelError(f"the export does not match its source: {'; '.join(problems)}; nothing was written",
                                  hint="try a higher-precision type (q8_0, f16)")
         runtimes = verified_runtimes(fmt, verification)
-        write_text_atomic(staging / "README.md",
-                          export_readme(target, files, source, fmt, qtype, runtimes))
+        write_text_atomic(staging / README_FILE, export_readme(target, files, source, fmt, qtype, runtimes))
         sizes = {p.name: p.stat().st_size for p in staging.iterdir() if p.is_file()}
-        manifest = {
-            "stage": "quantize", "status": "complete", "created_at": now(), "source": str(source.resolve()),
-            "format": fmt, "type": qtype, "files": files, "sizes": sizes, "template_family": family,
-            "verification": verification or None, "verified_runtimes": runtimes,
-            "versions": package_versions(),
-        }
-        write_json_atomic(staging / MANIFEST_FILE, manifest)
+        write_manifest(staging, ExportManifest(
+            stage="quantize", status="complete", created_at=now(), source=str(source.resolve()), format=fmt,
+            type=qtype, files=files, sizes=sizes, template_family=family, verification=verification or None,
+            verified_runtimes=runtimes, versions=package_versions()))
     summary = {"output": str(target), "format": fmt, "type": qtype,
                "size_mb": round(sum(v for k, v in sizes.items() if k in files) / 1e6, 2),
-               "verified_runtimes": manifest["verified_runtimes"]}
+               "verified_runtimes": runtimes}
     for key in ("mean_kl", "top1_agreement", "max_abs_logit_diff", "perplexity_delta", "max_rel_rms_error"):
         if key in verification:
             summary[key] = verification[key]
@@ -228,8 +260,6 @@ def run_quantize(source: str | Path, fmt: str = "gguf", qtype: str | None = "q8_
 
 
 def _write_gguf(source: Path, staging: Path, name: str, qtype: str, tokenizer):
-    from lorakit.export.gguf_export import K_TYPES, k_quantize, write_gguf
-
     python_type = "f16" if qtype in K_TYPES else qtype
     first = staging / (".model-f16.gguf" if qtype in K_TYPES else name)
     progress = _progress_writer(f"Writing GGUF ({python_type})")
@@ -251,13 +281,8 @@ def _write_gguf(source: Path, staging: Path, name: str, qtype: str, tokenizer):
 def _verify(staging: Path, fmt: str, gguf_name: str | None, samples, source_logits, tokenizer, result) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
-    from lorakit.compat import INT8_CAST_LOGGER
-    from lorakit.gguf_source import import_tokenizer
-    from lorakit.export.verify import compare_models, llama_cpp_agreement, tensor_errors, tokenization_matches
-    from lorakit.model import keep_4bit_layout_on_cpu
-    from lorakit.logit_gap import logits_for
-
     if fmt == "gguf":
+        route_gguf_loading_bar()
         exported = AutoModelForCausalLM.from_pretrained(str(staging), gguf_file=gguf_name, dtype="float32").eval()
     else:
         exported = keep_4bit_layout_on_cpu(AutoModelForCausalLM.from_pretrained(str(staging))).eval()

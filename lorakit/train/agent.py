@@ -12,10 +12,10 @@ import os
 import runpy
 import sys
 
+from lorakit.train.launched import LAUNCH_DIR_ENV, LAUNCHER_LOG
+
 
 def main(argv: list[str]) -> None:
-    from lorakit.train.launch import LAUNCH_DIR_ENV, LAUNCHER_LOG
-
     log = open(os.path.join(os.environ[LAUNCH_DIR_ENV], LAUNCHER_LOG), "a", buffering=1)
     sys.stdout = sys.stderr = log  # Python-level only, before accelerate and torch create their loggers
     sys.argv = ["accelerate launch", *argv]

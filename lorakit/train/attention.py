@@ -20,6 +20,9 @@ while each slice's backward fills a zero tensor the size of the whole row.
 
 from __future__ import annotations
 
+from lorakit.compat import attention_implementation
+from lorakit.console import warn
+
 NAME = "lorakit_sdpa_varlen"
 LABEL = "per-example SDPA"
 # attention implementations whose own kernels read packed sequences from the position ids (flash-attention's varlen)
@@ -113,8 +116,6 @@ def register() -> str:
 def eligibility(config) -> str | None:
     """Why a model cannot use per-example attention (None: it can). Only models on transformers' `sdpa` whose every
     layer is full causal attention: per-example SDPA knows no sliding window, chunking or mask overlay."""
-    from lorakit.compat import attention_implementation
-
     current = attention_implementation(config)
     if current != "sdpa":
         return f"{current} attention"
@@ -133,8 +134,6 @@ def eligibility(config) -> str | None:
 
 def switch_attention(model, implementation: str) -> bool:
     """Set the attention implementation of a loaded model (or the model under a PeftModel); True when it took."""
-    from lorakit.compat import attention_implementation
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.set_attn_implementation(implementation)
     return attention_implementation(base.config) == implementation
@@ -144,9 +143,6 @@ def try_per_example(model, setting: str, probe, compiled: bool = False) -> tuple
     """Switch a model whose packed rows are already exact on `sdpa` to per-example attention when the recipe leaves
     the attention to lorakit, and keep it only if `probe()` (the packing probes, rerun) still passes with it.
     Returns whether it is in use and why (for the manifest)."""
-    from lorakit.compat import attention_implementation
-    from lorakit.console import warn
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     current = attention_implementation(base.config)
     if setting != "auto":

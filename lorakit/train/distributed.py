@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TypeVar
 
+from lorakit.train.strategies import launched_plan
+
 T = TypeVar("T")
 
 
@@ -102,18 +104,9 @@ def stop_requested(local: bool) -> bool:
     return bool(flag.item())
 
 
-def device_map(device: str) -> dict[str, Any] | None:
-    """Where each process puts its copy of the base: its own GPU (LOCAL_RANK), or the CPU."""
-    if device != "cuda":
-        return {"": "cpu"}
-    return {"": world().local_rank}
-
-
 def full_state_dict(trainer) -> dict[str, Any] | None:
     """The whole (unsharded) state dict of a model FSDP or ZeRO-3 shards, gathered with every process taking part
     (the trainer's accelerator knows how); None where each process holds the whole model anyway."""
-    from lorakit.train.strategies import launched_plan
-
     if not world().distributed or not launched_plan(world().size).shards_weights:
         return None
     return trainer.accelerator.get_state_dict(trainer.model_wrapped)

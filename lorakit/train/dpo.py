@@ -11,12 +11,24 @@ This module supplies DPO's data and trainer; the run itself is the shared lifecy
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from lorakit import compat
+from lorakit.chat_template import Stops
 from lorakit.config import DPORecipe
 from lorakit.console import err, info
-from lorakit.runs import RunFolder
-from lorakit.train.lifecycle import RunResult, Stage, TrainerSetup, build_setup, train_adapter
+from lorakit.data.preference import prepare_preference_data
+from lorakit.data.prepared import PreparedData
+from lorakit.outputs import RunFolder
+from lorakit.train.args import training_kwargs
+from lorakit.train.length_groups import grouped_sampler
+from lorakit.train.lifecycle import RunResult, Stage, TrainerInputs, TrainerSetup, build_setup, train_adapter
+from lorakit.train.packed_pairs import causal_lm_of, plan_packed_pairs
+from lorakit.train.plain_head import use_plain_lm_head
+from lorakit.train.speed import SpeedPlan, choose_loss
+
+if TYPE_CHECKING:
+    from transformers import Trainer
 
 SHOW_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected")
 SUMMARY_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies",
@@ -28,8 +40,6 @@ def make_dpo_trainer_class(plain_head: bool = False):
     """lorakit's DPOTrainer. `plain_head`: the run uses lorakit's plain LM head (the CPU default), which must
     already score the reference log-probs that TRL precomputes inside its constructor."""
     from trl import DPOTrainer
-
-    from lorakit import compat
 
     class LorakitDPOTrainer(DPOTrainer):
         """DPOTrainer fed with data lorakit already tokenized, checked and truncated (prompts from the left), and
@@ -45,9 +55,6 @@ def make_dpo_trainer_class(plain_head: bool = False):
             # before lorakit's loss choice could take effect: swap the head first, or the reference is scored by
             # another kernel than the policy and the first step's rewards are rounding noise instead of exactly 0.
             if plain_head:
-                from lorakit.train.plain_head import use_plain_lm_head
-                from lorakit.train.packed_pairs import causal_lm_of
-
                 use_plain_lm_head(causal_lm_of(self.model), want_sq_probs=bool(self.use_weighting))
             return super()._precompute_ref_logps(dataset, name, batch_size)
 
@@ -56,8 +63,6 @@ def make_dpo_trainer_class(plain_head: bool = False):
         def _get_train_sampler(self, train_dataset=None):
             if not self.length_grouped:
                 return super()._get_train_sampler(train_dataset)
-            from lorakit.train.length_groups import grouped_sampler
-
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             lengths = [len(p) + max(len(c), len(r)) for p, c, r in
                        zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
@@ -67,34 +72,29 @@ def make_dpo_trainer_class(plain_head: bool = False):
     return LorakitDPOTrainer
 
 
-def prepare_data(recipe: DPORecipe, tokenizer):
-    from lorakit.data.preference import prepare_preference_data
-
+def prepare_data(recipe: DPORecipe, tokenizer, stops: Stops) -> PreparedData:
     with err.status("Preparing preference data..."):
-        data = prepare_preference_data(recipe.data, recipe.dpo.max_prompt_length, tokenizer, recipe.train.seed)
+        data = prepare_preference_data(recipe.data, recipe.dpo.max_prompt_length, tokenizer, recipe.train.seed, stops)
     info(f"Data: {data.stats['rows']} pairs ({data.format} format, {data.stats['tokens']:,} tokens, "
          f"{data.stats['truncated']} truncated)" + (" [tokenization cached]" if data.cached else ""))
     return data
 
 
-def make_trainer(recipe: DPORecipe, run: RunFolder, model, peft_config, tokenizer, data, device, precision,
-                 estimate, parent, callbacks):
+def make_trainer(inputs: TrainerInputs) -> tuple[Trainer, SpeedPlan]:
     from trl import DPOConfig
 
-    from lorakit import compat
-    from lorakit.train.common import training_kwargs
-    from lorakit.train.packed_pairs import plan_packed_pairs
-    from lorakit.train.speed import SpeedPlan, choose_loss
-
+    recipe, data, tokenizer, model = inputs.recipe, inputs.data, inputs.tokenizer, inputs.model
     # Padding-free pairs where the probe passes, decided before the trainer is built: TRL precomputes reference
     # log-probs in its constructor, with the collator it is given. Otherwise TRL's padded collator and length-grouped
     # pairs.
     packing = plan_packed_pairs(model, tokenizer, recipe.train.padding_free, recipe.model.attn_implementation,
                                 compiled=recipe.train.compile)
-    loss, loss_reason = choose_loss(recipe.train.loss, device)
+    loss, loss_reason = choose_loss(recipe.train.loss, inputs.device)
+    estimate = inputs.estimate
     precompute = recipe.dpo.precompute_ref_log_probs is True or bool(estimate and estimate.precompute_ref_log_probs)
     args = DPOConfig(
-        **training_kwargs(recipe.train, run, device, precision, recipe.method, data.eval is not None),
+        **training_kwargs(recipe.train, inputs.run, inputs.device, inputs.precision, recipe.method,
+                          data.eval is not None),
         beta=recipe.dpo.beta,
         loss_type=[recipe.dpo.loss_type],
         label_smoothing=recipe.dpo.label_smoothing,
@@ -108,13 +108,13 @@ def make_trainer(recipe: DPORecipe, run: RunFolder, model, peft_config, tokenize
         train_dataset=data.for_trainer(data.train),
         eval_dataset=data.for_trainer(data.eval) if data.eval is not None else None,
         processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
+        peft_config=inputs.peft_config,
+        callbacks=list(inputs.callbacks),
         data_collator=packing.collator,
     )
     trainer.length_grouped = not packing.enabled
     compat.match_reference_adapter_dtype(trainer.model)
-    reference = ("the SFT model (frozen 'ref' copy of its adapter)" if parent is not None
+    reference = ("the SFT model (frozen 'ref' copy of its adapter)" if inputs.parent is not None
                  else "the base model (adapters disabled)")
     if precompute:
         reference += ", log-probs precomputed before training"
@@ -125,7 +125,7 @@ def make_trainer(recipe: DPORecipe, run: RunFolder, model, peft_config, tokenize
 
 
 DPO = Stage(name="dpo", label="DPO", rows="pairs", show_keys=SHOW_KEYS, summary_keys=SUMMARY_KEYS,
-            prepare_data=prepare_data, make_trainer=make_trainer, takes_parent=True)
+            prepare_data=prepare_data, make_trainer=make_trainer, continues=("sft",))
 
 
 def build_dpo_trainer(recipe: DPORecipe, run: RunFolder, callbacks: Sequence = ()) -> TrainerSetup:

@@ -10,8 +10,10 @@ Flash-attention is chosen at load time (lorakit.model.resolve_attn).
 
 from __future__ import annotations
 
+from lorakit.compat import liger_apply_function
 from lorakit.console import warn
 from lorakit.errors import ConfigError
+from lorakit.train.speed import has_liger
 
 LIGER_KERNELS = ("rms_norm", "swiglu", "rope")
 
@@ -47,8 +49,6 @@ def choose_compile(setting: bool, device: str) -> tuple[bool, str]:
 
 def apply_liger(model) -> bool:
     """Patch the loaded model (or the model under a PeftModel) with Liger's kernels; False if its type has none."""
-    from lorakit.compat import liger_apply_function
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     apply = liger_apply_function(base.config.model_type)
     if apply is None:
@@ -60,9 +60,6 @@ def apply_liger(model) -> bool:
 
 def plan_kernels(train, device: str, model) -> dict[str, tuple[bool, str]]:
     """Decide and apply Liger, decide compile; {"liger": (on, why), "compile": (on, why)}."""
-    from lorakit.compat import liger_apply_function
-    from lorakit.train.speed import has_liger
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     model_type = getattr(base.config, "model_type", None)
     installed = has_liger()

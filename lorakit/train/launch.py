@@ -14,7 +14,8 @@ the resolved recipe and an accelerate config into a launch folder, and starts `a
 - On success the parent reads the finished run folder and prints its summary, like a single-process run.
 
 `accelerate launch -m lorakit sft ...` and `torchrun -m lorakit sft ...` work as well: the training processes then
-see no launch folder, rank 0 prints and the others stay quiet.
+see no launch folder, rank 0 prints and the others stay quiet. The training processes' side of all this is
+lorakit.train.launched (light: every command joins the launch first).
 """
 
 from __future__ import annotations
@@ -24,107 +25,46 @@ import json
 import os
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
-import time
+import threading
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from lorakit.errors import LorakitError, RunInterrupted
+import yaml
 
-LAUNCH_DIR_ENV = "LORAKIT_LAUNCH_DIR"
-RESUME_HINT_ENV = "LORAKIT_RESUME_HINT"
-ERRORS_DIR = "errors"
-LAUNCHER_LOG = "launcher.log"
+from lorakit import compat
+from lorakit.config import BaseRecipe
+from lorakit.console import err, info
+from lorakit.errors import LorakitError, RunInterrupted
+from lorakit.outputs import RunFolder, TrainingRunManifest, hold_output, read_manifest
+from lorakit.train.distributed import world
+from lorakit.train.launched import ERRORS_DIR, LAUNCH_DIR_ENV, LAUNCHER_LOG, RESUME_HINT_ENV
+from lorakit.train.lifecycle import RunResult, open_run, train_adapter, with_parent
+from lorakit.train.stages import STAGES
+from lorakit.train.strategies import Plan, accelerate_config, check_plan, plan_from_recipe
+
 # How long accelerate's launcher lets the training processes finish a step and save after Ctrl-C before it kills them.
 SHUTDOWN_SECONDS = "900"
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The training processes' side
-
-
-def launch_dir() -> Path | None:
-    value = os.environ.get(LAUNCH_DIR_ENV)
-    return Path(value) if value else None
-
-
-def join_launch() -> None:
-    """At the start of every command in a training process: rank 0 keeps the terminal; under lorakit's launcher the
-    other ranks write to their log file, under a plain `accelerate launch` / `torchrun` they stay quiet."""
-    from lorakit.train.distributed import world
-
-    me = world()
-    if not me.distributed or me.is_main:
-        return
-    folder = launch_dir()
-    if folder is None:
-        from lorakit.console import err, out
-
-        err.quiet = out.quiet = True
-        return
-    log = os.open(folder / f"rank-{me.rank}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-
-
-def report_failure(message: str, hint: str | None, exit_code: int, kind: str) -> bool:
-    """In a training process started by lorakit's launcher: leave the failure for the parent to report (True);
-    elsewhere False, and the caller prints it. `kind`: error | interrupted | unexpected."""
-    from lorakit.train.distributed import world
-
-    folder = launch_dir()
-    if folder is None or not world().distributed:
-        return False
-    me = world()
-    record = {"rank": me.rank, "kind": kind, "message": message, "hint": hint, "exit_code": exit_code,
-              "time": time.time()}
-    errors = folder / ERRORS_DIR
-    errors.mkdir(exist_ok=True)
-    tmp = errors / f".rank-{me.rank}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, errors / f"rank-{me.rank}.json")
-    return True
-
-
-def quiet_child() -> bool:
-    """A training process of lorakit's launcher: the parent prints the result."""
-    from lorakit.train.distributed import world
-
-    return launch_dir() is not None and world().distributed
-
-
-def resume_hint(default: str) -> str:
-    return os.environ.get(RESUME_HINT_ENV) or default
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The parent's side
-
-
-def needs_launch(recipe) -> bool:
-    from lorakit.train.distributed import world
-    from lorakit.train.strategies import plan_from_recipe
-
+def needs_launch(recipe: BaseRecipe) -> bool:
     return plan_from_recipe(recipe).distributed and not world().distributed
 
 
-def run_training(stage: str, recipe, force: bool = False, resume: bool = False, resume_hint: str = "",
-                 callbacks: Sequence = (), debug: bool = False):
-    """Train `recipe` (an SFT or DPO recipe) in this process, or on `recipe.distributed.num_processes` processes
-    under accelerate. Extra TrainerCallbacks apply in-process only (they cannot cross into other processes)."""
-    if needs_launch(recipe):
-        return launch_training(stage, recipe, force, resume, resume_hint, debug)
-    if stage == "sft":
-        from lorakit.train.sft import run_sft
-
-        return run_sft(recipe, force=force, resume=resume, resume_hint=resume_hint, callbacks=callbacks)
-    from lorakit.train.dpo import run_dpo
-
-    return run_dpo(recipe, force=force, resume=resume, resume_hint=resume_hint, callbacks=callbacks)
+def run_training(stage: str, recipe: BaseRecipe, force: bool = False, resume: bool = False, resume_hint: str = "",
+                 callbacks: Sequence = (), debug: bool = False) -> RunResult:
+    """Train `recipe` (of a stage in lorakit.train.stages) in this process, or on
+    `recipe.distributed.num_processes` processes under accelerate. Extra TrainerCallbacks apply in-process only (they
+    cannot cross into other processes)."""
+    # one writer per run folder, for the whole command: the processes a launch starts inherit the lock
+    with hold_output(recipe.output_dir, f"lorakit {stage}"):
+        if needs_launch(recipe):
+            return launch_training(stage, recipe, force, resume, resume_hint, debug)
+        return train_adapter(STAGES[stage], recipe, force, resume, resume_hint, callbacks)
 
 
 def local_devices() -> tuple[str, int]:
@@ -135,16 +75,10 @@ def local_devices() -> tuple[str, int]:
     return "cpu", 0
 
 
-def precheck(recipe, plan, force: bool, resume: bool):
+def precheck(stage: str, recipe: BaseRecipe, plan: Plan, force: bool, resume: bool) -> BaseRecipe:
     """What a training process would refuse first, checked once here: N processes need not start to say it.
     Returns the recipe as it will train (a DPO run takes method and LoRA from its SFT run)."""
-    from importlib.util import find_spec
-
-    from lorakit.console import err
-    from lorakit.train.lifecycle import open_run, with_parent
-    from lorakit.train.strategies import check_plan
-
-    recipe, parent = with_parent(recipe)
+    recipe, parent = with_parent(recipe, STAGES[stage].continues)
     device, gpus = local_devices()
     check_plan(recipe, plan, device, gpus, find_spec("deepspeed") is not None)
     quiet, err.quiet = err.quiet, True  # rank 0 says "starting fresh" itself
@@ -156,19 +90,13 @@ def precheck(recipe, plan, force: bool, resume: bool):
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def launch_command(stage: str, plan, method: str, folder: Path, recipe_file: Path, force: bool, resume: bool,
+def launch_command(stage: str, plan: Plan, method: str, folder: Path, recipe_file: Path, force: bool, resume: bool,
                    debug: bool) -> list[str]:
-    import yaml
-
-    from lorakit.train.strategies import accelerate_config
-
     cmd = [sys.executable, "-m", "lorakit.train.agent"]
     if plan.accelerate_config is not None:
         cmd += ["--config_file", str(plan.accelerate_config)]
@@ -184,19 +112,11 @@ def launch_command(stage: str, plan, method: str, folder: Path, recipe_file: Pat
     return cmd + (["--force"] if force else []) + (["--resume"] if resume else [])
 
 
-def launch_training(stage: str, recipe, force: bool, resume: bool, resume_hint: str, debug: bool = False):
+def launch_training(stage: str, recipe: BaseRecipe, force: bool, resume: bool, resume_hint: str,
+                    debug: bool = False) -> RunResult:
     """Run the training on recipe.distributed.num_processes processes under accelerate; its RunResult."""
-    import subprocess
-
-    import yaml
-
-    from lorakit.console import info
-    from lorakit.runs import read_manifest
-    from lorakit.train.lifecycle import RunResult
-    from lorakit.train.strategies import plan_from_recipe
-
     plan = plan_from_recipe(recipe)
-    method = precheck(recipe, plan, force, resume).method
+    method = precheck(stage, recipe, plan, force, resume).method
     folder = Path(tempfile.mkdtemp(prefix="lorakit-launch-"))
     recipe_file = folder / "recipe.yaml"
     # what was set, not the defaults filled in: a DPO recipe that leaves lora to its SFT run must still leave it
@@ -212,7 +132,8 @@ def launch_training(stage: str, recipe, force: bool, resume: bool, resume_hint: 
     with forwarded_signals(process):
         code = process.wait()
     if code == 0:
-        summary = read_manifest(recipe.output_dir).get("summary", {})
+        manifest = read_manifest(recipe.output_dir)
+        summary = dict(manifest.summary or {}) if isinstance(manifest, TrainingRunManifest) else {}
         shutil.rmtree(folder, ignore_errors=True)
         return RunResult(Path(recipe.output_dir), summary)
     failure, keep = explain_failure(folder, code, recipe, plan, resume_hint)
@@ -224,8 +145,6 @@ def launch_training(stage: str, recipe, force: bool, resume: bool, resume_hint: 
 @contextlib.contextmanager
 def forwarded_signals(process) -> Iterator[None]:
     """Ctrl-C, SIGTERM and SIGHUP of the parent become one SIGINT each for accelerate's launcher."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -250,12 +169,10 @@ def read_failures(folder: Path) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r.get("time", 0))
 
 
-def explain_failure(folder: Path, code: int, recipe, plan, resume_hint: str) -> tuple[LorakitError, bool]:
+def explain_failure(folder: Path, code: int, recipe: BaseRecipe, plan: Plan,
+                    resume_hint: str) -> tuple[LorakitError, bool]:
     """The one error that explains why the training processes stopped, and whether the launch folder's logs are
     worth keeping (they are for crashes, not for refused input)."""
-    from lorakit import compat
-    from lorakit.runs import RunFolder
-
     records = read_failures(folder)
     log = (folder / LAUNCHER_LOG).read_text(errors="replace") if (folder / LAUNCHER_LOG).exists() else ""
     checkpoint = RunFolder(Path(recipe.output_dir)).latest_checkpoint(plan.num_processes)

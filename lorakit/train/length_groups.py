@@ -19,6 +19,8 @@ from typing import Iterator, Sequence
 
 from torch.utils.data import Sampler
 
+from lorakit.compat import check_trainer_hooks
+
 NOISE = 0.1
 
 
@@ -80,7 +82,5 @@ def length_grouped(trainer_cls):
             return grouped_sampler(self.args, row_lengths(dataset))
 
     LengthGrouped.__name__ = LengthGrouped.__qualname__ = f"LengthGrouped{trainer_cls.__name__}"
-    from lorakit.compat import check_trainer_hooks
-
     check_trainer_hooks(LengthGrouped)
     return LengthGrouped

@@ -27,8 +27,11 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from lorakit.compat import attention_implementation
+from lorakit.compat import attention_implementation, preference_collator_class
 from lorakit.console import warn
+from lorakit.train.attention import try_per_example
+from lorakit.train.distributed import on_main
+from lorakit.train.speed import packing_is_exact
 
 # attention implementations that read packed sequences from the position ids of a single row (varlen kernels):
 # their cost is per sequence, so one long row is best, and only one row is supported
@@ -117,8 +120,6 @@ def attention_weight_of(config) -> float:
 
 def make_packed_collator(pad_token_id: int, one_row: bool, attention_weight: float = 0.0):
     """TRL's preference collator (the padded layout its loss reads) plus the packed layout of the same batch."""
-    from lorakit.compat import preference_collator_class
-
     DataCollatorForPreference = preference_collator_class()
 
     @dataclass
@@ -198,8 +199,6 @@ def unpack(packed, packed_index, batch: int, length: int):
 def layout_is_exact(model, vocab_size: int, one_row: bool, tolerance: float = 2e-2) -> bool:
     """The packed path against the padded one on a small uneven batch (two pairs, several rows, fillers).
     Several processes get rank 0's answer, as with `speed.packing_is_exact` (one batching for all)."""
-    from lorakit.train.distributed import on_main
-
     return on_main(lambda: _layout_is_exact(model, vocab_size, one_row, tolerance))
 
 
@@ -248,9 +247,6 @@ def plan_packed_pairs(model, tokenizer, setting: bool | str = "auto", attention_
     Call it on the loaded (possibly 4-bit, possibly PEFT-wrapped) model before DPOTrainer is built: TRL computes
     precomputed reference log-probs inside its constructor, with the collator it was given.
     """
-    from lorakit.train.attention import try_per_example
-    from lorakit.train.speed import packing_is_exact
-
     lm = causal_lm_of(model)
     attention = attention_implementation(lm.config)
     if setting is False:

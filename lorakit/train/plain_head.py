@@ -17,6 +17,8 @@ and no separate log-softmax backward pass over (tokens x vocabulary).
 
 from __future__ import annotations
 
+from lorakit.compat import fused_output_class
+
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk (32 MB in fp32): about 256 tokens at a 32k vocabulary, 64 at 128k
 
 
@@ -116,8 +118,6 @@ def use_plain_lm_head(model, want_sq_probs: bool = False) -> bool:
     """Re-route `fused_lm_head=True` calls of a model patched by TRL's `add_fused_lm_head`. Returns False (and
     changes nothing) for models whose logits need scaling that this head does not apply. `want_sq_probs`: the
     trainer reads `log_sum_sq_probs` (DPO's WPO weighting); otherwise that field is zeros."""
-    from lorakit.compat import fused_output_class
-
     if not supports_plain_head(model):
         return False
     if getattr(model.forward, "lorakit_plain_head", False):

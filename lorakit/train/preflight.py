@@ -7,7 +7,10 @@ from typing import Any
 
 from lorakit.console import info
 from lorakit.errors import LorakitError, ResourceError
-
+from lorakit.vram.catalog import GPU
+from lorakit.vram.estimate import GIB, estimate
+from lorakit.vram.plan import suggestions
+from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
 # Above this share of the GPU's memory a run is "tight": fragmentation and the estimate's error eat the rest.
 TIGHT_SHARE = 0.9
@@ -61,11 +64,6 @@ def preflight(recipe, device: str, enabled: bool = True, model: str | None = Non
     own GPU.
     """
     from dataclasses import replace
-
-    from lorakit.vram.catalog import GPU
-    from lorakit.vram.estimate import GIB, estimate
-    from lorakit.vram.plan import suggestions
-    from lorakit.vram.resolve import resolve_shape, setup_from_recipe
 
     name, setup = setup_from_recipe(recipe)
     if plan is not None:

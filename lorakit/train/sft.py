@@ -6,21 +6,29 @@ shared lifecycle in `lorakit.train.lifecycle`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from lorakit.chat_template import Stops
 from lorakit.config import SFTRecipe
 from lorakit.console import err, info
-from lorakit.runs import RunFolder
-from lorakit.train.lifecycle import RunResult, Stage, TrainerSetup, build_setup, train_adapter
+from lorakit.data.checks import lint_collated, raise_if_problems
+from lorakit.data.prepared import PreparedData
+from lorakit.data.sft import prepare_sft_data
+from lorakit.outputs import RunFolder
+from lorakit.train.args import training_kwargs
+from lorakit.train.length_groups import length_grouped
+from lorakit.train.lifecycle import RunResult, Stage, TrainerInputs, TrainerSetup, build_setup, train_adapter
+from lorakit.train.speed import SpeedPlan, plan_speed, trainer_speed_kwargs
+
+if TYPE_CHECKING:
+    from transformers import Trainer
 
 SFTSetup = TrainerSetup  # what build_sft_trainer returns (kept as a name for benchmarks and tests)
 
 
-def prepare_data(recipe: SFTRecipe, tokenizer):
-    from lorakit.data.sft import prepare_sft_data
-
+def prepare_data(recipe: SFTRecipe, tokenizer, stops: Stops) -> PreparedData:
     with err.status("Preparing data..."):
-        data = prepare_sft_data(recipe.data, tokenizer, recipe.train.seed)
+        data = prepare_sft_data(recipe.data, tokenizer, recipe.train.seed, stops)
     info(
         f"Data: {data.stats['rows']} examples ({data.format} format, {data.stats['trained_tokens']:,} trained of "
         f"{data.stats['tokens']:,} tokens, {data.stats['truncated']} truncated at {recipe.data.max_length})"
@@ -29,31 +37,27 @@ def prepare_data(recipe: SFTRecipe, tokenizer):
     return data
 
 
-def make_trainer(recipe: SFTRecipe, run: RunFolder, model, peft_config, tokenizer, data, device, precision,
-                 estimate, parent, callbacks):
+def make_trainer(inputs: TrainerInputs) -> tuple[Trainer, SpeedPlan]:
     from trl import SFTConfig, SFTTrainer
 
-    from lorakit.data.checks import lint_collated, raise_if_problems
-    from lorakit.train.common import training_kwargs
-    from lorakit.train.length_groups import length_grouped
-    from lorakit.train.speed import plan_speed, trainer_speed_kwargs
-
-    speed = plan_speed(recipe.train, device, model, len(tokenizer), recipe.model.attn_implementation)
+    recipe, data, tokenizer = inputs.recipe, inputs.data, inputs.tokenizer
+    speed = plan_speed(recipe.train, inputs.device, inputs.model, len(tokenizer), recipe.model.attn_implementation)
     args = SFTConfig(
-        **training_kwargs(recipe.train, run, device, precision, recipe.method, data.eval is not None),
+        **training_kwargs(recipe.train, inputs.run, inputs.device, inputs.precision, recipe.method,
+                          data.eval is not None),
         **trainer_speed_kwargs(speed),
         max_length=None,  # examples are truncated (and linted) by lorakit before they get here
         packing=False,
         dataset_num_proc=recipe.data.num_proc,
     )
     trainer = length_grouped(SFTTrainer)(  # group_by_length that groups at any dataset size
-        model=model,
+        model=inputs.model,
         args=args,
         train_dataset=data.for_trainer(data.train),
         eval_dataset=data.for_trainer(data.eval) if data.eval is not None else None,
         processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
+        peft_config=inputs.peft_config,
+        callbacks=list(inputs.callbacks),
     )
     tokens_per_batch = recipe.train.micro_batch_size * data.stats["tokens"] / max(data.stats["rows"], 1)
     info(f"Batches: {speed.reasons['batching']}, ~{tokens_per_batch:,.0f} tokens per micro-batch; attention: "

@@ -14,7 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorakit.compat import attention_implementation
 from lorakit.console import warn
+from lorakit.model import has_flash_attention  # noqa: F401  (moved to lorakit.model; read here too)
+from lorakit.train.attention import try_per_example
+from lorakit.train.distributed import on_main
+from lorakit.train.plain_head import use_plain_lm_head
 
 
 @dataclass
@@ -47,13 +52,6 @@ def choose_loss(setting: str, device: str) -> tuple[str, str]:
     return "plain", "CPU: plain cross-entropy is about 2x faster than the tiled fused head"
 
 
-def has_flash_attention() -> bool:
-    """flash-attn 2 installed in a usable version on a GPU that runs it (transformers' own check)."""
-    from transformers.utils import is_flash_attn_2_available
-
-    return is_flash_attn_2_available()
-
-
 def has_liger() -> bool:
     from transformers.utils import is_liger_kernel_available
 
@@ -67,8 +65,6 @@ def packing_is_exact(model, vocab_size: int, tolerance: float = 2e-2) -> bool:
     which shows up as large differences. Cheap: about 30 tokens through the real (possibly 4-bit) model.
     Several processes get rank 0's answer: they must batch alike, and under FSDP only rank 0 holds real weights yet.
     """
-    from lorakit.train.distributed import on_main
-
     return on_main(lambda: _packing_is_exact(model, vocab_size, tolerance))
 
 
@@ -104,8 +100,6 @@ def _packing_is_exact(model, vocab_size: int, tolerance: float) -> bool:
 
 def plan_speed(train, device: str, model, vocab_size: int, attention_setting: str = "auto") -> SpeedPlan:
     """SFT: the loss head, padding-free or length-grouped batches, and the attention that runs the packed rows."""
-    from lorakit.compat import attention_implementation
-
     loss, loss_reason = choose_loss(train.loss, device)
     reasons = {"loss": loss_reason}
     attention = attention_implementation(causal_lm_config(model))
@@ -127,8 +121,6 @@ def plan_speed(train, device: str, model, vocab_size: int, attention_setting: st
                 warn("padding_free: true, but this model's attention lets packed examples see each other; "
                      "using length-grouped batches instead")
     if padding_free:
-        from lorakit.train.attention import try_per_example
-
         _, reasons["attention"] = try_per_example(model, attention_setting, lambda: packing_is_exact(model, vocab_size),
                                                   compiled=bool(getattr(train, "compile", False)))
     else:
@@ -155,8 +147,6 @@ def apply_loss_choice(trainer, plan: SpeedPlan) -> None:
     the plan says so (and the model allows it; otherwise the plan says why it stayed fused)."""
     if plan.loss != "plain":
         return
-    from lorakit.train.plain_head import use_plain_lm_head
-
     model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
     if not use_plain_lm_head(model, want_sq_probs=bool(getattr(trainer, "use_weighting", False))):
         plan.loss = "fused"

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import ConfigError
+from lorakit.model import quant_storage_dtype  # noqa: F401  (moved to lorakit.model, which loads the base)
 from lorakit.vram.sharding import STRATEGIES  # noqa: F401  (one list: the planner's per-GPU arithmetic covers each)
+
 BNB_OPTIMIZERS = ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
 
 
@@ -137,12 +139,6 @@ def check_plan(recipe, plan: Plan, device: str, gpus: int, deepspeed_installed: 
         if len(problems) == 1:
             raise ConfigError(f"distributed: {problems[0][0]}", hint=problems[0][1])
         raise ConfigError("distributed: " + "; ".join(p for p, _ in problems), hint="; ".join(h for _, h in problems))
-
-
-def quant_storage_dtype(precision: str) -> str | None:
-    """QLoRA under FSDP: the dtype bitsandbytes packs the 4-bit weights into, so FSDP can flatten and shard them with
-    the rest (PEFT's FSDP guide: bf16 storage for bf16 training, fp32 for fp16 autocast)."""
-    return {"bf16": "bfloat16", "fp16": "float32", "fp32": "float32"}.get(precision)
 
 
 def accelerate_config(plan: Plan, method: str) -> dict[str, Any]:

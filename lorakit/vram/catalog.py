@@ -7,9 +7,8 @@ accumulation (GeForce cards run at half their fp16-accumulate figure) from the v
 
 from __future__ import annotations
 
-import re
-
 import difflib
+import re
 from dataclasses import dataclass
 
 from lorakit.vram.shapes import ModelShape

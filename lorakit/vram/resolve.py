@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lorakit.errors import ConfigError, ModelError
+from lorakit.tiny import BUILTIN_MODELS, BUILTIN_PREFIX
 from lorakit.vram.catalog import MODELS, close_models, match_model, same_shape
 from lorakit.vram.estimate import Setup
 from lorakit.vram.shapes import ModelShape, ShapeError, shape_from_config
@@ -55,8 +56,6 @@ def _from_config_file(path: Path, name: str) -> ModelShape:
 
 
 def _builtin(name: str) -> ModelShape:
-    from lorakit.tiny import BUILTIN_MODELS, BUILTIN_PREFIX
-
     key = name.removeprefix(BUILTIN_PREFIX)
     if key not in BUILTIN_MODELS:
         raise ModelError(f"unknown built-in model {name!r}", hint=f"one of: {', '.join(BUILTIN_MODELS)}")
@@ -147,9 +146,11 @@ def _from_hub(repo_id: str) -> ModelShape:
     return _from_config_file(Path(path), repo_id)
 
 
-_OPTIM = {"auto": None, "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_8bit": "adamw-8bit",
+# train.optim -> the estimator's optimizer names (None: lorakit's choice, paged 8-bit AdamW for QLoRA)
+OPTIM_NAMES = {"auto": None, "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_8bit": "adamw-8bit",
           "paged_adamw_8bit": "paged-adamw-8bit", "paged_adamw_32bit": "paged-adamw", "sgd": "sgd"}
-_TARGETS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
+# lora.target_modules -> the estimator's linear names
+TARGET_NAMES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
             "down_proj": "down"}
 
 
@@ -162,7 +163,7 @@ def setup_from_recipe(recipe) -> tuple[str, Setup]:
     if isinstance(targets, str):
         lora_targets = targets
     else:
-        lora_targets = ",".join(_TARGETS[t] for t in targets if t in _TARGETS) or "all-linear"
+        lora_targets = ",".join(TARGET_NAMES[t] for t in targets if t in TARGET_NAMES) or "all-linear"
     attn = recipe.model.attn_implementation
     if attn in (None, "auto"):
         attn = "flash" if importlib.util.find_spec("flash_attn") else "sdpa"
@@ -174,7 +175,7 @@ def setup_from_recipe(recipe) -> tuple[str, Setup]:
     distributed = getattr(recipe, "distributed", None)  # the multi-GPU section, where the recipe schema has one
     setup = Setup(
         method=recipe.method, dtype=precision, seq_len=recipe.data.max_length, batch_size=train.micro_batch_size,
-        grad_checkpointing=train.gradient_checkpointing, optimizer=_OPTIM.get(train.optim),
+        grad_checkpointing=train.gradient_checkpointing, optimizer=OPTIM_NAMES.get(train.optim),
         lora_r=recipe.lora.r, lora_targets=lora_targets, lora_dropout=recipe.lora.dropout,
         attn=attn if attn in ("eager", "sdpa", "flash") else "sdpa",
         loss="plain" if train.loss == "plain" else "fused", stage=stage,

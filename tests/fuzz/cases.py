@@ -567,6 +567,8 @@ for args, fragment in [(["--format", "onnx"], "--format"), (["--type", "q9"], "G
 for args, fragment in [(["--method", "dora"], "--method"), (["--stage", "ppo"], "--stage"),
                        (["--gpu", "rtx9999"], "--gpu"), (["--optimizer", "lion"], "--optimizer")]:
     cli(f"vram{'='.join(args)}", lambda ws, args=args: ["vram-estimate", "meta-llama/Llama-3.1-8B", *args], fragment)
+cli("quantize-type-empty",
+    lambda ws: ["quantize", str(ws.copy_model("m", {"stage": "merge", "status": "complete"})), "--type", ""], "--type")
 cli("merge-missing", lambda ws: ["merge", "nothing-here"], "nothing-here")
 cli("merge-a-file", lambda ws: ["merge", ws.chats()], "chats.jsonl")
 cli("merge-plain-folder", lambda ws: ["merge", str(_folder(ws, {"a.txt": "x"}))], "folder")
@@ -681,8 +683,8 @@ def _pipeline_recipe_in_stage(ws):
 def _pipeline_data_in_stage(ws):
     finished_output(ws, "p/merged")
     ws.chats("p/merged/train.jsonl")
-    ws.write("pipe.yaml", f"stage: pipeline\nroot: p\nstages: [sft, merge]\nsft:\n  model:\n    name_or_path: {ws.model}\n  data:\n"
-             "    train: p/merged/train.jsonl\n")
+    ws.write("pipe.yaml", f"stage: pipeline\nroot: p\nstages: [sft, merge]\nsft:\n  model:\n    name_or_path: {ws.model}\n"
+             "  data:\n    train: p/merged/train.jsonl\n")
     return ["run", "pipe.yaml", "--force"]
 
 
@@ -918,7 +920,7 @@ for label, change, fragments in [
     run_damage_case(f"manifest-{label}", "manifest.json",
                     _edit_json("manifest.json", lambda m, change=change: m.update(change)), fragments, ("report",))
 for label, file, make, fragments in VALUE_DAMAGE:
-    run_damage_case(label, file, make, fragments, ("merge", "dpo-from", "quantize"))
+    run_damage_case(label, file, make, fragments, ("merge", "dpo-from", "quantize", "eval"))
 for label, file, make, fragments in BASE_DAMAGE:
     run_damage_case(label, file, make, fragments, ("merge", "dpo-from"))
 
@@ -1060,6 +1062,28 @@ model_damage("weights-cut", "model.safetensors",
 model_damage("weights-random", "model.safetensors", lambda ws: random_bytes(ws, 2000), "model.safetensors")
 model_damage("weights-empty", "model.safetensors", lambda ws: b"", "model.safetensors")
 model_damage("generation-config-garbage", "generation_config.json", lambda ws: "{", "generation_config.json")
+model_damage("manifest-garbage", "manifest.json", lambda ws: "not json", "manifest.json", "malformed JSON")
+model_damage("config-vocab", "config.json",
+             lambda ws: json.dumps({**json.loads((ws.world.model / "config.json").read_text()), "vocab_size": 1100}),
+             "config.json", "vocab_size is 1100")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt")
+
+
+def _without_tokenizer(folder: Path) -> None:
+    for name in TOKENIZER_FILES:
+        (folder / name).unlink(missing_ok=True)
+
+
+add("model-no-tokenizer-generate", lambda ws: (_without_tokenizer(ws.copy_model("m", {"stage": "merge",
+                                                                                       "status": "complete"})),
+                                               ["generate", "m", "-p", "hi"])[1], "m", "tokenizer.json", "missing")
+for name, command in (("generate", lambda ws: ["generate", "sftrun", "-p", "hi"]),
+                      ("eval", lambda ws: ["eval", "sftrun", "--data", ws.chats(), "--no-base"])):
+    add(f"run-no-tokenizer-{name}", lambda ws, command=command: (_without_tokenizer(ws.copy_run("sftrun")),
+                                                                 command(ws))[1], "sftrun", "tokenizer.json", "missing")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fuzz suite: hundreds of malformed inputs, each refused the way the README promises.
+"""Fuzz suite: hundreds of malformed inputs, each refused the way docs/guarantees.md promises.
 
 For every case (tests/fuzz/cases.py): a non-zero exit; exactly one `error:` line, short, naming the file, field or
 row, with a `hint:`; no traceback and no "unexpected" (a bug caught only by the last-resort handler); and the case's

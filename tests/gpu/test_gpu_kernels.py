@@ -37,8 +37,8 @@ def test_compile_runs_and_trains(tmp_path):
 
 def test_packed_rows_run_on_a_per_sequence_kernel(tmp_path):
     from lorakit.train.attention import NAME
-    from lorakit.train.speed import has_flash_attention
     from lorakit.train.sft import run_sft
+    from lorakit.train.speed import has_flash_attention
 
     speed = speed_of(run_sft(sft_recipe(tmp_path / "attention", max_steps=3)))
     assert speed["padding_free"] is True

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from lorakit.runs import read_run
+from lorakit.outputs import read_run
 
 from ..conftest import REPO
 
@@ -53,7 +53,7 @@ CASES = [("ddp", ()), ("fsdp", ()), ("zero2", ()), ("zero3", ()),
 def test_strategy_trains_a_run_that_merges(tmp_path, strategy, overrides):
     if strategy.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         pytest.skip("DeepSpeed is not installed")
-    from lorakit.merge import merge_run
+    from lorakit.export.merge import merge_run
 
     out = tmp_path / "sft"
     result = sft(out, strategy, *overrides)

@@ -4,6 +4,8 @@
 
 Kill points (each hooks a public API only):
 - {"at": "step", "step": N}: right after optimizer step N (a Trainer callback added through Trainer.train)
+- {"at": "pause", "step": N, "until": PATH}: right after optimizer step N, write PATH.paused and wait until PATH exists
+  (the test does what it wants meanwhile, then lets the command go on or kills it)
 - {"at": "save", "step": N, "file": "scheduler.pt"}: halfway through writing that file of checkpoint-N (torch.save)
 - {"at": "call", "target": "module.attr", "when": "after"|"before"}: around a function lorakit calls
 - {"at": "replace", "nth": K, "name": "x"}: after the K-th os.replace whose destination is named `name`
@@ -20,6 +22,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 
 def die() -> None:
@@ -30,7 +33,7 @@ def die() -> None:
 
 def install(kill: dict) -> None:
     at = kill.get("at")
-    if at in ("step", "save"):
+    if at in ("step", "save", "pause"):
         from transformers import Trainer, TrainerCallback
 
         class At(TrainerCallback):
@@ -40,6 +43,11 @@ def install(kill: dict) -> None:
                 At.step = state.global_step
                 if at == "step" and state.global_step == kill["step"]:
                     die()
+                if at == "pause" and state.global_step == kill["step"]:
+                    with open(kill["until"] + ".paused", "w") as marker:
+                        marker.write(str(os.getpid()))
+                    while not os.path.exists(kill["until"]):
+                        time.sleep(0.1)
 
         train = Trainer.train
 

@@ -41,9 +41,9 @@ def plain_base(tmp_path_factory):
 
 
 def test_the_added_turn_tokens_train_merge_and_serve(plain_base, tmp_path):
+    from lorakit.export.merge import merge_run
     from lorakit.export.serve_info import serve_info
     from lorakit.infer import generate_reply, load_for_inference
-    from lorakit.merge import merge_run
 
     recipe = load_recipe("sft", None, [f"model.name_or_path={plain_base}", f"data.train={EXAMPLES / 'chat-messages.jsonl'}",
                                        "train.max_steps=12", "train.micro_batch_size=8",

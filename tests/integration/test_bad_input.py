@@ -130,8 +130,9 @@ def test_hub_dataset_offline_says_what_it_tried(tmp_path, tiny_llama):
 
 @pytest.mark.slow
 def test_chat_keeps_history_and_quits(sft_run):
-    from ..helpers import runner
     from lorakit.cli import app
+
+    from ..helpers import runner
 
     result = runner.invoke(app, ["chat", str(sft_run.path), "--temperature", "0"],
                            input="What is the capital of France?\n/reset\nWhat is 4 plus 5?\n/exit\n")

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lorakit.runs import read_run
+from lorakit.outputs import read_run
 
 from ..conftest import REPO, dpo_recipe, sft_recipe
 
@@ -158,7 +158,7 @@ def test_the_adapter_of_two_processes_loads_in_plain_peft_and_merges(ddp, tmp_pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from lorakit.merge import merge_run
+    from lorakit.export.merge import merge_run
 
     out = ddp[0]
     run = read_run(out)

@@ -7,7 +7,7 @@ import torch
 from transformers import TrainerCallback
 
 from lorakit.errors import ConfigError, RunError
-from lorakit.runs import RunFolder, read_run
+from lorakit.outputs import RunFolder, read_run
 from lorakit.train.dpo import build_dpo_trainer, run_dpo
 from lorakit.train.sft import run_sft
 

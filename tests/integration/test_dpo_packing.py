@@ -6,7 +6,7 @@ import pytest
 import torch
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from lorakit.runs import RunFolder, read_run
+from lorakit.outputs import RunFolder, read_run
 from lorakit.train.attention import NAME
 from lorakit.train.dpo import build_dpo_trainer, run_dpo
 from lorakit.train.packed_pairs import make_packed_collator

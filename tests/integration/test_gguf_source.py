@@ -63,8 +63,8 @@ def test_a_gguf_is_unpacked_once_into_a_cached_folder_that_says_what_it_holds(ti
 @pytest.mark.slow
 def test_a_run_on_a_gguf_names_it_and_merge_unpacks_it_again_when_the_cache_is_gone(tiny_gguf, tmp_path,
                                                                                       monkeypatch):
-    from lorakit.merge import merge_run
-    from lorakit.runs import read_manifest
+    from lorakit.export.merge import merge_run
+    from lorakit.outputs import manifest_json as read_manifest
     from lorakit.train.sft import run_sft
 
     monkeypatch.chdir(REPO)

@@ -3,8 +3,6 @@
 import importlib.util
 import shutil
 
-import pytest
-
 from lorakit.chat_template import CHATML
 
 from .test_quantize import gguf_fields

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lorakit.runs import read_manifest, read_run
+from lorakit.outputs import manifest_json as read_manifest
+from lorakit.outputs import read_run
 from lorakit.train.sft import run_sft
 
 from ..conftest import EXAMPLES, REPO
@@ -124,7 +125,7 @@ def test_sft_killed_while_saving_a_checkpoint_resumes_from_the_one_before(setup,
     assert code == -signal.SIGKILL, output
     checkpoints = tmp_path / ".out.partial" / "checkpoints"
     assert (checkpoints / "checkpoint-6" / "scheduler.pt").is_file()  # half written, not marked complete
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
 
     assert RunFolder(tmp_path / "out").latest_step() == 4
     resume_and_compare(setup, tmp_path / "out")
@@ -173,7 +174,7 @@ def test_merge_killed_anywhere_leaves_no_half_model(setup, tmp_path):
     started = time.time()
     assert invoke("merge", run).exit_code == 0  # a complete merge already there: --force replaces it below
     took = time.time() - started
-    points = [{"at": "call", "target": "lorakit.merge.write_shards", "when": "after"},
+    points = [{"at": "call", "target": "lorakit.export.merge.write_shards", "when": "after"},
               {"at": "replace", "name": "x"}]
     # and at seeded random instants over a subprocess's whole life (imports included)
     delays = seeded_delays("merge", 1, 2.0, 8.0 + 2 * took)
@@ -224,7 +225,7 @@ def test_run_killed_in_a_stage_resumes_and_skips_what_is_done(setup, tmp_path):
     assert_visible_outputs_complete(tmp_path / "p")
     # killed again, now in the merge stage, after the SFT stage finished
     code, output = lorakit_killed(tmp_path, ["run", str(recipe)],
-                                  {"at": "call", "target": "lorakit.merge.write_shards", "when": "after"})
+                                  {"at": "call", "target": "lorakit.export.merge.write_shards", "when": "after"})
     assert code == -signal.SIGKILL, output
     assert_visible_outputs_complete(tmp_path / "p")
     for step, loss in losses(setup / "straight").items():

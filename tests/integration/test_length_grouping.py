@@ -2,7 +2,7 @@
 
 import pytest
 
-from lorakit.runs import RunFolder
+from lorakit.outputs import RunFolder
 from lorakit.train.dpo import build_dpo_trainer
 from lorakit.train.length_groups import LengthGroupedBatches
 from lorakit.train.sft import build_sft_trainer

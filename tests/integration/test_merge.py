@@ -8,8 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lorakit.errors import ModelError, RunError
-from lorakit.merge import merge_run
-from lorakit.runs import read_run
+from lorakit.export.merge import merge_run
+from lorakit.outputs import read_run
 from lorakit.train.sft import run_sft
 
 from ..conftest import REPO, sft_recipe
@@ -178,7 +178,7 @@ def test_force_does_not_replace_the_run_it_merges_or_the_folder_holding_it(sft_r
 
 
 def test_a_gap_above_tolerance_writes_nothing(qlora_run, tmp_path, monkeypatch):
-    import lorakit.merge as merge_module
+    import lorakit.export.merge as merge_module
 
     # the float32 dequantized merge is exact (KL 0); bf16 rounding leaves a real gap to exceed
     monkeypatch.setitem(merge_module.TOLERANCE, "bfloat16", 1e-9)

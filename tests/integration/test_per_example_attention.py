@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lorakit.runs import RunFolder
+from lorakit.outputs import RunFolder
 from lorakit.train.attention import NAME, register, switch_attention
 from lorakit.train.sft import build_sft_trainer
 

@@ -8,8 +8,8 @@ import pytest
 
 from lorakit.errors import LorakitError
 from lorakit.export.gguf_export import PYTHON_TYPES
-from lorakit.export.verify import KL_TOLERANCE
 from lorakit.export.quantize import run_quantize
+from lorakit.export.verify import KL_TOLERANCE
 
 from ..helpers import assert_clean_error, invoke
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # every test here exports a trained model
 
 @pytest.fixture(scope="module")
 def merged(sft_run, tmp_path_factory):
-    from lorakit.merge import merge_run
+    from lorakit.export.merge import merge_run
 
     return merge_run(sft_run.path, tmp_path_factory.mktemp("quantize") / "merged").path
 

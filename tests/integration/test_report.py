@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lorakit.eval import report as report_mod
+from lorakit.report import plots as report_mod
 from lorakit.train.sft import run_sft
 
 from ..conftest import REPO, sft_recipe

@@ -93,8 +93,8 @@ def test_servability_warning_before_training_and_in_the_summary(tmp_path, overri
 
 
 def test_merged_and_exported_folders_say_how_to_serve_them(tmp_path, sft_run):
+    from lorakit.export.merge import merge_run
     from lorakit.export.quantize import run_quantize
-    from lorakit.merge import merge_run
 
     merged = merge_run(sft_run.path, tmp_path / "merged").path
     card = (merged / "README.md").read_text()

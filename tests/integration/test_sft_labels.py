@@ -5,13 +5,13 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from lorakit.chat_template import end_of_turn_token, resolve_chat_template
 from lorakit.config import DataSection
 from lorakit.data.checks import lint_collated
 from lorakit.data.sft import prepare_sft_data
 from lorakit.data.tokenize import IGNORE, encode_example
 from lorakit.errors import DataError
 from lorakit.model import ensure_pad_token
-from lorakit.chat_template import end_of_turn_token, resolve_chat_template
 
 LLAMA3_TEMPLATE = (
     "{{- bos_token }}{%- for m in messages %}"

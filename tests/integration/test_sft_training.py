@@ -9,9 +9,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from lorakit.errors import RunError
-from lorakit.runs import read_run
-from lorakit.train.common import RunInterrupted
+from lorakit.errors import RunError, RunInterrupted
+from lorakit.outputs import read_run
 from lorakit.train.sft import run_sft
 
 from ..conftest import REPO, sft_recipe

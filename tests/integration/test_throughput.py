@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from lorakit.cli import app
 from lorakit.data.tokenize import IGNORE
-from lorakit.runs import RunFolder
+from lorakit.outputs import RunFolder
 from lorakit.train.sft import build_sft_trainer, run_sft
 
 from ..conftest import REPO, sft_recipe

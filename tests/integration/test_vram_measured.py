@@ -16,8 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig
 
-from lorakit.vram.estimate import (Setup, _activations_per_token, _bnb_inputs_per_token, _lora_casts_per_layer,
-                                   estimate)
+from lorakit.vram.estimate import Setup, _activations_per_token, _bnb_inputs_per_token, _lora_casts_per_layer, estimate
 from lorakit.vram.shapes import shape_from_config
 
 CONFIG = dict(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
@@ -161,9 +160,9 @@ def test_lora_optimizer_and_gradient_bytes_after_a_real_step():
 def test_sft_records_the_preflight_estimate(sft_run):
     import json
 
+    from lorakit.config import load_recipe
     from lorakit.vram.estimate import GIB
     from lorakit.vram.resolve import resolve_shape, setup_from_recipe
-    from lorakit.config import load_recipe
 
     manifest = json.loads((sft_run.path / "manifest.json").read_text())
     recorded = manifest["vram_estimate"]

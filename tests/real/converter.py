@@ -12,9 +12,8 @@ from typing import Any
 
 from tests.real import artifacts
 
-
 # Every field where lorakit's GGUF and the official converter's differ on the same merged model, and why ({arch} is
-# the architecture prefix). The README's comparison table gives the same reasons.
+# the architecture prefix). docs/real-models.md (the official converter) gives the same reasons.
 EXPLAINED = {
     "general.name": "lorakit names the model after its folder; the converter title-cases the folder name",
     "general.basename": "the converter guesses basename/finetune/size label from the folder name; lorakit does not",

@@ -109,10 +109,9 @@ def test_llama_cpp_prompts_with_the_embedded_template_and_no_bos_training_never_
 
 def test_llama_cpp_stops_at_the_end_of_turn_token(exported, llama):
     import llama_cpp
+    from transformers import AutoTokenizer
 
     from lorakit.chat_template import end_of_turn_token
-
-    from transformers import AutoTokenizer
 
     _, folder, _ = exported
     eot, _ = end_of_turn_token(AutoTokenizer.from_pretrained(folder))

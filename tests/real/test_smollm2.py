@@ -34,7 +34,7 @@ def pipeline(smollm2_gguf, tmp_path_factory):
 
 
 def test_the_base_is_the_release_unpacked_and_said_to_be_dequantized(pipeline, smollm2_gguf):
-    from lorakit.runs import read_manifest
+    from lorakit.outputs import manifest_json as read_manifest
 
     base = read_manifest(pipeline / "sft")["base_model"]
     assert base["name"] == str(smollm2_gguf)
@@ -48,7 +48,7 @@ def test_the_base_is_the_release_unpacked_and_said_to_be_dequantized(pipeline, s
 def test_export_base_writes_the_unpacked_base_where_a_server_can_load_it(pipeline, tmp_path):
     """A GGUF-sourced run's base lives in lorakit's cache; export-base copies it, and serve-info --base uses it."""
     from lorakit.export.serve_info import serve_info
-    from lorakit.runs import read_manifest
+    from lorakit.outputs import manifest_json as read_manifest
     from tests.helpers import invoke
 
     unpacked = Path(read_manifest(pipeline / "sft")["base_model"]["location"])

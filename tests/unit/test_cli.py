@@ -63,3 +63,25 @@ def test_unknown_recipe_key(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("stage: sft\nlora:\n  rank: 8\n")
     assert_clean_error(invoke("sft", "-r", recipe), "lora.rank: unknown key; did you mean 'lora.r'?", code=2)
+
+
+def test_merge_and_quantize_take_both_dtype_spellings(tmp_path):
+    """bf16 (train.precision's spelling) is merge's bfloat16; bfloat16 (torch's) is quantize's GGUF bf16: accepted,
+    the command goes on to the (missing) source."""
+    from lorakit.config import MergeSection, QuantizeSection
+
+    assert MergeSection(dtype="bf16").dtype == "bfloat16" and MergeSection(dtype="fp32").dtype == "float32"
+    assert QuantizeSection(type="bfloat16").type == "bf16" and QuantizeSection(type="float16").type == "f16"
+    for args in (["merge", tmp_path / "nope", "--dtype", "bf16"], ["quantize", tmp_path / "nope", "--type", "bfloat16"]):
+        result = invoke(*args)
+        assert result.exit_code != 0 and "nope" in result.output and "type" not in result.output.split("hint")[0]
+    assert_clean_error(invoke("merge", tmp_path / "nope", "--dtype", "bf8"), "--dtype bf8 is not one of", code=2)
+
+
+def test_training_commands_share_one_option_list():
+    from lorakit.cli.train import TRAINING_COMMANDS
+
+    helps = {spec.stage: invoke(spec.stage, "--help").output for spec in TRAINING_COMMANDS}
+    for option in ("--recipe", "--model", "--data", "--max-steps", "--set", "--resume", "--num-processes", "--json"):
+        assert all(option in text for text in helps.values()), option
+    assert "--from" in helps["dpo"] and "--from" not in helps["sft"]

@@ -10,8 +10,14 @@ import yaml
 
 from lorakit.config import load_recipe
 from lorakit.errors import ConfigError
-from lorakit.train.strategies import (Plan, accelerate_config, check_plan, launched_plan, plan_from_recipe,
-                                      quant_storage_dtype)
+from lorakit.train.strategies import (
+    Plan,
+    accelerate_config,
+    check_plan,
+    launched_plan,
+    plan_from_recipe,
+    quant_storage_dtype,
+)
 
 from ..conftest import REPO
 from ..helpers import assert_clean_error, invoke
@@ -215,7 +221,7 @@ def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype():
 
 
 def test_auto_optimizer_is_a_torch_one_under_sharding():
-    from lorakit.train.common import resolve_optim
+    from lorakit.train.args import resolve_optim
 
     assert resolve_optim("auto", "qlora", "cuda") == "paged_adamw_8bit"
     for strategy in ("fsdp", "zero2", "zero3"):
@@ -227,8 +233,8 @@ def test_auto_optimizer_is_a_torch_one_under_sharding():
 
 
 def test_a_checkpoint_is_complete_only_with_every_process_rng_state(tmp_path):
-    from lorakit.integrity import mark_checkpoint_complete
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
+    from lorakit.outputs.integrity import mark_checkpoint_complete
 
     run = RunFolder(tmp_path / "run")
     for step, ranks in ((3, (0, 1)), (6, (0,))):  # at step 6 process 1 died while saving
@@ -311,14 +317,14 @@ def test_an_interrupt_is_reported_once_with_exit_130(tmp_path):
 
 def test_resume_needs_the_same_number_of_processes(tmp_path):
     from lorakit.errors import RunError
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder, SFTManifest
     from lorakit.train.lifecycle import check_resumable
 
     resolved = recipe(f"output_dir={tmp_path / 'run'}")
     run = RunFolder(tmp_path / "run", mode="resume")
     run.staging.mkdir(parents=True)
     run.write_recipe(resolved)
-    run.write_manifest({"distributed": {"processes": 2, "strategy": "ddp", "global_batch_size": 16}})
+    run.write_manifest(SFTManifest(distributed={"processes": 2, "strategy": "ddp", "global_batch_size": 16}))
     check_resumable(run, resolved, processes=2)
     with pytest.raises(RunError, match="trained with 2 process"):
         check_resumable(run, resolved, processes=1)

@@ -20,15 +20,17 @@ def template_of(text: str) -> str:
 @pytest.mark.parametrize("family", fam.FAMILIES, ids=lambda f: f.name)
 def test_modelfile_per_family_or_an_exact_reason(family):
     tokenizer = fam.family_tokenizer(family, real=False)
+    family_stops = fam.family_stops(family, tokenizer)
     if family.name in REFUSED:
         with pytest.raises(ModelError, match=REFUSED[family.name]) as info:
-            modelfile("model-q8_0.gguf", None, tokenizer=tokenizer)
+            modelfile("model-q8_0.gguf", None, tokenizer=tokenizer, stops=family_stops)
         assert info.value.hint
         return
-    text, _ = modelfile("model-q8_0.gguf", None, "Be brief.", tokenizer)
+    text, _ = modelfile("model-q8_0.gguf", None, "Be brief.", tokenizer, family_stops)
     assert text.startswith("FROM ./model-q8_0.gguf\nTEMPLATE \"\"\"")
     stops = [line.split(" ", 2)[2].strip('"') for line in text.splitlines() if line.startswith("PARAMETER stop")]
-    assert stops == list(stop_convention(tokenizer).stop_tokens) and stops[0] == family.stop
+    assert stops == list(stop_convention(tokenizer, fam.generation_eos(family, tokenizer)).stop_tokens)
+    assert stops[0] == family.stop
     assert text.rstrip().endswith('SYSTEM """Be brief."""')
     # BOS is the GGUF's to add (tokenizer.ggml.add_bos_token), never the TEMPLATE's.
     assert not (tokenizer.bos_token and tokenizer.bos_token in template_of(text))
@@ -50,7 +52,7 @@ def test_go_renders_the_template_as_the_jinja_template_does(family):
     """Go's text/template, executed the way Ollama does, renders the prompts the model was trained on: with and
     without a system prompt, several turns, and Ollama's think flag on/off (Qwen3, GLM, Gemma 4, SmolLM3...)."""
     tokenizer = fam.family_tokenizer(family, real=False)
-    text, _ = modelfile("model.gguf", None, tokenizer=tokenizer)
+    text, _ = modelfile("model.gguf", None, tokenizer=tokenizer, stops=fam.family_stops(family, tokenizer))
     cases = fam.ollama_chats(family.system)
     rendered = fam.go_render(template_of(text), cases)
     for (messages, think), got in zip(cases, rendered):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from lorakit.errors import RunError
-from lorakit.runs import atomic_dir, check_can_write
+from lorakit.io import atomic_dir, check_can_write
 
 
 def lorakit_output(path, stage="sft"):
@@ -57,7 +57,7 @@ def test_an_output_under_a_file_is_refused_before_anything_runs(tmp_path):
 
 
 def test_resume_says_what_there_is_to_resume(tmp_path):
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
 
     finished = lorakit_output(tmp_path / "done")
     with pytest.raises(RunError, match="finished run: there is nothing to resume"):
@@ -90,7 +90,7 @@ def test_a_folder_that_cannot_be_created_is_refused_up_front():
 
 
 def test_a_failed_resume_puts_back_what_it_rewrote(tmp_path):
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder, SFTManifest
 
     run = RunFolder(tmp_path / "run")
     checkpoint = run.staging / "checkpoints" / "checkpoint-4"
@@ -104,14 +104,14 @@ def test_a_failed_resume_puts_back_what_it_rewrote(tmp_path):
     run.mode, run._resume_step = "resume", 4
     run.begin()
     run.write_recipe(__import__("lorakit.config", fromlist=["load_recipe"]).load_recipe("sft"))
-    run.write_manifest({"status": "running", "started_at": "later"})
+    run.write_manifest(SFTManifest(status="running", started_at="later"))
     run.trim_metrics(4)
     run.abandon()  # failed before saving a new checkpoint
     assert {p.name: p.read_bytes() for p in run.staging.iterdir() if p.is_file()} == before
 
 
 def test_resume_skips_a_checkpoint_the_trainer_did_not_finish_saving(tmp_path):
-    from lorakit.runs import RunFolder
+    from lorakit.outputs import RunFolder
 
     run = RunFolder(tmp_path / "run")
     for step, complete in ((2, True), (4, False)):
@@ -125,7 +125,7 @@ def test_resume_skips_a_checkpoint_the_trainer_did_not_finish_saving(tmp_path):
 
 
 def test_metrics_cut_by_a_crash_lose_only_their_last_line(tmp_path):
-    from lorakit.runs import read_metrics
+    from lorakit.outputs import read_metrics
 
     file = tmp_path / "metrics.jsonl"
     file.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
@@ -158,3 +158,84 @@ def test_staging_left_by_a_killed_command_is_collected_but_a_live_one_is_not(tmp
         holder.kill()
         holder.wait()
     os.rmdir(live)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What lands on disk is readable by a server under another user
+
+
+def test_outputs_are_written_0644_and_0755(tmp_path):
+    import os
+    import stat
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from lorakit.io import write_json_atomic
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "merged", ours_only=False) as staging:
+            save_file({"w": np.zeros((2, 2), np.float32)}, str(staging / "model.safetensors"))  # 0600 on its own
+            (staging / "sub").mkdir(mode=0o700)
+            (staging / "sub" / "private.json").write_text("{}")
+            os.chmod(staging / "sub" / "private.json", 0o600)
+            write_json_atomic(staging / "manifest.json", {"stage": "merge"})
+        write_json_atomic(tmp_path / "eval.json", {})
+    finally:
+        os.umask(mask)
+    merged = tmp_path / "merged"
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [merged, *merged.rglob("*"), tmp_path / "eval.json"]}
+    assert modes == {"merged": 0o755, "merged/model.safetensors": 0o644, "merged/sub": 0o755,
+                     "merged/sub/private.json": 0o644, "merged/manifest.json": 0o644, "eval.json": 0o644}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One writer per output (the CLI-level tests with real training are in tests/integration/test_one_writer.py)
+
+HOLDER = ("import sys, time; from lorakit.outputs import hold_output\n"
+          "with hold_output(sys.argv[1], 'lorakit sft'):\n    print('held', flush=True); time.sleep(120)")
+
+
+def hold_in_another_process(path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_writer_is_refused_naming_the_first_until_it_dies(tmp_path):
+    from lorakit.outputs import OutputBusy, check_not_being_written, hold_output, writer_of
+
+    target = tmp_path / "out" / "run"
+    holder = hold_in_another_process(target)
+    try:
+        with pytest.raises(OutputBusy, match=rf"{target} is being written by pid {holder.pid} since .* \(lorakit sft\)"):
+            with hold_output(target):
+                pass
+        assert writer_of(target).pid == holder.pid
+        with pytest.raises(RunError, match="not finished yet"):
+            check_not_being_written(target)
+    finally:
+        holder.kill()  # SIGKILL: nothing cleans up; the kernel releases the lock
+        holder.wait()
+    assert (tmp_path / "out" / ".run.lock").exists() and writer_of(target) is None
+    with hold_output(target, "lorakit sft"):
+        with hold_output(target):  # the same process again (quantize holding the merge it asks for): re-entrant
+            assert writer_of(target) is None
+    assert not (tmp_path / "out" / ".run.lock").exists()
+
+
+def test_a_lock_leaves_no_folder_it_had_to_create(tmp_path):
+    from lorakit.outputs import hold_output
+
+    with hold_output(tmp_path / "a" / "b" / "run"):
+        assert (tmp_path / "a" / "b" / ".run.lock").is_file()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError):
+        with hold_output(tmp_path / "c" / "run"):
+            raise RuntimeError("the command failed")
+    assert list(tmp_path.iterdir()) == []

@@ -24,3 +24,12 @@ def test_package_data_patterns_match_files():
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     for pattern in data["lorakit"]:
         assert list((REPO / "lorakit").glob(pattern)), f"package-data pattern {pattern} matches nothing"
+
+
+def test_every_folder_that_ships_files_is_a_listed_package():
+    """setuptools warns on every install ("Package 'lorakit.assets' is absent from the `packages` configuration")
+    when a folder under lorakit/ holds files but is not a listed package: data folders are packages too."""
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    shipped = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "lorakit").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert shipped <= listed, f"list these in [tool.setuptools] packages (with an __init__.py): {shipped - listed}"

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from lorakit.eval import report as report_mod
-from lorakit.eval.report import write_comparison_report, write_run_report, write_run_report_safely
+from lorakit.report import plots as report_mod
+from lorakit.report import write_comparison_report, write_run_report, write_run_report_safely
 
 from ..helpers import assert_clean_error, invoke
 from ..report_checks import read_page

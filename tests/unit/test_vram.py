@@ -8,8 +8,8 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-from lorakit.cli import app
 from bench.vram_calibration import calibrate, summary
+from lorakit.cli import app
 from lorakit.vram.catalog import GPUS, MODELS, PUBLISHED_B, find_gpu, find_model
 from lorakit.vram.estimate import GIB, Setup, estimate
 from lorakit.vram.plan import fits, max_batch, max_seq_len, suggestions, verdict
@@ -47,7 +47,7 @@ def test_estimate_matches_published_measurements():
 
 def test_estimator_imports_no_torch():
     code = ("import sys; import lorakit.vram.estimate, lorakit.vram.plan, lorakit.vram.resolve, "
-            "lorakit.vram.report, lorakit.vram.command; assert 'torch' not in sys.modules, 'torch imported'")
+            "lorakit.vram.render, lorakit.vram.command; assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -123,7 +123,8 @@ def invoke(*args):
 
 
 def test_cli_json_has_every_term_and_gpu_verdicts():
-    result = invoke("vram-estimate", "mistralai/Mistral-7B-v0.1", "--stage", "dpo", "--gpu", "all", "--json")
+    result = invoke("vram-estimate", "mistralai/Mistral-7B-v0.1", "--method", "qlora", "--stage", "dpo", "--gpu", "all",
+                    "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     keys = {t["key"] for t in data["terms"]}
@@ -368,7 +369,7 @@ def test_optimizer_in_backward_drops_the_gradient_set():
 
 
 def test_json_names_its_assumptions():
-    data = json.loads(invoke("vram-estimate", "Qwen2.5-7B", "--json").stdout)
+    data = json.loads(invoke("vram-estimate", "Qwen2.5-7B", "--method", "qlora", "--json").stdout)
     notes = data["assumptions"]
     assert {"torch", "transformers", "bitsandbytes", "peft", "installed"} <= set(notes)
     assert "0.43.2" in notes["bitsandbytes"] and "fp32" in notes["peft"]
@@ -443,3 +444,47 @@ def test_calibration_generalizes_across_sources():
     for item in results:
         assert item["median_refit"] <= 0.10, item
         assert abs(item["median_refit"] - item["median_shipped"]) <= 0.03, item
+
+
+# -- one name per setting: recipe fields, --set and the flags (old spellings as aliases) -----------------------------
+
+def estimate_json(*args):
+    result = invoke("vram-estimate", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_defaults_are_the_run_lorakit_sft_starts(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: sft\nmodel:\n  name_or_path: meta-llama/Llama-3.1-8B\n")
+    plain, from_recipe = estimate_json("meta-llama/Llama-3.1-8B"), estimate_json("--recipe", recipe)
+    assert plain["setup"]["method"] == "lora"  # what `lorakit sft` trains unless told otherwise
+    assert plain["setup"] == from_recipe["setup"] and plain["total_gib"] == from_recipe["total_gib"]
+
+
+@pytest.mark.parametrize("spellings", [
+    [["--optimizer", "paged-adamw-8bit"], ["--optim", "paged_adamw_8bit"], ["--set", "train.optim=paged_adamw_8bit"]],
+    [["--seq-len", "4096"], ["--max-length", "4096"], ["--set", "data.max_length=4096"]],
+    [["--batch-size", "2"], ["--micro-batch-size", "2"], ["--set", "train.micro_batch_size=2"]],
+    [["--lora-targets", "q,v"], ["--target-modules", "q_proj,v_proj"], ["--set", "lora.target_modules=[q_proj,v_proj]"]],
+    [["--num-gpus", "2"], ["--num-processes", "2"], ["--set", "distributed.num_processes=2"]],
+    [["--dtype", "fp32"], ["--precision", "fp32"], ["--precision", "float32"], ["--set", "train.precision=fp32"]],
+    [["--attn", "eager"], ["--attn-implementation", "eager"], ["--set", "model.attn_implementation=eager"]],
+    [["--method", "qlora"], ["--set", "method=qlora"]],
+])
+def test_each_setting_has_the_recipe_name_and_its_old_spellings(spellings):
+    estimates = [estimate_json("meta-llama/Llama-3.1-8B", *args) for args in spellings]
+    assert all(e["setup"] == estimates[0]["setup"] and e["total_gib"] == estimates[0]["total_gib"]
+               for e in estimates)
+    assert estimates[0]["total_gib"] != estimate_json("meta-llama/Llama-3.1-8B")["total_gib"]  # each one counts
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--optimizer", "adamw_9bit"], "--optim/--optimizer (train.optim): 'adamw_9bit' is not one of auto, adamw_torch"),
+    (["--set", "lora.rank=8"], "did you mean 'lora.r'"),
+    (["--set", "train.optim=paged-adamw-8bit"], "train.optim"),  # recipes keep their one spelling
+])
+def test_bad_settings_name_the_field(args, fragment):
+    result = invoke("vram-estimate", "meta-llama/Llama-3.1-8B", *args)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert fragment in result.output, result.output

@@ -13,8 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lorakit.data.benchmark_files import benchmark_rows
+from lorakit.data.preference import canonical_pairs
+from lorakit.data.sft import canonical_rows
 from lorakit.errors import ConfigError, LorakitError, RunError
-from lorakit.runs import check_can_write, check_inputs, check_output_path
+from lorakit.export.gguf_export import check_type
+from lorakit.io import check_can_write, check_inputs, check_output_path, read_json
+from lorakit.outputs import Damaged
 
 
 def pipeline_inputs(recipe) -> list[Path]:
@@ -42,9 +47,6 @@ def check_root(root: Path) -> None:
 
 def read_state(state_file: Path) -> dict[str, Any]:
     """pipeline.json: {stage: {"key", "status", ...}}; a damaged one is named (deleting it only re-checks stages)."""
-    from lorakit.integrity import Damaged
-    from lorakit.safe_io import read_json
-
     if not (state_file.exists() or state_file.is_symlink()):
         return {}
     hint = f"delete {state_file}: the next run re-runs the stages it cannot prove up to date"
@@ -69,8 +71,6 @@ def check_stages(pipeline, selected: list[str]) -> None:
         check_inputs(pipeline.folder(stage), inputs, f"{stage} stage folder")
     check_inputs(pipeline.state_file, inputs, "pipeline state")
     if "quantize" in selected and recipe.quantize.format == "gguf":
-        from lorakit.export.gguf_export import check_type
-
         check_type(recipe.quantize.type.lower())
     for stage in ("sft", "dpo"):
         if stage in selected:
@@ -80,10 +80,6 @@ def check_stages(pipeline, selected: list[str]) -> None:
 def check_stage_data(stage: str, section) -> None:
     """The stage's data loads and converts to its format, and its benchmark files open (the tokenized lint and the
     data screen run when the stage starts)."""
-    from lorakit.data.benchmark_files import benchmark_rows
-    from lorakit.data.preference import canonical_pairs
-    from lorakit.data.sft import canonical_rows
-
     data = section.data
     if not data.train:
         raise ConfigError(f"{stage}.data.train is not set", hint=f"give the {stage} stage its data file")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from rich.table import Table
 
+from lorakit.console import info, out, print_json
+from lorakit.vram.command import EstimateReport
 from lorakit.vram.estimate import ALLOCATOR_SLACK, GIB, Estimate
 from lorakit.vram.plan import UTILIZATION, GpuVerdict
-
-if TYPE_CHECKING:
-    from lorakit.vram.command import EstimateReport
 
 
 def _gib(value: float) -> str:
@@ -74,10 +71,8 @@ def suggestion_lines(v: GpuVerdict) -> list[str]:
     return lines
 
 
-def render(report: "EstimateReport", json_out: bool) -> None:
+def render(report: EstimateReport, json_out: bool) -> None:
     """Print the report: JSON on stdout, or the tables (notes on stderr)."""
-    from lorakit.console import info, out, print_json
-
     for note in report.notes:
         info(note)
     if json_out:

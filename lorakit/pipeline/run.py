@@ -11,20 +11,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lorakit.config import STAGE_ORDER, PipelineRecipe, recipe_to_dict
-from lorakit.console import err
-from lorakit.errors import ConfigError, LorakitError
-from lorakit.pipeline_checks import check_root, check_stages, read_state
-from lorakit.runs import ADAPTER_FILES, read_manifest, staging_path, write_json_atomic
-from lorakit.safe_io import read_json
+from rich.table import Table
 
-STATE_FILE = "pipeline.json"
-FOLDERS = {"sft": "sft", "dpo": "dpo", "merge": "merged", "quantize": "export"}
+from lorakit.config import STAGE_ORDER, PipelineRecipe, recipe_to_dict
+from lorakit.console import err, format_value
+from lorakit.data.load import fingerprint_source
+from lorakit.errors import ConfigError, LorakitError
+from lorakit.export.merge import merge_run
+from lorakit.export.quantize import run_quantize
+from lorakit.io import write_json_atomic
+from lorakit.outputs import ExportManifest, Manifest, hold_output, open_output
+from lorakit.outputs.layout import ADAPTER_FILES, PIPELINE_FOLDERS, STATE_FILE, merged_weight_files, staging_path
+from lorakit.pipeline.checks import check_root, check_stages, read_state
+from lorakit.report import write_pipeline_report
+from lorakit.train.launch import run_training
+
+FOLDERS = PIPELINE_FOLDERS
 
 
 @dataclass
@@ -73,8 +83,6 @@ class Pipeline:
     # --- identities ---------------------------------------------------------------------------------------------
 
     def identity(self, stage: str, parent_key: str | None) -> str:
-        from lorakit.data.load import fingerprint_source
-
         section: Any = getattr(self.recipe, stage)
         inputs: dict[str, Any] = {"stage": stage, "parent": parent_key}
         if stage in ("sft", "dpo"):
@@ -93,8 +101,11 @@ class Pipeline:
         """A finished manifest and every file the stage's output is used through (a deleted GGUF or adapter means
         the stage must run again, whatever its manifest says)."""
         folder = self.folder(stage)
-        manifest = read_manifest(folder)
-        if manifest.get("status") != "complete":
+        try:
+            manifest = open_output(folder).manifest
+        except LorakitError:  # unreadable, or being written by another command: not a finished stage
+            return False
+        if manifest is None or not manifest.complete:
             return False
         names = output_files(stage, folder, manifest)
         return bool(names) and all((folder / name).is_file() for name in names)
@@ -109,6 +120,12 @@ class Pipeline:
     # --- running ------------------------------------------------------------------------------------------------
 
     def run(self, only: list[str] | None = None, from_stage: str | None = None, force: bool = False) -> PipelineResult:
+        """Run the selected stages, holding the pipeline's root for the whole run (a second `lorakit run` on the same
+        root is refused while this one is alive)."""
+        with hold_output(self.root, "lorakit run"):
+            return self._run(only, from_stage, force)
+
+    def _run(self, only: list[str] | None, from_stage: str | None, force: bool) -> PipelineResult:
         stages = self.recipe.stages
         for name in (only or []) + ([from_stage] if from_stage else []):
             if name not in stages:
@@ -167,14 +184,10 @@ class Pipeline:
             parent_key = key
         if failure is not None and not root_was_there:
             self.remove_if_nothing_ran()
-        from lorakit.eval.report import write_pipeline_report
-
         return PipelineResult(outcomes, failure, write_pipeline_report(self.root, [self.folder(s) for s in stages]))
 
     def remove_if_nothing_ran(self) -> None:
         """A first run that failed before any stage wrote anything leaves no root folder behind."""
-        import shutil
-
         left = [p for p in self.root.iterdir() if p.name != STATE_FILE and not p.name.startswith(f".{STATE_FILE}")]
         if not left:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -184,19 +197,13 @@ class Pipeline:
 # One small runner per stage: build the single-stage call the user would make by hand.
 
 
-def output_files(stage: str, folder: Path, manifest: dict[str, Any]) -> list[str]:
+def output_files(stage: str, folder: Path, manifest: Manifest) -> list[str]:
+    """The files a finished stage's output is used through (none: never complete, the stage runs again)."""
     if stage in ("sft", "dpo"):
         return list(ADAPTER_FILES)
     if stage == "merge":
-        index = folder / "model.safetensors.index.json"
-        if index.is_file():
-            try:
-                weight_map = read_json(index, LorakitError)["weight_map"]
-                return ["config.json", *sorted(set(weight_map.values()))]
-            except (LorakitError, KeyError, TypeError, AttributeError):
-                return ["model.safetensors.index.json (unreadable)"]  # never complete: the merge runs again
-        return ["config.json", "model.safetensors"]
-    return list(manifest.get("files") or [])
+        return merged_weight_files(folder) or []
+    return list(manifest.files) if isinstance(manifest, ExportManifest) else []
 
 
 def _pick(summary: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -204,8 +211,6 @@ def _pick(summary: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
-    from lorakit.train.launch import run_training
-
     recipe = pipeline.recipe.sft.model_copy(update={"output_dir": str(folder)})
     recipe._file = pipeline.recipe._file  # --force inside the pipeline never replaces a folder holding the recipe
     result = run_training("sft", recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
@@ -214,8 +219,6 @@ def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
 
 
 def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
-    from lorakit.train.launch import run_training
-
     update: dict[str, Any] = {"output_dir": str(folder)}
     if "sft" in pipeline.recipe.stages:
         update["from_run"] = str(pipeline.folder("sft"))
@@ -227,8 +230,6 @@ def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
 
 
 def run_merge_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
-    from lorakit.merge import merge_run
-
     section = pipeline.recipe.merge
     result = merge_run(pipeline.source_of("merge"), folder, dtype=section.dtype, base_mode=section.base,
                        max_shard_size=section.max_shard_size, force=True)
@@ -236,8 +237,6 @@ def run_merge_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str,
 
 
 def run_quantize_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
-    from lorakit.export.quantize import run_quantize
-
     section = pipeline.recipe.quantize
     result = run_quantize(pipeline.source_of("quantize"), section.format, section.type, folder, force=True,
                           verify=section.verify)
@@ -254,9 +253,6 @@ assert tuple(STAGE_RUNNERS) == STAGE_ORDER
 
 
 def _rerun_hint(pipeline: Pipeline) -> str:
-    import shlex
-    import sys
-
     return "lorakit " + shlex.join(a for a in sys.argv[1:] if a != "--force") + "  (the pipeline resumes by itself)"
 
 
@@ -268,10 +264,6 @@ KEY_METRICS = {"final_loss": "loss", "final_eval_loss": "eval loss", "final_rewa
 
 def pipeline_table(result: PipelineResult):
     """The final table of `lorakit run`: per stage its status, time, headline metrics and folder."""
-    from rich.table import Table
-
-    from lorakit.console import format_value
-
     table = Table(title="pipeline", title_justify="left")
     for column in ("stage", "status", "time", "key metrics", "output"):
         table.add_column(column)

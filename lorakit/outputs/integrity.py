@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lorakit.errors import LorakitError, ModelError, RunError
-from lorakit.safe_io import decode, file_kind, parse_json, read_bytes
+from lorakit.io import decode, file_kind, parse_json, read_bytes
+from lorakit.outputs.layout import COMPLETE_MARK
 
 # JSON files a model, adapter or run folder may hold, all of which transformers or PEFT parse on load.
 JSON_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -194,12 +195,30 @@ def check_checkpoint(checkpoint: Path, owner: str) -> None:
             raise Damaged(owner, rel, f"corrupt entry {broken} (cut short or overwritten?)", hint)
 
 
+# Tensors whose first dimension is the vocabulary: the token embeddings and the output head, in the families lorakit
+# exports (Llama, Qwen, Mistral, Gemma, Phi: model.embed_tokens / lm_head) and GPT-2-style ones (wte).
+VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight", "wte.weight")
+
+
 def check_model_files(folder: str | Path, owner: str) -> None:
-    """A transformers model folder (a merge, an export source): its JSON files parse and its weights are whole."""
+    """A transformers model folder (a merge, an export source): its JSON files parse, its weights are whole, and
+    its config's vocabulary size is the one its weights hold (a config from another model otherwise fails deep in
+    from_pretrained, which suggests ignore_mismatched_sizes)."""
     folder = Path(folder)
     check_files(folder, owner)
+    shapes = {}
     for file in sorted(folder.glob("*.safetensors")):
-        tensor_shapes(file, owner, folder)
+        shapes.update({(file.name, key): shape for key, shape in tensor_shapes(file, owner, folder).items()})
+    config = check_file(folder, folder / "config.json", owner) if (folder / "config.json").is_file() else {}
+    vocab = config.get("vocab_size")  # multimodal configs keep it in a sub-config: those are not checked here
+    if not isinstance(vocab, int) or isinstance(vocab, bool):
+        return
+    for (file, key), shape in sorted(shapes.items()):
+        if key.endswith(VOCAB_TENSORS) and shape and shape[0] != vocab:
+            raise Damaged(owner, "config.json", f"vocab_size is {vocab}, but {file} holds {key} for {shape[0]} "
+                          "tokens: the config and the weights are of different models",
+                          hint="put back the config.json these weights came with, or write the model again "
+                               "(lorakit merge --force)")
 
 
 def check_gguf(folder: Path, name: str, owner: str) -> None:
@@ -257,8 +276,7 @@ def grow_for_adapter(model, folder: Path) -> None:
 
 # The Trainer writes a checkpoint's files one by one, trainer_state.json last, none of them atomically: a process
 # killed while saving leaves a folder that looks like a checkpoint. lorakit marks a checkpoint once the Trainer has
-# finished saving it (lorakit.train.common.MarkCheckpoints); `--resume` uses only marked ones.
-COMPLETE_MARK = "lorakit-complete"
+# finished saving it (lorakit.train.callbacks.MarkCheckpoints); `--resume` uses only marked ones.
 
 
 def mark_checkpoint_complete(checkpoint: Path, step: int) -> None:

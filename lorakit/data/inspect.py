@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from lorakit.chat_template import Stops, generation_eos_ids
 from lorakit.config import DataSection, describe_error, parse_set, set_path
 from lorakit.data.checks import length_stats
-from lorakit.data.preference import canonical_pairs, check_preference_data
+from lorakit.data.preference import canonical_pairs, tokenize_preferences
 from lorakit.data.quality import Screen, screen_rows
-from lorakit.data.show import Explained, explain_example
 from lorakit.data.sft import canonical_rows, tokenize_source
+from lorakit.data.show import Explained, explain_example
 from lorakit.data.texts import pair_segments, sft_segments
 from lorakit.errors import ConfigError
 from lorakit.model import load_tokenizer_and_template, resolve_model_source
@@ -57,13 +60,15 @@ def check_data(path: str, model: str | None, stage: str, fmt: str, max_length: i
     rows, fmt = load(data.train, data, data.max_rows)
     evaluation = load(data.eval, data)[0] if data.eval else None
     screen = screen_rows(kind, rows, data, evaluation, eval_name=data.eval or "eval data", against=against or [])
-    tokenizer = template = None
+    tokenizer = template = stops = None
     if model is not None:
-        tokenizer, template = load_tokenizer_and_template(resolve_model_source(model))
+        source = resolve_model_source(model)
+        tokenizer, template = load_tokenizer_and_template(source)
+        stops = Stops.of(tokenizer, generation_eos_ids(source.location, source.revision))
     if kind == "preference":
-        summary = check_preference_data(data, rows, fmt, tokenizer)
+        summary = check_preference_data(data, rows, fmt, tokenizer, stops)
     else:
-        summary = check_sft(data, rows, fmt, tokenizer)
+        summary = check_sft(data, rows, fmt, tokenizer, stops)
     summary.update(screen_summary(screen, kind))
     if template is not None:
         summary["chat template"] = f"{template.name} ({template.source})"
@@ -72,7 +77,7 @@ def check_data(path: str, model: str | None, stage: str, fmt: str, max_length: i
     if show:
         shown = [i for i in range(len(rows)) if i not in screen.dropped][:show]
         result.examples = [explain_example(tokenizer, template, dict(rows[i]), train_on=data.train_on,
-                                           max_length=data.max_length, row=i + 1) for i in shown]
+                                           max_length=data.max_length, row=i + 1, stops=stops) for i in shown]
         if kind == "sft" and result.examples:
             summary["stop token"] = result.examples[0].stop
     return result
@@ -84,8 +89,6 @@ FLAGS = {"format": "--format", "max_length": "--max-length", "train": "PATH"}
 def validate_data_settings(raw: dict[str, Any]) -> DataSection:
     """The data section `data check` checks with: each problem one line naming the field (and its flag) and what
     it allows, as recipes report it (lorakit.config.describe_error)."""
-    from pydantic import ValidationError
-
     try:
         return DataSection.model_validate(raw)
     except ValidationError as exc:
@@ -100,7 +103,8 @@ def validate_data_settings(raw: dict[str, Any]) -> DataSection:
                           hint="see `lorakit data check --help`; --set takes data.KEY=VALUE") from None
 
 
-def check_sft(data: DataSection, examples, fmt: str, tokenizer) -> dict[str, Any]:
+def check_sft(data: DataSection, examples, fmt: str, tokenizer, stops: Stops | None) -> dict[str, Any]:
+    """`lorakit data check` (--stage sft): lengths, and with a tokenizer its tokens and the mask/EOS lint."""
     report: dict[str, Any] = {"file": data.train, "format": fmt, "rows": len(examples)}
     if tokenizer is None:
         lengths = [sum(len(m["content"]) for m in row["messages"]) + len(row["prompt"]) + len(row["completion"])
@@ -108,12 +112,27 @@ def check_sft(data: DataSection, examples, fmt: str, tokenizer) -> dict[str, Any
         report.update({f"chars {k}": v for k, v in length_stats(lengths).items() if k != "count"})
         report["note"] = "pass --model to count tokens, run the mask/EOS lint and --show examples"
         return report
-    tokenized, _, _, _ = tokenize_source(data.train, data, tokenizer, data.max_rows)  # raises on lint problems
+    tokenized, _, _, _ = tokenize_source(data.train, data, tokenizer, data.max_rows, stops)  # raises on lint problems
     stats = length_stats(tokenized["length"])
     report.update({f"tokens {k}": v for k, v in stats.items() if k != "count"})
     report["trained tokens"] = sum(tokenized["num_trained"])
     report[f"truncated at {data.max_length}"] = sum(tokenized["truncated"])
     report["mask/EOS lint"] = "ok"
+    return report
+
+
+def check_preference_data(data: DataSection, examples, fmt: str, tokenizer, stops: Stops | None) -> dict[str, Any]:
+    """`lorakit data check --stage dpo`: the pairs' lengths, and with a tokenizer their tokens and the pair lint."""
+    report: dict[str, Any] = {"file": data.train, "format": fmt, "pairs": len(examples)}
+    if tokenizer is None:
+        lengths = [sum(len(m["content"]) for m in row["prompt"] + row["chosen"]) for row in examples]
+        report.update({f"chars {k}": v for k, v in length_stats(lengths).items() if k != "count"})
+        report["note"] = "pass --model to count tokens and run the pair lint"
+        return report
+    tokenized, _, _, _ = tokenize_preferences(data.train, data, None, tokenizer, data.max_rows, stops)
+    report.update({f"tokens {k}": v for k, v in length_stats(tokenized["length"]).items() if k != "count"})
+    report[f"truncated at {data.max_length}"] = sum(tokenized["truncated"])
+    report["pair lint"] = "ok"
     return report
 
 

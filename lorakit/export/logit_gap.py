@@ -1,7 +1,8 @@
 """How far apart two versions of a model are: their logits compared on a handful of chats from the run's own data.
 
-Merge (trained vs merged) and quantize (source vs export) both measure their gap here. The data file is found through the lineage: a run's recipe names it, a merged model's manifest names the run, an
-export's manifest names the merged model. When the data is gone, fixed prompts stand in (and the result says so).
+Merge (trained vs merged) and quantize (source vs export) both measure their gap here. The data file is found
+through the lineage: a run's recipe names it, a merged model's manifest names the run, an export's manifest names
+the merged model. When the data is gone, fixed prompts stand in (and the result says so).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lorakit.runs import Run, training_run_behind
+from lorakit.data.formats import load_sft_examples
+from lorakit.data.load import load_rows
+from lorakit.data.preference import load_preference_examples
+from lorakit.outputs import Run, training_run_behind
 
 FALLBACK = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -21,19 +25,13 @@ FALLBACK = [
 
 def run_conversations(run: Run, count: int) -> list[list[dict[str, str]]]:
     """Up to `count` conversations from the run's training data (SFT rows, or DPO prompt + chosen)."""
-    from lorakit.data.load import load_rows
-
     data = run.recipe.data
     if not data.train:
         return []
     loaded = load_rows(data.train, data.subset, data.split, max_rows=count)
     if run.stage == "dpo":
-        from lorakit.data.preference import load_preference_examples
-
         rows, _ = load_preference_examples(loaded, data.format, data.columns, data.system_prompt)
         return [list(r["prompt"]) + list(r["chosen"]) for r in rows]
-    from lorakit.data.formats import load_sft_examples
-
     rows, _ = load_sft_examples(loaded, data.format, data.columns, data.system_prompt)
     return [list(r["messages"]) or [{"role": "user", "content": r["prompt"] + r["completion"]}] for r in rows]
 

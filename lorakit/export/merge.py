@@ -19,24 +19,52 @@ import gc
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rich.progress import Progress
+
+from lorakit.config import shard_size_bytes
 from lorakit.console import err, info
-from lorakit.errors import ModelError, RunError
-from lorakit.integrity import load_adapter
-from lorakit.runs import (ADAPTER_FILES, MANIFEST_FILE, RECIPE_FILE, Run, atomic_dir, base_source_of, check_can_write,
-                          check_output_path, lineage_of, merged_folder, now, package_versions, read_run, staging_path,
-                          write_json_atomic)
-
-if TYPE_CHECKING:
-    from lorakit.model import ModelSource
+from lorakit.errors import ConfigError, ModelError, RunError
+from lorakit.export.generation_config import write_generation_config
+from lorakit.export.logit_gap import compare_logits, logits_for, sample_token_ids
+from lorakit.export.model_card import write_model_card
+from lorakit.export.serve_info import Artifact, markdown, serve_commands
+from lorakit.io import atomic_dir, check_can_write, check_output_path, write_json_atomic
+from lorakit.model import (
+    ModelSource,
+    base_source_of,
+    hub_error,
+    load_base_model,
+    load_tokenizer,
+    resolve_model_source,
+    torch_dtype,
+)
+from lorakit.outputs import (
+    LineageEntry,
+    MergeManifest,
+    Run,
+    hold_output,
+    now,
+    open_output,
+    package_versions,
+    read_run,
+    write_manifest,
+)
+from lorakit.outputs.integrity import check_adapter, check_files, load_adapter
+from lorakit.outputs.layout import (
+    ADAPTER_FILES,
+    README_FILE,
+    TOKENIZER_FILES,
+    WEIGHTS_INDEX,
+    merged_folder,
+    staging_path,
+)
 
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # mean KL(trained || merged) per token above which an exact merge is refused. fp32 merges reproduce the trained
 # model to ~1e-8; a 16-bit output adds one rounding of every weight (measured ~3e-4 on the tiny model).
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-3, "float16": 2e-3}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
 
 
 @dataclass
@@ -49,7 +77,7 @@ class MergeSource:
     qlora: Any
     trained_precision: str
     run: Run | None = None
-    lineage: list[dict[str, Any]] = field(default_factory=list)
+    lineage: list[LineageEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -58,31 +86,25 @@ class MergeResult:
     mode: str
     dtype: str
     gap: dict[str, Any] | None
-    manifest: dict[str, Any]
+    manifest: MergeManifest
 
 
 def open_source(source: str | Path, model: str | None) -> MergeSource:
-    from lorakit.model import resolve_model_source
-
-    from lorakit.integrity import check_adapter, check_files
-
     folder = Path(source)
+    output = open_output(folder)  # refuses a run another command is still writing
     if not folder.is_dir() and staging_path(folder).is_dir():
         raise RunError(f"run {folder} did not finish (an interrupted run is in {staging_path(folder).name})",
                        hint="finish it with the same training command plus --resume")
     if not folder.is_dir():
         raise RunError(f"{folder} not found", hint="pass a run folder written by lorakit sft or lorakit dpo")
     missing = [name for name in ADAPTER_FILES if not (folder / name).exists()]
-    if (folder / MANIFEST_FILE).exists() or (folder / RECIPE_FILE).exists():  # a run, whole or damaged
-        run = read_run(folder)
-        if run.stage not in ("sft", "dpo"):
-            raise RunError(f"{folder} is a '{run.stage}' folder, not an adapter run",
-                           hint="merge takes the folder of an sft or dpo run")
+    if output.marked or output.has_recipe:
+        run = read_run(folder)  # a run, whole or damaged (read_run names what is wrong)
         if missing:
             raise RunError(f"{folder} is missing adapter file(s): {', '.join(missing)}", hint="re-run that stage")
         check_adapter(folder, f"run {folder}", finite=True)  # NaN weights would merge into a NaN model
-        return MergeSource(folder, base_source_of(run, model), run.method, run.recipe.qlora,
-                           run.manifest.get("precision", "fp32"), run, lineage_of(run))
+        return MergeSource(folder, base_source_of(run, model), run.method, run.recipe.qlora, run.precision, run,
+                           open_output(folder).lineage().training_record())
     if missing:
         raise RunError(f"{folder} is not a lorakit run or a PEFT adapter folder (missing {', '.join(missing)})",
                        hint="pass a run folder, or an adapter folder with adapter_config.json and "
@@ -96,7 +118,7 @@ def open_source(source: str | Path, model: str | None) -> MergeSource:
     if not base:
         raise ModelError(f"{folder} does not name its base model", hint="pass --model with the base model")
     return MergeSource(folder, resolve_model_source(base), "lora", None, "fp32", None,
-                       [{"stage": "adapter", "path": str(folder.resolve())}])
+                       [LineageEntry(stage="adapter", path=str(folder.resolve()))])
 
 
 def check_adapter_shapes(adapter_dir: Path, base: ModelSource, trust_remote_code: bool = False) -> None:
@@ -104,8 +126,6 @@ def check_adapter_shapes(adapter_dir: Path, base: ModelSource, trust_remote_code
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from lorakit.model import hub_error
 
     base_location = base.location
     try:
@@ -142,9 +162,6 @@ def _owner(src: MergeSource) -> str:
 
 def trained_model(src: MergeSource):
     """The model exactly as trained: base (4-bit for QLoRA) + adapter, in the training precision, on the CPU."""
-
-    from lorakit.model import load_base_model
-
     base = load_base_model(src.base, src.method, src.qlora, src.trained_precision, "cpu")
     return load_adapter(base, src.adapter_dir, _owner(src)).eval()
 
@@ -152,8 +169,6 @@ def trained_model(src: MergeSource):
 def merged_model(src: MergeSource, dtype: str, mode: str):
     """Base + adapter folded into plain weights, in `dtype`."""
     import torch
-
-    from lorakit.model import load_base_model, torch_dtype
 
     if src.method == "qlora" and mode == "dequantized":
         # The 4-bit weights exactly as training saw them (same dtype, same quantization settings), then plain.
@@ -173,7 +188,6 @@ def merged_model(src: MergeSource, dtype: str, mode: str):
 def write_shards(model, folder: Path, max_shard_size: str) -> int:
     """Write the state dict as safetensors shards, one at a time, with a progress bar."""
     from huggingface_hub import split_torch_state_dict_into_shards
-    from rich.progress import Progress
     from safetensors.torch import save_file
 
     state = model.state_dict()
@@ -193,7 +207,7 @@ def write_shards(model, folder: Path, max_shard_size: str) -> int:
     if split.is_sharded:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
                  "weight_map": split.tensor_to_filename}
-        write_json_atomic(folder / "model.safetensors.index.json", index)
+        write_json_atomic(folder / WEIGHTS_INDEX, index)
     return len(split.filename_to_tensors)
 
 
@@ -211,30 +225,27 @@ def copy_tokenizer(src: MergeSource, folder: Path) -> None:
                 shutil.copy2(src.adapter_dir / name, folder / name)
     else:
         # A bare adapter has no tokenizer of its own: the base's, with the template lorakit would have trained with.
-        from lorakit.model import load_tokenizer
-
         load_tokenizer(src.base).save_pretrained(str(folder))
 
 
-def card_text(manifest: dict[str, Any], path: Path | None = None, eos: list[int] | None = None) -> str:
-    gap = manifest.get("gap") or {}
-    runs = " -> ".join(f"{r['stage']} ({r['path']})" for r in reversed(manifest["lineage"]))
+def card_text(manifest: MergeManifest, path: Path | None = None, eos: list[int] | None = None) -> str:
+    gap = manifest.gap or {}
+    base = manifest.base_model.name if manifest.base_model is not None else "?"
+    runs = " -> ".join(f"{r.stage} ({r.path})" for r in reversed(manifest.lineage))
     lines = [
-        f"# Merged model: {manifest['base_model']['name']} + adapters", "",
+        f"# Merged model: {base} + adapters", "",
         "| | |", "|---|---|",
-        f"| base | {manifest['base_model']['name']} |",
+        f"| base | {base} |",
         f"| adapter runs | {runs} |",
-        f"| method | {manifest['method']} |",
-        f"| merge mode | {manifest['mode']} |",
-        f"| dtype | {manifest['dtype']} |",
+        f"| method | {manifest.method} |",
+        f"| merge mode | {manifest.mode} |",
+        f"| dtype | {manifest.dtype} |",
     ]
     if gap:
         lines.append(f"| gap vs trained model | mean KL {gap['mean_kl']:.2e}, max abs logit diff "
                      f"{gap['max_abs_logit_diff']:.2e}, top-1 agreement {gap['top1_agreement']:.4f} |")
     lines += ["", "Loads with plain transformers: `AutoModelForCausalLM.from_pretrained(this_folder)` (no peft).", ""]
     if path is not None:
-        from lorakit.export.serve_info import Artifact, markdown, serve_commands
-
         path = Path(path).resolve()
         lines.append(markdown(serve_commands(Artifact("merged", path, path.name, eos=list(eos or [])))))
     return "\n".join(lines)
@@ -249,19 +260,10 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
     or float32 when the base was unpacked from a GGUF file (its weights are dequantized fp32, and a real model's bf16
     rounding exceeds the bf16 merge tolerance: SmolLM2-135M from its Q4_1 GGUF measured mean KL 7.5e-3).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from lorakit.errors import ConfigError
-    from lorakit.export.generation_config import write_generation_config
-    from lorakit.model_card import write_model_card
-    from lorakit.logit_gap import compare_logits, logits_for, sample_token_ids
-
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}", hint="bfloat16 is the default")
     if base_mode not in ("dequantized", "original"):
         raise ConfigError(f"--base {base_mode} is not dequantized or original", hint="dequantized is the default")
-    from lorakit.config import shard_size_bytes
-
     if model is not None and not model.strip():
         raise ModelError("--model is empty", hint="give the base model's hub id or folder, or leave --model out")
     if shard_size_bytes(max_shard_size) is None:
@@ -269,6 +271,14 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
     source = Path(source)
     target = Path(output_dir) if output_dir is not None else merged_folder(source)
     check_output_path(target)
+    with hold_output(target, "lorakit merge"):
+        return _merge(source, target, dtype, base_mode, max_shard_size, force, model, verify)
+
+
+def _merge(source: Path, target: Path, dtype: str | None, base_mode: str, max_shard_size: str, force: bool,
+           model: str | None, verify: bool) -> MergeResult:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     src = open_source(source, model)
     if dtype is None:
         dtype = "float32" if src.base.gguf else "bfloat16"
@@ -283,8 +293,6 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
         if (src.adapter_dir / "tokenizer_config.json").is_file():
             tokenizer = AutoTokenizer.from_pretrained(str(src.adapter_dir))
         else:
-            from lorakit.model import load_tokenizer
-
             tokenizer = load_tokenizer(src.base)
         samples, origin = sample_token_ids(src.adapter_dir, tokenizer)
         with err.status("Scoring the model as trained..."):
@@ -316,22 +324,12 @@ def merge_run(source: str | Path, output_dir: str | Path | None = None, dtype: s
                     f"the merged model differs from the trained one: mean KL {gap['mean_kl']:.2e} > tolerance "
                     f"{TOLERANCE[dtype]:.0e} ({dtype}); nothing was written",
                     hint="try --dtype float32, and check that the base model is the one the run was trained on")
-        manifest = {
-            "stage": "merge",
-            "status": "complete",
-            "created_at": now(),
-            "source": str(source.resolve()),
-            "base_model": src.base.record(),
-            "lineage": src.lineage,
-            "method": src.method,
-            "mode": mode,
-            "dtype": dtype,
-            "shards": shards,
-            "gap": gap,
-            "versions": package_versions(),
-        }
-        write_model_card(staging / "README.md", src.base.name, ["lorakit", "merged"],
+        manifest = MergeManifest(
+            stage="merge", status="complete", created_at=now(), source=str(source.resolve()),
+            base_model=src.base.record(), lineage=src.lineage, method=src.method, mode=mode, dtype=dtype,
+            shards=shards, gap=gap, versions=package_versions())
+        write_model_card(staging / README_FILE, src.base.name, ["lorakit", "merged"],
                          card_text(manifest, target, eos), library_name="transformers")
-        write_json_atomic(staging / MANIFEST_FILE, manifest)
+        write_manifest(staging, manifest)
     info(f"Merged model written to {target} ({shards} shard{'s' if shards > 1 else ''})")
     return MergeResult(target, mode, dtype, gap, manifest)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.runs import write_text_atomic
+from lorakit.io import write_text_atomic
 
 
 def write_model_card(path: Path, base_model: str, tags: list[str], text: str, library_name: str | None = None) -> None:

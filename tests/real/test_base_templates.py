@@ -25,15 +25,9 @@ CHAT = {"messages": [{"role": "system", "content": "Answer briefly."},
 
 
 @pytest.fixture(scope="module")
-def gemma3_tokenizer(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from lorakit.gguf_source import import_tokenizer
-
-    gguf = fetched(artifacts.gemma3_gguf(), f"the Gemma 3 270M GGUF ({artifacts.GEMMA3_FETCH})")
-    folder = tmp_path_factory.mktemp("gemma3-tokenizer")
-    import_tokenizer(gguf, folder)
-    return AutoTokenizer.from_pretrained(folder)
+def gemma3_tokenizer():
+    fetched(artifacts.gemma3_gguf(), f"the Gemma 3 270M GGUF ({artifacts.GEMMA3_FETCH})")
+    return artifacts.gemma3_tokenizer()
 
 
 def trained_text(tokenizer, encoded) -> str:

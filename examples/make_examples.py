@@ -58,6 +58,33 @@ def qa_pairs() -> list[tuple[str, str, str]]:
     return pairs
 
 
+EVASIONS = ["I do not know.", "I am not sure about that.", "Sorry, I cannot answer that.", "Ask me something else."]
+
+
+def rejected_answers(pairs: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """The preference data's (question, chosen, rejected): the rejected answer dodges the question, answers a question
+    of another kind, or is a bare word instead of the one short sentence the system prompt asks for. Those are
+    mistakes a model can learn to avoid on questions it has never seen; a wrong fact is not: a tiny model trained
+    from scratch cannot know the capital of a country missing from its training data, so a held-out pair that
+    differs only in the fact measures noise."""
+    out = []
+    for i, (question, answer, _) in enumerate(pairs):
+        kind = i % 3
+        if kind == 0:
+            rejected = EVASIONS[(i // 3) % len(EVASIONS)]
+        elif kind == 1:  # the answer to the nearest question of another kind (capital, opposite, color, sum)
+            others = [a for q, a, _ in pairs[i + 1:] + pairs[:i] if question_kind(q) != question_kind(question)]
+            rejected = others[0]
+        else:  # the answer's last word alone: "Lima." for "The capital of Peru is Lima."
+            rejected = answer.rstrip(".").split()[-1].capitalize() + "."
+        out.append((question, answer, rejected))
+    return out
+
+
+def question_kind(question: str) -> str:
+    return next(word for word in ("capital", "opposite", "color", "plus") if word in question)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
@@ -107,7 +134,11 @@ def main() -> None:
     table = pa.Table.from_pylist([{"messages": m["messages"]} for m in messages])
     pq.write_table(table, DATA / "chat-messages.parquet")
 
-    # Preference data: the chosen answer is the correct one, the rejected one is plausible but wrong.
+    # Preference data: the chosen answer is the correct one, the rejected one dodges, answers another question or
+    # echoes the question (rejected_answers). The tokenizer's corpus below keeps the earlier wrong facts, so the
+    # built-in model's tokenizer (and every cached build of it) stays the same.
+    corpus_pairs = pairs
+    train, test = rejected_answers(train), rejected_answers(test)
     write_jsonl(DATA / "prefs.jsonl", [{"prompt": q, "chosen": a, "rejected": r} for q, a, r in train])
     write_jsonl(DATA / "prefs-test.jsonl", [{"prompt": q, "chosen": a, "rejected": r} for q, a, r in test])
     write_jsonl(DATA / "prefs-ultrafeedback.jsonl", [{
@@ -126,8 +157,8 @@ def main() -> None:
     write_jsonl(DATA / "prefs-sqcr.jsonl", [{"system": SYSTEM, "question": q, "chosen": a, "rejected": r}
                                             for q, a, r in train])
 
-    corpus = [SYSTEM] + [f"{q}\n{a}\n{r}" for q, a, r in pairs]
-    corpus += [f"Question: {q}\nAnswer: {a}" for q, a, _ in pairs]
+    corpus = [SYSTEM] + [f"{q}\n{a}\n{r}" for q, a, r in corpus_pairs]
+    corpus += [f"Question: {q}\nAnswer: {a}" for q, a, _ in corpus_pairs]
     corpus.append("user assistant system Human Assistant Answer the question. 0 1 2 3 4 5 6 7 8 9 10 11 12")
     CORPUS.write_text("\n".join(corpus) + "\n")
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from lorakit.chat_families import BY_NAME as FAMILY_NAMES
+from lorakit.chat_families import TemplateChoice, choose_family_template
 from lorakit.errors import ConfigError, DataError
 from lorakit.io import read_text
 
@@ -64,29 +66,46 @@ def template_text(tokenizer) -> str:
     return template
 
 
-def resolve_chat_template(tokenizer, override: str | None) -> str:
-    """Set and return the run's chat template (recipe override, tokenizer's own, or ChatML)."""
+def resolve_chat_template(tokenizer, override: str | None, model_type: str | None = None) -> str:
+    """Set and return the run's chat template (recipe override, tokenizer's own, or its model family's)."""
+    choose_chat_template(tokenizer, override, model_type)
+    return tokenizer.chat_template
+
+
+def choose_chat_template(tokenizer, override: str | None, model_type: str | None = None) -> TemplateChoice:
+    """Set the run's chat template on the tokenizer and say which it is and why (lorakit.chat_families).
+
+    `model_type` is the model's config.json `model_type`: a tokenizer without a template gets its family's.
+    """
     if override:
         path = Path(override).expanduser()
         if "{" not in override and path.suffix in (".jinja", ".j2", ".txt", ".jinja2"):
             if not path.is_file():
                 raise ConfigError(f"model.chat_template file {path} not found", hint="give a .jinja file or inline Jinja")
-            template = read_text(path, ConfigError, hint="save the template as UTF-8 text")
+            choice = TemplateChoice("recipe", f"model.chat_template file {path}", "set in the recipe",
+                                    read_text(path, ConfigError, hint="save the template as UTF-8 text"))
         elif override == "chatml":
-            template = default_template(tokenizer)
+            choice = TemplateChoice("chatml", "model.chat_template: chatml", "set in the recipe",
+                                    default_template(tokenizer))
+        elif override in FAMILY_NAMES:
+            family = FAMILY_NAMES[override]
+            choice = TemplateChoice(family.name, f"model.chat_template: {family.name}", "set in the recipe",
+                                    family.template)
         else:
-            template = override
+            choice = TemplateChoice("recipe", "model.chat_template (inline)", "set in the recipe", override)
     elif getattr(tokenizer, "chat_template", None):
-        template = tokenizer.chat_template
+        choice = TemplateChoice("tokenizer", "the tokenizer's own chat template", "shipped with the model",
+                                template_text(tokenizer))
     else:
-        template = default_template(tokenizer)
-    tokenizer.chat_template = template
+        choice = choose_family_template(tokenizer, model_type)
+    if choice.name != "tokenizer":  # the tokenizer's own stays as it is (it may hold several named templates)
+        tokenizer.chat_template = choice.template
     try:
         render(tokenizer, PROBE)
     except TemplateRenderError as exc:
         raise ConfigError(f"the chat template does not render a plain user/assistant chat: {exc}",
                           hint=_render_hint(str(exc))) from None
-    return template
+    return choice
 
 
 def _render_hint(message: str) -> str:

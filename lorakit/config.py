@@ -191,7 +191,8 @@ class ModelSection(Section):
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     chat_template: str | None = Field(
         None,
-        description="A .jinja file or inline Jinja template. Default: the tokenizer's own, else ChatML.",
+        description="A .jinja file, inline Jinja, or a family's format by name (chatml, gemma, llama3, phi3, "
+                    "mistral). Default: the tokenizer's own, else its model family's (lorakit.chat_families).",
     )
 
     @field_validator("name_or_path")
@@ -271,6 +272,23 @@ class DataSection(Section):
     max_length: int = Field(2048, gt=8, description="Tokens per example; longer examples are truncated.")
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows (quick experiments).")
     num_proc: int | None = Field(None, gt=0, description="Processes for tokenization of large datasets.")
+    # Screening before training (lorakit.data.quality; thresholds and why: docs/data-quality.md)
+    dedup: Literal["off", "report", "exact", "near"] = Field(
+        "report", description="Duplicates in the training set and repeats of eval rows: report them (default), drop "
+        "exact repeats (exact), or drop near-duplicates too (near).")
+    dedup_threshold: Float = Field(0.6, gt=0, le=1, description="Near-duplicate: estimated Jaccard similarity of "
+                                   "the rows' word n-gram sets (MinHash LSH) at least this.")
+    dedup_ngram: int = Field(2, ge=1, le=32, description="Words per shingle for the near-duplicate check.")
+    decontaminate: Literal["off", "report", "drop"] = Field(
+        "report", description="Training rows that contain an eval or benchmark row (n-gram overlap): report them "
+        "(default) or drop them.")
+    contamination_ngram: int = Field(13, ge=1, le=64, description="Words per n-gram of the contamination check "
+                                     "(13: lm-eval's decontamination convention).")
+    contamination_threshold: Float = Field(0.5, ge=0, le=1, description="A training row is contaminated when it "
+                                           "holds at least this fraction of a benchmark row's n-grams (0: any one).")
+    contamination_against: list[str] = Field(
+        default_factory=list, description="Benchmark files to check the training rows against, beside the eval data "
+        "(.jsonl/.json/.csv/.parquet/.txt, or an lm-eval task .yaml with local data).")
 
     @model_validator(mode="after")
     def _one_eval_source(self):
@@ -348,6 +366,13 @@ class TrainSection(Section):
     save_steps: int = Field(100, gt=0, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, gt=0)
     eval_steps: int | None = Field(None, gt=0, description="Default: evaluate every save_steps.")
+    keep: Literal["last", "best"] = Field(
+        "last", description="The adapter the run keeps: the last step's, or the best by train.best_metric on the eval "
+        "data (a checkpoint is saved at every evaluation then; rotation never deletes the best).")
+    best_metric: Literal["auto", "eval_loss"] = Field("auto", description="What `best` means: auto = eval_loss.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many evaluations without improving train.best_metric (needs eval "
+        "data).")
     # Verified offline: tensorboard (events under checkpoints/runs/), wandb with WANDB_MODE=offline, trackio (local).
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = Field(default_factory=list)
 
@@ -372,6 +397,9 @@ class DPOTrainSection(TrainSection):
     # from collapsing (full fine-tunes use 5e-7..5e-6; LoRA tolerates about 10x more).
     learning_rate: Float = Field(5.0e-5, gt=0, lt=1)
     warmup_ratio: Float = Field(0.1, ge=0, lt=1)
+    best_metric: Literal["auto", "eval_loss", "eval_rewards/accuracies", "eval_rewards/margins"] = Field(
+        "auto", description="What `best` means: auto = eval_loss (DPO's loss on the eval pairs); or the eval reward "
+        "accuracy or margin (higher is better).")
 
 
 class DPOSection(Section):
@@ -414,6 +442,17 @@ class BaseRecipe(Section):
     output_dir: str = "out/run"
     # The recipe file this was loaded from (not a field: never saved); --force never replaces a folder holding it.
     _file: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _best_needs_eval_data(self):
+        train = getattr(self, "train", None)
+        if train is None or self.data.eval or self.data.val_size:
+            return self
+        if train.keep == "best":
+            raise ValueError("train.keep: best needs eval data to choose by: set data.eval or data.val_size")
+        if train.early_stopping_patience:
+            raise ValueError("train.early_stopping_patience needs eval data: set data.eval or data.val_size")
+        return self
 
     @field_validator("output_dir")
     @classmethod

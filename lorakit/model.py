@@ -8,12 +8,13 @@ chosen from the hardware (`resolve_device`, `resolve_precision`).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.chat_template import resolve_chat_template
+from lorakit.chat_template import choose_chat_template
 from lorakit.compat import keep_4bit_training_kernel
 from lorakit.errors import ConfigError, ModelError
 from lorakit.gguf_source import import_gguf, is_gguf_file, read_import_manifest, source_record
@@ -209,6 +210,12 @@ def resolve_attn(attn: str, device: str) -> str:
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
     """The tokenizer at `source`, with its chat template and a pad token. Which tokens stop the model is a separate
     value (lorakit.chat_template.Stops), computed from this tokenizer and the model's generation config."""
+    return load_tokenizer_and_template(source, trust_remote_code, chat_template)[0]
+
+
+def load_tokenizer_and_template(source: ModelSource, trust_remote_code: bool = False, chat_template: str | None = None):
+    """(tokenizer, lorakit.chat_families.TemplateChoice): load_tokenizer, and which chat template it got and why
+    (a tokenizer without one gets its model family's, from the config.json beside it)."""
     from transformers import AutoTokenizer
 
     try:
@@ -217,9 +224,29 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat_te
         )
     except Exception as exc:
         raise hub_error(source, exc) from None
-    resolve_chat_template(tokenizer, chat_template)
+    choice = choose_chat_template(tokenizer, chat_template, model_type_of(source))
     ensure_pad_token(tokenizer)
-    return tokenizer
+    return tokenizer, choice
+
+
+def model_type_of(source: ModelSource) -> str | None:
+    """config.json's `model_type` of a local model folder (or a hub model already in the cache); None if unknown."""
+    path = Path(source.location) / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source.location, "config.json", revision=source.revision)
+        except Exception:
+            cached = None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        value = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def ensure_pad_token(tokenizer) -> None:
@@ -302,7 +329,7 @@ def keep_4bit_layout_on_cpu(model):
     return keep_4bit_training_kernel(model)
 
 
-def lora_config(lora, target_modules=None):
+def lora_config(lora, target_modules=None, trainable_tokens: dict[str, list[int]] | None = None):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -316,7 +343,28 @@ def lora_config(lora, target_modules=None):
         modules_to_save=list(lora.modules_to_save) or None,
         bias=lora.bias,
         task_type="CAUSAL_LM",
+        trainable_token_indices=trainable_tokens or None,
     )
+
+
+def grow_vocabulary(model, vocab_size: int, new_ids: list[int]) -> dict[str, list[int]] | None:
+    """Give the model rows for tokens added to its tokenizer (lorakit.chat_families' ChatML fallback) and name the
+    rows to train: a LoRA adapter cannot reach embedding rows, and new ones start untrained.
+
+    The new rows start at the mean of the old ones (transformers' mean_resizing); PEFT's trainable tokens then train
+    only those rows, in the input embedding and, when it is not tied to it, the output head, and save their values in
+    the adapter (lorakit.outputs.integrity.load_adapter grows a base the same way before loading one).
+    """
+    if not new_ids:
+        return None
+    if model.get_input_embeddings().weight.shape[0] < vocab_size:
+        model.resize_token_embeddings(vocab_size, mean_resizing=True)
+    names = {id(module): name for name, module in model.named_modules()}
+    targets = {names[id(model.get_input_embeddings())].rsplit(".", 1)[-1]: list(new_ids)}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        targets[names[id(head)].rsplit(".", 1)[-1]] = list(new_ids)
+    return targets
 
 
 def check_lora_targets(model, lora) -> None:
@@ -374,13 +422,14 @@ def freeze_base(model):
 
 
 def load_policy(source: ModelSource, recipe, precision: str, device: str, parent_adapter: Path | None = None,
-                strategy: str = "ddp"):
+                strategy: str = "ddp", vocab_size: int | None = None, new_token_ids: list[int] = ()):
     """The model a run trains and the LoRA config its TRL trainer attaches: one path for SFT and DPO.
 
     The base loads in the run's dtype (4-bit NF4 for QLoRA, then prepared for k-bit training). Continuing a run, its
     adapter is loaded trainable and no config is returned. Otherwise the trainer gets a `LoraConfig` and applies it
     itself, so TRL's own PEFT handling (QLoRA's bf16 adapter weights, DeepSpeed ZeRO-3's adapter dtype) applies the
-    same way to both stages.
+    same way to both stages. `new_token_ids`: tokens the run added to the tokenizer (`vocab_size` long now), whose
+    rows are grown and trained (grow_vocabulary).
     """
     from peft import prepare_model_for_kbit_training
 
@@ -400,7 +449,8 @@ def load_policy(source: ModelSource, recipe, precision: str, device: str, parent
     if parent_adapter is not None:
         return load_adapter(model, parent_adapter, f"run {parent_adapter}", is_trainable=True), None
     check_lora_targets(model, recipe.lora)
-    return model, lora_config(recipe.lora)
+    trainable_tokens = grow_vocabulary(model, vocab_size or 0, list(new_token_ids))
+    return model, lora_config(recipe.lora, trainable_tokens=trainable_tokens)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import typer
 
 from lorakit.cli.app import command, command_group
 from lorakit.cli.options import JsonOpt, RewardOpt, SetOpt
-from lorakit.cli.output import print_run_summary
 
 
 @command(
@@ -107,8 +106,12 @@ command_group("data", help="Inspect datasets before training.")
 @command(
     "check",
     group="data",
-    help="Check a dataset without training: format, bad rows, mask/EOS lint, lengths and duplicates.\n\n"
+    help="Check a dataset without training: format, bad rows, duplicates and near-duplicates, contamination against "
+    "eval and benchmark files, lengths, the mask/EOS lint, and what trains.\n\n"
     "Examples:\n\n  lorakit data check examples/data/chat-messages.jsonl --model builtin:tiny-llama\n\n"
+    "  lorakit data check chats.jsonl --model builtin:tiny-llama --show 2          # rendered, trained tokens marked\n\n"
+    "  lorakit data check chats.jsonl --against examples/data/mc-facts.jsonl      # benchmark contamination\n\n"
+    "  lorakit data check chats.jsonl --set data.eval=test.jsonl --set data.dedup_threshold=0.8\n\n"
     "  lorakit data check prefs.jsonl --stage dpo\n\n"
     "  lorakit data check prompts.jsonl --stage grpo --model builtin:tiny-llama",
 )
@@ -118,13 +121,20 @@ def data_check(
     stage: Annotated[str, typer.Option("--stage", help="sft, dpo or grpo (which formats to accept).")] = "sft",
     fmt: Annotated[str, typer.Option("--format", help="Force a format instead of detecting it.")] = "auto",
     max_length: Annotated[int, typer.Option("--max-length", help="Truncation length to check against.")] = 2048,
+    against: Annotated[Optional[list[str]], typer.Option(
+        "--against", help="A benchmark file to check the rows against for contamination (.jsonl/.json/.csv/.parquet/"
+        ".txt, or an lm-eval task .yaml with local data); repeatable.")] = None,
+    show: Annotated[int, typer.Option("--show", min=0, help="Print N examples rendered with the chat template, "
+                                      "trained tokens highlighted (needs --model).")] = 0,
     set_: SetOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
+    from lorakit.data.check_view import render_check
     from lorakit.data.inspect import check_data
 
-    report = check_data(path, model=model, stage=stage, fmt=fmt, max_length=max_length, overrides=set_ or [])
-    print_run_summary(f"data check: {path}", report, json_out)
+    report = check_data(path, model=model, stage=stage, fmt=fmt, max_length=max_length, overrides=set_ or [],
+                        against=against or [], show=show)
+    render_check(report, f"data check: {path}", json_out)
 
 
 @command(

@@ -1,4 +1,5 @@
-"""Checks that stop a run which would train silently wrong: the mask/EOS lint, plus length and duplicate stats.
+"""Checks that stop a run which would train silently wrong: the mask/EOS lint, plus length stats (duplicates and
+contamination: lorakit.data.quality).
 
 The lint runs on the tokenized data and through the trainer's real collator, because that is where the classic
 bugs live: an example with no trained token, an end-of-turn token that is never trained (the model never learns to
@@ -7,8 +8,6 @@ stop), and a pad token equal to EOS that a collator masks out of the loss.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 from typing import Any
 
@@ -147,15 +146,3 @@ def length_stats(lengths: list[int]) -> dict[str, Any]:
         "max": ordered[-1],
         "total": sum(ordered),
     }
-
-
-def duplicate_count(dataset) -> int:
-    """Exact duplicates among canonical rows."""
-    seen = set()
-    duplicates = 0
-    for row in dataset:
-        key = hashlib.sha1(json.dumps(row, sort_keys=True).encode()).digest()
-        if key in seen:
-            duplicates += 1
-        seen.add(key)
-    return duplicates

@@ -26,7 +26,8 @@ from lorakit.data.formats import (
     require_columns,
 )
 from lorakit.data.load import load_rows
-from lorakit.data.prepared import PreparedData, tokenize_with_eval
+from lorakit.data.prepared import PreparedData, first_kept, tokenize_with_eval
+from lorakit.data.quality import Screen, report_screen, screen_rows, settings_of
 from lorakit.data.tokenize import cut_at_stop, turn_output
 from lorakit.errors import DataError
 
@@ -267,11 +268,33 @@ def tokenize_preferences(source: str, data: DataSection, max_prompt_length: int 
     return tokenized, meta["format"], loaded.fingerprint, was_cached
 
 
+def canonical_pairs(source: str, data: DataSection, max_rows: int | None = None):
+    """(pairs, format): a data source's pairs in lorakit's canonical preference shape."""
+    loaded = load_rows(source, data.subset, data.split, max_rows)
+    return load_preference_examples(loaded, data.format, data.columns, data.system_prompt)
+
+
+def screen_preference_data(data: DataSection, rows, against: list[str] | tuple = ()) -> Screen:
+    """The pairs' duplicates, contamination and equal answers (lorakit.data.quality)."""
+    if data.dedup == "off" and data.decontaminate == "off":
+        return Screen(rows=len(rows), dedup="off", decontaminate="off", settings=settings_of(data))
+    evaluation = canonical_pairs(data.eval, data)[0] if data.eval else None
+    return screen_rows("preference", rows, data, evaluation, eval_name=data.eval or "eval data", against=against)
+
+
 def prepare_preference_data(data: DataSection, max_prompt_length: int | None, tokenizer,
                             seed: int, stops: Stops | None = None) -> PreparedData:
+    rows = canonical_pairs(data.train, data, data.max_rows)[0] if data.train else None
+    screen = screen_preference_data(data, rows) if rows is not None else None
+    if screen is not None:
+        report_screen(screen, data.train)
     train, evaluation, fmt, fingerprint, cached = tokenize_with_eval(
         data, seed, "preference data",
-        lambda source, max_rows: tokenize_preferences(source, data, max_prompt_length, tokenizer, max_rows, stops))
+        lambda source, max_rows: tokenize_preferences(source, data, max_prompt_length, tokenizer, max_rows, stops),
+        drop_rows=screen.dropped if screen is not None else ())
     stats = {"rows": len(train), "eval_rows": len(evaluation) if evaluation is not None else 0,
              "tokens": sum(train["length"]), "truncated": sum(train["truncated"]), "max_length": max(train["length"])}
-    return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, cached, LINT_COLUMNS)
+    if screen is not None:
+        stats["quality"] = screen.record()
+    return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, cached, LINT_COLUMNS,
+                        first_example=first_kept(rows, screen))

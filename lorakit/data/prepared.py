@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from lorakit.config import DataSection
 from lorakit.errors import ConfigError
@@ -20,20 +20,35 @@ class PreparedData:
     stats: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
     lint_columns: tuple[str, ...] = ()  # computed for the checks; the trainer must not see them
+    # (1-based row, canonical row) of the first training row the screen kept: what a run shows as it starts
+    first_example: tuple[int, dict[str, Any]] | None = None
 
     def for_trainer(self, dataset):
         return dataset.remove_columns([c for c in self.lint_columns if c in dataset.column_names])
 
 
-def tokenize_with_eval(data: DataSection, seed: int, what: str, tokenize: Callable[..., tuple]):
+def first_kept(rows, screen) -> tuple[int, dict[str, Any]] | None:
+    """(1-based row, canonical row) of the first row the data screen does not drop."""
+    if rows is None:
+        return None
+    dropped = screen.dropped if screen is not None else {}
+    index = next((i for i in range(len(rows)) if i not in dropped), None)
+    return (index + 1, dict(rows[index])) if index is not None else None
+
+
+def tokenize_with_eval(data: DataSection, seed: int, what: str, tokenize: Callable[..., tuple],
+                       drop_rows: Collection[int] = ()):
     """Tokenize data.train, and data.eval or a data.val_size split of it.
 
-    `tokenize(source, max_rows)` returns (dataset, format, fingerprint, was_cached). Returns (train, eval or None,
+    `tokenize(source, max_rows)` returns (dataset, format, fingerprint, was_cached). `drop_rows`: source rows
+    (0-based) the data screen removes (lorakit.data.quality), before any split. Returns (train, eval or None,
     format, fingerprint covering both files, was_cached).
     """
     if not data.train:
         raise ConfigError(f"no {what}", hint="set data.train in the recipe or pass --data FILE")
     train, fmt, fingerprint, cached = tokenize(data.train, data.max_rows)
+    if drop_rows:
+        train = without_rows(train, set(drop_rows))
     evaluation = None
     if data.eval:
         evaluation, _, eval_fp, _ = tokenize(data.eval, None)
@@ -47,6 +62,17 @@ def tokenize_with_eval(data: DataSection, seed: int, what: str, tokenize: Callab
                               "train on", hint="lower data.val_size, or add rows")
         train, evaluation = split_by_row(train, data.val_size, seed)
     return train, evaluation, fmt, fingerprint, cached
+
+
+def without_rows(dataset, rows: set[int]):
+    """The examples of `dataset` whose source row is not in `rows` (an example's row is its `row` column, or its
+    position when each row gave one example)."""
+    sources = dataset["row"] if "row" in dataset.column_names else range(len(dataset))
+    keep = [i for i, row in enumerate(sources) if row not in rows]
+    if not keep:
+        raise ConfigError("the data screen dropped every training row",
+                          hint="check data.dedup / data.decontaminate, and `lorakit data check` the file")
+    return dataset.select(keep)
 
 
 def split_by_row(dataset, val_size: float, seed: int):

@@ -9,7 +9,8 @@ from lorakit.data.cache import cache_key, cached_dataset, tokenizer_fingerprint
 from lorakit.data.checks import lint_problems, raise_if_problems, truncation_warning
 from lorakit.data.formats import load_sft_examples, load_tools
 from lorakit.data.load import load_rows
-from lorakit.data.prepared import PreparedData, tokenize_with_eval
+from lorakit.data.prepared import PreparedData, first_kept, tokenize_with_eval
+from lorakit.data.quality import Screen, report_screen, screen_rows, settings_of
 from lorakit.data.tokenize import tokenize_dataset
 
 LINT_COLUMNS = ("num_trained", "stop_trained", "truncated", "length", "row", "error")
@@ -55,10 +56,30 @@ def tokenize_source(source: str, data: DataSection, tokenizer, max_rows: int | N
     return tokenized, fmt, loaded.fingerprint, was_cached
 
 
+def canonical_rows(source: str, data: DataSection, max_rows: int | None = None):
+    """(rows, format): a data source's rows in lorakit's canonical SFT shape (what the screen and `data check --show`
+    read)."""
+    loaded = load_rows(source, data.subset, data.split, max_rows)
+    return load_sft_examples(loaded, data.format, data.columns, data.system_prompt, load_tools(data.tools))
+
+
+def screen_sft_data(data: DataSection, rows, against: list[str] | tuple = ()) -> Screen:
+    """The training set's duplicates and contamination (lorakit.data.quality), as data.dedup/decontaminate say."""
+    if data.dedup == "off" and data.decontaminate == "off":
+        return Screen(rows=len(rows), dedup="off", decontaminate="off", settings=settings_of(data))
+    evaluation = canonical_rows(data.eval, data)[0] if data.eval else None
+    return screen_rows("sft", rows, data, evaluation, eval_name=data.eval or "eval data", against=against)
+
+
 def prepare_sft_data(data: DataSection, tokenizer, seed: int, stops: Stops | None = None) -> PreparedData:
+    rows = canonical_rows(data.train, data, data.max_rows)[0] if data.train else None
+    screen = screen_sft_data(data, rows) if rows is not None else None
+    if screen is not None:
+        report_screen(screen, data.train)
     train, evaluation, fmt, fingerprint, cached = tokenize_with_eval(
         data, seed, "training data",
-        lambda source, max_rows: tokenize_source(source, data, tokenizer, max_rows, stops))
+        lambda source, max_rows: tokenize_source(source, data, tokenizer, max_rows, stops),
+        drop_rows=screen.dropped if screen is not None else ())
     lengths = train["length"]
     stats = {
         "rows": len(train),
@@ -68,5 +89,8 @@ def prepare_sft_data(data: DataSection, tokenizer, seed: int, stops: Stops | Non
         "truncated": sum(train["truncated"]),
         "max_length": max(lengths),
     }
+    if screen is not None:
+        stats["quality"] = screen.record()
     return PreparedData(train=train, eval=evaluation, format=fmt, fingerprint=fingerprint, source=data.train,
-                        stats=stats, cached=cached, lint_columns=LINT_COLUMNS)
+                        stats=stats, cached=cached, lint_columns=LINT_COLUMNS,
+                        first_example=first_kept(rows, screen))

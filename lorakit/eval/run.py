@@ -23,6 +23,7 @@ from lorakit.console import err
 from lorakit.errors import ConfigError, DataError
 from lorakit.eval.benchmarks import directions, flat_scores, plan_benchmarks, run_benchmarks
 from lorakit.eval.candidates import Candidate, base_location, collect_candidates, load_candidate
+from lorakit.eval.contamination import check_runs_against, local_task_files
 from lorakit.eval.loss import sft_scores
 from lorakit.eval.preferences import preference_scores
 from lorakit.eval.regression import regressions
@@ -154,6 +155,7 @@ def evaluate(candidates: list[Candidate], data: str | None, prefs: str | None, p
     if tasks or task_files:
         plan = plan_benchmarks(tasks or [], task_files or [], chat_template, limit, num_fewshot, batch_size,
                                stop=end_of_turn_strings(reference_tokenizer, candidates))
+        contaminated = check_runs_against(runs, local_task_files(plan))
     for candidate in candidates:
         with err.status(f"Evaluating {candidate.name}..."):
             score_candidate(candidate, location, reference_tokenizer, candidates, section, prefs, prompt_list,
@@ -175,6 +177,7 @@ def evaluate(candidates: list[Candidate], data: str | None, prefs: str | None, p
         report["regressions"] += regressions(candidates, "logp_gap", True, tolerance)
     if plan is not None:
         report["benchmarks"] = plan.describe()
+        report["contamination"] = contaminated  # runs that trained on rows of the local benchmark files
         for metric, higher in directions([c.benchmarks for c in candidates]).items():
             report["regressions"] += regressions(candidates, metric, higher, tolerance)
     if reward_eval is not None:

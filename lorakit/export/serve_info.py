@@ -22,6 +22,7 @@ from lorakit.export.servable import vllm_lora_notes, vllm_lora_problems, vllm_ma
 from lorakit.export.targets import CT_FORMATS, GPUS
 from lorakit.outputs import BaseModelRecord, ExportManifest, Output, check_not_being_written, open_output, read_run
 from lorakit.outputs.integrity import check_gguf, check_model_files
+from lorakit.outputs.manifest import TrainingRunManifest
 from lorakit.tiny import BUILTIN_PREFIX
 
 HOST, VLLM_PORT, LLAMA_PORT = "127.0.0.1", 8000, 8080
@@ -118,7 +119,11 @@ def describe(paths: list[Path], base: str | None = None) -> Artifact:
             adapters.append(Adapter(name, one.path.resolve(), one.recipe.lora.r, one.recipe.lora))
         record = runs[0].manifest.base_model
         assert record is not None  # read_run checked it
-        return adapter_artifact(adapters, record, runs[0].method, eos_list(first), base)
+        artifact = adapter_artifact(adapters, record, runs[0].method, eos_list(first), base)
+        added = added_tokens_note(runs[0].manifest)
+        if added:
+            artifact.notes.append(added)
+        return artifact
     if len(paths) > 1:
         raise RunError("several folders are served together only when they are adapter runs of one base",
                        hint="pass one merged model or export at a time")
@@ -157,6 +162,18 @@ def check_output(output: Output) -> None:
         check_model_files(folder, output.owner)
     elif output.kind in ("merged", "model"):
         check_model_files(folder, f"model {folder}")
+
+
+def added_tokens_note(manifest: TrainingRunManifest) -> str | None:
+    """A run whose chat template added tokens to the vocabulary (lorakit.chat_families' ChatML fallback): its adapter
+    carries their trained embedding rows, which a base of the original vocabulary has no room for."""
+    added = manifest.chat_template.added_tokens if manifest.chat_template is not None else []
+    if not added:
+        return None
+    return (f"This run added {', '.join(added)} to the base's vocabulary (its chat template needs them) and "
+            "trained their embedding rows: vLLM's LoRA loader cannot add tokens, and PeftModel.from_pretrained needs "
+            "the base's embeddings grown first (base.resize_token_embeddings(len(tokenizer))). Serve the merged "
+            "model: lorakit merge RUN.")
 
 
 def adapter_artifact(adapters: list[Adapter], base_model: BaseModelRecord, method: str, eos: list[int],

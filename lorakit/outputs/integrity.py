@@ -9,6 +9,7 @@ loading state_dict`, `NoMatchingPeftModuleError` or `PytorchStreamReader failed`
 
 from __future__ import annotations
 
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -264,6 +265,7 @@ def load_adapter(model, folder: str | Path, owner: str, **kwargs):
     from peft.utils.error import NoMatchingPeftModuleError
     from safetensors import SafetensorError
 
+    grow_for_adapter(model, Path(folder))
     try:
         return PeftModel.from_pretrained(model, str(folder), **kwargs)
     except NoMatchingPeftModuleError as exc:
@@ -279,6 +281,20 @@ def load_adapter(model, folder: str | Path, owner: str, **kwargs):
         detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), "shapes differ")
         raise ModelError(f"{owner} does not fit this base model: {detail[:200]}",
                          hint="use the base model the adapter was trained on (--model), or re-train it") from None
+
+
+def grow_for_adapter(model, folder: Path) -> None:
+    """An adapter trained with tokens its run added to the vocabulary (trainable_token_indices, see
+    lorakit.model.grow_vocabulary) needs a base with rows for them: grow it (PEFT then writes the trained rows)."""
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return  # PeftModel.from_pretrained names what is wrong with it
+    indices = config.get("trainable_token_indices") if isinstance(config, dict) else None
+    ids = [i for rows in (indices.values() if isinstance(indices, dict) else [indices or []]) for i in rows
+           if isinstance(i, int)]
+    if ids and max(ids) >= model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(max(ids) + 1, mean_resizing=False)
 
 
 # The Trainer writes a checkpoint's files one by one, trainer_state.json last, none of them atomically: a process

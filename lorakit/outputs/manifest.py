@@ -92,6 +92,28 @@ class ParentRecord(Record):
     dataset: str | None = None  # the parent's dataset fingerprint
 
 
+class DataQualityRecord(Record):
+    """What the data screen found in a training set and dropped (lorakit.data.quality: Screen.record())."""
+
+    dedup: str | None = None  # off | report | exact | near
+    dedup_threshold: Number | None = None
+    dedup_ngram: int | None = None
+    decontaminate: str | None = None  # off | report | drop
+    contamination_ngram: int | None = None
+    contamination_threshold: Number | None = None
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    eval_duplicates: int = 0  # training rows that repeat an eval row
+    same_answers: int = 0  # preference pairs whose chosen equals rejected
+    contaminated: int = 0  # training rows holding an eval or benchmark row
+    dropped: int = 0
+    dropped_rows: dict[str, list[int]] = Field(default_factory=dict)  # why -> rows (1-based)
+    near_rows_checked: int = 0
+    benchmark_rows: int = 0
+    against: list[str] = Field(default_factory=list)  # the benchmark files checked
+    seconds: Number = 0
+
+
 class DatasetRecord(Record):
     source: str | None = None
     format: str | None = None
@@ -103,6 +125,41 @@ class DatasetRecord(Record):
     truncated: int | None = None
     max_length: int | None = None
     columns: list[str] | None = None  # GRPO: the data's columns besides the prompt (what the rewards may read)
+    quality: DataQualityRecord | None = None
+
+
+class ChatTemplateRecord(Record):
+    """Which chat template a run trained with, and why (lorakit.chat_families.TemplateChoice.record())."""
+
+    name: str  # tokenizer | recipe | chatml | gemma | llama3 | ...
+    source: str | None = None
+    reason: str | None = None
+    added_tokens: list[str] = Field(default_factory=list)  # added to the vocabulary for it; their rows were trained
+
+
+class EvalTurnRecord(Record):
+    """Where a held-out metric was lowest, and how far its last evaluation is above it (lorakit.train.keep)."""
+
+    metric: str
+    min_step: int
+    min: Number
+    final_step: int
+    final: Number
+    rise: Number  # (final - min) / |min|
+    evaluations: int
+
+
+class KeptRecord(Record):
+    """Which step's adapter a run holds and why (train.keep: last | best; early stopping)."""
+
+    policy: str  # last | best
+    step: int
+    last_step: int | None = None
+    stopped_early: bool = False
+    metric: str | None = None  # what best was judged by
+    value: Number | None = None
+    why: str | None = None
+    eval_turn: EvalTurnRecord | None = None
 
 
 class DistributedRecord(Record):
@@ -169,14 +226,20 @@ class TrainingRunManifest(Manifest):
     warnings: list[str] = Field(default_factory=list)
     summary: dict[str, Any] | None = None
     long_sequences: LongSequencesRecord | None = None  # runs before issue 26: None
+    chat_template: ChatTemplateRecord | None = None
+    kept: KeptRecord | None = None  # written when the run finishes
 
     @property
     def processes(self) -> int:
         """How many training processes it ran on (runs from before multi-process training: one)."""
         return self.distributed.processes if self.distributed is not None else 1
 
-    def completed(self, finished_at: str, summary: dict[str, Any]) -> "TrainingRunManifest":
-        return self.model_copy(update={"status": "complete", "finished_at": finished_at, "summary": summary})
+    def completed(self, finished_at: str, summary: dict[str, Any], kept: KeptRecord | None = None
+                  ) -> "TrainingRunManifest":
+        update: dict[str, Any] = {"status": "complete", "finished_at": finished_at, "summary": summary}
+        if kept is not None:
+            update["kept"] = kept
+        return self.model_copy(update=update)
 
 
 class SFTManifest(TrainingRunManifest):

@@ -13,7 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lorakit.data.inspect import check_preference_data, check_prompt_data, check_sft
+from lorakit.data.benchmark_files import benchmark_rows
+from lorakit.data.inspect import check_prompt_data
+from lorakit.data.preference import canonical_pairs
+from lorakit.data.sft import canonical_rows
 from lorakit.errors import ConfigError, LorakitError, RunError
 from lorakit.export.gguf_export import check_type
 from lorakit.io import check_can_write, check_inputs, check_output_path, read_json
@@ -84,12 +87,19 @@ def check_stages(pipeline, selected: list[str]) -> None:
 
 
 def check_stage_data(stage: str, section) -> None:
-    """The stage's data loads and converts to its format (the tokenized lint runs when the stage starts)."""
+    """The stage's data loads and converts to its format, and its benchmark files open (the tokenized lint and the
+    data screen run when the stage starts)."""
     data = section.data
     if not data.train:
         raise ConfigError(f"{stage}.data.train is not set", hint=f"give the {stage} stage its data file")
     for source in (data.train, data.eval):
         if source:
-            one = data.model_copy(update={"train": source, "eval": None, "val_size": 0.0,
-                                          "max_rows": data.max_rows if source == data.train else None})
-            {"sft": check_sft, "dpo": check_preference_data, "grpo": check_prompt_data}[stage](one, None)
+            if stage == "grpo":
+                one = data.model_copy(update={"train": source, "eval": None, "val_size": 0.0,
+                                              "max_rows": data.max_rows if source == data.train else None})
+                check_prompt_data(one, None)
+            else:
+                (canonical_rows if stage == "sft" else canonical_pairs)(
+                    source, data, data.max_rows if source == data.train else None)
+    for file in data.contamination_against:
+        next(iter(benchmark_rows(file, f"{stage}.data.contamination_against")), None)

@@ -143,8 +143,11 @@ def run_page(output: OutputView) -> str:
         str(output.path), output.base_name and f"base {output.base_name}", method,
         device and f"{training.precision} on {device}", when and f"finished {when}") if x)
     numbers = {k: s.get(k) for k in ("steps", "first_loss", "final_loss", "first_eval_loss", "final_eval_loss",
+                                     "eval_loss_min", "eval_loss_min_step", "kept_step",
                                      "final_reward_accuracies", "final_reward_margins",
                                      "final_eval_reward_accuracies", "train_seconds") if s.get(k) is not None}
+    if training and training.kept is not None and training.kept.why:
+        numbers["kept"] = training.kept.why
     dataset = training.dataset.model_dump() if training and training.dataset else {}
     data = {k: dataset.get(k) for k in ("source", "format", "rows", "eval_rows", "tokens", "trained_tokens")
             if dataset.get(k) is not None}

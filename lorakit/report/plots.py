@@ -7,6 +7,7 @@ import html
 import io
 from dataclasses import dataclass
 
+from lorakit.outputs.manifest import TrainingRunManifest
 from lorakit.report.view import OutputView, short, throughput_series
 
 
@@ -17,7 +18,31 @@ class Curve:
     dashed: bool = False
 
 
-def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = False) -> str:
+@dataclass
+class Marker:
+    """A vertical line at a step, labelled (where eval loss was lowest, the step a run kept)."""
+
+    step: float
+    label: str
+
+
+def eval_markers(output: OutputView, prefix: str = "") -> list[Marker]:
+    """From the manifest's `kept` entry (lorakit.train.keep): where held-out loss turned up, and the kept step."""
+    manifest = output.manifest
+    kept = manifest.kept if isinstance(manifest, TrainingRunManifest) else None
+    if kept is None:
+        return []
+    markers = []
+    turn = kept.eval_turn
+    if turn is not None and turn.final_step != turn.min_step:
+        markers.append(Marker(turn.min_step, f"{prefix}eval loss lowest, then rises"))
+    if kept.policy == "best":
+        markers.append(Marker(kept.step, f"{prefix}kept (best)"))
+    return markers
+
+
+def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = False,
+             markers: list[Marker] | tuple = ()) -> str:
     """One line chart as an inline <svg> element (text kept as text, so the page stays small and searchable)."""
     import matplotlib
     from matplotlib.figure import Figure
@@ -28,6 +53,8 @@ def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = Fa
         xs, ys = zip(*curve.points)
         axes.plot(xs, ys, label=curve.label, linestyle="--" if curve.dashed else "-",
                   marker="o" if len(xs) <= 12 else None, markersize=3, linewidth=1.4)
+    for marker, style in zip(markers, (":", "-.", ":", "-.")):
+        axes.axvline(marker.step, color="0.35", linestyle=style, linewidth=1.0, label=f"{marker.label} ({marker.step:g})")
     axes.set_title(title, fontsize=10)
     axes.set_xlabel("step", fontsize=8)
     if ylabel:
@@ -37,7 +64,7 @@ def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = Fa
         axes.set_yscale("log")
     axes.tick_params(labelsize=7)
     axes.grid(alpha=0.3)
-    if len(curves) > 1 or curves[0].label:
+    if len(curves) > 1 or curves[0].label or markers:
         axes.legend(fontsize=7)
     buffer = io.StringIO()
     # svg.hashsalt: the same data draws the same file (ids are otherwise random)
@@ -47,11 +74,15 @@ def plot_svg(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = Fa
     return svg[svg.index("<svg"):]  # drop the XML declaration and doctype: it is inlined into HTML
 
 
-def chart(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = False) -> str | None:
+def chart(title: str, curves: list[Curve], ylabel: str = "", log_y: bool = False,
+          markers: list[Marker] | tuple = ()) -> str | None:
     curves = [c for c in curves if c.points]
     if not curves:
         return None
-    return f'<figure class="plot" data-plot="{html.escape(title, quote=True)}">{plot_svg(title, curves, ylabel, log_y)}</figure>'
+    marks = "".join(f' data-marker-{i}="{html.escape(m.label, quote=True)} at step {m.step:g}"'
+                    for i, m in enumerate(markers))
+    return (f'<figure class="plot" data-plot="{html.escape(title, quote=True)}"{marks}>'
+            f'{plot_svg(title, curves, ylabel, log_y, markers)}</figure>')
 
 
 def reward_keys(output: OutputView) -> list[str]:
@@ -81,6 +112,7 @@ def run_charts(outputs: list[OutputView]) -> list[str]:
     def name(o: OutputView, what: str) -> str:
         return f"{labels[id(o)]} {what}".strip() if several else what
 
+    markers = [m for o in outputs for m in eval_markers(o, f"{labels[id(o)]}: " if several else "")]
     specs: list[tuple[str, list[Curve], str, bool]] = [
         ("loss", [c for o in outputs for c in (Curve(name(o, "train"), o.train_series("loss")),
                                                Curve(name(o, "eval"), o.train_series("eval_loss"), dashed=True))],
@@ -115,5 +147,6 @@ def run_charts(outputs: list[OutputView]) -> list[str]:
         ("GRPO KL to the reference", [Curve(name(o, ""), o.train_series("kl")) for o in outputs], "KL", False),
         ("throughput", [Curve(name(o, ""), throughput_series(o)) for o in outputs], "tokens/s", False),
     ]
-    drawn = [chart(title, curves, ylabel, log_y) for title, curves, ylabel, log_y in specs]
+    drawn = [chart(title, curves, ylabel, log_y, markers if title == "loss" else ())
+             for title, curves, ylabel, log_y in specs]
     return [d for d in drawn if d]

@@ -9,6 +9,7 @@ from lorakit.console import info, warn
 from lorakit.errors import ConfigError
 from lorakit.outputs import RunFolder
 from lorakit.train.distributed import world
+from lorakit.train.keep import keep_arguments
 from lorakit.train.strategies import BNB_OPTIMIZERS, launched_plan
 
 
@@ -45,7 +46,7 @@ def training_kwargs(train: TrainSection, run: RunFolder, device: str, precision:
         # TRL's offloading needs an accelerator stream (it fails at start on a CPU-only torch); on the CPU the
         # activations are already in host memory, so there is nothing to move.
         info(f"train.activation_offloading: nothing to offload on the {device} (activations already live in host RAM)")
-    return dict(
+    kwargs = dict(
         activation_offloading=train.activation_offloading and device == "cuda",
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=train.micro_batch_size,
@@ -86,3 +87,5 @@ def training_kwargs(train: TrainSection, run: RunFolder, device: str, precision:
         ddp_find_unused_parameters=False,
         torch_compile=train.compile,
     )
+    kwargs.update(keep_arguments(train, has_eval))  # train.keep: best / early stopping (lorakit.train.keep)
+    return kwargs

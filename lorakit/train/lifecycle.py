@@ -25,18 +25,21 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from rich.markup import escape
 
+from lorakit.chat_families import TemplateChoice, added_token_ids
 from lorakit.chat_template import Stops, generation_eos_ids
 from lorakit.config import BaseRecipe, inherit_from_parent, recipe_to_dict
 from lorakit.console import err, info, warn
 from lorakit.data.prepared import PreparedData
+from lorakit.data.show import EXAMPLE_FILE, Explained, explain_example, print_explained
 from lorakit.errors import ConfigError, RunError
 from lorakit.export.servable import servability_warning
+from lorakit.io import write_json_atomic
 from lorakit.model import (
     ModelSource,
     base_source_of,
     choose_kbit_upcast,
     load_policy,
-    load_tokenizer,
+    load_tokenizer_and_template,
     resolve_device,
     resolve_model_source,
     resolve_precision,
@@ -44,11 +47,12 @@ from lorakit.model import (
 from lorakit.outputs import Run, RunFolder, now, package_versions, read_run
 from lorakit.outputs.integrity import check_adapter
 from lorakit.outputs.layout import ADAPTER_FILES
-from lorakit.outputs.manifest import ParentRecord, TrainingRunManifest, training_manifest
+from lorakit.outputs.manifest import KeptRecord, ParentRecord, TrainingRunManifest, training_manifest
 from lorakit.report import write_run_report_safely
 from lorakit.train import distributed
 from lorakit.train.args import check_report_to
 from lorakit.train.finish import write_adapter_run
+from lorakit.train.keep import eval_turn, keep_callbacks, kept_record, overfit_warning
 from lorakit.train.kernels import plan_kernels
 from lorakit.train.loop import execute, summarize_losses
 from lorakit.train.preflight import PreflightResult, preflight
@@ -131,6 +135,8 @@ class TrainerSetup:
     total: int
     estimate: PreflightResult | None
     plan: Plan  # processes and strategy
+    template: TemplateChoice | None = None  # which chat template, and why
+    example: Explained | None = None  # the first training example, as the model sees it
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,6 +174,14 @@ def with_parent(recipe: BaseRecipe, continues: tuple[str, ...] = ("sft",)) -> tu
                           hint=f"re-run the {parent.stage.upper()} stage")
     check_adapter(parent.path, f"run {parent.path}", finite=True)  # a diverged (NaN) policy would train nothing
     return inherit_from_parent(recipe, parent), parent
+
+
+def inherited_template(parent: Run) -> TemplateChoice | None:
+    """The chat template choice the parent run recorded, as this run inherits it (None for runs before the record)."""
+    record = parent.manifest.chat_template
+    if record is None:
+        return None
+    return TemplateChoice(record.name, record.source or "", record.reason or "").inherited(str(parent.path))
 
 
 def checked_plan(recipe: BaseRecipe, device: str) -> Plan:
@@ -266,21 +280,27 @@ def build(stage: Stage, prepared: Prepared, run: RunFolder, callbacks: Sequence 
         if parent is not None:
             source = base_source_of(parent)
             # the SFT run's tokenizer, with the chat template it trained with
-            tokenizer = load_tokenizer(ModelSource(str(parent.path), str(parent.path), True))
+            tokenizer, template = load_tokenizer_and_template(ModelSource(str(parent.path), str(parent.path), True))
+            template = inherited_template(parent) or template
         else:
             source = resolve_model_source(recipe.model.name_or_path, recipe.model.revision,
                                           recipe.model.trust_remote_code)
-            tokenizer = load_tokenizer(source, recipe.model.trust_remote_code, recipe.model.chat_template)
+            tokenizer, template = load_tokenizer_and_template(source, recipe.model.trust_remote_code,
+                                                              recipe.model.chat_template)
+        if distributed.world().is_main:
+            info(template.line())
         # The base's own list of stop tokens (GLM-4.x lists <|user|>, Llama 3.1 <|eom_id|>) decides, with the
         # template, which token ends an assistant turn.
         stops = Stops.of(tokenizer, generation_eos_ids(source.location, source.revision))
         precision = resolve_precision(recipe.train.precision, device)
         data = stage.prepare_data(recipe, tokenizer, stops)
+    example = show_first_example(recipe, tokenizer, template, data, stops)
     estimate = preflight(recipe, device, enabled=recipe.preflight, model=source.location, plan=plan)
 
     with err.status(f"Loading {source.name} ({recipe.method}, {precision}, {device})..."):
         model, peft_config = load_policy(source, recipe, precision, device,
-                                         parent.path if parent is not None else None, plan.strategy)
+                                         parent.path if parent is not None else None, plan.strategy,
+                                         len(tokenizer), added_token_ids(tokenizer, template))
     kernels = plan_kernels(recipe.train, device, model)  # Liger (CUDA) before the trainer wraps the model
     # after Liger: the tiles wrap whatever forward the MLPs then have
     rows = row_tokens(recipe, stage.name, device, estimate.device_gib if estimate else None, plan.num_processes)
@@ -288,6 +308,7 @@ def build(stage: Stage, prepared: Prepared, run: RunFolder, callbacks: Sequence 
     # A fresh adapter's A matrices are drawn from the global RNG when the trainer applies the LoRA config: seed it,
     # or the same recipe trains a different model.
     set_seed(recipe.train.seed)
+    callbacks = (*callbacks, *keep_callbacks(recipe.train, data.eval is not None))
     trainer, speed = stage.make_trainer(TrainerInputs(recipe, run, model, peft_config, tokenizer, data, device,
                                                       precision, estimate, parent, tuple(callbacks)))
     apply_loss_choice(trainer, speed)
@@ -303,7 +324,25 @@ def build(stage: Stage, prepared: Prepared, run: RunFolder, callbacks: Sequence 
          + f"; {speed.loss} loss ({speed.reasons['loss']})")
     info(batch_line(trainer.args, plan, stage.batch_unit or stage.rows, speed.micro_batch_tokens))
     return TrainerSetup(trainer, tokenizer, stops, data, source, parent, recipe, device, precision, speed, trainable,
-                        total, estimate, plan)
+                        total, estimate, plan, template, example)
+
+
+def show_first_example(recipe: BaseRecipe, tokenizer, template: TemplateChoice, data: PreparedData,
+                       stops: Stops) -> Explained | None:
+    """Print the first training example as the model sees it (trained tokens marked), so a template or mask bug is
+    seen before the run spends its time; the same function as `lorakit data check --show` (lorakit.data.show)."""
+    if data.first_example is None:
+        return None
+    row, example = data.first_example
+    dpo = getattr(recipe, "dpo", None)
+    explained = explain_example(tokenizer, template, example, train_on=recipe.data.train_on,
+                                max_length=recipe.data.max_length,
+                                max_prompt_length=dpo.max_prompt_length if dpo is not None else None, row=row,
+                                stops=stops)
+    if distributed.world().is_main:
+        info(f"First training example (saved in the finished run as {EXAMPLE_FILE}):")
+        print_explained(err, explained, compact=True)
+    return explained
 
 
 def kbit_upcast_choice(recipe: BaseRecipe, precision: str, strategy: str) -> tuple[bool, str]:
@@ -374,6 +413,7 @@ def running_manifest(stage: Stage, setup: TrainerSetup, started: str, warnings: 
         vram_estimate=setup.estimate.metrics() if setup.estimate else None,
         distributed=distributed_record(setup.trainer.args, setup.plan),
         warnings=warnings,
+        chat_template=setup.template.record() if setup.template is not None else None,
     )
 
 
@@ -416,9 +456,23 @@ def train_adapter(stage: Stage, recipe: BaseRecipe, force: bool = False, resume:
     for key in stage.summary_keys:
         summary.update({k.replace("rewards/", "reward_"): v for k, v in summarize_losses(outcome.records, key).items()})
     summary["train_seconds"] = round(outcome.seconds, 1)
+    kept = kept_record(recipe.train, setup.trainer.state, outcome.records, setup.data.eval is not None)
+    turn = eval_turn(outcome.records)
+    summary["kept_step"] = kept["step"]
+    if turn is not None:
+        summary["eval_loss_min"], summary["eval_loss_min_step"] = turn["min"], turn["min_step"]
+    info(f"Kept: the adapter of step {kept['step']} ({kept['why']})")
+    overfit = overfit_warning(turn, kept)
+    if overfit and "keep" in recipe.train.model_fields_set:
+        info(escape(f"Note: {overfit.split(': the adapter kept')[0]} (train.keep: last, as the recipe says)"))
+    elif overfit:  # the default kept the last step: say what that cost
+        warn(escape(overfit))
+        warnings.append(overfit)
     if warnings:
         summary["warnings"] = warnings
-    manifest = manifest.completed(finished_at=now(), summary=summary)
+    manifest = manifest.completed(finished_at=now(), summary=summary, kept=KeptRecord(**kept, eval_turn=turn))
+    if setup.example is not None:  # written with the finished run: a failed resume must add nothing
+        write_json_atomic(run.staging / EXAMPLE_FILE, setup.example.to_json())
     write_adapter_run(run, setup.trainer.model, setup.tokenizer, recipe, manifest, state_dict, setup.stops)
     write_run_report_safely(run.staging, display=run.path)  # lands with the run; a drawing failure only warns
     run.finish()

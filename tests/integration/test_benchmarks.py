@@ -23,7 +23,8 @@ def sft_copy(sft_run, tmp_path):
     return shutil.copytree(sft_run.path, tmp_path / "sft", ignore=shutil.ignore_patterns("checkpoints"))
 
 
-def test_a_local_task_scores_the_sft_run_above_its_base_and_is_stored(sft_copy, tmp_path):
+def test_a_local_task_scores_the_sft_run_above_its_base_and_is_stored(sft_copy, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # where the run's recipe finds its training data (for the contamination check)
     # the same questions through a task file of the user's own, in lm-eval's format, raw prompt
     own = tmp_path / "my_task.yaml"
     own.write_text(f"task: my_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {MC}\n"
@@ -44,6 +45,10 @@ def test_a_local_task_scores_the_sft_run_above_its_base_and_is_stored(sft_copy, 
     saved = json.loads((sft_copy / "eval.json").read_text())
     assert saved["candidates"] == report["candidates"]
     assert [t["name"] for t in saved["benchmarks"]["tasks"]] == ["my_mc", "mc_facts"]
+    # mc-facts asks the example chats' own questions: eval says the run trained on them, naming the rows
+    [contaminated] = saved["contamination"]
+    assert contaminated["rows"] == contaminated["of"] == 50
+    assert set(contaminated["benchmarks"]) <= {str(MC), str(own)} and contaminated["examples"][0]["row"] == 1
     # report.html was redrawn with the scores, this run's row marked
     page = read_page((sft_copy / "report.html").read_text())
     assert f"{sft['mc_facts/acc']:.4f}" in page.cells and f"{base['mc_facts/acc']:.4f}" in page.cells

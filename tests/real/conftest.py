@@ -20,7 +20,8 @@ HERE = Path(__file__).parent
 # The heaviest cases run in `make test-real` only, so `make test` stays well under 20 min on 2 cores: the 262k
 # Gemma vocabulary (~3.5 min: its conversion and the read-back of its export) and the official converter on the
 # tiny vocabulary models (~3 min; SmolLM2's own comparison stays in `make test`).
-FULL_ONLY = ("[gemma-4]", "test_the_export_matches_llama_cpps_own_converter_where_it_converts")
+FULL_ONLY = ("[gemma-4]", "test_the_export_matches_llama_cpps_own_converter_where_it_converts",
+             "test_data_check_on_the_gemma3_gguf_shows_gemma_turns")  # unpacks 270M weights to float32 (~1 GB)
 FULL = "LORAKIT_REAL_FULL"
 
 

@@ -21,9 +21,10 @@ LAYERS: list[tuple[str, set[str]]] = [
     # Leaves: the errors a user acts on, the console, the fence around private library hooks, guarded reads and
     # atomic writes, where the cache lives, and the package root (__version__ only).
     ("base", {"lorakit", "assets", "errors", "console", "compat", "io", "cache"}),
-    # What every stage is configured and talks with: the recipe schema (config), the chat-template vocabulary, and
+    # What every stage is configured and talks with: the recipe schema (config), the chat-template vocabulary (and the
+    # families base models get their template from), and
     # the built-in tiny model (built with tokenizers/transformers from io up, so model resolution can use it).
-    ("vocabulary", {"config", "chat_template", "tiny"}),
+    ("vocabulary", {"config", "chat_template", "chat_families", "tiny"}),
     # What the stages read and write: outputs (every folder lorakit writes and reads back), model (sources, base
     # resolution, loading; gguf_source unpacks GGUF bases into the cache), infer (a run or merged model loaded for
     # generation), data (datasets, formats, tokenization), vram (pure arithmetic over a recipe: memory plans),

@@ -396,7 +396,7 @@ def main() -> int:
 
     from lorakit.export.serve_info import serve_info
     from lorakit.export.targets import CT_FORMATS
-    from lorakit.runs import read_manifest
+    from lorakit.outputs import manifest_json
 
     root = args.root.resolve()
     sft, dpo, merged, export = (root / n for n in ("sft", "dpo", "merged", "export"))
@@ -417,7 +417,7 @@ def main() -> int:
     if "merged" not in skip and merged.is_dir():
         phases.append(("merged", serve_info([merged]), [(merged.name, "merged", merged)]))
     if "exports" not in skip:
-        found = [p for p in sorted(root.glob("export*")) if p.is_dir() and read_manifest(p).get("format") in CT_FORMATS]
+        found = [p for p in sorted(root.glob("export*")) if p.is_dir() and manifest_json(p).get("format") in CT_FORMATS]
         for folder in [*found, *[e.resolve() for e in args.exports if e.resolve() not in found]]:
             phases.append((folder.name, serve_info([folder]), [(folder.name, "export", folder)]))
     for label, info, targets in phases:

@@ -406,9 +406,6 @@ def main() -> int:
     args.logs.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     phases = []
-    if python is None and not ({"adapters", "merged", "exports"} <= skip):
-        print("no vLLM python: set LORAKIT_VLLM_PYTHON, pass --vllm-python, or --create-venv DIR", file=sys.stderr)
-        return 2
     if "adapters" not in skip:
         adapters = [p for p in (sft, dpo) if p.is_dir()]
         info = serve_info(adapters)
@@ -420,6 +417,9 @@ def main() -> int:
         found = [p for p in sorted(root.glob("export*")) if p.is_dir() and manifest_json(p).get("format") in CT_FORMATS]
         for folder in [*found, *[e.resolve() for e in args.exports if e.resolve() not in found]]:
             phases.append((folder.name, serve_info([folder]), [(folder.name, "export", folder)]))
+    if phases and python is None:  # only the vLLM phases need it (--llama-cpp alone does not)
+        print("no vLLM python: set LORAKIT_VLLM_PYTHON, pass --vllm-python, or --create-venv DIR", file=sys.stderr)
+        return 2
     for label, info, targets in phases:
         rows += vllm_phase(label, info, targets, python, args.port, args, args.logs)
     if args.llama_cpp and export.is_dir():

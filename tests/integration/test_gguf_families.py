@@ -39,7 +39,11 @@ def test_the_family_exports_and_reads_back_as_its_source(family, tmp_path):
     assert manifest["gguf"]["tokenizer"]["pre"] == "llama-bpe"
     assert verification["judged_by"] == ("transformers" if readable else "llama.cpp")
     assert verification["mean_kl"] <= KL_TOLERANCE["q8_0"] and verification["top1_agreement"] >= 0.85
-    assert verification["tokenization"]["mismatches"] == 0
+    tokenization = verification.get("tokenization")
+    if tokenization is None:  # transformers' Gemma tokenizer rebuild wants a SentencePiece <unk>: only llama.cpp checks it
+        assert not HAS_LLAMA_CPP and verification.get("tokenizer_rebuild_error"), verification
+    else:
+        assert tokenization["mismatches"] == 0
     if readable:
         assert verification["tensors"] > 0 and verification["max_rel_rms_error"] < 0.02
     if HAS_LLAMA_CPP:

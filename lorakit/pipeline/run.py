@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -236,26 +237,15 @@ def run_sft_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, A
     return _pick(result.summary, "steps", "final_loss", "final_eval_loss", "warnings")
 
 
-def run_dpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
+def run_continuing_stage(stage: str, pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
+    """DPO and GRPO continue the training stage before them in the pipeline (sft, or dpo after sft), if there is one."""
     update: dict[str, Any] = {"output_dir": str(folder)}
-    if "sft" in pipeline.recipe.stages:
-        update["from_run"] = str(pipeline.folder("sft"))
-    recipe = pipeline.recipe.dpo.model_copy(update=update)
-    recipe._file = pipeline.recipe._file
-    result = run_training("dpo", recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
-                          callbacks=pipeline.callbacks)
-    return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps")) or k == "warnings"}
-
-
-def run_grpo_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[str, Any]:
-    """GRPO continues the training stage before it in the pipeline (sft, or dpo after sft), if there is one."""
-    update: dict[str, Any] = {"output_dir": str(folder)}
-    before = pipeline.previous("grpo")
+    before = pipeline.previous(stage)
     if before in TRAINING_STAGES:
         update["from_run"] = str(pipeline.folder(before))
-    recipe = pipeline.recipe.grpo.model_copy(update=update)
+    recipe = getattr(pipeline.recipe, stage).model_copy(update=update)
     recipe._file = pipeline.recipe._file
-    result = run_training("grpo", recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
+    result = run_training(stage, recipe, force=not resume, resume=resume, resume_hint=_rerun_hint(pipeline),
                           callbacks=pipeline.callbacks)
     return {k: v for k, v in result.summary.items() if k.startswith(("final_", "steps")) or k == "warnings"}
 
@@ -279,8 +269,8 @@ def run_quantize_stage(pipeline: Pipeline, folder: Path, resume: bool) -> dict[s
 
 STAGE_RUNNERS: dict[str, Callable[[Pipeline, Path, bool], dict[str, Any]]] = {
     "sft": run_sft_stage,
-    "dpo": run_dpo_stage,
-    "grpo": run_grpo_stage,
+    "dpo": partial(run_continuing_stage, "dpo"),
+    "grpo": partial(run_continuing_stage, "grpo"),
     "merge": run_merge_stage,
     "quantize": run_quantize_stage,
 }

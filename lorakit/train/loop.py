@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from lorakit.console import err
-from lorakit.errors import ConfigError, LorakitError, RunInterrupted
+from lorakit.errors import ConfigError, LorakitError, RunError, RunInterrupted
 from lorakit.outputs import Damaged, RunFolder
 from lorakit.outputs.layout import CHECKPOINTS_DIR
 from lorakit.train.callbacks import FirstStep, InterruptFlag, MarkCheckpoints, MetricsLog, RichProgress, SaveOnInterrupt
@@ -70,8 +70,14 @@ def execute(trainer: Trainer, run: RunFolder, label: str, show_keys: tuple[str, 
     # Every process resumes from the checkpoint rank 0 found (each restores its own RNG state from it).
     checkpoint = on_main(lambda: run.latest_checkpoint(me.size) if run.mode == "resume" else None)
     if checkpoint is not None:
+        reached = int(checkpoint.name.split("-")[-1])
+        if 0 < trainer.args.max_steps <= reached:
+            # The Trainer would train one step past it (it checks max_steps only after a step).
+            raise RunError(f"cannot resume {run.path}: {checkpoint.name} is already at step {reached} and max_steps "
+                           f"is {trainer.args.max_steps}",
+                           hint=f"resume with --max-steps above {reached} to train on, or pass --force to start over")
         if me.is_main:
-            run.trim_metrics(int(checkpoint.name.split("-")[-1]))
+            run.trim_metrics(reached)
         err.print(f"Resuming from {checkpoint.name}")
     elif run.mode == "resume":
         if me.is_main:
@@ -98,7 +104,8 @@ def execute(trainer: Trainer, run: RunFolder, label: str, show_keys: tuple[str, 
                                "checkpoint before it, or pass --force to start over") from None
         finally:
             close_loggers()
-    if flag.raised:
+    # Ctrl-C during the last step: that step finished and nothing is left to train, so the run is complete.
+    if flag.raised and trainer.state.global_step < trainer.state.max_steps:
         raise RunInterrupted(
             f"interrupted at step {trainer.state.global_step}; a checkpoint was saved in {run.staging}",
             hint=f"resume with: {resume_hint}",

@@ -165,6 +165,22 @@ def test_ctrl_c_checkpoints_and_resume_continues_the_same_curve(tmp_path):
     assert resumed.summary["final_loss"] == pytest.approx(straight.summary["final_loss"], rel=1e-4)
 
 
+def test_resume_never_trains_past_max_steps(tmp_path):
+    overrides = ("data.eval=null", "train.logging_steps=1", "train.save_steps=1000")
+    # Ctrl-C during the last step: that step finished, so the run is complete, not interrupted
+    done = run_sft(sft_recipe(tmp_path / "last", *overrides, max_steps=3), callbacks=[CtrlCAt(3)])
+    assert done.summary["steps"] == 3 and max(losses(done.path)) == 3
+    # a checkpoint at step 4 resumed with --max-steps 4 (or fewer) would train a step past it: refused, kept
+    out = tmp_path / "interrupted"
+    with pytest.raises(RunInterrupted, match="interrupted at step 4"):
+        run_sft(sft_recipe(out, *overrides, max_steps=6), callbacks=[CtrlCAt(4)])
+    for steps in (4, 3):
+        with pytest.raises(RunError, match=f"checkpoint-4 is already at step 4 and max_steps is {steps}"):
+            run_sft(sft_recipe(out, *overrides, max_steps=steps), resume=True)
+    resumed = run_sft(sft_recipe(out, *overrides, max_steps=5), resume=True)
+    assert resumed.summary["steps"] == 5 and sorted(losses(resumed.path)) == [1, 2, 3, 4, 5]
+
+
 def test_the_last_step_is_logged_even_between_logging_steps(tmp_path):
     result = run_sft(sft_recipe(tmp_path / "run", "data.eval=null", "train.logging_steps=10", max_steps=4))
     logged = losses(result.path)

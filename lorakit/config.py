@@ -12,7 +12,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -497,6 +497,11 @@ class GRPOTrainSection(TrainSection):
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "constant"
     logging_steps: int = Field(1, gt=0, description="Every step costs a generation round: log each one.")
     save_steps: int = Field(50, gt=0, description="Checkpoint every N optimizer steps.")
+    # GRPO's loss is a policy-gradient surrogate (zero when a group's rewards agree), not a fit: keep by reward.
+    AUTO_BEST_METRIC: ClassVar[str] = "eval_reward"
+    best_metric: Literal["auto", "eval_reward"] = Field(
+        "auto", description="What `best` means: auto = eval_reward (the mean reward of completions sampled for the "
+        "eval prompts; higher is better).")
 
 
 REWARD_NAMES = ("exact_answer", "math", "regex", "format", "json", "length")

@@ -18,9 +18,10 @@ HIGHER_IS_BETTER = {"eval_rewards/accuracies", "eval_rewards/margins", "eval_rew
 
 
 def best_metric(train) -> str:
-    """The metric train.keep: best and early stopping compare, as metrics.jsonl names it."""
+    """The metric train.keep: best and early stopping compare, as metrics.jsonl names it (auto: the stage's own,
+    its train section's AUTO_BEST_METRIC: eval_loss for SFT and DPO, eval_reward for GRPO)."""
     metric = getattr(train, "best_metric", "auto")
-    return "eval_loss" if metric == "auto" else metric
+    return getattr(train, "AUTO_BEST_METRIC", "eval_loss") if metric == "auto" else metric
 
 
 def keep_arguments(train, has_eval: bool) -> dict[str, Any]:

@@ -111,6 +111,9 @@ class Stage:
     batch_unit: str = ""  # what micro_batch_size counts, when it is not `rows` (GRPO: completions)
     # files a run reads besides its data, model, chat template, parent and recipe (GRPO: its reward files)
     reads: Callable[[BaseRecipe], list[Path]] = lambda recipe: []
+    # the held-out loss whose turn (lowest, then rising) the summary reports; GRPO has none: its loss is a
+    # policy-gradient surrogate whose value says nothing about fit (it keeps its best step by eval_reward instead)
+    turn_metric: str | None = "eval_loss"
 
     @property
     def takes_parent(self) -> bool:
@@ -457,7 +460,7 @@ def train_adapter(stage: Stage, recipe: BaseRecipe, force: bool = False, resume:
         summary.update({k.replace("rewards/", "reward_"): v for k, v in summarize_losses(outcome.records, key).items()})
     summary["train_seconds"] = round(outcome.seconds, 1)
     kept = kept_record(recipe.train, setup.trainer.state, outcome.records, setup.data.eval is not None)
-    turn = eval_turn(outcome.records)
+    turn = eval_turn(outcome.records, stage.turn_metric) if stage.turn_metric else None
     summary["kept_step"] = kept["step"]
     if turn is not None:
         summary["eval_loss_min"], summary["eval_loss_min_step"] = turn["min"], turn["min_step"]

@@ -17,7 +17,15 @@ from lorakit.config import DataSection, describe_error, parse_set, set_path
 from lorakit.data.checks import length_stats
 from lorakit.data.load import load_rows
 from lorakit.data.preference import canonical_pairs, tokenize_preferences
-from lorakit.data.prompts import ROW_COLUMN, check_prompts, load_prompt_rows, prompt_lengths
+from lorakit.data.prompts import (
+    ROW_COLUMN,
+    as_chat,
+    canonical_prompts,
+    check_prompts,
+    load_prompt_rows,
+    prompt_lengths,
+    screen_prompt_data,
+)
 from lorakit.data.quality import Screen, screen_rows
 from lorakit.data.sft import canonical_rows, tokenize_source
 from lorakit.data.show import Explained, explain_example
@@ -152,8 +160,8 @@ def check_prompt_data(data: DataSection, model: str | None, max_completion_lengt
     extra = [c for c in dataset.column_names if c not in ("prompt", ROW_COLUMN)]
     report: dict[str, Any] = {"file": data.train, "format": fmt, "prompts": len(dataset),
                               "columns for rewards": ", ".join(extra) or "(none)"}
+    screen = screen_prompt_data(data, [{"prompt": prompt} for prompt in dataset["prompt"]], against=against or [])
     rows = [{"messages": prompt} for prompt in dataset["prompt"]]
-    screen = screen_rows("sft", rows, data, against=against or [])
     if model is None:
         lengths = [sum(len(m["content"]) for m in row) for row in dataset["prompt"]]
         report.update({f"chars {k}": v for k, v in length_stats(lengths).items() if k != "count"})
@@ -164,8 +172,9 @@ def check_prompt_data(data: DataSection, model: str | None, max_completion_lengt
         check_prompts(dataset, lengths, errors, data.train, data.max_length, max_completion_length)
         report.update({f"prompt tokens {k}": v for k, v in length_stats(lengths).items() if k != "count"})
         report[f"room for {max_completion_length}-token completions"] = "ok"
-    report.update(screen_summary(screen, "sft"))
-    return DataCheck(report, screen, findings(screen, rows, None, "sft"))
+    report.update(screen_summary(screen, "prompt"))
+    evaluation = [as_chat(r) for r in canonical_prompts(data.eval, data)] if data.eval else None
+    return DataCheck(report, screen, findings(screen, rows, evaluation, "sft"))
 
 
 def _tokenizer(model: str):
@@ -180,7 +189,9 @@ def screen_summary(screen: Screen, kind: str) -> dict[str, Any]:
     summary = {"exact duplicates": counts["exact_duplicates"]}
     if screen.duplicates is not None:
         summary["near duplicates"] = counts["near_duplicates"]
-        if screen.duplicates.near_rows < screen.duplicates.rows:
+        if kind == "prompt" and screen.dedup != "near":
+            summary["near duplicates"] = "not checked (prompts: only with data.dedup: near)"
+        elif screen.duplicates.near_rows < screen.duplicates.rows:
             summary["near duplicates"] = f"{counts['near_duplicates']} (first {screen.duplicates.near_rows} rows)"
         summary["repeats of eval rows"] = counts["eval_duplicates"]
     if kind == "preference":

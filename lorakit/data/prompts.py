@@ -21,7 +21,8 @@ from lorakit.config import DataSection
 from lorakit.data.checks import refusal_hint, row_numbers
 from lorakit.data.formats import RowProblem, convert_rows, detect_format, parse_messages, rename_columns, text_field
 from lorakit.data.load import load_rows
-from lorakit.data.prepared import PreparedData, tokenize_with_eval
+from lorakit.data.prepared import PreparedData, first_kept, tokenize_with_eval
+from lorakit.data.quality import Screen, report_screen, screen_rows, settings_of
 from lorakit.errors import DataError
 
 # The hidden column that carries each prompt's row number in its data file, so an error can name the row.
@@ -151,14 +152,43 @@ def load_prompt_source(source: str, data: DataSection, tokenizer, max_completion
     return dataset.add_column("prompt_length", lengths), fmt, loaded.fingerprint, False
 
 
+def canonical_prompts(source: str, data: DataSection, max_rows: int | None = None) -> list[dict[str, Any]]:
+    """A prompt file's rows as `{"prompt": [messages]}` (what the screen and the first-example view read)."""
+    loaded = load_rows(source, data.subset, data.split, max_rows)
+    dataset = load_prompt_rows(loaded, data.format, data.columns, data.system_prompt)[0]
+    return [{"prompt": prompt} for prompt in dataset["prompt"]]
+
+
+def screen_prompt_data(data: DataSection, rows: list[dict[str, Any]], against: list[str] | tuple = ()) -> Screen:
+    """Repeated prompts, prompts that repeat an eval prompt, and benchmark contamination (lorakit.data.quality), as
+    data.dedup/decontaminate say (near-duplicates only with data.dedup: near, lorakit.data.quality says why)."""
+    if data.dedup == "off" and data.decontaminate == "off":
+        return Screen(rows=len(rows), dedup="off", decontaminate="off", settings=settings_of(data))
+    evaluation = [as_chat(r) for r in canonical_prompts(data.eval, data)] if data.eval else None
+    return screen_rows("prompt", [as_chat(r) for r in rows], data, evaluation, eval_name=data.eval or "eval data",
+                       against=against)
+
+
+def as_chat(row: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": row["prompt"]}
+
+
 def prepare_prompt_data(data: DataSection, tokenizer, seed: int, max_completion_length: int,
                         check_rows: RowCheck | None = None) -> PreparedData:
+    rows = canonical_prompts(data.train, data, data.max_rows) if data.train else None
+    screen = screen_prompt_data(data, rows) if rows is not None else None
+    if screen is not None:
+        report_screen(screen, data.train)
     train, evaluation, fmt, fingerprint, _ = tokenize_with_eval(
         data, seed, "prompt data",
         lambda source, max_rows: load_prompt_source(source, data, tokenizer, max_completion_length, check_rows,
-                                                    max_rows))
+                                                    max_rows),
+        drop_rows=screen.dropped if screen is not None else ())
     lengths = train["prompt_length"]
     extra = [c for c in train.column_names if c not in ("prompt", "prompt_length", ROW_COLUMN)]
     stats = {"rows": len(train), "eval_rows": len(evaluation) if evaluation is not None else 0,
              "tokens": sum(lengths), "max_length": max(lengths), "columns": extra}
-    return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, False, ("prompt_length",))
+    if screen is not None:
+        stats["quality"] = screen.record()
+    return PreparedData(train, evaluation, fmt, fingerprint, data.train, stats, False, ("prompt_length",),
+                        first_example=first_kept(rows, screen))

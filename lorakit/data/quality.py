@@ -109,8 +109,12 @@ def settings_of(data) -> dict[str, Any]:
 def screen_rows(kind: str, train: Iterable[dict[str, Any]], data, evaluation: Iterable[dict[str, Any]] | None = None,
                 eval_name: str = "eval data", against: Sequence[str] = (),
                 progress: Callable[[str], None] | None = None) -> Screen:
-    """Screen canonical rows (`kind`: sft or preference) as `data` (a DataSection) says; `against`: benchmark files
-    beyond data.contamination_against (`data check --against`)."""
+    """Screen canonical rows (`kind`: sft, preference, or prompt: GRPO's prompts as one-turn chats) as `data` (a
+    DataSection) says; `against`: benchmark files beyond data.contamination_against (`data check --against`).
+
+    Prompts are checked for near-duplicates only with data.dedup: near: a GRPO prompt is a short question whose one
+    changed word (a number, a country) is a different task, which word-shingle similarity cannot tell from a
+    re-worded repeat (`What is 7 minus 5?` and `What is 7 minus 4?` share 0.78 of their bigrams)."""
     started = time.perf_counter()
     segments_of = pair_segments if kind == "preference" else sft_segments
     reference_of = _pair_reference if kind == "preference" else sft_segments
@@ -120,7 +124,8 @@ def screen_rows(kind: str, train: Iterable[dict[str, Any]], data, evaluation: It
     if data.dedup != "off":
         if progress:
             progress("duplicates")
-        finder = DuplicateFinder("near", data.dedup_threshold, data.dedup_ngram)
+        near = kind != "prompt" or data.dedup == "near"
+        finder = DuplicateFinder("near" if near else "exact", data.dedup_threshold, data.dedup_ngram)
         finder.add_eval(_joined_words(segments_of(row)) for row in eval_rows)
         screen.duplicates = finder.scan(_joined_words(segments_of(row)) for row in train)
         if kind == "preference":

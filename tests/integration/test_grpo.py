@@ -39,8 +39,9 @@ def write_reward(folder: Path, body: str) -> str:
     return f"{file}:score"
 
 
-def grpo_recipe(out: Path, rewards, *overrides: str, model: str | None = None, from_run=None, steps: int = 3):
-    flags = {"output_dir": str(out), "data": str(PROMPTS), "max_steps": steps, "rewards": list(rewards)}
+def grpo_recipe(out: Path, rewards, *overrides: str, model: str | None = None, from_run=None, steps: int = 3,
+                data: Path = PROMPTS):
+    flags = {"output_dir": str(out), "data": str(data), "max_steps": steps, "rewards": list(rewards)}
     if from_run is not None:
         flags["from_run"] = str(from_run)
     else:
@@ -347,3 +348,45 @@ def test_two_processes_share_each_group_and_its_advantages(tiny_llama, tmp_path)
         assert r["reward"] == pytest.approx(0.5) and r["reward_std"] > 0.5 and r["frac_reward_zero_std"] == 0.0
     assert stdout.count("GRPO run") == 1
     assert read_run(tmp_path / "grpo").manifest["distributed"]["processes"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a run checks and shows before training, and which step it keeps
+
+def test_prompts_are_screened_and_the_first_prompt_is_shown_and_saved(tiny_llama, tmp_path, capsys):
+    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines()]
+    held_out = json.loads((EXAMPLES / "grpo-capitals-test.jsonl").read_text().splitlines()[0])
+    # row 1 repeated as row 17; row 18 is a held-out prompt: the screen drops both (data.dedup: exact)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*rows, dict(rows[0]), held_out]))
+    result = run_grpo(grpo_recipe(tmp_path / "grpo", ["exact_answer"],
+                                  f"data.eval={EXAMPLES / 'grpo-capitals-test.jsonl'}", "data.dedup=exact",
+                                  model=str(tiny_llama), steps=1, data=data))
+    quality = read_run(result.path).manifest["dataset"]["quality"]
+    assert quality["exact_duplicates"] == 1 and quality["eval_duplicates"] == 1
+    assert sorted(row for rows in quality["dropped_rows"].values() for row in rows) == [17, 18]
+    assert result.summary["prompts"] == 16
+    example = json.loads((result.path / "example.json").read_text())
+    prompt = example["sequences"][0]
+    assert example["row"] == 1 and prompt["name"] == "prompt" and not any(prompt["trained_mask"])
+    assert "What is the capital of France?" in "".join(prompt["tokens"])
+    assert "First training example" in capsys.readouterr().err
+
+
+def test_keep_best_keeps_the_step_with_the_highest_eval_reward(tiny_llama, tmp_path):
+    # a reward that varies from step to step (the completions' lengths), evaluated on held-out prompts every step
+    reward = write_reward(tmp_path, "def score(completions, **kwargs):\n"
+                                    "    return [float(len(c[0]['content'])) for c in completions]\n")
+    result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], f"data.eval={EXAMPLES / 'grpo-capitals-test.jsonl'}",
+                                  "train.keep=best", "train.eval_steps=1", model=str(tiny_llama), steps=4))
+    rewards = {r["step"]: r["eval_reward"] for r in records(result.path) if "eval_reward" in r}
+    assert sorted(rewards) == [1, 2, 3, 4] and len(set(rewards.values())) > 1
+    best = max(sorted(rewards), key=rewards.get)  # the first step with the highest reward, as transformers keeps
+    kept = read_run(result.path).manifest["kept"]
+    assert kept["policy"] == "best" and kept["metric"] == "eval_reward" and kept["step"] == best
+    assert kept["value"] == pytest.approx(rewards[best]) and "highest eval_reward" in kept["why"]
+    # GRPO's loss is no fit: no "eval loss turned up" record or warning
+    assert kept["eval_turn"] is None and "eval_loss_min" not in result.summary
+    from .test_keep_best import same_adapter
+
+    assert same_adapter(result.path, result.path / "checkpoints" / f"checkpoint-{best}")

@@ -191,3 +191,25 @@ def test_a_huge_line_is_refused_not_read(tmp_path, planted, monkeypatch):
 def test_thresholds_out_of_range_are_recipe_errors(setting):
     with pytest.raises(ConfigError, match=setting.split("=")[0]):
         load_recipe("sft", None, [setting, "data.train=x.jsonl"])
+
+
+def test_grpo_prompts_are_screened_for_repeats_and_near_duplicates_only_when_asked(tmp_path):
+    from lorakit.data.prompts import canonical_prompts, screen_prompt_data
+
+    # templated questions that differ in a number are different tasks, however alike their words
+    questions = [f"What is {a} plus {b}? End your reply with 'Answer: ' and the number." for a, b in
+                 [(1, 2), (3, 4), (5, 6), (7, 8)]]
+    rows = [{"prompt": q, "answer": "0"} for q in questions] + [{"prompt": questions[1].upper(), "answer": "0"}]
+    path = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    held_out = write_jsonl(tmp_path / "held-out.jsonl", [{"prompt": questions[2], "answer": "0"}])
+    data = DataSection(train=path, eval=held_out)
+    found = screen_prompt_data(data, canonical_prompts(path, data))
+    assert [(m.row, m.other) for m in found.exact] == [(4, 1)] and not found.near
+    assert [(m.row, m.other_set) for m in found.in_eval] == [(2, "eval")] and not found.dropped
+    near = DataSection(train=path, eval=held_out, dedup="near")
+    screened = screen_prompt_data(near, canonical_prompts(path, near))
+    assert screened.near and set(screened.dropped) >= {2, 4}  # with near, the alike questions are dropped as asked
+    result = invoke("data", "check", path, "--stage", "grpo", "--set", f"data.eval={held_out}", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["exact duplicates"] == 1 and report["near duplicates"].startswith("not checked")

@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from lorakit.config import shard_size_bytes
+from lorakit.config import merge_dtype, shard_size_bytes
 from lorakit.console import err, info
 from lorakit.errors import ConfigError, ModelError, RunError
 from lorakit.export.generation_config import write_generation_config
@@ -71,6 +71,8 @@ DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 # mean KL(trained || merged) per token above which an exact merge is refused. fp32 merges reproduce the trained
 # model to ~1e-8; a 16-bit output adds one rounding of every weight (measured ~3e-4 on the tiny model).
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-3, "float16": 2e-3}
+
+
 
 
 @dataclass
@@ -193,10 +195,21 @@ def _owner(src: MergeSource) -> str:
     return f"{'run' if src.run is not None else 'adapter'} {src.adapter_dir}"
 
 
-def trained_model(src: MergeSource):
-    """The model exactly as trained: base (4-bit for QLoRA) + adapter, in the training precision, on the CPU."""
+def trained_model(src: MergeSource, dtype: str):
+    """The model exactly as trained: base (4-bit for QLoRA) + adapter, in the training precision, on the CPU; a LoRA
+    run trained in 16 bits merged into float32 is scored in float32 (the same weights, computed without 16-bit
+    rounding of every activation, which is what a float32 merge of them computes)."""
     base = load_base_model(src.base, src.method, src.qlora, src.trained_precision, "cpu")
-    return load_adapter(base, src.adapter_dir, _owner(src)).eval()
+    model = load_adapter(base, src.adapter_dir, _owner(src)).eval()
+    if src.method != "qlora" and upcast_base(src, dtype):
+        model = model.float()
+    return model
+
+
+def upcast_base(src: MergeSource, dtype: str) -> bool:
+    """A float32 merge of a run whose base trained in 16 bits: the base is loaded as training rounded it, then
+    widened (its adapter learned those rounded weights, not the file's fp32 ones: a GGUF base unpacks to fp32)."""
+    return dtype == "float32" and merge_dtype(src.trained_precision or "fp32") != "float32"
 
 
 def merged_model(src: MergeSource, dtype: str, mode: str):
@@ -206,6 +219,8 @@ def merged_model(src: MergeSource, dtype: str, mode: str):
     if src.method == "qlora" and mode == "dequantized":
         # The 4-bit weights exactly as training saw them (same dtype, same quantization settings), then plain.
         base = load_base_model(src.base, "qlora", src.qlora, src.trained_precision, "cpu").dequantize()
+    elif upcast_base(src, dtype):
+        base = load_base_model(src.base, "lora", None, src.trained_precision, "cpu").float()
     else:
         base = load_base_model(src.base, "lora", None, DTYPES[dtype], "cpu")
     model = load_adapter(base, src.adapter_dir, _owner(src))
@@ -315,6 +330,7 @@ def _merge(source: Path, target: Path, dtype: str | None, base_mode: str, max_sh
     src = open_source(source, model)
     if dtype is None:
         dtype = "float32" if src.base.gguf else "bfloat16"
+    tolerance = TOLERANCE[dtype]
     # whatever --force says, never the run, the adapter or the base model being merged (nor a folder holding them)
     inputs = [source] + ([Path(src.base.location)] if src.base.is_local else [])
     check_can_write(target, force, what="output", inputs=inputs)
@@ -329,7 +345,7 @@ def _merge(source: Path, target: Path, dtype: str | None, base_mode: str, max_sh
             tokenizer = load_tokenizer(src.base)
         samples, origin = sample_token_ids(src.adapter_dir, tokenizer)
         with err.status("Scoring the model as trained..."):
-            trained = trained_model(src)
+            trained = trained_model(src, dtype)
             reference = logits_for(trained, samples)
             del trained
             gc.collect()
@@ -351,11 +367,11 @@ def _merge(source: Path, target: Path, dtype: str | None, base_mode: str, max_sh
                 reloaded = AutoModelForCausalLM.from_pretrained(str(staging)).eval()
                 gap = compare_logits(reference, logits_for(reloaded, samples))
                 del reloaded
-            gap.update(samples=origin, tolerance=TOLERANCE[dtype] if mode != "original" else None)
-            if mode != "original" and gap["mean_kl"] > TOLERANCE[dtype]:
+            gap.update(samples=origin, tolerance=tolerance if mode != "original" else None)
+            if mode != "original" and gap["mean_kl"] > tolerance:
                 raise ModelError(
                     f"the merged model differs from the trained one: mean KL {gap['mean_kl']:.2e} > tolerance "
-                    f"{TOLERANCE[dtype]:.0e} ({dtype}); nothing was written",
+                    f"{tolerance:.0e} ({dtype}); nothing was written",
                     hint="try --dtype float32, and check that the base model is the one the run was trained on")
         manifest = MergeManifest(
             stage="merge", status="complete", created_at=now(), source=str(source.resolve()),

@@ -58,6 +58,23 @@ def test_lora_fp32_merge_equals_the_peft_model(sft_run, tmp_path):
     assert result.gap["samples"].startswith("8 chats from the data of")
 
 
+def test_a_bf16_run_merges_into_float32_as_trained(tmp_path):
+    """A run that trained its fp32 base in bf16 (a GGUF base on a GPU, GRPO on a CPU with native bf16) learned the
+    bf16 rounding of the base: its float32 merge is that rounding widened, plus the adapter, and reproduces it."""
+    from peft import PeftModel
+
+    run = run_sft(sft_recipe(tmp_path / "bf16", "train.precision=bf16", "data.eval=null", max_steps=10)).path
+    assert read_run(run).manifest["precision"] == "bf16"
+    result = merge_run(run, tmp_path / "merged", dtype="float32")
+    assert result.gap["mean_kl"] < 1e-6 and result.gap["top1_agreement"] == 1.0
+    base = AutoModelForCausalLM.from_pretrained(read_run(run).base_model, dtype=torch.bfloat16).float()
+    with torch.no_grad():
+        as_trained = PeftModel.from_pretrained(base, str(run)).eval()(input_ids=PROBE).logits
+    merged = plain_logits(result.path)
+    assert torch.allclose(merged, as_trained, atol=1e-4)
+    assert not torch.allclose(merged, peft_logits(run), atol=1e-4)  # not the adapter over the unrounded fp32 base
+
+
 def test_merged_folder_is_standalone(sft_run, tmp_path):
     result = merge_run(sft_run.path, tmp_path / "merged")  # bf16 default
     files = {p.name for p in result.path.iterdir()}

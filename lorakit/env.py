@@ -38,6 +38,7 @@ def describe_environment() -> dict[str, Any]:
     liger, liger_reason = choose_liger("auto", device, detected["liger-kernel installed"], None, True)
     chosen = {
         "precision": resolve_precision("auto", device),
+        "precision (grpo)": grpo_precision_line(device),
         "attention": describe_attention(resolve_attn("auto", device)),
         "liger kernels": f"{'on' if liger else 'off'} ({liger_reason}; train.liger: true/false to choose)",
         "torch.compile": choose_compile(False, device)[1],
@@ -94,3 +95,13 @@ def describe_attention(loaded: str) -> str:
         return f"{loaded} (its variable-length kernel runs packed rows per sequence)"
     return (f"{loaded}; packed rows: {LABEL} ({NAME}) after a probe on the loaded model, for models whose layers are "
             f"all full causal attention (model.attn_implementation: sdpa keeps the block-diagonal mask)")
+
+
+def grpo_precision_line(device: str) -> str:
+    """GRPO's precision: as every stage's on a GPU; on a CPU, bf16 where its instructions compute in bf16."""
+    chosen = resolve_precision("auto", device, cpu_bf16=True)
+    if device == "cuda":
+        return chosen
+    why = ("this CPU computes in bf16 natively: avx512_bf16/amx_bf16" if chosen == "bf16" else
+           "this CPU has no native bf16 (avx512_bf16/amx_bf16), where bf16 is emulated and slower")
+    return f"{chosen} ({why})"

@@ -284,7 +284,7 @@ def make_trainer(inputs: TrainerInputs) -> tuple[Trainer, SpeedPlan]:
 
 GRPO = Stage(name="grpo", label="GRPO", rows="prompts", show_keys=SHOW_KEYS, summary_keys=SUMMARY_KEYS,
              prepare_data=prepare_data, make_trainer=make_trainer, continues=("sft", "dpo"), batch_unit="completions",
-             reads=lambda recipe: reward_files(recipe.grpo.rewards), turn_metric=None)
+             reads=lambda recipe: reward_files(recipe.grpo.rewards), turn_metric=None, cpu_bf16=True)
 
 
 def build_grpo_trainer(recipe: GRPORecipe, run: RunFolder, callbacks: Sequence = ()) -> TrainerSetup:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from lorakit.config import load_recipe
+from lorakit.model import cpu_has_native_bf16
 from lorakit.outputs import read_run
 from lorakit.train.grpo import run_grpo
 
@@ -72,14 +73,16 @@ class CheckBaseAtEnd(TrainerCallback):
 # What a step does
 
 
-def test_a_step_changes_every_adapter_tensor_and_no_base_tensor(sft_run, tmp_path):
-    """Continuing the SFT adapter, with a reward that differs within groups (reply length)."""
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_a_step_changes_every_adapter_tensor_and_no_base_tensor(sft_run, tmp_path, precision):
+    """Continuing the SFT adapter, with a reward that differs within groups (reply length); `auto` is bf16 on a CPU
+    with native bf16 (lorakit.model.cpu_has_native_bf16), fp32 on others."""
     reward = write_reward(tmp_path, "def score(completion_ids, **kwargs):\n"
                                     "    return [float(len(ids)) for ids in completion_ids]\n")
     base_dir = read_run(sft_run.path).base_model
     check = CheckBaseAtEnd(base_dir)
-    result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], "train.learning_rate=1.0e-3", from_run=sft_run.path,
-                                  steps=2), callbacks=[check])
+    result = run_grpo(grpo_recipe(tmp_path / "grpo", [reward], "train.learning_rate=1.0e-3",
+                                  f"train.precision={precision}", from_run=sft_run.path, steps=2), callbacks=[check])
     assert check.checked
     parent = load_file(str(sft_run.path / "adapter_model.safetensors"))
     trained = load_file(str(result.path / "adapter_model.safetensors"))
@@ -90,6 +93,8 @@ def test_a_step_changes_every_adapter_tensor_and_no_base_tensor(sft_run, tmp_pat
     assert run.parent_path == sft_run.path.resolve() and run.manifest["parent"]["stage"] == "sft"
     assert run.manifest["speed"]["generation"].startswith("transformers generate")
     assert run.manifest["speed"]["reference"].startswith("none (beta 0")
+    expected = "fp32" if precision == "fp32" or not cpu_has_native_bf16() else "bf16"
+    assert run.manifest["precision"] == expected
 
 
 def test_constant_reward_gives_zero_advantages_and_zero_loss(tiny_llama, tmp_path):

@@ -5,12 +5,16 @@
     python bench/grpo_throughput.py --model builtin:tiny-llama --steps 4   # seconds, for a smoke run
 
 Sides:
-  trl           TRL GRPOTrainer with its own defaults (bf16 autocast, gradient checkpointing on, its fused LM head,
-                generation with the LoRA branch unmerged)
-  trl-lorakit   TRL GRPOTrainer with the settings lorakit picks on the CPU (fp32, no gradient checkpointing): TRL's
-                best configuration here
-  lorakit       `lorakit grpo`'s trainer (lorakit.train.grpo.build_grpo_trainer): the same GRPOTrainer, plus the plain
-                LM head at the sampling temperature, generation with merged LoRA weights and one prefill per group
+  trl           TRL GRPOTrainer with its own defaults (an fp32 model, bf16 autocast, gradient checkpointing on, its
+                fused LM head, generation with the LoRA branch unmerged)
+  trl-fp32      TRL GRPOTrainer in fp32 without gradient checkpointing (lorakit's settings on a CPU without native
+                bf16)
+  trl-bf16      TRL GRPOTrainer with the base loaded in bf16, bf16 on, no gradient checkpointing (lorakit's settings
+                on a CPU with native bf16: avx512_bf16 / AMX, where bf16 matmuls are faster than fp32 ones)
+  lorakit       `lorakit grpo`'s trainer with its defaults (lorakit.train.grpo.build_grpo_trainer): the same
+                GRPOTrainer, plus the plain LM head at the sampling temperature, generation with merged LoRA weights
+                and one prefill per group; train.precision auto: bf16 on a CPU with native bf16, else fp32
+  lorakit-fp32  lorakit with train.precision: fp32
 All sides: the same model, LoRA (r=16, alpha=32, dropout 0, all linear layers), prompts in the same order, reward
 (lorakit's exact_answer), seed, learning rate (constant), num_generations, max_completion_length, temperature 1.0,
 beta 0, loss dapo, one prompt group per micro-batch step.
@@ -44,7 +48,13 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
-SIDES = ("trl", "trl-lorakit", "lorakit")
+SIDES = ("trl", "trl-fp32", "trl-bf16", "lorakit-fp32", "lorakit")
+# TRL's sides: the dtype its model loads in and the GRPOConfig fields each sets (build_trl)
+TRL_SIDES = {"trl": {"dtype": "float32", "args": {}},
+             "trl-fp32": {"dtype": "float32", "args": {"bf16": False, "gradient_checkpointing": False}},
+             "trl-bf16": {"dtype": "bfloat16", "args": {"bf16": True, "gradient_checkpointing": False}}}
+# lorakit's sides: the recipe settings each adds to the common ones (build_lorakit)
+LORAKIT_SIDES = {"lorakit": (), "lorakit-fp32": ("train.precision=fp32",)}
 PROMPTS = REPO / "examples" / "data" / "smollm2" / "arith-train.jsonl"
 
 
@@ -99,7 +109,7 @@ class Timers:
         return reward
 
 
-def build_trl(spec: dict, workdir: Path, tokenizer, model_dir: str, reward, lorakit_settings: bool):
+def build_trl(spec: dict, workdir: Path, tokenizer, model_dir: str, reward, side: str):
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -108,9 +118,9 @@ def build_trl(spec: dict, workdir: Path, tokenizer, model_dir: str, reward, lora
 
     from lorakit.chat_template import Stops
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, TRL_SIDES[side]["dtype"]))
     model.generation_config.eos_token_id = Stops.of(tokenizer, model.generation_config.eos_token_id).ids
-    extra = dict(bf16=False, gradient_checkpointing=False) if lorakit_settings else {}
+    extra = TRL_SIDES[side]["args"]
     args = GRPOConfig(output_dir=str(workdir / "out"), per_device_train_batch_size=spec["num_generations"],
                       gradient_accumulation_steps=1, max_steps=spec["steps"], learning_rate=spec["learning_rate"],
                       lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to="none",
@@ -123,7 +133,7 @@ def build_trl(spec: dict, workdir: Path, tokenizer, model_dir: str, reward, lora
                        processing_class=tokenizer, peft_config=peft)
 
 
-def build_lorakit(spec: dict, workdir: Path):
+def build_lorakit(spec: dict, workdir: Path, extra: tuple[str, ...] = ()):
     from lorakit.config import load_recipe
     from lorakit.outputs import RunFolder
     from lorakit.train.grpo import build_grpo_trainer
@@ -136,7 +146,7 @@ def build_lorakit(spec: dict, workdir: Path):
                  "train.warmup_ratio=0.0", "train.logging_steps=1", "train.save_steps=100000",
                  f"train.seed={spec['seed']}", f"grpo.num_generations={spec['num_generations']}",
                  f"grpo.max_completion_length={spec['completion_length']}", "grpo.temperature=1.0",
-                 "grpo.samples_steps=100000", "data.max_length=512", "preflight=false"]
+                 "grpo.samples_steps=100000", "data.max_length=512", "preflight=false", *extra]
     recipe = load_recipe("grpo", None, overrides, {"model": spec["model"], "data": str(data),
                                                   "max_steps": spec["steps"], "output_dir": str(workdir / "run"),
                                                   "rewards": ["exact_answer"]})
@@ -153,14 +163,14 @@ def run_worker(spec_file: str) -> None:
     workdir = Path(spec["workdir"])
     torch.manual_seed(spec["seed"])
     timers = Timers()
-    if spec["side"] == "lorakit":
-        trainer = build_lorakit(spec, workdir)
+    if spec["side"].startswith("lorakit"):
+        trainer = build_lorakit(spec, workdir, LORAKIT_SIDES[spec["side"]])
         for function in trainer.reward_funcs:
             function.reward.function = timers.wrap_reward(function.reward.function)
     else:
         model_dir, tokenizer = model_and_tokenizer_source(spec["model"])
         trainer = build_trl(spec, workdir, tokenizer, model_dir, timers.wrap_reward(exact_answer("answer")),
-                            spec["side"] == "trl-lorakit")
+                            spec["side"])
     timers.wrap_generate(trainer.model)
     logs: list[dict] = []
 
@@ -234,11 +244,11 @@ def print_summary(summary: dict, spec: dict) -> None:
     for side, row in summary.items():
         print(" | ".join([side] + [f"{row[key]:.3f}" if "s_per_step" in key else f"{row[key]:.1f}"
                                    for key, _, _ in COLUMNS]))
-    peers = [s for s in summary if s != "lorakit"]
-    if "lorakit" in summary and peers:
+    peers = [s for s in summary if not s.startswith("lorakit")]
+    for side in (s for s in summary if s.startswith("lorakit") and peers):
         best = min(peers, key=lambda s: summary[s]["s_per_step"])
-        ours, theirs = summary["lorakit"], summary[best]
-        print(f"\nlorakit vs the best TRL side ({best}): {theirs['s_per_step'] / ours['s_per_step']:.2f}x steps/s, "
+        ours, theirs = summary[side], summary[best]
+        print(f"\n{side} vs the best TRL side ({best}): {theirs['s_per_step'] / ours['s_per_step']:.2f}x steps/s, "
               f"{ours['generated_tokens_per_s'] / theirs['generated_tokens_per_s']:.2f}x generated tok/s, peak RSS "
               f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}x")
     print("\nmean reward per step:")

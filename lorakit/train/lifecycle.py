@@ -114,7 +114,7 @@ class Stage:
     # the held-out loss whose turn (lowest, then rising) the summary reports; GRPO has none: its loss is a
     # policy-gradient surrogate whose value says nothing about fit (it keeps its best step by eval_reward instead)
     turn_metric: str | None = "eval_loss"
-    # train.precision auto takes bf16 on a CPU with native bf16 (GRPO: 1.9x faster there, bench/grpo_throughput.py)
+    # train.precision auto takes bf16 on a CPU with native bf16 (GRPO: 1.5-1.9x faster there, bench/grpo_throughput.py)
     cpu_bf16: bool = False
 
     @property

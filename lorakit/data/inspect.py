@@ -160,8 +160,9 @@ def check_prompt_data(data: DataSection, model: str | None, max_completion_lengt
     extra = [c for c in dataset.column_names if c not in ("prompt", ROW_COLUMN)]
     report: dict[str, Any] = {"file": data.train, "format": fmt, "prompts": len(dataset),
                               "columns for rewards": ", ".join(extra) or "(none)"}
-    screen = screen_prompt_data(data, [{"prompt": prompt} for prompt in dataset["prompt"]], against=against or [])
-    rows = [{"messages": prompt} for prompt in dataset["prompt"]]
+    prompts = [{"prompt": prompt} for prompt in dataset["prompt"]]
+    evaluation = canonical_prompts(data.eval, data) if data.eval else None
+    screen = screen_prompt_data(data, prompts, evaluation, against=against or [])
     if model is None:
         lengths = [sum(len(m["content"]) for m in row) for row in dataset["prompt"]]
         report.update({f"chars {k}": v for k, v in length_stats(lengths).items() if k != "count"})
@@ -173,8 +174,8 @@ def check_prompt_data(data: DataSection, model: str | None, max_completion_lengt
         report.update({f"prompt tokens {k}": v for k, v in length_stats(lengths).items() if k != "count"})
         report[f"room for {max_completion_length}-token completions"] = "ok"
     report.update(screen_summary(screen, "prompt"))
-    evaluation = [as_chat(r) for r in canonical_prompts(data.eval, data)] if data.eval else None
-    return DataCheck(report, screen, findings(screen, rows, evaluation, "sft"))
+    return DataCheck(report, screen, findings(screen, [as_chat(r) for r in prompts],
+                                              [as_chat(r) for r in evaluation] if evaluation else None, "sft"))
 
 
 def _tokenizer(model: str):

@@ -159,14 +159,16 @@ def canonical_prompts(source: str, data: DataSection, max_rows: int | None = Non
     return [{"prompt": prompt} for prompt in dataset["prompt"]]
 
 
-def screen_prompt_data(data: DataSection, rows: list[dict[str, Any]], against: list[str] | tuple = ()) -> Screen:
+def screen_prompt_data(data: DataSection, rows: list[dict[str, Any]], evaluation: list[dict[str, Any]] | None,
+                       against: list[str] | tuple = ()) -> Screen:
     """Repeated prompts, prompts that repeat an eval prompt, and benchmark contamination (lorakit.data.quality), as
-    data.dedup/decontaminate say (near-duplicates only with data.dedup: near, lorakit.data.quality says why)."""
+    data.dedup/decontaminate say (near-duplicates only with data.dedup: near, lorakit.data.quality says why). `rows`
+    and `evaluation` (the eval prompts, or None): canonical prompts."""
     if data.dedup == "off" and data.decontaminate == "off":
         return Screen(rows=len(rows), dedup="off", decontaminate="off", settings=settings_of(data))
-    evaluation = [as_chat(r) for r in canonical_prompts(data.eval, data)] if data.eval else None
-    return screen_rows("prompt", [as_chat(r) for r in rows], data, evaluation, eval_name=data.eval or "eval data",
-                       against=against)
+    return screen_rows("prompt", [as_chat(r) for r in rows], data,
+                       [as_chat(r) for r in evaluation] if evaluation is not None else None,
+                       eval_name=data.eval or "eval data", against=against)
 
 
 def as_chat(row: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +178,8 @@ def as_chat(row: dict[str, Any]) -> dict[str, Any]:
 def prepare_prompt_data(data: DataSection, tokenizer, seed: int, max_completion_length: int,
                         check_rows: RowCheck | None = None) -> PreparedData:
     rows = canonical_prompts(data.train, data, data.max_rows) if data.train else None
-    screen = screen_prompt_data(data, rows) if rows is not None else None
+    evaluation_rows = canonical_prompts(data.eval, data) if data.eval else None
+    screen = screen_prompt_data(data, rows, evaluation_rows) if rows is not None else None
     if screen is not None:
         report_screen(screen, data.train)
     train, evaluation, fmt, fingerprint, _ = tokenize_with_eval(

@@ -73,8 +73,6 @@ DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-3, "float16": 2e-3}
 
 
-
-
 @dataclass
 class MergeSource:
     """What is being merged: a lorakit run folder, or a bare PEFT adapter folder with --model."""
@@ -330,7 +328,6 @@ def _merge(source: Path, target: Path, dtype: str | None, base_mode: str, max_sh
     src = open_source(source, model)
     if dtype is None:
         dtype = "float32" if src.base.gguf else "bfloat16"
-    tolerance = TOLERANCE[dtype]
     # whatever --force says, never the run, the adapter or the base model being merged (nor a folder holding them)
     inputs = [source] + ([Path(src.base.location)] if src.base.is_local else [])
     check_can_write(target, force, what="output", inputs=inputs)
@@ -367,11 +364,11 @@ def _merge(source: Path, target: Path, dtype: str | None, base_mode: str, max_sh
                 reloaded = AutoModelForCausalLM.from_pretrained(str(staging)).eval()
                 gap = compare_logits(reference, logits_for(reloaded, samples))
                 del reloaded
-            gap.update(samples=origin, tolerance=tolerance if mode != "original" else None)
-            if mode != "original" and gap["mean_kl"] > tolerance:
+            gap.update(samples=origin, tolerance=TOLERANCE[dtype] if mode != "original" else None)
+            if mode != "original" and gap["mean_kl"] > TOLERANCE[dtype]:
                 raise ModelError(
                     f"the merged model differs from the trained one: mean KL {gap['mean_kl']:.2e} > tolerance "
-                    f"{tolerance:.0e} ({dtype}); nothing was written",
+                    f"{TOLERANCE[dtype]:.0e} ({dtype}); nothing was written",
                     hint="try --dtype float32, and check that the base model is the one the run was trained on")
         manifest = MergeManifest(
             stage="merge", status="complete", created_at=now(), source=str(source.resolve()),

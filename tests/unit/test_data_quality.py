@@ -203,11 +203,11 @@ def test_grpo_prompts_are_screened_for_repeats_and_near_duplicates_only_when_ask
     path = write_jsonl(tmp_path / "prompts.jsonl", rows)
     held_out = write_jsonl(tmp_path / "held-out.jsonl", [{"prompt": questions[2], "answer": "0"}])
     data = DataSection(train=path, eval=held_out)
-    found = screen_prompt_data(data, canonical_prompts(path, data))
+    found = screen_prompt_data(data, canonical_prompts(path, data), canonical_prompts(held_out, data))
     assert [(m.row, m.other) for m in found.exact] == [(4, 1)] and not found.near
     assert [(m.row, m.other_set) for m in found.in_eval] == [(2, "eval")] and not found.dropped
     near = DataSection(train=path, eval=held_out, dedup="near")
-    screened = screen_prompt_data(near, canonical_prompts(path, near))
+    screened = screen_prompt_data(near, canonical_prompts(path, near), canonical_prompts(held_out, near))
     assert screened.near and set(screened.dropped) >= {2, 4}  # with near, the alike questions are dropped as asked
     result = invoke("data", "check", path, "--stage", "grpo", "--set", f"data.eval={held_out}", "--json")
     assert result.exit_code == 0, result.output

@@ -271,9 +271,11 @@ def make_trainer(inputs: TrainerInputs) -> tuple[Trainer, SpeedPlan]:
         reference = "the base model (adapters disabled)"
     generation = describe_generation(backend, sleep, grpo, fast)
     prompts_per_step = per_step // grpo.num_generations
+    precision = inputs.precision + (" (this CPU computes in bf16 natively; train.precision: fp32 to choose)"
+                                    if device == "cpu" and inputs.precision == "bf16" else "")
     info(f"GRPO: {prompts_per_step} prompt(s) x {grpo.num_generations} completions per step, <= "
          f"{grpo.max_completion_length} tokens each at temperature {grpo.temperature:g}; {grpo.loss_type} loss, beta "
-         f"{grpo.beta:g}; generation: {generation} ({why})")
+         f"{grpo.beta:g}; {precision}; generation: {generation} ({why})")
     speed = SpeedPlan(loss=loss, padding_free=False, group_by_length=False,
                       reasons={"loss": loss_reason, "batching": "groups of completions (left-padded prompts)",
                                "attention": attention_implementation(causal_lm_config(model)), "generation": why},

@@ -71,11 +71,11 @@ def execute(trainer: Trainer, run: RunFolder, label: str, show_keys: tuple[str, 
     checkpoint = on_main(lambda: run.latest_checkpoint(me.size) if run.mode == "resume" else None)
     if checkpoint is not None:
         reached = int(checkpoint.name.split("-")[-1])
-        if 0 < trainer.args.max_steps <= reached:
-            # The Trainer would train one step past it (it checks max_steps only after a step).
-            raise RunError(f"cannot resume {run.path}: {checkpoint.name} is already at step {reached} and max_steps "
-                           f"is {trainer.args.max_steps}",
-                           hint=f"resume with --max-steps above {reached} to train on, or pass --force to start over")
+        if 0 < trainer.args.max_steps < reached:
+            # The Trainer would train a step past it (it checks max_steps only after a step).
+            raise RunError(f"cannot resume {run.path}: {checkpoint.name} is already at step {reached}, past "
+                           f"max_steps {trainer.args.max_steps}",
+                           hint=f"resume with --max-steps {reached} or more, or pass --force to start over")
         if me.is_main:
             run.trim_metrics(reached)
         err.print(f"Resuming from {checkpoint.name}")

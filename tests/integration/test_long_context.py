@@ -2,13 +2,10 @@
 in the compute dtype trains the same curve with half the residual stream."""
 
 import contextlib
-import weakref
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig
 
 from lorakit.model import choose_kbit_upcast, freeze_base, keep_4bit_layout_on_cpu
@@ -16,31 +13,10 @@ from lorakit.train.tiling import MARK, apply_tiled_mlp, remove_tiled_mlp, tiled,
 from lorakit.vram.estimate import Setup, _activations_per_token, _layer_activations, _tiled_layer, estimate
 from lorakit.vram.shapes import shape_from_config
 
+from ..live_bytes import LiveBytes
+
 CONFIG = dict(vocab_size=1000, hidden_size=64, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, tie_word_embeddings=False)
-
-
-class LiveBytes(TorchDispatchMode):
-    """Bytes of the tensor storages ops create while the mode is on: alive now, and at most."""
-
-    def __init__(self):
-        super().__init__()
-        self.live, self.now, self.peak = {}, 0, 0
-
-    def _free(self, key):
-        self.now -= self.live.pop(key, 0)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor):
-                storage = tensor.untyped_storage()
-                if storage._cdata not in self.live:
-                    self.live[storage._cdata] = storage.nbytes()
-                    self.now += storage.nbytes()
-                    self.peak = max(self.peak, self.now)
-                    weakref.finalize(storage, self._free, storage._cdata)
-        return out
 
 
 def lora_llama(dtype=torch.float32, dropout=0.0, checkpointing=False, **config):

@@ -6,18 +6,17 @@ CUDA). Peaks are live tensor storages tracked by a TorchDispatchMode.
 """
 
 import contextlib
-import weakref
 from dataclasses import replace
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig
 
 from lorakit.vram.estimate import Setup, _activations_per_token, _bnb_inputs_per_token, _lora_casts_per_layer, estimate
 from lorakit.vram.shapes import shape_from_config
+
+from ..live_bytes import LiveBytes
 
 CONFIG = dict(vocab_size=1000, hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, tie_word_embeddings=False)
@@ -252,30 +251,6 @@ def test_prepare_for_kbit_training_makes_qlora_activations_larger_than_lora(save
 
 
 # -- bitsandbytes < 0.43.2: 4-bit inputs kept on ctx outlive the step in a loop that keeps the loss ----------------
-
-class LiveBytes(TorchDispatchMode):
-    """Bytes of the tensor storages that ops create while the mode is on, alive now and at most."""
-
-    def __init__(self):
-        super().__init__()
-        self.live, self.now, self.peak = {}, 0, 0
-
-    def _free(self, key):
-        self.now -= self.live.pop(key, 0)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cpu":
-                storage = tensor.untyped_storage()
-                key = storage._cdata
-                if key not in self.live:
-                    self.live[key] = storage.nbytes()
-                    self.now += self.live[key]
-                    self.peak = max(self.peak, self.now)
-                    weakref.finalize(storage, self._free, key)
-        return out
-
 
 def keep_inputs_on_ctx(monkeypatch):
     """bitsandbytes < 0.43.2's MatMul4Bit kept its input on ctx (`ctx.tensors = (A, B)`, removed by bitsandbytes

@@ -85,28 +85,23 @@ class Timers:
         self.generation = 0.0
         self.scoring = 0.0
 
-    def wrap_generate(self, model) -> None:
-        original = model.generate
-
-        def generate(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.generation += time.perf_counter() - started
-
-        model.generate = generate
-
-    def wrap_reward(self, function):
-        def reward(*args, **kwargs):
+    def timed(self, function, counter: str):
+        """`function`, adding its wall time to the counter named (generation or scoring)."""
+        def call(*args, **kwargs):
             started = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                self.scoring += time.perf_counter() - started
+                setattr(self, counter, getattr(self, counter) + time.perf_counter() - started)
 
-        reward.__name__ = getattr(function, "__name__", "reward")
-        return reward
+        call.__name__ = getattr(function, "__name__", "reward")  # TRL names a reward's metrics after it
+        return call
+
+    def wrap_generate(self, model) -> None:
+        model.generate = self.timed(model.generate, "generation")
+
+    def wrap_reward(self, function):
+        return self.timed(function, "scoring")
 
 
 def build_trl(spec: dict, workdir: Path, tokenizer, model_dir: str, reward, side: str):
